@@ -1,0 +1,135 @@
+"""procreg: supervised asyncio processes, found by key anywhere in a cluster.
+
+A process registry in the Erlang tradition (Nitrogen's nprocreg, N2O's n2o_pi)::
+
+    import procreg
+
+    class Counter(procreg.Server):
+        def init(self):
+            self.n = 0
+        def handle_call(self, request):
+            self.n += 1
+            return self.n
+
+    async def main():
+        pid = await procreg.get_or_spawn("visits", Counter)
+        return await procreg.call(pid, "hit")
+
+    procreg.run(main)   # -> 1
+"""
+
+from __future__ import annotations
+
+from .api import (
+    answered,
+    call,
+    caller,
+    cast,
+    count,
+    demonitor,
+    entries,
+    exit,
+    get_or_spawn,
+    is_alive,
+    join,
+    leave,
+    link,
+    lookup,
+    members,
+    monitor,
+    publish,
+    receive,
+    register,
+    reply,
+    run,
+    self,
+    send,
+    send_after,
+    send_interval,
+    spawn,
+    spawn_monitor,
+    spawn_unique,
+    tables,
+    unlink,
+    unregister,
+    whereis,
+)
+from .errors import (
+    AlreadyRegistered,
+    CallTimeout,
+    ClusterUnavailable,
+    Deadlock,
+    NodeDown,
+    NoNode,
+    NoProcess,
+    NotInProcess,
+    ProcessExited,
+    ProcregError,
+)
+from .messages import Call, Down, Exit
+from .node import Node, current_node
+from .pid import Pid, Ref
+from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, RegistryBackend
+from .server import NOREPLY, Server
+from .timers import Timer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "NOREPLY",
+    "AlreadyRegistered",
+    "Call",
+    "CallTimeout",
+    "ClusterUnavailable",
+    "Deadlock",
+    "Down",
+    "Exit",
+    "LocalBackend",
+    "NoNode",
+    "NoProcess",
+    "Node",
+    "NodeDown",
+    "NotInProcess",
+    "NotOwner",
+    "Pid",
+    "ProcessExited",
+    "ProcregError",
+    "Ref",
+    "RegistryBackend",
+    "Server",
+    "Timer",
+    "answered",
+    "call",
+    "caller",
+    "cast",
+    "count",
+    "current_node",
+    "demonitor",
+    "entries",
+    "exit",
+    "get_or_spawn",
+    "is_alive",
+    "join",
+    "leave",
+    "link",
+    "lookup",
+    "members",
+    "monitor",
+    "publish",
+    "receive",
+    "register",
+    "reply",
+    "run",
+    "self",
+    "send",
+    "send_after",
+    "send_interval",
+    "spawn",
+    "spawn_monitor",
+    "spawn_unique",
+    "tables",
+    "unlink",
+    "unregister",
+    "whereis",
+]

@@ -1,0 +1,381 @@
+"""The functions a process uses: the public face of the runtime and the registry.
+
+Each finds the current node (`current_node`) and delegates to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, TypeVar
+
+from .errors import NotInProcess
+from .node import Node, check_timeout, current_node
+from .pid import Pid, Ref
+from .process import Process, _answered, current_process
+from .registry import DEFAULT_TABLE, caller_pid, check_factory, check_key, check_table
+from .timers import Timer, start_timer
+
+__all__ = [
+    "call",
+    "caller",
+    "cast",
+    "count",
+    "demonitor",
+    "entries",
+    "exit",
+    "get_or_spawn",
+    "is_alive",
+    "join",
+    "leave",
+    "link",
+    "lookup",
+    "members",
+    "monitor",
+    "publish",
+    "receive",
+    "register",
+    "reply",
+    "run",
+    "self",
+    "send",
+    "send_after",
+    "send_interval",
+    "spawn",
+    "spawn_monitor",
+    "spawn_unique",
+    "tables",
+    "unlink",
+    "unregister",
+    "whereis",
+]
+
+T = TypeVar("T")
+
+# -- processes -------------------------------------------------------------------
+
+
+def self() -> Pid:
+    """The pid of the calling process; `NotInProcess` outside one."""
+    node = current_node()
+    proc = node._current
+    if proc is None:
+        proc = current_process.get()
+        if proc is None:
+            raise NotInProcess("self() must be called from inside a process")
+    return proc.pid
+
+
+def spawn(
+    fn: Callable[..., Coroutine[Any, Any, Any]] | type,
+    *args: Any,
+    link: bool = False,
+    monitor: bool = False,
+    trap_exits: bool = False,
+    idle_timeout: float | None = None,
+) -> Pid:
+    """Start a process that runs ``await fn(*args)`` and return its pid.
+
+    `fn` is an ``async def`` function (it reads its mailbox with `receive`) or a
+    `Server` subclass (then this is ``fn.start(*args)``). ``link=True`` links it to
+    the caller, ``monitor=True`` makes the caller monitor it (the `Down` carries the
+    pid; use `spawn_monitor` to get the ref), ``trap_exits=True`` turns exit signals
+    into `Exit` messages, ``idle_timeout`` ends it with reason ``"idle"`` after that
+    many seconds without a message.
+
+    >>> import procreg
+    >>> async def echo():
+    ...     msg = await procreg.receive()
+    ...     procreg.send(msg["from"], msg["text"])
+    >>> async def main():
+    ...     pid = procreg.spawn(echo)
+    ...     procreg.send(pid, {"from": procreg.self(), "text": "hi"})
+    ...     return await procreg.receive(timeout=1)
+    >>> procreg.run(main)
+    'hi'
+    """
+    return current_node().spawn(
+        fn, *args, link=link, monitor=monitor, trap_exits=trap_exits, idle_timeout=idle_timeout
+    )
+
+
+def spawn_monitor(
+    fn: Callable[..., Coroutine[Any, Any, Any]] | type, *args: Any
+) -> tuple[Pid, Ref]:
+    """Spawn and monitor in one step; returns ``(pid, ref)``."""
+    node = current_node()
+    pid = node.spawn(fn, *args)
+    return pid, node.monitor(pid)
+
+
+def send(pid: Pid, msg: Any) -> None:
+    """Send `msg` to `pid` (a server gets it in ``handle_info``). A message to a dead
+    process is dropped silently, as in Erlang. Messages between one pair of
+    processes arrive in the order sent. Local sends do not copy `msg`."""
+    current_node().send(pid, msg)
+
+
+def cast(pid: Pid, msg: Any) -> None:
+    """Send `msg` as a cast (a server gets it in ``handle_cast``)."""
+    current_node().cast(pid, msg)
+
+
+async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
+    """Send `request` to `pid` and return its reply.
+
+    Raises `NoProcess` at once if `pid` is dead or unknown, `ProcessExited` if it
+    ends before replying, `CallTimeout` after `timeout` seconds (None: wait forever),
+    and `Deadlock` if a process calls itself. A reply that comes after the timeout is
+    dropped. A coroutine process receives the call as a `Call` message.
+    """
+    return await current_node().call(pid, request, timeout)
+
+
+def caller() -> Any:
+    """Inside ``handle_call``: the caller, to answer later with `reply` after
+    returning `NOREPLY`."""
+    return current_node().caller()
+
+
+def reply(caller: Any, value: Any) -> None:
+    """Answer a call. Replying to a caller that already got an answer, timed out or
+    went away does nothing."""
+    if isinstance(caller, asyncio.Future):
+        if not caller.done():
+            caller.set_result(value)
+        return
+    caller.reply(value)
+
+
+def answered(caller: Any) -> bool:
+    """True once `caller` got its reply, an error, or gave up."""
+    return _answered(caller)
+
+
+async def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = None) -> Any:
+    """Take the next message from the calling process's mailbox, waiting for one.
+
+    With `match`, take the oldest message for which ``match(msg)`` is true, leaving
+    the others in order (selective receive). Raises `TimeoutError` after `timeout`
+    seconds (``0`` polls). Only coroutine processes (`spawn`) receive; a `Server`
+    gets its messages through its handlers.
+    """
+    proc = current_process.get()
+    if proc is None or type(proc) is not Process:
+        raise NotInProcess("receive() must be called from inside a coroutine process (spawn)")
+    if timeout is not None:
+        check_timeout(timeout)
+    return await proc._receive(timeout, match)
+
+
+def link(pid: Pid) -> None:
+    """Link the calling process with `pid`: when one ends with a reason other than
+    ``"normal"``, the other gets the exit signal (and ends too, unless it traps
+    exits). Linking to a dead process raises `NoProcess` (or, when trapping exits,
+    delivers ``Exit(pid, "noproc")``)."""
+    current_node().link(pid)
+
+
+def unlink(pid: Pid) -> None:
+    """Remove a link from the calling process."""
+    current_node().unlink(pid)
+
+
+def monitor(pid: Pid) -> Ref:
+    """Watch `pid`: the caller gets ``Down(ref, pid, reason)`` when it ends
+    (``"noproc"`` at once if it is already gone)."""
+    return current_node().monitor(pid)
+
+
+def demonitor(ref: Ref, *, flush: bool = False) -> bool:
+    """Stop a monitor; ``flush=True`` also drops its `Down` if already delivered."""
+    return current_node().demonitor(ref, flush=flush)
+
+
+def exit(pid: Pid, reason: Any) -> None:
+    """Send an exit signal: ``"kill"`` ends `pid` unconditionally; otherwise a process
+    that traps exits gets ``Exit(sender, reason)`` and any other ends with `reason`
+    (``"normal"`` is ignored unless a process sends it to itself)."""
+    current_node().exit(pid, reason)
+
+
+def is_alive(pid: Pid) -> bool:
+    """True while `pid` is a live process of this node."""
+    return current_node().is_alive(pid)
+
+
+def send_after(delay: float, pid: Pid, msg: Any) -> Timer:
+    """Send `msg` to `pid` after `delay` seconds. The timer is cancelled if the
+    target or the process that set it ends first."""
+    return start_timer(current_node(), delay, pid, msg, None)
+
+
+def send_interval(interval: float, pid: Pid, msg: Any, *, first: float | None = None) -> Timer:
+    """Send `msg` to `pid` every `interval` seconds (first after `first`, default
+    `interval`), without drift, until cancelled or either process ends."""
+    delay = interval if first is None else first
+    return start_timer(current_node(), delay, pid, msg, interval)
+
+
+def run(
+    main: Callable[..., Coroutine[Any, Any, T]],
+    *args: Any,
+    uvloop: bool = False,
+    **node_options: Any,
+) -> T:
+    """Like `asyncio.run`: start a `Node` (with `node_options`), run ``main(*args)``
+    as its first process, stop the node, and return main's result (or raise its
+    exception). ``uvloop=True`` runs on uvloop (install the ``uvloop`` extra)."""
+
+    async def runner() -> T:
+        async with Node(**node_options) as node:
+            result: asyncio.Future[T] = node._loop.create_future()
+            node.spawn_main(main, args, result)
+            return await result
+
+    if uvloop:
+        import uvloop as _uvloop
+
+        return _uvloop.run(runner())
+    return asyncio.run(runner())
+
+
+# -- registry --------------------------------------------------------------------
+
+
+async def whereis(key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
+    """The live process registered under `key`, or None (Nitrogen ``get_pid/3``)."""
+    registry = current_node().registry
+    pid = registry.peek(key, table)
+    if pid.__class__ is Pid or pid is None:
+        return pid
+    check_key(key)
+    check_table(table)
+    return await registry.whereis(key, table)
+
+
+async def lookup(
+    key: Hashable, table: str = DEFAULT_TABLE
+) -> tuple[Pid, dict[str, Any] | None] | None:
+    """``(pid, metadata)`` registered under `key`, or None."""
+    check_key(key)
+    check_table(table)
+    return await current_node().registry.lookup(key, table)
+
+
+def _check_spawn(key: Hashable, factory: Any, table: str, placement: str) -> None:
+    check_key(key)
+    check_table(table)
+    check_factory(factory)
+    if placement not in ("local", "hash"):
+        raise ValueError(f"placement must be 'local' or 'hash', got {placement!r}")
+
+
+async def get_or_spawn(
+    key: Hashable,
+    factory: Any,
+    *args: Any,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+) -> Pid:
+    """The live process registered under `key`, or exactly one new process started
+    from `factory` (a `Server` subclass or an ``async def`` body) with `args` and
+    registered under `key` (Nitrogen ``get_pid/4``).
+
+    However many callers race, one process is started; the others get its pid. If
+    the factory's ``init`` fails, the key stays free and the caller gets the error.
+    ``placement="hash"`` starts it on the key's home node in a cluster.
+    """
+    registry = current_node().registry
+    pid = registry.peek(key, table)
+    if pid.__class__ is Pid:
+        return pid
+    _check_spawn(key, factory, table, placement)
+    pid, _ = await registry.get_or_spawn(key, factory, args, table, placement, meta)
+    return pid
+
+
+async def spawn_unique(
+    key: Hashable,
+    factory: Any,
+    *args: Any,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+) -> tuple[Pid, bool]:
+    """Like `get_or_spawn`, but also says whether this call started the process:
+    returns ``(pid, started)``."""
+    _check_spawn(key, factory, table, placement)
+    return await current_node().registry.get_or_spawn(key, factory, args, table, placement, meta)
+
+
+async def register(
+    key: Hashable,
+    pid: Pid | None = None,
+    table: str = DEFAULT_TABLE,
+    *,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Register `pid` (default: the calling process) under `key`, with optional
+    metadata. Raises `AlreadyRegistered` (carrying the holder's pid) if another live
+    process holds the key and `NoProcess` if `pid` is dead."""
+    check_key(key)
+    check_table(table)
+    node = current_node()
+    await node.registry.register(key, caller_pid(node, pid, "register()"), table, meta)
+
+
+async def unregister(key: Hashable, table: str = DEFAULT_TABLE, *, pid: Pid | None = None) -> bool:
+    """Remove `key`. Inside a process, only a key that process holds may be removed
+    (another's raises `NotOwner`); `pid=` names the expected holder; outside any
+    process with no `pid` the removal is unconditional. True if removed."""
+    check_key(key)
+    check_table(table)
+    node = current_node()
+    if pid is None:
+        me = node.me()
+        pid = me.pid if me is not None else None
+    return await node.registry.unregister(key, table, pid)
+
+
+def entries(table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
+    """The ``(key, pid)`` pairs of `table` known to this node (like ``ets:tab2list``)."""
+    return current_node().registry.entries(table)
+
+
+def tables() -> list[str]:
+    """The tables that have entries on this node."""
+    return current_node().registry.tables()
+
+
+def count(table: str = DEFAULT_TABLE) -> int:
+    """How many entries `table` has on this node, in O(1)."""
+    return current_node().registry.count(table)
+
+
+async def join(group: Hashable, pid: Pid | None = None) -> bool:
+    """Add `pid` (default: the caller) to `group`; joining twice is a no-op (False).
+    A process leaves its groups when it ends."""
+    check_key(group, "group")
+    node = current_node()
+    return await node.registry.join(group, caller_pid(node, pid, "join()"))
+
+
+async def leave(group: Hashable, pid: Pid | None = None) -> bool:
+    """Remove `pid` (default: the caller) from `group`; False if it was not in it."""
+    check_key(group, "group")
+    node = current_node()
+    return await node.registry.leave(group, caller_pid(node, pid, "leave()"))
+
+
+async def members(group: Hashable) -> list[Pid]:
+    """The pids in `group` (empty for an unknown group)."""
+    check_key(group, "group")
+    return await current_node().registry.members(group)
+
+
+async def publish(group: Hashable, msg: Any) -> int:
+    """Send `msg` to every member of `group` (as with `send`); returns how many."""
+    check_key(group, "group")
+    return await current_node().registry.publish(group, msg)

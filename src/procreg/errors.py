@@ -1,0 +1,72 @@
+"""The exceptions procreg raises.
+
+Every error subclasses `ProcregError`; `CallTimeout` is also a `TimeoutError`, and the
+usage errors (`NotInProcess`, `Deadlock`, `NoNode`) are also `RuntimeError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AlreadyRegistered",
+    "CallTimeout",
+    "ClusterUnavailable",
+    "Deadlock",
+    "NoNode",
+    "NoProcess",
+    "NodeDown",
+    "NotInProcess",
+    "ProcessExited",
+    "ProcregError",
+]
+
+
+class ProcregError(Exception):
+    """Base class of every procreg error."""
+
+
+class NoProcess(ProcregError):
+    """There is no live process with that pid (or registered under that key)."""
+
+
+class CallTimeout(ProcregError, TimeoutError):
+    """A `call` got no reply within its timeout. A reply that comes later is dropped."""
+
+
+class ProcessExited(ProcregError):
+    """The callee ended before it replied; `reason` is its exit reason."""
+
+    def __init__(self, reason: Any, pid: Any = None) -> None:
+        super().__init__(f"process {pid!r} exited before replying: {reason!r}")
+        self.reason = reason
+        self.pid = pid
+
+
+class NodeDown(ProcregError):
+    """The node that runs the process is down, unknown or unreachable."""
+
+
+class AlreadyRegistered(ProcregError):
+    """The key is already registered; `pid` is the process that holds it."""
+
+    def __init__(self, key: Any, pid: Any) -> None:
+        super().__init__(f"key {key!r} is already registered to {pid!r}")
+        self.key = key
+        self.pid = pid
+
+
+class ClusterUnavailable(ProcregError):
+    """The cluster store could not be reached."""
+
+
+class NotInProcess(ProcregError, RuntimeError):
+    """The operation needs a calling process (`receive`, `link`, `monitor`, ...)."""
+
+
+class Deadlock(ProcregError, RuntimeError):
+    """The operation can never complete, such as a process calling itself."""
+
+
+class NoNode(ProcregError, RuntimeError):
+    """No procreg node is running in this context; use `procreg.Node` or `procreg.run`."""

@@ -1,0 +1,39 @@
+"""Messages the runtime itself delivers to processes."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .pid import Pid, Ref
+
+__all__ = ["Call", "Down", "Exit"]
+
+
+class Down(NamedTuple):
+    """Sent to a monitoring process when the monitored one ends.
+
+    ``reason`` is ``"noproc"`` if the process was already gone when monitored.
+    """
+
+    ref: Ref
+    pid: Pid
+    reason: Any
+
+
+class Exit(NamedTuple):
+    """An exit signal from a linked process (or `procreg.exit`), delivered as a message
+    to a process that traps exits."""
+
+    pid: Pid | None
+    reason: Any
+
+
+class Call(NamedTuple):
+    """A `procreg.call` as a coroutine process receives it.
+
+    Answer it with ``procreg.reply(msg.caller, value)``. (`Server` processes never see
+    this type: their ``handle_call`` gets the request and returns the reply.)
+    """
+
+    request: Any
+    caller: Any

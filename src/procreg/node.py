@@ -1,0 +1,633 @@
+"""The node: one event loop's processes, their scheduling and their signals.
+
+A `Node` owns a table ``pid -> process``, a run queue of server processes that have
+mail, and the bookkeeping for calls in flight. It is an async context manager::
+
+    async with procreg.Node("web1") as node:
+        pid = procreg.spawn(body)
+
+Everything a process does (send, call, link, ...) is a method here; the module-level
+functions in `procreg` find the current node and delegate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess
+from .gcpolicy import GcPolicy
+from .messages import Down, Exit
+from .pid import Pid, Ref
+from .process import (
+    EXITING,
+    Process,
+    _Proc,
+    current_caller,
+    current_process,
+)
+
+if TYPE_CHECKING:
+    from .registry import RegistryBackend
+
+__all__ = ["Node", "current_node"]
+
+log = logging.getLogger("procreg")
+
+DEFAULT_BATCH = 64
+_node_var: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
+    "procreg_node", default=None
+)
+_running: list[Node] = []
+_creations = itertools.count(1)
+
+
+def current_node() -> Node:
+    """The node of the calling code (set by ``async with Node()`` and `procreg.run`).
+
+    Raises `NoNode` outside any node. Code running outside the node's context (a
+    callback from a foreign thread, say) still finds the node if only one is running.
+    """
+    node = _node_var.get()
+    if node is not None and node._running:
+        return node
+    if len(_running) == 1:
+        return _running[0]
+    if not _running:
+        raise NoNode("no procreg node is running: use `async with procreg.Node()` or procreg.run")
+    raise NoNode("several procreg nodes are running and none is current in this context")
+
+
+def check_timeout(timeout: Any, what: str = "timeout") -> None:
+    """Raise a clear error for a timeout that is not a non-negative number (or None)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout < 0 or timeout != timeout:
+        raise ValueError(f"{what} must be >= 0, got {timeout!r}")
+
+
+class _Deadlines:
+    """Timeouts of calls in flight, without a timer per call.
+
+    Calls with the same timeout expire in the order they were made, so each distinct
+    timeout value keeps a FIFO of ``(deadline, future)`` and one timer armed for its
+    head. Answered calls are skipped when reached and compacted away in bulk, so
+    memory stays proportional to the calls actually pending.
+    """
+
+    __slots__ = ("_armed", "_limit", "_loop", "_queues")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: dict[float, deque[tuple[float, asyncio.Future[Any]]]] = {}
+        self._armed: dict[float, asyncio.TimerHandle] = {}
+        self._limit: dict[float, int] = {}
+
+    def add(self, timeout: float, fut: asyncio.Future[Any]) -> None:
+        q = self._queues.get(timeout)
+        if q is None:
+            q = self._queues[timeout] = deque()
+            self._limit[timeout] = 1024
+        deadline = self._loop.time() + timeout
+        q.append((deadline, fut))
+        if timeout not in self._armed:
+            self._armed[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+        elif len(q) >= self._limit[timeout]:
+            live = deque(e for e in q if not e[1].done())
+            self._queues[timeout] = live
+            self._limit[timeout] = max(1024, 2 * len(live))
+
+    def _expire(self, timeout: float) -> None:
+        q = self._queues[timeout]
+        now = self._loop.time()
+        while q:
+            deadline, fut = q[0]
+            if fut.done():
+                q.popleft()
+                continue
+            if deadline > now:
+                self._armed[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+                return
+            q.popleft()
+            fut.set_exception(CallTimeout(f"call timed out after {timeout} s"))
+        del self._armed[timeout]
+
+    def close(self) -> None:
+        for handle in self._armed.values():
+            handle.cancel()
+        self._armed.clear()
+        self._queues.clear()
+
+
+class Node:
+    """A procreg node: runs processes on the current event loop.
+
+    ``cluster=None`` (and ``PROCREG_CLUSTER`` unset) is the embedded, single-machine
+    default. ``gc_policy`` (default on; env ``PROCREG_GC_POLICY=0`` turns it off)
+    tunes Python's cyclic GC for many long-lived processes: see `procreg.gcpolicy`.
+    ``batch`` is how many messages a server handles before others get a turn.
+
+    >>> import asyncio, procreg
+    >>> async def main():
+    ...     async with procreg.Node("demo") as node:
+    ...         return node.name
+    >>> asyncio.run(main())
+    'demo'
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        cluster: str | None = None,
+        secret: str | bytes | None = None,
+        batch: int = DEFAULT_BATCH,
+        gc_policy: bool | None = None,
+        registry_handler: Any = None,
+        handler_config: dict[str, Any] | None = None,
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"node name must be a non-empty string, got {name!r}")
+        cluster = cluster if cluster is not None else os.environ.get("PROCREG_CLUSTER") or None
+        if cluster is not None:
+            raise NotImplementedError(
+                "clustering is not available yet; run without cluster= (the embedded default)"
+            )
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        self.name = name or "local"
+        self.creation = next(_creations)
+        self.cluster = cluster
+        self._secret = secret
+        self._batch = batch
+        if gc_policy is None:
+            gc_policy = os.environ.get("PROCREG_GC_POLICY", "1") not in ("0", "false", "no")
+        self._gc_policy = gc_policy
+        self._registry_handler = registry_handler
+        self.handler_config: dict[str, Any] = dict(handler_config or {})
+        self._handler_state: Any = None
+        self._serial = itertools.count(1)
+        self._procs: dict[Pid, _Proc] = {}
+        self._runq: deque[Any] = deque()
+        self._drain_pending = False
+        self._current: _Proc | None = None  # the server whose sync handler is running
+        self._caller: Any = None  # the caller of the sync handle_call running
+        self._endq: deque[tuple[_Proc, Any]] = deque()
+        self._ending = False
+        self._terminating: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._next_freeze = 1 << 62
+        self._unfreeze_below = -1
+        self.spawned = 0
+        self.exited = 0
+        self.crashed = 0
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._ctx: contextvars.Context = None  # type: ignore[assignment]
+        self._deadlines: _Deadlines = None  # type: ignore[assignment]
+        self._token: contextvars.Token[Node | None] | None = None
+        self.registry: RegistryBackend = None  # type: ignore[assignment]
+        self.handler: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name}.{self.creation} processes={len(self._procs)}>"
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the node on the running loop (``async with`` does this for you)."""
+        if self._running:
+            raise RuntimeError(f"{self!r} is already running")
+        from .nitrogen import NprocregHandler  # the registry layer sits above this one
+        from .registry import LocalBackend
+
+        self._loop = asyncio.get_running_loop()
+        self._deadlines = _Deadlines(self._loop)
+        self._token = _node_var.set(self)
+        self._ctx = contextvars.copy_context()
+        self.registry = LocalBackend(self)
+        handler = (
+            self._registry_handler if self._registry_handler is not None else NprocregHandler()
+        )
+        self.handler = handler
+        self._handler_state = await handler.init(self.handler_config, None)
+        if self._gc_policy:
+            GcPolicy.acquire()
+            self._next_freeze = GcPolicy.next_freeze()
+        self._running = True
+        _running.append(self)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """End every process with reason ``"shutdown"`` (newest first), wait up to
+        `timeout` seconds for their ``terminate`` callbacks, then stop the node."""
+        if not self._running:
+            return
+        for proc in reversed(list(self._procs.values())):
+            self._end(proc, "shutdown")
+        if self._terminating:
+            await asyncio.wait(list(self._terminating), timeout=timeout)
+        for task in list(self._terminating):
+            task.cancel()
+        await asyncio.sleep(0)  # let cancelled process tasks unwind
+        for proc in list(self._procs.values()):  # stragglers: terminate timed out
+            proc._finish("shutdown")
+        self._runq.clear()
+        self._deadlines.close()
+        try:
+            self._handler_state = await self.handler.finish(
+                self.handler_config, self._handler_state
+            )
+        finally:
+            self._running = False
+            if self in _running:
+                _running.remove(self)
+            if self._gc_policy:
+                GcPolicy.release()
+            if self._token is not None:
+                try:
+                    _node_var.reset(self._token)
+                except ValueError:  # stopped from another context
+                    pass
+                self._token = None
+
+    # -- process table ------------------------------------------------------------
+    def _new_pid(self) -> Pid:
+        return Pid(self.name, self.creation, next(self._serial))
+
+    def _add(self, proc: _Proc) -> None:
+        procs = self._procs
+        procs[proc.pid] = proc
+        self.spawned += 1
+        if len(procs) >= self._next_freeze:
+            GcPolicy.grew(len(procs))
+            self._next_freeze = GcPolicy.next_freeze()
+            self._unfreeze_below = GcPolicy.unfreeze_below()
+
+    def _forget(self, proc: _Proc) -> None:
+        procs = self._procs
+        if procs.pop(proc.pid, None) is not None:
+            self.exited += 1
+            if len(procs) < self._unfreeze_below:
+                GcPolicy.shrank(len(procs))
+                self._next_freeze = GcPolicy.next_freeze()
+                self._unfreeze_below = GcPolicy.unfreeze_below()
+
+    def _lookup(self, pid: Pid) -> _Proc | None:
+        """The local process for `pid`, None if it is dead; raises for a foreign pid."""
+        proc = self._procs.get(pid)
+        if proc is not None:
+            return proc
+        if type(pid) is not Pid:
+            raise TypeError(f"expected a Pid, got {type(pid).__name__}: {pid!r}")
+        if pid[0] != self.name:
+            raise NodeDown(
+                f"unknown node {pid[0]!r}: {pid!r} is not a pid of a node in this cluster"
+            )
+        return None
+
+    def process_count(self) -> int:
+        """How many processes are alive on this node."""
+        return len(self._procs)
+
+    def processes(self) -> list[Pid]:
+        """The pids of the live processes, oldest first."""
+        return list(self._procs)
+
+    def me(self) -> _Proc | None:
+        """The calling process, if the caller is one."""
+        proc = self._current
+        if proc is None:
+            proc = current_process.get()
+        return proc
+
+    def _me_or_raise(self, what: str) -> _Proc:
+        proc = self.me()
+        if proc is None:
+            raise NotInProcess(f"{what} must be called from inside a process")
+        return proc
+
+    # -- scheduling (server processes) --------------------------------------------
+    def _schedule(self, proc: _Proc) -> None:
+        self._runq.append(proc)
+        if not self._drain_pending:
+            self._drain_pending = True
+            self._loop.call_soon(self._drain, context=self._ctx)
+
+    def _drain(self) -> None:
+        runq = self._runq
+        n = len(runq)
+        while n:
+            n -= 1
+            proc = runq.popleft()
+            proc._run()
+        if runq:
+            self._loop.call_soon(self._drain, context=self._ctx)
+        else:
+            self._drain_pending = False
+
+    # -- spawning -----------------------------------------------------------------
+    def spawn(
+        self,
+        fn: Any,
+        *args: Any,
+        link: bool = False,
+        monitor: bool = False,
+        trap_exits: bool = False,
+        idle_timeout: float | None = None,
+    ) -> Pid:
+        """Start a process running ``await fn(*args)``; see `procreg.spawn`."""
+        if isinstance(fn, type) and hasattr(fn, "_procreg_server"):
+            pid: Pid = cast(Any, fn).start(
+                *args, link=link, monitor=monitor, trap_exits=trap_exits, idle_timeout=idle_timeout
+            )
+            return pid
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"spawn() needs an `async def` function or a Server subclass, got {fn!r}"
+            )
+        check_timeout(idle_timeout, "idle_timeout")
+        parent = self.me() if (link or monitor) else None
+        if (link or monitor) and parent is None:
+            raise NotInProcess(
+                "spawn(link=True / monitor=True) must be called from inside a process"
+            )
+        proc = Process(self, self._new_pid())
+        self._add(proc)
+        self.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+        proc._task = self._loop.create_task(proc._main(fn, args))
+        return proc.pid
+
+    def spawn_main(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        result: asyncio.Future[Any],
+    ) -> Pid:
+        """Spawn the main process of `procreg.run`: its outcome goes to `result`
+        (and a crash is not logged as a crash report, since `run` re-raises it)."""
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"run() needs an `async def` function, got {fn!r}")
+        proc = Process(self, self._new_pid())
+        proc._result = result
+        self._add(proc)
+        proc._task = self._loop.create_task(proc._main(fn, args))
+        return proc.pid
+
+    def setup(
+        self,
+        proc: _Proc,
+        parent: _Proc | None,
+        link: bool,
+        monitor: bool,
+        trap_exits: bool,
+        idle_timeout: float | None,
+    ) -> Ref | None:
+        """Apply spawn options to a new process (used by `spawn` and `Server.start`)."""
+        ref = None
+        if trap_exits:
+            proc.ext().trap = True
+        if idle_timeout is not None:
+            ext = proc.ext()
+            ext.idle_timeout = idle_timeout
+            ext.idle_last = self._loop.time()
+            ext.idle_handle = self._loop.call_at(ext.idle_last + idle_timeout, proc._idle_check)
+        if parent is not None:
+            if link:
+                self._add_link(parent, proc)
+            if monitor:
+                ref = self._add_monitor(parent, proc)
+        return ref
+
+    # -- messaging ----------------------------------------------------------------
+    def send(self, pid: Pid, msg: Any) -> None:
+        """Put `msg` in the mailbox of `pid` (``handle_info`` for a server)."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            self._lookup(pid)
+            return
+        proc._info(msg)
+
+    def cast(self, pid: Pid, msg: Any) -> None:
+        """Send `msg` as a cast (``handle_cast`` for a server)."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            self._lookup(pid)
+            return
+        proc._cast(msg)
+
+    async def call(self, pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
+        """Send `request` and wait for the reply; see `procreg.call`."""
+        if timeout.__class__ is not float or timeout < 0:
+            check_timeout(timeout)
+        proc = self._procs.get(pid)
+        if proc is None or proc._st >= EXITING:
+            self._lookup(pid)
+            raise NoProcess(f"no process {pid!r}")
+        if proc is self._current or proc is current_process.get():
+            raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
+        fut = self._loop.create_future()
+        proc._call(fut, request)
+        if timeout is not None:
+            self._deadlines.add(timeout, fut)
+        return await fut
+
+    def caller(self) -> Any:
+        """The caller of the call being handled (for a later `reply`)."""
+        caller = self._caller if self._current is not None else current_caller.get()
+        if caller is None:
+            raise NotInProcess("caller() is only meaningful inside handle_call")
+        return caller
+
+    # -- exits, links, monitors ---------------------------------------------------
+    def _end(self, proc: _Proc, reason: Any) -> None:
+        """End `proc` with `reason`: run the exit sequence (without recursion)."""
+        endq = self._endq
+        endq.append((proc, reason))
+        if self._ending:
+            return
+        self._ending = True
+        try:
+            while endq:
+                p, r = endq.popleft()
+                if p._st >= EXITING:
+                    continue
+                p._st = EXITING
+                p._stop_task()
+                pending = None if r == "kill" else p._terminate(r)
+                if pending is None:
+                    p._finish(r)
+                else:
+                    task = self._loop.create_task(self._finish_after(p, pending, r))
+                    self._terminating.add(task)
+                    task.add_done_callback(self._terminating.discard)
+        finally:
+            self._ending = False
+
+    async def _finish_after(
+        self, proc: _Proc, pending: Coroutine[Any, Any, Any], reason: Any
+    ) -> None:
+        current_process.set(proc)
+        try:
+            await pending
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("terminate() of %r raised", proc.pid)
+        finally:
+            proc._finish(reason)
+
+    def _crash_report(self, proc: _Proc, exc: BaseException, last: Any) -> None:
+        self.crashed += 1
+        log.error(
+            "process %r (%s) crashed: %r; last message: %r",
+            proc.pid,
+            proc.kind,
+            exc,
+            last,
+            exc_info=exc,
+        )
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to `pid`; see `procreg.exit`."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            self._lookup(pid)
+            return
+        me = self.me()
+        sender = me.pid if me is not None else None
+        if proc is me and reason == "normal":
+            self._end(proc, "normal")
+            return
+        self._exit_signal(proc, sender, reason, linked=False)
+
+    def _exit_signal(self, target: _Proc, sender: Pid | None, reason: Any, linked: bool) -> None:
+        if target._st >= EXITING:
+            return
+        if reason == "kill" and not linked:
+            self._end(target, "kill")
+            return
+        ext = target._ext
+        if ext is not None and ext.trap:
+            target._info(Exit(sender, reason))
+        elif reason != "normal":
+            self._end(target, reason)
+
+    def _link_signal(self, other: Pid, sender: Pid, reason: Any) -> None:
+        proc = self._procs.get(other)
+        if proc is None:
+            return
+        ext = proc._ext
+        if ext is not None and ext.links is not None:
+            ext.links.discard(sender)
+        self._exit_signal(proc, sender, reason, linked=True)
+
+    def _add_link(self, a: _Proc, b: _Proc) -> None:
+        ea, eb = a.ext(), b.ext()
+        if ea.links is None:
+            ea.links = set()
+        if eb.links is None:
+            eb.links = set()
+        ea.links.add(b.pid)
+        eb.links.add(a.pid)
+
+    def link(self, pid: Pid) -> None:
+        """Link the calling process and `pid`; see `procreg.link`."""
+        me = self._me_or_raise("link()")
+        proc = self._procs.get(pid)
+        if proc is None or proc._st >= EXITING:
+            self._lookup(pid)
+            ext = me._ext
+            if ext is not None and ext.trap:
+                me._info(Exit(pid, "noproc"))
+                return
+            raise NoProcess(f"cannot link to {pid!r}: no such process")
+        if proc is me:
+            return
+        self._add_link(me, proc)
+
+    def unlink(self, pid: Pid) -> None:
+        """Remove the link between the calling process and `pid`, if any."""
+        me = self._me_or_raise("unlink()")
+        if me._ext is not None and me._ext.links:
+            me._ext.links.discard(pid)
+        proc = self._procs.get(pid)
+        if proc is None:
+            self._lookup(pid)
+            return
+        if proc._ext is not None and proc._ext.links:
+            proc._ext.links.discard(me.pid)
+
+    def _add_monitor(self, watcher: _Proc, target: _Proc) -> Ref:
+        ref = Ref(self.name)
+        et, ew = target.ext(), watcher.ext()
+        if et.monitors is None:
+            et.monitors = {}
+        if ew.watching is None:
+            ew.watching = {}
+        et.monitors[ref] = watcher.pid
+        ew.watching[ref] = target.pid
+        return ref
+
+    def monitor(self, pid: Pid) -> Ref:
+        """Monitor `pid` from the calling process; see `procreg.monitor`."""
+        me = self._me_or_raise("monitor()")
+        proc = self._procs.get(pid)
+        if proc is None or proc._st >= EXITING:
+            self._lookup(pid)
+            ref = Ref(self.name)
+            me._info(Down(ref, pid, "noproc"))
+            return ref
+        return self._add_monitor(me, proc)
+
+    def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
+        """Stop a monitor; True if it was active. ``flush=True`` also removes a
+        `Down` for it already in the caller's mailbox."""
+        me = self._me_or_raise("demonitor()")
+        ext = me._ext
+        target = ext.watching.pop(ref, None) if ext is not None and ext.watching else None
+        if target is not None:
+            self._drop_monitor(target, ref)
+        if flush and me._mail:
+            me._flush_down(ref)
+        return target is not None
+
+    def _drop_monitor(self, target: Pid, ref: Ref) -> None:
+        proc = self._procs.get(target)
+        if proc is not None and proc._ext is not None and proc._ext.monitors:
+            proc._ext.monitors.pop(ref, None)
+
+    def _down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
+        proc = self._procs.get(watcher)
+        if proc is None:
+            return
+        ext = proc._ext
+        if ext is not None and ext.watching:
+            ext.watching.pop(ref, None)
+        proc._info(Down(ref, pid, reason))
+
+    def is_alive(self, pid: Pid) -> bool:
+        """True while `pid` is a live local process."""
+        proc = self._procs.get(pid)
+        return proc is not None and proc._st < EXITING
+
+    # -- registry hook ------------------------------------------------------------
+    def _drop_registrations(self, proc: _Proc) -> None:
+        self.registry.process_ended(proc)
+
+    def wrap(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in this node's context (for callbacks from foreign code)."""
+        return self._ctx.run(fn)

@@ -1,0 +1,462 @@
+"""The process registry: tables of unique keys, groups, and the backend protocol.
+
+A *table* is a namespace of unique keys (``"default"`` unless told otherwise),
+created on first use. A key maps to one live process and, optionally, a small
+metadata dict. A *group* is a set of processes (a pool) that `publish` reaches.
+
+Guarantees of every backend:
+
+- `get_or_spawn` is atomic: however many callers race for a key, one process is
+  started and every caller gets its pid. On one node, concurrent callers for a key
+  share one in-flight attempt.
+- An entry disappears when its process ends, whatever the reason (``kill`` too);
+  a process leaves its groups when it ends.
+- Read your writes on the same node.
+
+`LocalBackend` is the embedded default. A backend for another store subclasses
+`RegistryBackend`; docs/INTERNALS.md spells out the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
+from .pid import Pid
+from .process import EXITING, _Proc
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "MISS",
+    "LocalBackend",
+    "NotOwner",
+    "RegistryBackend",
+    "check_factory",
+    "check_key",
+]
+
+DEFAULT_TABLE: Final = "default"
+
+
+class _Miss:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "procreg.registry.MISS"
+
+
+MISS: Final = _Miss()
+"""Returned by `RegistryBackend.peek` when only the store can answer."""
+
+
+class NotOwner(ProcregError):
+    """A process tried to unregister a key held by another process."""
+
+
+def check_key(key: Any, what: str = "key") -> None:
+    """Raise `TypeError` naming the type of an unhashable key."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            f"registry {what} must be hashable, got {type(key).__name__}: {key!r}"
+        ) from None
+
+
+def check_table(table: Any) -> None:
+    """Raise `TypeError` for a table name that is not a str."""
+    if not isinstance(table, str):
+        raise TypeError(f"table must be a str, got {type(table).__name__}: {table!r}")
+
+
+def check_factory(factory: Any) -> None:
+    """A factory is a `Server` subclass or an ``async def`` function."""
+    if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
+        return
+    if inspect.iscoroutinefunction(factory):
+        return
+    raise TypeError(
+        f"factory must be a Server subclass or an `async def` function, got {factory!r}"
+    )
+
+
+def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
+    """`pid`, or the calling process's pid when `pid` is None."""
+    if pid is not None:
+        return pid
+    me = node.me()
+    if me is None:
+        raise NotInProcess(f"{what} without a pid must be called from inside a process")
+    return me.pid
+
+
+class RegistryBackend:
+    """What a registry backend implements. Every operation that may wait on a store
+    is ``async``; the local views (`peek`, `entries`, `tables`, `count`, `groups`)
+    are plain methods that never wait.
+
+    A backend is created by the node with the node as its only argument.
+    `process_ended` is called synchronously by the node during a process's exit
+    sequence and must drop everything that process held. Arguments reach a backend
+    already checked (hashable keys, str tables, valid factories).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # -- keys -----------------------------------------------------------------
+    def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | _Miss | None:
+        """Answer from local knowledge without waiting: a pid, None if surely absent,
+        or `MISS` if the store must be asked."""
+        return MISS
+
+    async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
+        """The live process registered under `key`, or None."""
+        raise NotImplementedError
+
+    async def lookup(
+        self, key: Hashable, table: str = DEFAULT_TABLE
+    ) -> tuple[Pid, dict[str, Any] | None] | None:
+        """``(pid, metadata)`` for `key`, or None."""
+        raise NotImplementedError
+
+    async def register(
+        self,
+        key: Hashable,
+        pid: Pid,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Register `pid` under `key`. Raises `AlreadyRegistered` if another live
+        process holds it and `NoProcess` if `pid` is dead. Registering a key the
+        same pid already holds replaces its metadata."""
+        raise NotImplementedError
+
+    async def unregister(
+        self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
+    ) -> bool:
+        """Remove `key`; with `pid`, only if `pid` holds it (else `NotOwner`).
+        True if an entry was removed."""
+        raise NotImplementedError
+
+    async def get_or_spawn(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[Pid, bool]:
+        """The live process for `key`, or exactly one started from `factory`;
+        returns ``(pid, started_by_this_call)``."""
+        raise NotImplementedError
+
+    def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
+        """``(key, pid)`` pairs of `table` known locally (empty for an unknown table)."""
+        raise NotImplementedError
+
+    def tables(self) -> list[str]:
+        """Names of the tables known locally."""
+        raise NotImplementedError
+
+    def count(self, table: str = DEFAULT_TABLE) -> int:
+        """Number of entries of `table` known locally, in O(1)."""
+        raise NotImplementedError
+
+    # -- groups -----------------------------------------------------------------
+    async def join(self, group: Hashable, pid: Pid) -> bool:
+        """Add `pid` to `group`; False if it was already a member."""
+        raise NotImplementedError
+
+    async def leave(self, group: Hashable, pid: Pid) -> bool:
+        """Remove `pid` from `group`; False if it was not a member."""
+        raise NotImplementedError
+
+    async def members(self, group: Hashable) -> list[Pid]:
+        """The members of `group`, in joining order (empty for an unknown group)."""
+        raise NotImplementedError
+
+    async def publish(self, group: Hashable, msg: Any) -> int:
+        """Send `msg` to every member of `group`; the number of members reached."""
+        raise NotImplementedError
+
+    def groups(self) -> list[Hashable]:
+        """Names of the groups known locally."""
+        raise NotImplementedError
+
+    # -- lifecycle --------------------------------------------------------------
+    def process_ended(self, proc: _Proc) -> None:
+        """Drop every key and group membership held by `proc` (called by the node)."""
+        raise NotImplementedError
+
+
+class LocalBackend(RegistryBackend):
+    """The embedded registry: dictionaries in the node's memory.
+
+    Each table is a dict ``key -> process``; each process remembers its keys (in its
+    ``_reg`` slot), so the exit sequence removes them in O(keys held). Metadata lives
+    in a side dict per table, only for entries that have some.
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self._tables: dict[str, dict[Hashable, _Proc]] = {}
+        self._meta: dict[str, dict[Hashable, dict[str, Any]]] = {}
+        self._groups: dict[Hashable, dict[Pid, _Proc]] = {}
+        self._inflight: dict[tuple[str, Hashable], asyncio.Future[Pid]] = {}
+
+    # -- keys -----------------------------------------------------------------
+    def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
+        tab = self._tables.get(table)
+        if tab is None:
+            return None
+        proc = tab.get(key)
+        return proc.pid if proc is not None else None
+
+    async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
+        return self.peek(key, table)
+
+    async def lookup(
+        self, key: Hashable, table: str = DEFAULT_TABLE
+    ) -> tuple[Pid, dict[str, Any] | None] | None:
+        tab = self._tables.get(table)
+        proc = tab.get(key) if tab is not None else None
+        if proc is None:
+            return None
+        meta = self._meta.get(table)
+        return proc.pid, (meta.get(key) if meta is not None else None)
+
+    def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+        tab = self._tables.get(table)
+        if tab is None:
+            tab = self._tables[table] = {}
+        tab[key] = proc
+        entry = (table, key)
+        reg = proc._reg
+        if reg is None:
+            proc._reg = entry
+        elif type(reg) is set:
+            reg.add(entry)
+        elif reg != entry:
+            proc._reg = {reg, entry}
+        if meta is not None:
+            self._meta.setdefault(table, {})[key] = dict(meta)
+        elif table in self._meta:
+            self._drop_meta(table, key)
+
+    def _drop_meta(self, table: str, key: Hashable) -> None:
+        meta = self._meta.get(table)
+        if meta is not None and meta.pop(key, None) is not None and not meta:
+            del self._meta[table]
+
+    def _remove(self, table: str, key: Hashable, proc: _Proc) -> None:
+        tab = self._tables[table]
+        del tab[key]
+        if not tab:
+            del self._tables[table]
+        self._drop_meta(table, key)
+        entry = (table, key)
+        reg = proc._reg
+        if type(reg) is set:
+            reg.discard(entry)
+            if len(reg) == 1:
+                proc._reg = next(iter(reg))
+            elif not reg:
+                proc._reg = None
+        elif reg == entry:
+            proc._reg = None
+
+    def register_now(
+        self,
+        key: Hashable,
+        proc: _Proc,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Synchronous `register` of a live local process."""
+        tab = self._tables.get(table)
+        holder = tab.get(key) if tab is not None else None
+        if holder is not None and holder is not proc:
+            raise AlreadyRegistered(key, holder.pid)
+        self._add(table, key, proc, meta)
+
+    async def register(
+        self,
+        key: Hashable,
+        pid: Pid,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        proc = self.node._lookup(pid)
+        if proc is None or proc._st >= EXITING:
+            raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
+        self.register_now(key, proc, table, meta)
+
+    async def unregister(
+        self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
+    ) -> bool:
+        tab = self._tables.get(table)
+        holder = tab.get(key) if tab is not None else None
+        if holder is None:
+            return False
+        if pid is not None and holder.pid != pid:
+            raise NotOwner(f"{key!r} in table {table!r} is held by {holder.pid!r}, not {pid!r}")
+        self._remove(table, key, holder)
+        return True
+
+    async def get_or_spawn(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[Pid, bool]:
+        tab = self._tables.get(table)
+        if tab is not None:
+            proc = tab.get(key)
+            if proc is not None:
+                return proc.pid, False
+        flight = self._inflight.get((table, key))
+        if flight is not None:
+            return await asyncio.shield(flight), False
+        node = self.node
+        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
+            factory = cast(Any, factory)
+            if not factory._async_mask & 8:  # sync init: start and register in one step
+                proc, _ = factory._start(args, False, False, False, None, None)
+                self._add(table, key, proc, meta)
+                return proc.pid, True
+            return await self._spawn_async(key, factory, args, table, meta)
+        # an async def body: it starts running on the next loop turn; registered now
+        pid = node.spawn(factory, *args)
+        self._add(table, key, node._procs[pid], meta)
+        return pid, True
+
+    async def _spawn_async(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str,
+        meta: dict[str, Any] | None,
+    ) -> tuple[Pid, bool]:
+        """A server with an async ``init``: concurrent callers share this attempt;
+        the key is registered once init succeeds, and stays free if it fails."""
+        node = self.node
+        loop = node._loop
+        flight: asyncio.Future[Pid] = loop.create_future()
+        self._inflight[(table, key)] = flight
+        started = True
+        try:
+            ready: asyncio.Future[Pid] = loop.create_future()
+            proc, _ = factory._start(args, False, False, False, None, ready)
+            pid = await ready
+            if proc._st >= EXITING:
+                raise NoProcess(f"{pid!r} ended right after its init")
+            tab = self._tables.get(table)
+            holder = tab.get(key) if tab is not None else None
+            if holder is not None and holder is not proc:
+                # registered by someone else meanwhile: theirs wins, ours goes
+                node._end(proc, "shutdown")
+                pid, started = holder.pid, False
+            else:
+                self._add(table, key, proc, meta)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # there may be no other caller: mark it retrieved
+            raise
+        finally:
+            del self._inflight[(table, key)]
+        flight.set_result(pid)
+        return pid, started
+
+    def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
+        tab = self._tables.get(table)
+        if tab is None:
+            return []
+        return [(key, proc.pid) for key, proc in tab.items()]
+
+    def tables(self) -> list[str]:
+        return list(self._tables)
+
+    def count(self, table: str = DEFAULT_TABLE) -> int:
+        tab = self._tables.get(table)
+        return len(tab) if tab is not None else 0
+
+    # -- groups -----------------------------------------------------------------
+    async def join(self, group: Hashable, pid: Pid) -> bool:
+        proc = self.node._lookup(pid)
+        if proc is None or proc._st >= EXITING:
+            raise NoProcess(f"cannot join {group!r}: {pid!r} is not alive")
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = {}
+        elif pid in members:
+            return False
+        members[pid] = proc
+        ext = proc.ext()
+        if ext.groups is None:
+            ext.groups = set()
+        ext.groups.add(group)
+        return True
+
+    async def leave(self, group: Hashable, pid: Pid) -> bool:
+        members = self._groups.get(group)
+        if members is None:
+            return False
+        proc = members.pop(pid, None)
+        if proc is None:
+            return False
+        if not members:
+            del self._groups[group]
+        ext = proc._ext
+        if ext is not None and ext.groups is not None:
+            ext.groups.discard(group)
+        return True
+
+    async def members(self, group: Hashable) -> list[Pid]:
+        members = self._groups.get(group)
+        return list(members) if members is not None else []
+
+    async def publish(self, group: Hashable, msg: Any) -> int:
+        members = self._groups.get(group)
+        if not members:
+            return 0
+        for proc in list(members.values()):
+            proc._info(msg)
+        return len(members)
+
+    def groups(self) -> list[Hashable]:
+        return list(self._groups)
+
+    # -- lifecycle --------------------------------------------------------------
+    def process_ended(self, proc: _Proc) -> None:
+        reg = proc._reg
+        if reg is not None:
+            proc._reg = None
+            for table, key in reg if type(reg) is set else (reg,):
+                tab = self._tables.get(table)
+                if tab is not None and tab.get(key) is proc:
+                    del tab[key]
+                    if not tab:
+                        del self._tables[table]
+                    self._drop_meta(table, key)
+        ext = proc._ext
+        if ext is not None and ext.groups:
+            pid = proc.pid
+            for group in ext.groups:
+                members = self._groups.get(group)
+                if members is not None:
+                    members.pop(pid, None)
+                    if not members:
+                        del self._groups[group]
+            ext.groups = None
