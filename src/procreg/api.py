@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
 from .errors import NotInProcess
-from .node import Node, check_timeout, current_node
+from .node import Node, _node_var, check_timeout, current_node
 from .pid import Pid, Ref
 from .process import Process, _answered, current_process
 from .registry import DEFAULT_TABLE, caller_pid, check_factory, check_key, check_table
@@ -112,12 +112,22 @@ def send(pid: Pid, msg: Any) -> None:
     """Send `msg` to `pid` (a server gets it in ``handle_info``). A message to a dead
     process is dropped silently, as in Erlang. Messages between one pair of
     processes arrive in the order sent. Local sends do not copy `msg`."""
-    current_node().send(pid, msg)
+    node = _node_var.get() or current_node()
+    proc = node._procs.get(pid)
+    if proc is None:
+        node.send(pid, msg)
+    else:
+        proc._info(msg)
 
 
 def cast(pid: Pid, msg: Any) -> None:
     """Send `msg` as a cast (a server gets it in ``handle_cast``)."""
-    current_node().cast(pid, msg)
+    node = _node_var.get() or current_node()
+    proc = node._procs.get(pid)
+    if proc is None:
+        node.cast(pid, msg)
+    else:
+        proc._cast(msg)
 
 
 async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
@@ -263,7 +273,10 @@ async def lookup(
     return await current_node().registry.lookup(key, table)
 
 
-def _check_spawn(key: Hashable, factory: Any, table: str, placement: str) -> None:
+def _check_spawn(
+    key: Hashable, factory: Any, table: str, placement: str, idle_timeout: float | None
+) -> None:
+    check_timeout(idle_timeout, "idle_timeout")
     check_key(key)
     check_table(table)
     check_factory(factory)
@@ -278,6 +291,7 @@ async def get_or_spawn(
     table: str = DEFAULT_TABLE,
     placement: str = "local",
     meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
 ) -> Pid:
     """The live process registered under `key`, or exactly one new process started
     from `factory` (a `Server` subclass or an ``async def`` body) with `args` and
@@ -285,14 +299,16 @@ async def get_or_spawn(
 
     However many callers race, one process is started; the others get its pid. If
     the factory's ``init`` fails, the key stays free and the caller gets the error.
-    ``placement="hash"`` starts it on the key's home node in a cluster.
+    ``placement="hash"`` starts it on the key's home node in a cluster; `meta` is
+    stored with the entry (see `lookup`); `idle_timeout` ends the new process after
+    that many seconds without a message (its entry goes with it).
     """
     registry = current_node().registry
     pid = registry.peek(key, table)
     if pid.__class__ is Pid:
         return pid
-    _check_spawn(key, factory, table, placement)
-    pid, _ = await registry.get_or_spawn(key, factory, args, table, placement, meta)
+    _check_spawn(key, factory, table, placement, idle_timeout)
+    pid, _ = await registry.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
     return pid
 
 
@@ -303,11 +319,14 @@ async def spawn_unique(
     table: str = DEFAULT_TABLE,
     placement: str = "local",
     meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
 ) -> tuple[Pid, bool]:
     """Like `get_or_spawn`, but also says whether this call started the process:
     returns ``(pid, started)``."""
-    _check_spawn(key, factory, table, placement)
-    return await current_node().registry.get_or_spawn(key, factory, args, table, placement, meta)
+    _check_spawn(key, factory, table, placement, idle_timeout)
+    return await current_node().registry.get_or_spawn(
+        key, factory, args, table, placement, meta, idle_timeout
+    )
 
 
 async def register(

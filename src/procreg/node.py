@@ -28,6 +28,7 @@ from .messages import Down, Exit
 from .pid import Pid, Ref
 from .process import (
     EXITING,
+    IDLE,
     Process,
     _Proc,
     current_caller,
@@ -46,6 +47,9 @@ _node_var: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
     "procreg_node", default=None
 )
 _running: list[Node] = []
+_new_pid = tuple.__new__
+INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
+_LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
 
 
@@ -56,7 +60,7 @@ def current_node() -> Node:
     callback from a foreign thread, say) still finds the node if only one is running.
     """
     node = _node_var.get()
-    if node is not None and node._running:
+    if node is not None:
         return node
     if len(_running) == 1:
         return _running[0]
@@ -181,6 +185,7 @@ class Node:
         self._drain_pending = False
         self._current: _Proc | None = None  # the server whose sync handler is running
         self._caller: Any = None  # the caller of the sync handle_call running
+        self._inline = INLINE_BUDGET
         self._endq: deque[tuple[_Proc, Any]] = deque()
         self._ending = False
         self._terminating: set[asyncio.Task[Any]] = set()
@@ -266,7 +271,7 @@ class Node:
 
     # -- process table ------------------------------------------------------------
     def _new_pid(self) -> Pid:
-        return Pid(self.name, self.creation, next(self._serial))
+        return _new_pid(Pid, (self.name, self.creation, next(self._serial)))
 
     def _add(self, proc: _Proc) -> None:
         procs = self._procs
@@ -439,6 +444,11 @@ class Node:
             raise NoProcess(f"no process {pid!r}")
         if proc is self._current or proc is current_process.get():
             raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
+        if proc._st == IDLE and proc._direct_call:
+            self._inline -= 1
+            if self._inline:
+                return await proc._call_direct(request, timeout)
+            self._inline = INLINE_BUDGET  # take the scheduled path: the caller yields
         fut = self._loop.create_future()
         proc._call(fut, request)
         if timeout is not None:
@@ -447,7 +457,12 @@ class Node:
 
     def caller(self) -> Any:
         """The caller of the call being handled (for a later `reply`)."""
-        caller = self._caller if self._current is not None else current_caller.get()
+        if self._current is not None:
+            caller = self._caller
+            if caller is _LAZY:
+                caller = self._caller = self._loop.create_future()
+        else:
+            caller = current_caller.get()
         if caller is None:
             raise NotInProcess("caller() is only meaningful inside handle_call")
         return caller

@@ -102,6 +102,7 @@ class _Proc:
     _reg: Any  # registry entries held: None, one (table, key) or a set of them
 
     kind = "process"
+    _direct_call = False  # True for servers whose handle_call may run in the caller's turn
 
     def _init_proc(self, node: Node, pid: Pid) -> None:
         self.pid = pid
@@ -125,6 +126,10 @@ class _Proc:
         raise NotImplementedError
 
     def _call(self, caller: Any, request: Any) -> None:
+        raise NotImplementedError
+
+    async def _call_direct(self, request: Any, timeout: float | None) -> Any:
+        """Handle a call in the caller's turn (servers with a sync handle_call)."""
         raise NotImplementedError
 
     # -- exit ---------------------------------------------------------------------

@@ -153,9 +153,11 @@ class RegistryBackend:
         table: str = DEFAULT_TABLE,
         placement: str = "local",
         meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
         """The live process for `key`, or exactly one started from `factory`;
-        returns ``(pid, started_by_this_call)``."""
+        returns ``(pid, started_by_this_call)``. `idle_timeout` is passed to the
+        new process (see `procreg.spawn`)."""
         raise NotImplementedError
 
     def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
@@ -319,6 +321,7 @@ class LocalBackend(RegistryBackend):
         table: str = DEFAULT_TABLE,
         placement: str = "local",
         meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
         tab = self._tables.get(table)
         if tab is not None:
@@ -332,12 +335,12 @@ class LocalBackend(RegistryBackend):
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
             factory = cast(Any, factory)
             if not factory._async_mask & 8:  # sync init: start and register in one step
-                proc, _ = factory._start(args, False, False, False, None, None)
+                proc, _ = factory._start(args, False, False, False, idle_timeout, None)
                 self._add(table, key, proc, meta)
                 return proc.pid, True
-            return await self._spawn_async(key, factory, args, table, meta)
+            return await self._spawn_async(key, factory, args, table, meta, idle_timeout)
         # an async def body: it starts running on the next loop turn; registered now
-        pid = node.spawn(factory, *args)
+        pid = node.spawn(factory, *args, idle_timeout=idle_timeout)
         self._add(table, key, node._procs[pid], meta)
         return pid, True
 
@@ -348,6 +351,7 @@ class LocalBackend(RegistryBackend):
         args: tuple[Any, ...],
         table: str,
         meta: dict[str, Any] | None,
+        idle_timeout: float | None,
     ) -> tuple[Pid, bool]:
         """A server with an async ``init``: concurrent callers share this attempt;
         the key is registered once init succeeds, and stays free if it fails."""
@@ -358,7 +362,7 @@ class LocalBackend(RegistryBackend):
         started = True
         try:
             ready: asyncio.Future[Pid] = loop.create_future()
-            proc, _ = factory._start(args, False, False, False, None, ready)
+            proc, _ = factory._start(args, False, False, False, idle_timeout, ready)
             pid = await ready
             if proc._st >= EXITING:
                 raise NoProcess(f"{pid!r} ended right after its init")

@@ -30,9 +30,9 @@ import logging
 from collections import deque
 from typing import Any, Final, TypeVar
 
-from .errors import NotInProcess
+from .errors import NotInProcess, ProcessExited
 from .messages import Down
-from .node import check_timeout, current_node
+from .node import _LAZY, check_timeout, current_node
 from .pid import Pid, Ref
 from .process import (
     BUSY,
@@ -109,6 +109,7 @@ class Server(_Proc):
             if inspect.iscoroutinefunction(getattr(cls, name)):
                 mask |= bit
         cls._async_mask = mask
+        cls._direct_call = not mask & _ASYNC_CALL
 
     # -- callbacks ----------------------------------------------------------------
     def init(self, *args: Any) -> Any:
@@ -281,6 +282,52 @@ class Server(_Proc):
             self._node._schedule(self)
 
     # -- dispatch -----------------------------------------------------------------
+    async def _call_direct(self, request: Any, timeout: float | None) -> Any:
+        """Handle a call in the caller's turn (direct dispatch).
+
+        Only for an idle server (no mail, no handler running) with a sync
+        ``handle_call``: nothing is queued ahead of the request, so running the
+        handler now is indistinguishable from scheduling it, and saves two event
+        loop iterations. The node makes callers yield every `INLINE_BUDGET` calls.
+        """
+        node = self._node
+        node._current = self
+        node._caller = _LAZY
+        self._st = SCHEDULED  # mail sent to us meanwhile queues without scheduling
+        try:
+            reply = self.handle_call(request)
+        except BaseException as exc:
+            node._current = None
+            if self._st < EXITING:
+                node._crash_report(self, exc, request)
+                node._end(self, exc)
+            if not isinstance(exc, Exception):
+                raise
+            raise ProcessExited(exc, self.pid) from exc
+        node._current = None
+        caller = node._caller
+        if self._st == SCHEDULED:
+            if self._mail:
+                node._schedule(self)
+            else:
+                self._st = IDLE
+                self._mail = None
+            ext = self._ext
+            if ext is not None and ext.idle_timeout is not None:
+                ext.idle_last = node._loop.time()
+        if reply is not NOREPLY:
+            return reply
+        # answered later with reply(caller, value): wait like a scheduled call
+        if caller is _LAZY:
+            caller = node._loop.create_future()
+        if self._st < EXITING:
+            self._owe(caller)
+        elif not caller.done():
+            caller.set_exception(ProcessExited("ended without replying", self.pid))
+        if timeout is not None:
+            node._deadlines.add(timeout, caller)
+        return await caller
+
     def _run(self) -> None:
         if self._st != SCHEDULED:
             return
