@@ -65,12 +65,14 @@ from .errors import (
     NotInProcess,
     ProcessExited,
     ProcregError,
+    Stop,
 )
 from .messages import Call, Down, Exit
 from .node import Node, current_node
 from .pid import Pid, Ref
 from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, RegistryBackend
 from .server import NOREPLY, Server
+from .supervisor import ChildSpec, ChildStatus, Supervisor, SupervisorError, child
 from .timers import Timer
 
 __version__ = "0.1.0"
@@ -80,6 +82,8 @@ __all__ = [
     "NOREPLY",
     "AlreadyRegistered",
     "Call",
+    "ChildSpec",
+    "ChildStatus",
     "CallTimeout",
     "ClusterUnavailable",
     "Deadlock",
@@ -98,10 +102,14 @@ __all__ = [
     "Ref",
     "RegistryBackend",
     "Server",
+    "Stop",
+    "Supervisor",
+    "SupervisorError",
     "Timer",
     "answered",
     "call",
     "caller",
+    "child",
     "cast",
     "count",
     "current_node",

@@ -104,15 +104,18 @@ def spawn_monitor(
 ) -> tuple[Pid, Ref]:
     """Spawn and monitor in one step; returns ``(pid, ref)``."""
     node = current_node()
+    me = node._me_or_raise("spawn_monitor()")
     pid = node.spawn(fn, *args)
-    return pid, node.monitor(pid)
+    return pid, node._add_monitor(me, node._procs[pid])
 
 
 def send(pid: Pid, msg: Any) -> None:
     """Send `msg` to `pid` (a server gets it in ``handle_info``). A message to a dead
     process is dropped silently, as in Erlang. Messages between one pair of
     processes arrive in the order sent. Local sends do not copy `msg`."""
-    node = _node_var.get() or current_node()
+    node = _node_var.get()
+    if node is None or not node._running:
+        node = current_node()
     proc = node._procs.get(pid)
     if proc is None:
         node.send(pid, msg)
@@ -122,7 +125,9 @@ def send(pid: Pid, msg: Any) -> None:
 
 def cast(pid: Pid, msg: Any) -> None:
     """Send `msg` as a cast (a server gets it in ``handle_cast``)."""
-    node = _node_var.get() or current_node()
+    node = _node_var.get()
+    if node is None or not node._running:
+        node = current_node()
     proc = node._procs.get(pid)
     if proc is None:
         node.cast(pid, msg)
@@ -257,10 +262,12 @@ async def whereis(key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
     """The live process registered under `key`, or None (Nitrogen ``get_pid/3``)."""
     registry = current_node().registry
     pid = registry.peek(key, table)
-    if pid.__class__ is Pid or pid is None:
+    if pid.__class__ is Pid:
         return pid
     check_key(key)
     check_table(table)
+    if pid is None:
+        return None
     return await registry.whereis(key, table)
 
 

@@ -19,11 +19,31 @@ __all__ = [
     "NotInProcess",
     "ProcessExited",
     "ProcregError",
+    "Stop",
 ]
 
 
 class ProcregError(Exception):
     """Base class of every procreg error."""
+
+
+class Stop(Exception):
+    """Raise ``Stop(reason)`` in a process (a body or a handler) to end it with
+    `reason`, without a crash report: Erlang's ``exit(Reason)``.
+
+    >>> import procreg
+    >>> async def main():
+    ...     async def worker():
+    ...         raise procreg.Stop("done")
+    ...     pid, ref = procreg.spawn_monitor(worker)
+    ...     return (await procreg.receive()).reason
+    >>> procreg.run(main)
+    'done'
+    """
+
+    def __init__(self, reason: Any = "normal") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class NoProcess(ProcregError):

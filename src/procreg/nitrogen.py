@@ -98,8 +98,16 @@ class NprocregHandler(ProcessRegistryHandler):
 
 
 async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
-    """Ask the current node's handler: ``get_pid(key)`` or ``get_pid(key, function)``."""
+    """Ask the current node's handler: ``get_pid(key)`` or ``get_pid(key, function)``.
+
+    The handler's state belongs to the node, so calls are serialised: each sees the
+    state the previous one returned."""
     node = current_node()
+    async with node._handler_lock:
+        return await _get_pid(node, key, function)
+
+
+async def _get_pid(node: Any, key: Hashable, function: Any) -> Pid | None:
     handler: ProcessRegistryHandler = node.handler
     if function is None:
         pid, node._handler_state = await handler.get_pid(

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess
+from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
 from .gcpolicy import GcPolicy
 from .messages import Down, Exit
 from .pid import Pid, Ref
@@ -60,7 +60,7 @@ def current_node() -> Node:
     callback from a foreign thread, say) still finds the node if only one is running.
     """
     node = _node_var.get()
-    if node is not None:
+    if node is not None and node._running:
         return node
     if len(_running) == 1:
         return _running[0]
@@ -179,6 +179,9 @@ class Node:
         self._registry_handler = registry_handler
         self.handler_config: dict[str, Any] = dict(handler_config or {})
         self._handler_state: Any = None
+        self._handler_lock = asyncio.Lock()
+        self._root_sup: asyncio.Future[Pid] | None = None
+        self.stopping = False  # True while stop() ends the processes
         self._serial = itertools.count(1)
         self._procs: dict[Pid, _Proc] = {}
         self._runq: deque[Any] = deque()
@@ -241,15 +244,25 @@ class Node:
         `timeout` seconds for their ``terminate`` callbacks, then stop the node."""
         if not self._running:
             return
-        for proc in reversed(list(self._procs.values())):
-            self._end(proc, "shutdown")
-        if self._terminating:
-            await asyncio.wait(list(self._terminating), timeout=timeout)
+        self.stopping = True
+        deadline = self._loop.time() + timeout
+        for _ in range(100):  # terminate callbacks may spawn: repeat until none is left
+            if not self._procs:
+                break
+            for proc in reversed(list(self._procs.values())):
+                self._end(proc, "shutdown")
+            left = deadline - self._loop.time()
+            if self._terminating and left > 0:
+                await asyncio.wait(list(self._terminating), timeout=left)
+            await asyncio.sleep(0)  # let cancelled process tasks unwind
+            if left <= 0:
+                break
         for task in list(self._terminating):
             task.cancel()
-        await asyncio.sleep(0)  # let cancelled process tasks unwind
         for proc in list(self._procs.values()):  # stragglers: terminate timed out
+            proc._stop_task()
             proc._finish("shutdown")
+        await asyncio.sleep(0)
         self._runq.clear()
         self._deadlines.close()
         try:
@@ -258,6 +271,7 @@ class Node:
             )
         finally:
             self._running = False
+            self.stopping = False
             if self in _running:
                 _running.remove(self)
             if self._gc_policy:
@@ -293,11 +307,11 @@ class Node:
 
     def _lookup(self, pid: Pid) -> _Proc | None:
         """The local process for `pid`, None if it is dead; raises for a foreign pid."""
+        if type(pid) is not Pid:
+            raise TypeError(f"expected a Pid, got {type(pid).__name__}: {pid!r}")
         proc = self._procs.get(pid)
         if proc is not None:
             return proc
-        if type(pid) is not Pid:
-            raise TypeError(f"expected a Pid, got {type(pid).__name__}: {pid!r}")
         if pid[0] != self.name:
             raise NodeDown(
                 f"unknown node {pid[0]!r}: {pid!r} is not a pid of a node in this cluster"
@@ -436,10 +450,10 @@ class Node:
 
     async def call(self, pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` and wait for the reply; see `procreg.call`."""
-        if timeout.__class__ is not float or timeout < 0:
+        if timeout.__class__ is not float or not timeout >= 0:  # (NaN fails >= too)
             check_timeout(timeout)
         proc = self._procs.get(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._st >= EXITING or pid.__class__ is not Pid:
             self._lookup(pid)
             raise NoProcess(f"no process {pid!r}")
         if proc is self._current or proc is current_process.get():
@@ -481,6 +495,8 @@ class Node:
                 if p._st >= EXITING:
                     continue
                 p._st = EXITING
+                if p._ext is not None:
+                    p._ext.exit_reason = r
                 p._stop_task()
                 pending = None if r == "kill" else p._terminate(r)
                 if pending is None:
@@ -504,6 +520,18 @@ class Node:
             log.exception("terminate() of %r raised", proc.pid)
         finally:
             proc._finish(reason)
+
+    def _fail(self, proc: _Proc, exc: BaseException, last: Any, report: bool = True) -> Any:
+        """End `proc` because its code raised `exc`; returns the exit reason.
+
+        `Stop(reason)` ends it with that reason quietly; any other exception is the
+        reason itself, with a crash report (unless `report` is False)."""
+        reason: Any = exc.reason if isinstance(exc, Stop) else exc
+        if proc._st < EXITING:
+            if report and reason is exc:
+                self._crash_report(proc, exc, last)
+            self._end(proc, reason)
+        return reason
 
     def _crash_report(self, proc: _Proc, exc: BaseException, last: Any) -> None:
         self.crashed += 1
@@ -562,9 +590,8 @@ class Node:
     def link(self, pid: Pid) -> None:
         """Link the calling process and `pid`; see `procreg.link`."""
         me = self._me_or_raise("link()")
-        proc = self._procs.get(pid)
+        proc = self._lookup(pid)
         if proc is None or proc._st >= EXITING:
-            self._lookup(pid)
             ext = me._ext
             if ext is not None and ext.trap:
                 me._info(Exit(pid, "noproc"))
@@ -600,9 +627,8 @@ class Node:
     def monitor(self, pid: Pid) -> Ref:
         """Monitor `pid` from the calling process; see `procreg.monitor`."""
         me = self._me_or_raise("monitor()")
-        proc = self._procs.get(pid)
+        proc = self._lookup(pid)
         if proc is None or proc._st >= EXITING:
-            self._lookup(pid)
             ref = Ref(self.name)
             me._info(Down(ref, pid, "noproc"))
             return ref

@@ -54,6 +54,7 @@ class _Ext:
 
     __slots__ = (
         "deferred",
+        "exit_reason",
         "groups",
         "idle_handle",
         "idle_last",
@@ -76,6 +77,7 @@ class _Ext:
         self.idle_timeout: float | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
         self.idle_last = 0.0
+        self.exit_reason: Any = None
         self.task: asyncio.Task[Any] | None = None  # running async handler (servers)
         self.groups: set[Any] | None = None  # groups joined (kept by the registry)
 
@@ -223,14 +225,14 @@ class _Proc:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.pid!r}>"
+        return f"<{type(self).__name__} {getattr(self, 'pid', 'not started')!r}>"
 
 
 class Process(_Proc):
     """A coroutine process: an ``async def`` body that reads its own mailbox with
     `procreg.receive`. Made by `procreg.spawn`."""
 
-    __slots__ = ("_match", "_result", "_task", "_waiter")
+    __slots__ = ("_last", "_match", "_result", "_task", "_waiter")
 
     _task: asyncio.Task[Any] | None
     _waiter: asyncio.Future[Any] | None
@@ -242,6 +244,7 @@ class Process(_Proc):
         self._waiter = None
         self._match = None
         self._result: asyncio.Future[Any] | None = None
+        self._last: Any = None  # the last message received, for crash reports
 
     def _info(self, msg: Any) -> None:
         if self._st >= EXITING:
@@ -298,12 +301,14 @@ class Process(_Proc):
             return
         except BaseException as exc:
             self._task = None
-            if self._st < EXITING:
-                if result is None:
-                    node._crash_report(self, exc, None)
-                node._end(self, exc)
+            reason = node._fail(self, exc, self._last, report=result is None)
             if result is not None and not result.done():
-                result.set_exception(exc)
+                if reason is exc:
+                    result.set_exception(exc)
+                elif reason == "normal":
+                    result.set_result(None)
+                else:
+                    result.set_exception(ProcessExited(reason, self.pid))
             if not isinstance(exc, Exception):
                 raise
             return
@@ -315,23 +320,13 @@ class Process(_Proc):
 
     async def _receive(self, timeout: float | None, match: Callable[[Any], bool] | None) -> Any:
         mail = self._mail
-        ext = self._ext
         if mail:
             if match is None:
-                msg = mail.popleft()
-                if type(msg) is Call:
-                    self._owe(msg.caller)
-                if ext is not None and ext.idle_timeout is not None:
-                    ext.idle_last = self._node._loop.time()
-                return msg
+                return self._took(mail.popleft())
             for i, msg in enumerate(mail):
                 if match(msg):
                     del mail[i]
-                    if type(msg) is Call:
-                        self._owe(msg.caller)
-                    if ext is not None and ext.idle_timeout is not None:
-                        ext.idle_last = self._node._loop.time()
-                    return msg
+                    return self._took(msg)
         if timeout is not None and timeout <= 0:
             raise TimeoutError("receive timed out")
         loop = self._node._loop
@@ -348,10 +343,16 @@ class Process(_Proc):
             self._match = None
             if handle is not None:
                 handle.cancel()
+        return self._took(msg)
+
+    def _took(self, msg: Any) -> Any:
+        """Bookkeeping for a message `receive` hands out."""
         if type(msg) is Call:
             self._owe(msg.caller)
+        ext = self._ext
         if ext is not None and ext.idle_timeout is not None:
-            ext.idle_last = loop.time()
+            ext.idle_last = self._node._loop.time()
+        self._last = msg
         return msg
 
     def _owe(self, caller: Any) -> None:

@@ -75,6 +75,10 @@ def check_table(table: Any) -> None:
         raise TypeError(f"table must be a str, got {type(table).__name__}: {table!r}")
 
 
+def _safe_repr(value: Any) -> str:
+    return object.__repr__(value) if isinstance(value, _Proc) else repr(value)
+
+
 def check_factory(factory: Any) -> None:
     """A factory is a `Server` subclass or an ``async def`` function."""
     if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
@@ -82,7 +86,8 @@ def check_factory(factory: Any) -> None:
     if inspect.iscoroutinefunction(factory):
         return
     raise TypeError(
-        f"factory must be a Server subclass or an `async def` function, got {factory!r}"
+        "factory must be a Server subclass or an `async def` function, got "
+        f"{type(factory).__name__} {_safe_repr(factory)}"
     )
 
 
@@ -212,15 +217,28 @@ class LocalBackend(RegistryBackend):
         self._tables: dict[str, dict[Hashable, _Proc]] = {}
         self._meta: dict[str, dict[Hashable, dict[str, Any]]] = {}
         self._groups: dict[Hashable, dict[Pid, _Proc]] = {}
-        self._inflight: dict[tuple[str, Hashable], asyncio.Future[Pid]] = {}
+        self._inflight: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
 
     # -- keys -----------------------------------------------------------------
+    def _holder(self, key: Hashable, table: str) -> _Proc | None:
+        """The live process holding `key`. A holder that has begun exiting (its async
+        ``terminate`` still running) counts as gone: it must not be handed out."""
+        tab = self._tables.get(table)
+        if tab is None:
+            return None
+        proc = tab.get(key)
+        if proc is not None and proc._st >= EXITING:
+            return None
+        return proc
+
     def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
         tab = self._tables.get(table)
         if tab is None:
             return None
         proc = tab.get(key)
-        return proc.pid if proc is not None else None
+        if proc is None or proc._st >= EXITING:
+            return None
+        return proc.pid
 
     async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
         return self.peek(key, table)
@@ -228,8 +246,7 @@ class LocalBackend(RegistryBackend):
     async def lookup(
         self, key: Hashable, table: str = DEFAULT_TABLE
     ) -> tuple[Pid, dict[str, Any] | None] | None:
-        tab = self._tables.get(table)
-        proc = tab.get(key) if tab is not None else None
+        proc = self._holder(key, table)
         if proc is None:
             return None
         meta = self._meta.get(table)
@@ -283,8 +300,7 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
     ) -> None:
         """Synchronous `register` of a live local process."""
-        tab = self._tables.get(table)
-        holder = tab.get(key) if tab is not None else None
+        holder = self._holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder.pid)
         self._add(table, key, proc, meta)
@@ -323,14 +339,13 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
         idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
-        tab = self._tables.get(table)
-        if tab is not None:
-            proc = tab.get(key)
-            if proc is not None:
-                return proc.pid, False
+        proc = self._holder(key, table)
+        if proc is not None:
+            return proc.pid, False
         flight = self._inflight.get((table, key))
         if flight is not None:
-            return await asyncio.shield(flight), False
+            pid, _ = await asyncio.shield(flight)
+            return pid, False
         node = self.node
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
             factory = cast(Any, factory)
@@ -338,7 +353,14 @@ class LocalBackend(RegistryBackend):
                 proc, _ = factory._start(args, False, False, False, idle_timeout, None)
                 self._add(table, key, proc, meta)
                 return proc.pid, True
-            return await self._spawn_async(key, factory, args, table, meta, idle_timeout)
+            # async init: one attempt per key, in a task of its own so that a caller
+            # giving up (cancelled) neither fails the others nor orphans the process
+            flight = node._loop.create_task(
+                self._spawn_async(key, factory, args, table, meta, idle_timeout)
+            )
+            self._inflight[(table, key)] = flight
+            flight.add_done_callback(lambda t: self._inflight.pop((table, key), None))
+            return await asyncio.shield(flight)
         # an async def body: it starts running on the next loop turn; registered now
         pid = node.spawn(factory, *args, idle_timeout=idle_timeout)
         self._add(table, key, node._procs[pid], meta)
@@ -353,35 +375,21 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None,
         idle_timeout: float | None,
     ) -> tuple[Pid, bool]:
-        """A server with an async ``init``: concurrent callers share this attempt;
-        the key is registered once init succeeds, and stays free if it fails."""
+        """A server with an async ``init`` (run as the key's in-flight task): the key
+        is registered once init succeeds, and stays free if it fails."""
         node = self.node
-        loop = node._loop
-        flight: asyncio.Future[Pid] = loop.create_future()
-        self._inflight[(table, key)] = flight
-        started = True
-        try:
-            ready: asyncio.Future[Pid] = loop.create_future()
-            proc, _ = factory._start(args, False, False, False, idle_timeout, ready)
-            pid = await ready
-            if proc._st >= EXITING:
-                raise NoProcess(f"{pid!r} ended right after its init")
-            tab = self._tables.get(table)
-            holder = tab.get(key) if tab is not None else None
-            if holder is not None and holder is not proc:
-                # registered by someone else meanwhile: theirs wins, ours goes
-                node._end(proc, "shutdown")
-                pid, started = holder.pid, False
-            else:
-                self._add(table, key, proc, meta)
-        except BaseException as exc:
-            flight.set_exception(exc)
-            flight.exception()  # there may be no other caller: mark it retrieved
-            raise
-        finally:
-            del self._inflight[(table, key)]
-        flight.set_result(pid)
-        return pid, started
+        ready: asyncio.Future[Pid] = node._loop.create_future()
+        proc, _ = factory._start(args, False, False, False, idle_timeout, ready)
+        pid = await ready
+        if proc._st >= EXITING:
+            raise NoProcess(f"{pid!r} ended right after its init")
+        holder = self._holder(key, table)
+        if holder is not None and holder is not proc:
+            # registered by someone else meanwhile: theirs wins, ours goes
+            node._end(proc, "shutdown")
+            return holder.pid, False
+        self._add(table, key, proc, meta)
+        return pid, True
 
     def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
         tab = self._tables.get(table)

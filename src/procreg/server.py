@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from typing import Any, Final, TypeVar
 
-from .errors import NotInProcess, ProcessExited
+from .errors import NotInProcess, ProcessExited, Stop
 from .messages import Down
 from .node import _LAZY, check_timeout, current_node
 from .pid import Pid, Ref
@@ -192,8 +192,12 @@ class Server(_Proc):
         node._add(proc)
         if cls._async_mask & _ASYNC_INIT:
             proc._st = BUSY
-            node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-            task = node._loop.create_task(proc._init_async(args, ready), context=node._ctx)
+            if ready is None:  # nobody waits for init: link now, so a failure is seen
+                node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+                task = node._loop.create_task(proc._init_async(args, None, None, False, False))
+            else:  # start_ready: link once init succeeded, as a sync init does
+                node.setup(proc, None, False, False, trap_exits, idle_timeout)
+                task = node._loop.create_task(proc._init_async(args, ready, parent, link, monitor))
             proc.ext().task = task
             return proc, ready
         prev = node._current
@@ -209,28 +213,43 @@ class Server(_Proc):
         node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
         return proc, None
 
-    async def _init_async(self, args: tuple[Any, ...], ready: asyncio.Future[Pid] | None) -> None:
+    async def _init_async(
+        self,
+        args: tuple[Any, ...],
+        ready: asyncio.Future[Pid] | None,
+        parent: _Proc | None,
+        link: bool,
+        monitor: bool,
+    ) -> None:
         current_process.set(self)
         node = self._node
         try:
             await self.init(*args)
         except asyncio.CancelledError:
             if ready is not None and not ready.done():
-                ready.set_exception(NotInProcess(f"{self.pid!r} ended during init"))
+                reason = self._ext.exit_reason if self._ext is not None else "killed"
+                ready.set_exception(ProcessExited(reason, self.pid))
             return
         except BaseException as exc:
             self.ext().task = None
-            if ready is not None and not ready.done():
+            waited = ready is not None and not ready.done()
+            if waited:
+                assert ready is not None
                 ready.set_exception(exc)
-            else:
-                node._crash_report(self, exc, ("init", args))
             if self._st < EXITING:
-                self._st = EXITING
-                self._finish(exc)
+                if not waited and not isinstance(exc, Stop):
+                    node._crash_report(self, exc, ("init", args))
+                self._st = EXITING  # init failed: no terminate
+                self._finish(exc.reason if isinstance(exc, Stop) else exc)
             if not isinstance(exc, Exception):
                 raise
             return
         self.ext().task = None
+        if parent is not None:
+            if parent._st >= EXITING:  # the starter is gone: nobody to link or report to
+                node._end(self, "shutdown")
+                return
+            node.setup(self, parent, link, monitor, False, None)
         if ready is not None and not ready.done():
             ready.set_result(self.pid)
         self._resume()
@@ -298,14 +317,18 @@ class Server(_Proc):
             reply = self.handle_call(request)
         except BaseException as exc:
             node._current = None
-            if self._st < EXITING:
-                node._crash_report(self, exc, request)
-                node._end(self, exc)
+            node._caller = None
+            reason = node._fail(self, exc, request)
             if not isinstance(exc, Exception):
                 raise
-            raise ProcessExited(exc, self.pid) from exc
+            me = current_process.get()
+            if me is not None and me._st >= EXITING:
+                # the caller itself was ended by the crash (linked): stop here
+                raise asyncio.CancelledError from exc
+            raise ProcessExited(reason, self.pid) from exc
         node._current = None
         caller = node._caller
+        node._caller = None
         if self._st == SCHEDULED:
             if self._mail:
                 node._schedule(self)
@@ -344,16 +367,17 @@ class Server(_Proc):
                 tag = item[0]
                 if tag == CAST:
                     if amask & _ASYNC_CAST:
-                        self._go_async(self.handle_cast(item[1]), None)
+                        self._go_async(self.handle_cast(item[1]), None, item[1])
                         return
                     self.handle_cast(item[1])
                 elif tag == CALL:
                     caller = item[1]
                     node._caller = caller
                     if amask & _ASYNC_CALL:
-                        self._go_async(self.handle_call(item[2]), caller)
+                        self._go_async(self.handle_call(item[2]), caller, item[2])
                         return
                     reply = self.handle_call(item[2])
+                    node._caller = None
                     if reply is NOREPLY:
                         self._owe(caller)
                     elif caller.__class__ is asyncio.Future:
@@ -363,7 +387,7 @@ class Server(_Proc):
                         _reply_any(caller, reply)
                 else:
                     if amask & _ASYNC_INFO:
-                        self._go_async(self.handle_info(item[1]), None)
+                        self._go_async(self.handle_info(item[1]), None, item[1])
                         return
                     self.handle_info(item[1])
                 n -= 1
@@ -371,11 +395,10 @@ class Server(_Proc):
                     break
         except BaseException as exc:
             node._current = None
+            node._caller = None
             if item is not None and item[0] == CALL:
                 self._owe(item[1])
-            if self._st < EXITING:
-                node._crash_report(self, exc, item[-1] if item is not None else None)
-                node._end(self, exc)
+            node._fail(self, exc, item[-1] if item is not None else None)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -390,7 +413,7 @@ class Server(_Proc):
             if ext is not None and ext.idle_timeout is not None:
                 ext.idle_last = node._loop.time()
 
-    def _go_async(self, coro: Any, caller: Any) -> None:
+    def _go_async(self, coro: Any, caller: Any, msg: Any) -> None:
         node = self._node
         node._current = None
         self._st = BUSY
@@ -399,11 +422,11 @@ class Server(_Proc):
         ext = self.ext()
         if ext.idle_timeout is not None:
             ext.idle_last = node._loop.time()
-        ext.task = node._loop.create_task(self._async_step(coro, caller))
+        ext.task = node._loop.create_task(self._async_step(coro, caller, msg))
         if self._mail is not None and not self._mail:
             self._mail = None
 
-    async def _async_step(self, coro: Any, caller: Any) -> None:
+    async def _async_step(self, coro: Any, caller: Any, msg: Any) -> None:
         current_process.set(self)
         if caller is not None:
             current_caller.set(caller)
@@ -418,9 +441,7 @@ class Server(_Proc):
             return
         except BaseException as exc:
             ext.task = None
-            if self._st < EXITING:
-                node._crash_report(self, exc, "(async handler)")
-                node._end(self, exc)
+            node._fail(self, exc, msg)
             if not isinstance(exc, Exception):
                 raise
             return
