@@ -20,6 +20,7 @@ A process registry in the Erlang tradition (Nitrogen's nprocreg, N2O's n2o_pi)::
 
 from __future__ import annotations
 
+from . import cache, nitrogen, pi
 from .api import (
     answered,
     call,
@@ -54,6 +55,7 @@ from .api import (
     unregister,
     whereis,
 )
+from .cache import Cache
 from .errors import (
     AlreadyRegistered,
     CallTimeout,
@@ -81,6 +83,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "NOREPLY",
     "AlreadyRegistered",
+    "Cache",
     "Call",
     "ChildSpec",
     "ChildStatus",
@@ -107,6 +110,7 @@ __all__ = [
     "SupervisorError",
     "Timer",
     "answered",
+    "cache",
     "call",
     "caller",
     "child",
@@ -124,6 +128,8 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "nitrogen",
+    "pi",
     "publish",
     "receive",
     "register",

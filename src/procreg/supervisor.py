@@ -50,6 +50,8 @@ from .registry import DEFAULT_TABLE, LocalBackend, check_factory, check_key
 
 __all__ = [
     "SUPERVISORS",
+    "AlreadyPresent",
+    "AlreadyStarted",
     "ChildSpec",
     "ChildStatus",
     "Supervisor",
@@ -69,6 +71,24 @@ RESTARTS: Final = ("permanent", "transient", "temporary")
 
 class SupervisorError(ProcregError):
     """A supervisor request that cannot be done (unknown child, child running, ...)."""
+
+
+class AlreadyStarted(SupervisorError):
+    """`start_child` of an id whose child is running; `pid` is that child."""
+
+    def __init__(self, child_id: Hashable, pid: Pid) -> None:
+        super().__init__(f"child {child_id!r} is already started: {pid!r}")
+        self.child_id = child_id
+        self.pid = pid
+
+
+class AlreadyPresent(SupervisorError):
+    """`start_child` of an id whose spec is kept but not running (use
+    `restart_child`, or `delete_child` first)."""
+
+    def __init__(self, child_id: Hashable) -> None:
+        super().__init__(f"child {child_id!r} is already present (not running)")
+        self.child_id = child_id
 
 
 def _check_shutdown(shutdown: Any) -> None:
@@ -418,8 +438,8 @@ class Supervisor:
         for kid in self._kids:
             if kid.spec.id == spec.id:
                 if kid.pid is not None:
-                    raise SupervisorError(f"child {spec.id!r} is already started: {kid.pid!r}")
-                raise SupervisorError(f"child {spec.id!r} is already present (not running)")
+                    raise AlreadyStarted(spec.id, kid.pid)
+                raise AlreadyPresent(spec.id)
         kid = _Child(spec)
         kid.pid = await self._start_child(spec)
         self._kids.append(kid)
