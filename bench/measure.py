@@ -82,7 +82,7 @@ class Sizes:
             pykka_many=200,
             exits=100_000,
             million=1_000_000,
-            million_calls=10_000,
+            million_calls=100_000,
             keys=100_000,
             whereis_keys=10_000,
             lookups=1_000_000,

@@ -397,20 +397,7 @@ def test_a_crashing_call_does_not_affect_the_caller_or_other_servers():
     assert procreg.run(main) == (("echo", "still here"), True)
 
 
-@pytest.mark.parametrize(
-    "mail_ahead",
-    [
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                reason="BUG: with direct dispatch the linked caller, already dead from the "
-                "exit signal, gets ProcessExited raised into it and goes on running code",
-                strict=True,
-            ),
-        ),
-        True,
-    ],
-)
+@pytest.mark.parametrize("mail_ahead", [False, True])
 def test_linked_caller_dies_with_a_server_that_crashes_on_its_call(mail_ahead):
     """A caller linked to the server dies with the crash reason like any linked process:
     it does not go on running code after the server crashed."""

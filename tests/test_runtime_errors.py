@@ -95,11 +95,6 @@ def test_nan_timeout_of_receive_raises_value_error():
     assert procreg.run(main) == "ok"
 
 
-@pytest.mark.xfail(
-    reason="BUG: call(timeout=nan) skips check_timeout (fast path for floats only "
-    "checks < 0) and times out at once instead of raising ValueError",
-    strict=True,
-)
 def test_nan_timeout_of_call_raises_value_error():
     class Never(procreg.Server):
         def handle_call(self, request):
@@ -293,11 +288,6 @@ def test_unhashable_non_pid_raises_type_error():
     assert procreg.run(main) == "ok"
 
 
-@pytest.mark.xfail(
-    reason="BUG (minor): a plain tuple equal to a live pid is accepted as that pid by "
-    "call/link/monitor (the process-table lookup runs before the Pid type check)",
-    strict=True,
-)
 def test_plain_tuple_is_not_a_pid():
     class Echo(procreg.Server):
         def handle_call(self, request):

@@ -251,11 +251,6 @@ def test_two_nodes_running_side_by_side():
     assert asyncio.run(scenario()) == [("a", 1), ("b", 1)]
 
 
-@pytest.mark.xfail(
-    reason="BUG: current_node() returns a stopped node to code whose context was copied "
-    "while the node ran (no `_running` check), so spawn() starts processes on it",
-    strict=True,
-)
 def test_current_node_in_a_task_that_outlives_the_node_raises_no_node():
     async def scenario():
         ev = asyncio.Event()
@@ -395,12 +390,6 @@ def test_gc_policy_off_never_freezes(monkeypatch):
     assert procreg.run(main, gc_policy=False) == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: a process spawned while the node stops (here from terminate) is only "
-    "marked finished by Node.stop's straggler loop (_finish without _stop_task): its "
-    "task keeps running after the node has stopped",
-    strict=True,
-)
 @pytest.mark.parametrize("async_terminate", [False, True])
 def test_no_process_code_runs_after_the_node_stopped(async_terminate):
     ran_after_stop = []

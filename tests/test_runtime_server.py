@@ -722,11 +722,6 @@ def test_calls_queued_during_async_init_fail_when_it_is_killed():
     assert procreg.run(main) == ("boom", False)
 
 
-@pytest.mark.xfail(
-    reason="BUG: start_ready() of a server killed during its async init raises "
-    "NotInProcess('... ended during init') instead of ProcessExited(reason)",
-    strict=True,
-)
 def test_start_ready_of_a_server_killed_during_init_raises_process_exited():
     class SlowInit(procreg.Server):
         async def init(self):
@@ -750,12 +745,6 @@ def test_start_ready_of_a_server_killed_during_init_raises_process_exited():
     assert procreg.run(main) == ("ProcessExited", "boom")
 
 
-@pytest.mark.xfail(
-    reason="BUG: start_ready(link=True) with a failing async init kills the (non-trapping) "
-    "caller through the link before it can see the exception; a failing sync init with "
-    "link=True raises in the caller and leaves it alive",
-    strict=True,
-)
 def test_start_ready_with_link_and_failing_async_init_raises_in_the_caller():
     class Bad(procreg.Server):
         async def init(self):

@@ -362,10 +362,11 @@ class Supervisor:
 
     # -- child exits --------------------------------------------------------------
     async def _on_exit(self, pid: Pid | None, reason: Any) -> None:
-        if pid is not None and pid == self._parent and reason != "normal":
-            raise _Stop(reason)
         kid = next((k for k in self._kids if k.pid == pid), None)
         if kid is None:
+            # from the parent, or an explicit procreg.exit(sup, reason): stop the tree
+            if reason != "normal":
+                raise _Stop(reason)
             return
         kid.pid = None
         spec = kid.spec
@@ -518,6 +519,24 @@ class Supervisor:
     async def count_children(sup: Pid | Hashable) -> dict[str, int]:
         """Counts: ``specs``, ``active``, ``supervisors``, ``workers``."""
         return await _request(sup, "count_children")  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def stop(
+        sup: Pid | Hashable, reason: Any = "shutdown", timeout: float | None = None
+    ) -> None:
+        """Stop `sup`: its children in reverse order, then itself; returns when it
+        has ended."""
+        pid = await _resolve(sup)
+        node = current_node()
+        if not node.is_alive(pid):
+            return
+        ref = node.monitor(pid) if node.me() is not None else None
+        node.exit(pid, reason)
+        if ref is not None:
+            await _receive(timeout, lambda m: type(m) is Down and m.ref == ref)
+        else:
+            while node.is_alive(pid):
+                await asyncio.sleep(0.001)
 
     @staticmethod
     async def get_child_spec(sup: Pid | Hashable, child_id: Hashable) -> ChildSpec:
