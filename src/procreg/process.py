@@ -120,6 +120,15 @@ class _Proc:
             e = self._ext = _Ext()
         return e
 
+    def _owe(self, caller: Any) -> None:
+        """Remember a caller this process must still answer (or fail when it ends)."""
+        ext = self.ext()
+        if ext.deferred is None:
+            ext.deferred = set()
+        elif len(ext.deferred) > 64:  # drop the answered ones now and then
+            ext.deferred = {c for c in ext.deferred if not _answered(c)}
+        ext.deferred.add(caller)
+
     # -- delivery (overridden) ----------------------------------------------------
     def _info(self, msg: Any) -> None:
         raise NotImplementedError
@@ -354,14 +363,6 @@ class Process(_Proc):
             ext.idle_last = self._node._loop.time()
         self._last = msg
         return msg
-
-    def _owe(self, caller: Any) -> None:
-        ext = self.ext()
-        if ext.deferred is None:
-            ext.deferred = set()
-        elif len(ext.deferred) > 64:
-            ext.deferred = {c for c in ext.deferred if not _answered(c)}
-        ext.deferred.add(caller)
 
 
 def _answered(caller: Any) -> bool:

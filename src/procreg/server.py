@@ -43,7 +43,6 @@ from .process import (
     IDLE,
     INFO,
     SCHEDULED,
-    _answered,
     _Proc,
     current_caller,
     current_process,
@@ -453,14 +452,6 @@ class Server(_Proc):
                 ext.deferred.discard(caller)
             _reply_any(caller, result)
         self._resume()
-
-    def _owe(self, caller: Any) -> None:
-        ext = self.ext()
-        if ext.deferred is None:
-            ext.deferred = set()
-        elif len(ext.deferred) > 64:
-            ext.deferred = {c for c in ext.deferred if not _answered(c)}
-        ext.deferred.add(caller)
 
     # -- exit -----------------------------------------------------------------
     def _pending_callers(self, mail: deque[Any]) -> list[Any]:
