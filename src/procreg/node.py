@@ -13,6 +13,7 @@ functions in `procreg` find the current node and delegate.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import inspect
 import itertools
@@ -198,6 +199,9 @@ class Node:
         self.spawned = 0
         self.exited = 0
         self.crashed = 0
+        self.handled = 0  # messages handled by all processes
+        self.started_at = 0.0
+        self._marks: list[tuple[int, float]] = []  # (serial, loop time) every 1024 spawns
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._ctx: contextvars.Context = None  # type: ignore[assignment]
         self._deadlines: _Deadlines = None  # type: ignore[assignment]
@@ -224,6 +228,8 @@ class Node:
         from .registry import LocalBackend
 
         self._loop = asyncio.get_running_loop()
+        self.started_at = self._loop.time()
+        self._marks = [(0, self.started_at)]
         self._deadlines = _Deadlines(self._loop)
         self._token = _node_var.set(self)
         self._ctx = contextvars.copy_context()
@@ -291,6 +297,8 @@ class Node:
         procs = self._procs
         procs[proc.pid] = proc
         self.spawned += 1
+        if not proc.pid[2] & 1023:
+            self._marks.append((proc.pid[2], self._loop.time()))
         if len(procs) >= self._next_freeze:
             GcPolicy.grew(len(procs))
             self._next_freeze = GcPolicy.next_freeze()
@@ -317,6 +325,48 @@ class Node:
                 f"unknown node {pid[0]!r}: {pid!r} is not a pid of a node in this cluster"
             )
         return None
+
+    def info(self, pid: Pid) -> dict[str, Any] | None:
+        """What the node knows of a live local process, for observers: ``pid``,
+        ``kind`` (its class), ``keys`` (registry ``(table, key)`` pairs), ``groups``,
+        ``mailbox`` (messages waiting), ``handled`` (messages handled), ``age``
+        (seconds, to within the time between 1,024 spawns), ``status``, ``links``,
+        ``monitors``. None if it is not alive."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            return None
+        reg = proc._reg
+        keys = sorted(map(repr, reg)) if type(reg) is set else ([repr(reg)] if reg else [])
+        ext = proc._ext
+        index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
+        born = self._marks[max(index, 0)][1]
+        return {
+            "pid": pid,
+            "kind": type(proc).__name__,
+            "keys": keys,
+            "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
+            "mailbox": len(proc._mail) if proc._mail else 0,
+            "handled": proc._handled,
+            "age": self._loop.time() - born,
+            "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._st],
+            "links": len(ext.links) if ext is not None and ext.links else 0,
+            "monitors": len(ext.monitors) if ext is not None and ext.monitors else 0,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for observers: processes alive, spawned, exited, crashed, messages
+        handled, run-queue length, uptime."""
+        return {
+            "node": self.name,
+            "creation": self.creation,
+            "processes": len(self._procs),
+            "spawned": self.spawned,
+            "exited": self.exited,
+            "crashed": self.crashed,
+            "handled": self.handled,
+            "runq": len(self._runq),
+            "uptime": self._loop.time() - self.started_at,
+        }
 
     def process_count(self) -> int:
         """How many processes are alive on this node."""

@@ -94,7 +94,7 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
 class _Proc:
     """What every process has. Subclasses: `Process` (coroutine) and `Server`."""
 
-    __slots__ = ("_ext", "_mail", "_node", "_reg", "_st", "pid")
+    __slots__ = ("_ext", "_handled", "_mail", "_node", "_reg", "_st", "pid")
 
     pid: Pid
     _node: Node
@@ -113,6 +113,7 @@ class _Proc:
         self._st = IDLE
         self._ext = None
         self._reg = None
+        self._handled = 0  # messages handled (counted per batch)
 
     def ext(self) -> _Ext:
         e = self._ext
@@ -356,6 +357,8 @@ class Process(_Proc):
 
     def _took(self, msg: Any) -> Any:
         """Bookkeeping for a message `receive` hands out."""
+        self._handled += 1
+        self._node.handled += 1
         if type(msg) is Call:
             self._owe(msg.caller)
         ext = self._ext

@@ -328,6 +328,8 @@ class Server(_Proc):
         node._current = None
         caller = node._caller
         node._caller = None
+        self._handled += 1
+        node.handled += 1
         if self._st == SCHEDULED:
             if self._mail:
                 node._schedule(self)
@@ -402,6 +404,9 @@ class Server(_Proc):
                 raise
             return
         node._current = None
+        done = node._batch - n
+        self._handled += done
+        node.handled += done
         if self._st == SCHEDULED:
             if mail:
                 node._runq.append(self)
@@ -415,6 +420,8 @@ class Server(_Proc):
     def _go_async(self, coro: Any, caller: Any, msg: Any) -> None:
         node = self._node
         node._current = None
+        self._handled += 1
+        node.handled += 1
         self._st = BUSY
         if caller is not None:
             self._owe(caller)
