@@ -41,6 +41,16 @@ __all__ = ["Cache", "CacheTimer", "cache", "start_cache_timer"]
 _NEVER: Final = float("inf")
 
 
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<default ttl>"
+
+
+_DEFAULT: Final = _Default()
+
+
 class Cache:
     """A key → value table with optional per-entry time to live (seconds)."""
 
@@ -60,11 +70,12 @@ class Cache:
         self._seq = itertools.count()
         self.swept = 0
 
-    def put(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
-        """Store `value` under `key`, expiring after `ttl` seconds (default:
-        `default_ttl`; None: never)."""
+    def put(self, key: Hashable, value: Any, ttl: float | _Default | None = _DEFAULT) -> None:
+        """Store `value` under `key`, expiring after `ttl` seconds; without `ttl`, after
+        the cache's `default_ttl`; with ``ttl=None``, never."""
+        if isinstance(ttl, _Default):
+            ttl = self.default_ttl
         check_timeout(ttl, "ttl")
-        ttl = self.default_ttl if ttl is None else ttl
         expires = _NEVER if ttl is None else self._clock() + ttl
         self._data[key] = (value, expires)
         if expires != _NEVER:

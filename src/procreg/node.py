@@ -553,6 +553,9 @@ class Node:
                     p._finish(r)
                 else:
                     task = self._loop.create_task(self._finish_after(p, pending, r))
+                    ext = p.ext()
+                    ext.exit_reason = r
+                    ext.task = task  # so that a "kill" can cut terminate short
                     self._terminating.add(task)
                     task.add_done_callback(self._terminating.discard)
         finally:
@@ -569,6 +572,10 @@ class Node:
         except Exception:
             log.exception("terminate() of %r raised", proc.pid)
         finally:
+            ext = proc._ext
+            if ext is not None:
+                ext.task = None
+                reason = ext.exit_reason  # "kill" if it was killed meanwhile
             proc._finish(reason)
 
     def _fail(self, proc: _Proc, exc: BaseException, last: Any, report: bool = True) -> Any:
@@ -609,6 +616,10 @@ class Node:
 
     def _exit_signal(self, target: _Proc, sender: Pid | None, reason: Any, linked: bool) -> None:
         if target._st >= EXITING:
+            ext = target._ext
+            if reason == "kill" and not linked and ext is not None and ext.task is not None:
+                ext.exit_reason = "kill"  # its async terminate is running: cut it short
+                ext.task.cancel()
             return
         if reason == "kill" and not linked:
             self._end(target, "kill")

@@ -38,11 +38,14 @@ missing name returns an `Error` and `send` raises `NoProcess`; `start` of a runn
 name returns an `Error` carrying the running pid; `start` of a stopped name whose
 spec the supervisor still keeps replaces that spec with the new `Pi`; `stop` returns
 the last `Pi` (the state as ``terminate`` saw it); `restart` keeps the current state
-(it stops, then starts the last `Pi`).
+(it stops, then starts the last `Pi`). A supervisor restart after a crash starts from
+the spec's record, with a deep copy of its state (as OTP restarts a child from its
+original arguments), so changes a crashed incarnation made do not leak into the next.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
@@ -139,13 +142,24 @@ def _take(result: Any, pi: Pi, msg: Any) -> tuple[Any, Pi]:
     raise TypeError(f"proc({msg!r}, pi) must return Ok, Reply or Error, got {result!r}")
 
 
+def _fresh(pi: Pi) -> Pi:
+    """The record a new incarnation starts from: a copy of the spec's, with a deep
+    copy of its state (as OTP restarts a child from its original arguments); a state
+    that cannot be deep-copied is shared."""
+    try:
+        state = copy.deepcopy(pi.state)
+    except Exception:
+        state = pi.state
+    return replace(pi, state=state)
+
+
 class PiServer(Server):
-    """The process behind a `Pi` whose ``proc`` is a plain function."""
+    """The process behind a `Pi` whose ``proc`` and ``terminate`` are plain functions."""
 
     pi: Pi
 
     def init(self, pi: Pi) -> None:
-        pi = replace(pi)  # the spec keeps the original record for restarts
+        pi = _fresh(pi)
         result = pi.module.proc(INIT, pi)
         if isinstance(result, Error):
             raise _InitFailed(result)
@@ -166,33 +180,38 @@ class PiServer(Server):
             hook(reason, self.pi)
 
 
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
 class AsyncPiServer(Server):
-    """The process behind a `Pi` whose ``proc`` is ``async def``."""
+    """The process behind a `Pi` whose ``proc`` or ``terminate`` is ``async def``
+    (either may be a plain function)."""
 
     pi: Pi
 
     async def init(self, pi: Pi) -> None:
-        pi = replace(pi)  # the spec keeps the original record for restarts
-        result = await pi.module.proc(INIT, pi)
+        pi = _fresh(pi)
+        result = await _maybe_await(pi.module.proc(INIT, pi))
         if isinstance(result, Error):
             raise _InitFailed(result)
         _, self.pi = _take(result, pi, INIT)
 
     async def handle_call(self, request: Any) -> Any:
-        data, self.pi = _take(await self.pi.module.proc(request, self.pi), self.pi, request)
+        result = await _maybe_await(self.pi.module.proc(request, self.pi))
+        data, self.pi = _take(result, self.pi, request)
         return data
 
     async def handle_cast(self, msg: Any) -> None:
-        _, self.pi = _take(await self.pi.module.proc(msg, self.pi), self.pi, msg)
+        result = await _maybe_await(self.pi.module.proc(msg, self.pi))
+        _, self.pi = _take(result, self.pi, msg)
 
     handle_info = handle_cast
 
     async def terminate(self, reason: Any) -> None:
         hook = getattr(self.pi.module, "terminate", None)
         if hook is not None:
-            result = hook(reason, self.pi)
-            if inspect.isawaitable(result):
-                await result
+            await _maybe_await(hook(reason, self.pi))
 
 
 class _InitFailed(Exception):
@@ -202,7 +221,8 @@ class _InitFailed(Exception):
 
 
 def _spec(p: Pi) -> Any:
-    server = AsyncPiServer if inspect.iscoroutinefunction(p.module.proc) else PiServer
+    hooks = (p.module.proc, getattr(p.module, "terminate", None))
+    server = AsyncPiServer if any(map(inspect.iscoroutinefunction, hooks)) else PiServer
     return child(
         server,
         p,
