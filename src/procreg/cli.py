@@ -5,8 +5,11 @@ benchmark suite. The suite lives in ``bench/`` at the root of a procreg source
 checkout, not inside the installed package; the command finds it next to this
 package's ``src/`` directory (an editable install) or in the current directory.
 
-``procreg demo`` runs ``examples/console_demo.py`` of the checkout.
-``procreg observer`` is not available yet.
+``procreg demo [--port 8000] [--host 127.0.0.1] [--cluster URL]`` serves the web demo
+(chat rooms, a session visit counter, a server clock, the observer at ``/observer/``);
+``procreg demo --console`` runs ``examples/console_demo.py`` of the checkout instead.
+``procreg observer [--port 8001] [--host 127.0.0.1] [--cluster URL]`` serves only the
+observer. Both need the ``web`` extra (``pip install 'procreg[web]'``).
 
     $ procreg bench --quick --json /tmp/bench.json
 """
@@ -25,8 +28,8 @@ __all__ = ["main"]
 
 COMMANDS = {
     "bench": "run the benchmarks, print a table and write JSON (procreg bench --help)",
-    "demo": "run the console demo (examples/console_demo.py of a source checkout)",
-    "observer": "inspect a running node (not available yet)",
+    "demo": "serve the web demo on http://127.0.0.1:8000 (procreg demo --help)",
+    "observer": "serve the observer on http://127.0.0.1:8001 (procreg observer --help)",
 }
 
 
@@ -80,7 +83,69 @@ def _bench(args: Sequence[str]) -> int:
     return int(harness.main(list(args)))
 
 
+def _web_parser(command: str, port: int, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"procreg {command}", description=description)
+    parser.add_argument("--port", type=int, default=port, help=f"TCP port (default {port})")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+    )
+    parser.add_argument(
+        "--cluster", default=None, metavar="URL", help="join a cluster (redis://...)"
+    )
+    parser.add_argument("--name", default=None, help="the node's name")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="make the observer writable (its kill buttons) for requests bearing this token",
+    )
+    return parser
+
+
+def _web_ready(cluster: str | None) -> str | None:
+    """Why the web commands cannot run here, or None."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as exc:
+        return f"{exc.name} is missing: install the web extra (pip install 'procreg[web]')"
+    from .node import Node
+
+    try:
+        Node(cluster=cluster)  # checks the cluster option before the server starts
+    except (NotImplementedError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def _demo(args: Sequence[str]) -> int:
+    if "--console" in args:
+        return _console_demo([a for a in args if a != "--console"])
+    parser = _web_parser(
+        "demo", 8000, "Serve the procreg web demo (--console: the console demo instead)."
+    )
+    parser.add_argument("--console", action="store_true", help="run the console demo instead")
+    opts = parser.parse_args(list(args))
+    problem = _web_ready(opts.cluster)
+    if problem is not None:
+        print(f"procreg demo: {problem}", file=sys.stderr)
+        return 2
+    from .web.demo import create_app
+    from .web.serve import serve
+
+    node_options = {"cluster": opts.cluster} if opts.cluster else {}
+    if opts.name:
+        node_options["name"] = opts.name
+    try:
+        app = create_app(observer_token=opts.token, **node_options)
+    except ValueError as exc:
+        print(f"procreg demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"procreg demo: http://{opts.host}:{opts.port}/ (observer at /observer/)")
+    serve(app, host=opts.host, port=opts.port)
+    return 0
+
+
+def _console_demo(args: Sequence[str]) -> int:
     root = find_checkout("examples/console_demo.py")
     if root is None:
         print(
@@ -94,8 +159,25 @@ def _demo(args: Sequence[str]) -> int:
 
 
 def _observer(args: Sequence[str]) -> int:
-    print("procreg observer: not available yet", file=sys.stderr)
-    return 2
+    opts = _web_parser("observer", 8001, "Serve the procreg observer.").parse_args(list(args))
+    problem = _web_ready(opts.cluster)
+    if problem is not None:
+        print(f"procreg observer: {problem}", file=sys.stderr)
+        return 2
+    from .web.observer import create_observer_app
+    from .web.serve import serve
+
+    node_options = {"cluster": opts.cluster} if opts.cluster else {}
+    node_options["name"] = opts.name or "observer"
+    try:
+        app = create_observer_app(writable=opts.token is not None, token=opts.token, **node_options)
+    except ValueError as exc:
+        print(f"procreg observer: {exc}", file=sys.stderr)
+        return 2
+    what = "the cluster" if opts.cluster else "this process's own node (--cluster URL for more)"
+    print(f"procreg observer: http://{opts.host}:{opts.port}/ watching {what}")
+    serve(app, host=opts.host, port=opts.port)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,11 +10,12 @@ While at least one node with ``gc_policy=True`` (the default) is running:
 
 1. the young-generation threshold is raised from 700 to 20,000 allocations, so
    spawning a burst of processes is not interrupted every few hundred objects;
-2. whenever the number of live processes has doubled since the last time (and is at
-   least 20,000), the node collects the young generations and then calls
+2. whenever the number of live processes has grown by a quarter (at least 20,000)
+   since the last time, the node collects the young generations and then calls
    `gc.freeze()`, which moves every object alive at that moment into the permanent
-   generation: full collections then scan only what was created since, so pauses
-   stay proportional to recent churn, not to the number of processes;
+   generation: full collections then scan only what was created since (at most a
+   fifth of the processes), so pauses stay proportional to recent churn, not to the
+   number of processes;
 3. when the live processes fall below a quarter of the count at the last freeze,
    `gc.unfreeze()` hands the old objects back to the collector, so the memory of
    reference cycles that became garbage while frozen is reclaimed.
@@ -76,7 +77,7 @@ class GcPolicy:
         gc.freeze()
         cls.freezes += 1
         cls._frozen_at = live
-        cls._next_freeze = live * 2
+        cls._next_freeze = live + max(FIRST_FREEZE, live // 4)
 
     @classmethod
     def shrank(cls, live: int) -> None:

@@ -182,6 +182,7 @@ class Node:
         self._handler_state: Any = None
         self._handler_lock = asyncio.Lock()
         self._root_sup: asyncio.Future[Pid] | None = None
+        self._supervisors: dict[Pid, Pid | None] = {}  # supervisor -> its parent
         self.stopping = False  # True while stop() ends the processes
         self._serial = itertools.count(1)
         self._procs: dict[Pid, _Proc] = {}
@@ -252,6 +253,18 @@ class Node:
             return
         self.stopping = True
         deadline = self._loop.time() + timeout
+        # supervision trees first, top-down, so each stops its children in order
+        tops = [
+            pid
+            for pid, parent in reversed(list(self._supervisors.items()))
+            if parent not in self._supervisors
+        ]
+        for pid in tops:
+            proc = self._procs.get(pid)
+            if proc is not None:
+                self._exit_signal(proc, None, "shutdown", linked=False)
+        while any(pid in self._procs for pid in tops) and self._loop.time() < deadline:
+            await asyncio.sleep(0.002)
         for _ in range(100):  # terminate callbacks may spawn: repeat until none is left
             if not self._procs:
                 break
@@ -547,6 +560,12 @@ class Node:
                 p._st = EXITING
                 if p._ext is not None:
                     p._ext.exit_reason = r
+                if r != "kill" and p._unwinds():
+                    # a running coroutine body: cancel it; it finishes the exit once
+                    # it has unwound (its finally blocks run before Down is sent)
+                    p.ext().exit_reason = r
+                    p._stop_task()
+                    continue
                 p._stop_task()
                 pending = None if r == "kill" else p._terminate(r)
                 if pending is None:
@@ -616,10 +635,8 @@ class Node:
 
     def _exit_signal(self, target: _Proc, sender: Pid | None, reason: Any, linked: bool) -> None:
         if target._st >= EXITING:
-            ext = target._ext
-            if reason == "kill" and not linked and ext is not None and ext.task is not None:
-                ext.exit_reason = "kill"  # its async terminate is running: cut it short
-                ext.task.cancel()
+            if reason == "kill" and not linked and target._st == EXITING:
+                target._kill_exiting()  # cut a running terminate / unwinding short
             return
         if reason == "kill" and not linked:
             self._end(target, "kill")

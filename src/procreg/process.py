@@ -157,6 +157,17 @@ class _Proc:
         """Run the ``terminate`` callback; a coroutine if it must be awaited."""
         return None
 
+    def _unwinds(self) -> bool:
+        """True if the process's own task must unwind before the exit completes."""
+        return False
+
+    def _kill_exiting(self) -> None:
+        """``"kill"`` while the exit waits on an async ``terminate``: cut it short."""
+        ext = self._ext
+        if ext is not None and ext.task is not None:
+            ext.exit_reason = "kill"
+            ext.task.cancel()
+
     def _finish(self, reason: Any) -> None:
         """Steps 2-6 of the exit sequence. Runs once."""
         if self._st == DEAD:
@@ -242,7 +253,7 @@ class Process(_Proc):
     """A coroutine process: an ``async def`` body that reads its own mailbox with
     `procreg.receive`. Made by `procreg.spawn`."""
 
-    __slots__ = ("_last", "_match", "_result", "_task", "_waiter")
+    __slots__ = ("_began", "_last", "_match", "_result", "_task", "_waiter")
 
     _task: asyncio.Task[Any] | None
     _waiter: asyncio.Future[Any] | None
@@ -255,6 +266,7 @@ class Process(_Proc):
         self._match = None
         self._result: asyncio.Future[Any] | None = None
         self._last: Any = None  # the last message received, for crash reports
+        self._began = False  # the body has started running
 
     def _info(self, msg: Any) -> None:
         if self._st >= EXITING:
@@ -291,6 +303,23 @@ class Process(_Proc):
         if task is not None and not task.done():
             task.cancel()
 
+    def _unwinds(self) -> bool:
+        task = self._task
+        return (
+            self._began  # a task cancelled before its first step never runs the body
+            and task is not None
+            and not task.done()
+            and task is not asyncio.current_task(self._node._loop)
+        )
+
+    def _kill_exiting(self) -> None:
+        """A body that has not unwound yet (it may have swallowed the cancellation)
+        is finished now; its task is cancelled again."""
+        ext = self.ext()
+        ext.exit_reason = "kill"
+        self._finish("kill")
+        self._stop_task()
+
     def _is_idle(self) -> bool:
         return self._waiter is not None and not self._waiter.done()
 
@@ -300,11 +329,12 @@ class Process(_Proc):
         current_process.set(self)
         node = self._node
         result = self._result
+        self._began = True
         try:
             value = await fn(*args)
         except asyncio.CancelledError:
+            self._task = None
             if self._st < EXITING:  # cancelled from outside procreg
-                self._task = None
                 node._end(self, "shutdown")
             if result is not None and not result.done():
                 result.cancel()
@@ -322,13 +352,21 @@ class Process(_Proc):
             if not isinstance(exc, Exception):
                 raise
             return
-        self._task = None
-        if self._st < EXITING:
-            node._end(self, "normal")
-        if result is not None and not result.done():
-            result.set_result(value)
+        else:
+            self._task = None
+            if self._st < EXITING:
+                node._end(self, "normal")
+            if result is not None and not result.done():
+                result.set_result(value)
+        finally:
+            if self._st == EXITING:  # an exit signal ended it: it has unwound now
+                ext = self._ext
+                self._finish(ext.exit_reason if ext is not None else "shutdown")
 
     async def _receive(self, timeout: float | None, match: Callable[[Any], bool] | None) -> Any:
+        if self._st >= EXITING:
+            # the process has ended but its body swallowed the cancellation: stop it here
+            raise asyncio.CancelledError
         mail = self._mail
         if mail:
             if match is None:

@@ -469,7 +469,7 @@ class Server(_Proc):
         if ext is None or ext.task is None:
             return
         task = ext.task
-        if not task.done() and task is not asyncio.current_task():
+        if not task.done() and task is not asyncio.current_task(self._node._loop):
             task.cancel()
         ext.task = None
 

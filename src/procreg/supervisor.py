@@ -43,9 +43,9 @@ from typing import Any, Final
 
 from .errors import AlreadyRegistered, NoProcess, ProcregError, Stop
 from .messages import Call, Down, Exit
-from .node import current_node
+from .node import Node, current_node
 from .pid import Pid
-from .process import EXITING, current_process
+from .process import EXITING, _Proc, current_process
 from .registry import DEFAULT_TABLE, LocalBackend, check_factory, check_key
 
 __all__ = [
@@ -89,6 +89,21 @@ class AlreadyPresent(SupervisorError):
     def __init__(self, child_id: Hashable) -> None:
         super().__init__(f"child {child_id!r} is already present (not running)")
         self.child_id = child_id
+
+
+def _check_flags(strategy: Any, intensity: Any, period: Any) -> None:
+    """Clear errors for bad supervisor flags."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if isinstance(intensity, bool) or not isinstance(intensity, int):
+        raise TypeError(f"intensity must be an int, got {intensity!r}")
+    if intensity < 0:
+        raise ValueError(f"intensity must be >= 0, got {intensity!r}")
+    if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
+        raise ValueError(f"period must be a number of seconds > 0, got {period!r}")
+
+
+_SUPERVISOR_OPTIONS: Final = frozenset({"strategy", "intensity", "period", "name"})
 
 
 def _check_shutdown(shutdown: Any) -> None:
@@ -143,7 +158,16 @@ def child(
         raise ValueError("a child spec needs an id: child(factory, ..., id=...)")
     check_key(id, "child id")
     is_sup = isinstance(factory, type) and issubclass(factory, Supervisor)
-    if not is_sup:
+    if is_sup:
+        unknown = set(kwargs) - _SUPERVISOR_OPTIONS
+        if unknown:
+            raise TypeError(f"unexpected supervisor options: {sorted(unknown)}")
+        _check_flags(
+            kwargs.get("strategy", factory.strategy),
+            kwargs.get("intensity", factory.intensity),
+            kwargs.get("period", factory.period),
+        )
+    else:
         try:
             check_factory(factory)
         except TypeError:
@@ -235,21 +259,13 @@ class Supervisor:
         except BaseException:
             if node.is_alive(pid):
                 node.exit(pid, "kill")
+            if link and node.me() is not None:
+                node.unlink(pid)  # its failure is reported by this exception,
+                _flush_exit(pid)  # not by an exit signal to the starter
             raise
 
     def _validate(self, specs: list[ChildSpec]) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if isinstance(self.intensity, bool) or not isinstance(self.intensity, int):
-            raise TypeError(f"intensity must be an int, got {self.intensity!r}")
-        if self.intensity < 0:
-            raise ValueError(f"intensity must be >= 0, got {self.intensity!r}")
-        if (
-            isinstance(self.period, bool)
-            or not isinstance(self.period, (int, float))
-            or self.period <= 0
-        ):
-            raise ValueError(f"period must be a number of seconds > 0, got {self.period!r}")
+        _check_flags(self.strategy, self.intensity, self.period)
         seen: set[Hashable] = set()
         for spec in specs:
             if not isinstance(spec, ChildSpec):
@@ -275,6 +291,20 @@ class Supervisor:
             self._parent = next(iter(links))
         self._kids: list[_Child] = []
         self._restarts: deque[float] = deque()
+        node._supervisors[self._me] = self._parent
+        try:
+            await self._serve(node, me, specs, name, ready)
+        finally:
+            node._supervisors.pop(self._me, None)
+
+    async def _serve(
+        self,
+        node: Node,
+        me: _Proc,
+        specs: list[ChildSpec],
+        name: Hashable | None,
+        ready: asyncio.Future[Pid],
+    ) -> None:
         try:
             if name is not None:
                 registry = node.registry
@@ -362,10 +392,11 @@ class Supervisor:
 
     # -- child exits --------------------------------------------------------------
     async def _on_exit(self, pid: Pid | None, reason: Any) -> None:
-        kid = next((k for k in self._kids if k.pid == pid), None)
+        kid = next((k for k in self._kids if k.pid == pid), None) if pid is not None else None
         if kid is None:
-            # from the parent, or an explicit procreg.exit(sup, reason): stop the tree
-            if reason != "normal":
+            # from the parent (whatever the reason, as OTP), or an explicit
+            # procreg.exit(sup, reason) with a non-normal reason: stop the tree
+            if (pid is not None and pid == self._parent) or reason != "normal":
                 raise _Stop(reason)
             return
         kid.pid = None
@@ -373,7 +404,7 @@ class Supervisor:
         if spec.restart == "temporary":
             self._kids.remove(kid)
             return
-        if spec.restart == "transient" and reason in ("normal", "shutdown"):
+        if spec.restart == "transient" and _is_normal_end(reason):
             return
         if current_node().stopping:
             return
@@ -402,12 +433,18 @@ class Supervisor:
             group = list(self._kids)
         else:
             group = self._kids[index:]
+        self._count_restart()  # one exit, one restart, however many children it takes
         for other in reversed(group):
             if other is not kid:
                 await self._stop_child(other)
+                if other.spec.restart == "temporary":  # stopped, never restarted (OTP)
+                    self._kids.remove(other)
         for member in group:
+            first = True
             while member.pid is None and member in self._kids:
-                self._count_restart()
+                if not first:
+                    self._count_restart()  # a failed start counts as another restart
+                first = False
                 try:
                     member.pid = await self._start_child(member.spec)
                 except Exception as exc:
@@ -542,6 +579,13 @@ class Supervisor:
     async def get_child_spec(sup: Pid | Hashable, child_id: Hashable) -> ChildSpec:
         """The spec of a child."""
         return await _request(sup, "get_spec", child_id)  # type: ignore[no-any-return]
+
+
+def _is_normal_end(reason: Any) -> bool:
+    """``"normal"``, ``"shutdown"`` and ``("shutdown", detail)`` end a transient child."""
+    return reason in ("normal", "shutdown") or (
+        isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown"
+    )
 
 
 class _Failed:
