@@ -137,8 +137,12 @@ class Node:
     """A procreg node: runs processes on the current event loop.
 
     ``cluster=None`` (and ``PROCREG_CLUSTER`` unset) is the embedded, single-machine
-    default. ``gc_policy`` (default on; env ``PROCREG_GC_POLICY=0`` turns it off)
-    tunes Python's cyclic GC for many long-lived processes: see `procreg.gcpolicy`.
+    default; ``cluster="redis://host:port/db"`` joins the cluster kept in that Redis (or
+    Valkey): ``secret`` signs its frames (else ``PROCREG_SECRET``, else a 0600 file),
+    ``lease`` is the membership lease in seconds, ``on_conflict`` decides registry
+    conflicts after a store data loss (see `procreg.cluster`). ``gc_policy`` (default
+    on; env ``PROCREG_GC_POLICY=0`` turns it off) tunes Python's cyclic GC for many
+    long-lived processes: see `procreg.gcpolicy`.
     ``batch`` is how many messages a server handles before others get a turn.
 
     >>> import asyncio, procreg
@@ -159,17 +163,24 @@ class Node:
         gc_policy: bool | None = None,
         registry_handler: Any = None,
         handler_config: dict[str, Any] | None = None,
+        lease: float = 3.0,
+        on_conflict: Any = None,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"node name must be a non-empty string, got {name!r}")
+        if name is not None and (not isinstance(name, str) or not name or "\t" in name):
+            raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
         cluster = cluster if cluster is not None else os.environ.get("PROCREG_CLUSTER") or None
-        if cluster is not None:
-            raise NotImplementedError(
-                "clustering is not available yet; run without cluster= (the embedded default)"
-            )
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
+        check_timeout(lease, "lease")
+        if cluster is not None:
+            from .cluster import default_node_name
+
+            name = name or default_node_name()
         self.name = name or "local"
+        self._lease = lease
+        self._on_conflict = on_conflict
+        self._cluster: Any = None  # procreg.cluster.Cluster when clustered
+        self._remote: Any = None  # its Remote: operations on other nodes' pids
         self.creation = next(_creations)
         self.cluster = cluster
         self._secret = secret
@@ -234,7 +245,28 @@ class Node:
         self._deadlines = _Deadlines(self._loop)
         self._token = _node_var.set(self)
         self._ctx = contextvars.copy_context()
-        self.registry = LocalBackend(self)
+        if self.cluster is not None:
+            from .cluster import Cluster
+
+            cluster = Cluster(
+                self,
+                self.cluster,
+                secret=self._secret,
+                lease=self._lease,
+                on_conflict=self._on_conflict,
+            )
+            try:
+                self.creation = await cluster.start()
+            except BaseException:
+                await cluster.store.close()
+                _node_var.reset(self._token)
+                self._token = None
+                raise
+            self._cluster = cluster
+            self._remote = cluster.remote
+            self.registry = cluster.backend
+        else:
+            self.registry = LocalBackend(self)
         handler = (
             self._registry_handler if self._registry_handler is not None else NprocregHandler()
         )
@@ -283,6 +315,11 @@ class Node:
             proc._finish("shutdown")
         await asyncio.sleep(0)
         self._runq.clear()
+        if self._cluster is not None:
+            try:
+                await self._cluster.stop()
+            except Exception:
+                log.exception("leaving the cluster failed")
         self._deadlines.close()
         try:
             self._handler_state = await self.handler.finish(
@@ -326,18 +363,24 @@ class Node:
                 self._next_freeze = GcPolicy.next_freeze()
                 self._unfreeze_below = GcPolicy.unfreeze_below()
 
-    def _lookup(self, pid: Pid) -> _Proc | None:
-        """The local process for `pid`, None if it is dead; raises for a foreign pid."""
+    def foreign(self, pid: Pid) -> bool:
+        """True if `pid` belongs to another node of the cluster; `TypeError` if it is
+        not a pid, `NodeDown` if its node is not part of any cluster this node is in."""
         if type(pid) is not Pid:
             raise TypeError(f"expected a Pid, got {type(pid).__name__}: {pid!r}")
-        proc = self._procs.get(pid)
-        if proc is not None:
-            return proc
-        if pid[0] != self.name:
+        if pid[0] == self.name:
+            return False
+        if self._remote is None:
             raise NodeDown(
                 f"unknown node {pid[0]!r}: {pid!r} is not a pid of a node in this cluster"
             )
-        return None
+        return True
+
+    def _lookup(self, pid: Pid) -> _Proc | None:
+        """The local process for `pid`; None if it is dead or another node's."""
+        if self.foreign(pid):
+            return None
+        return self._procs.get(pid)
 
     def info(self, pid: Pid) -> dict[str, Any] | None:
         """What the node knows of a live local process, for observers: ``pid``,
@@ -469,6 +512,29 @@ class Node:
         proc._task = self._loop.create_task(proc._main(fn, args))
         return proc.pid
 
+    async def start_with_pid(
+        self, pid: Pid, factory: Any, args: tuple[Any, ...], idle_timeout: float | None
+    ) -> _Proc:
+        """Start `factory` (a `Server` subclass or an ``async def`` body) as the process
+        `pid`, taken earlier from this node's serials: the cluster registry claims a
+        key for a pid before its process exists, so a losing claim starts nothing.
+        Returns once ``init`` has completed (raising its error)."""
+        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
+            server: Any = factory
+            ready: asyncio.Future[Pid] | None = None
+            if server._async_mask & 8:
+                ready = self._loop.create_future()
+            proc, _ = server._start(args, False, False, False, idle_timeout, ready, pid)
+            if ready is not None:
+                await ready
+            return cast(_Proc, proc)
+        check_timeout(idle_timeout, "idle_timeout")
+        body = Process(self, pid)
+        self._add(body)
+        self.setup(body, None, False, False, False, idle_timeout)
+        body._task = self._loop.create_task(body._main(factory, args))
+        return body
+
     def setup(
         self,
         proc: _Proc,
@@ -499,7 +565,8 @@ class Node:
         """Put `msg` in the mailbox of `pid` (``handle_info`` for a server)."""
         proc = self._procs.get(pid)
         if proc is None:
-            self._lookup(pid)
+            if self.foreign(pid):
+                self._remote.send(pid, msg)
             return
         proc._info(msg)
 
@@ -507,7 +574,8 @@ class Node:
         """Send `msg` as a cast (``handle_cast`` for a server)."""
         proc = self._procs.get(pid)
         if proc is None:
-            self._lookup(pid)
+            if self.foreign(pid):
+                self._remote.cast(pid, msg)
             return
         proc._cast(msg)
 
@@ -517,7 +585,8 @@ class Node:
             check_timeout(timeout)
         proc = self._procs.get(pid)
         if proc is None or proc._st >= EXITING or pid.__class__ is not Pid:
-            self._lookup(pid)
+            if self.foreign(pid):
+                return await self._remote.call(pid, request, timeout)
             raise NoProcess(f"no process {pid!r}")
         if proc is self._current or proc is current_process.get():
             raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
@@ -624,7 +693,9 @@ class Node:
         """Send an exit signal to `pid`; see `procreg.exit`."""
         proc = self._procs.get(pid)
         if proc is None:
-            self._lookup(pid)
+            if self.foreign(pid):
+                me = self.me()
+                self._remote.exit(me.pid if me is not None else None, pid, reason)
             return
         me = self.me()
         sender = me.pid if me is not None else None
@@ -650,6 +721,8 @@ class Node:
     def _link_signal(self, other: Pid, sender: Pid, reason: Any) -> None:
         proc = self._procs.get(other)
         if proc is None:
+            if self._remote is not None and other[0] != self.name:
+                self._remote.link_exit(sender, other, reason)
             return
         ext = proc._ext
         if ext is not None and ext.links is not None:
@@ -669,6 +742,9 @@ class Node:
         """Link the calling process and `pid`; see `procreg.link`."""
         me = self._me_or_raise("link()")
         proc = self._lookup(pid)
+        if proc is None and self.foreign(pid):
+            self._remote.link(me, pid)
+            return
         if proc is None or proc._st >= EXITING:
             ext = me._ext
             if ext is not None and ext.trap:
@@ -686,7 +762,8 @@ class Node:
             me._ext.links.discard(pid)
         proc = self._procs.get(pid)
         if proc is None:
-            self._lookup(pid)
+            if self.foreign(pid):
+                self._remote.unlink(me, pid)
             return
         if proc._ext is not None and proc._ext.links:
             proc._ext.links.discard(me.pid)
@@ -706,6 +783,9 @@ class Node:
         """Monitor `pid` from the calling process; see `procreg.monitor`."""
         me = self._me_or_raise("monitor()")
         proc = self._lookup(pid)
+        if proc is None and self.foreign(pid):
+            ref: Ref = self._remote.monitor(me, pid)
+            return ref
         if proc is None or proc._st >= EXITING:
             ref = Ref(self.name)
             me._info(Down(ref, pid, "noproc"))
@@ -726,12 +806,17 @@ class Node:
 
     def _drop_monitor(self, target: Pid, ref: Ref) -> None:
         proc = self._procs.get(target)
+        if proc is None and self._remote is not None and target[0] != self.name:
+            self._remote.demonitor(ref, target)
+            return
         if proc is not None and proc._ext is not None and proc._ext.monitors:
             proc._ext.monitors.pop(ref, None)
 
     def _down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
         proc = self._procs.get(watcher)
         if proc is None:
+            if self._remote is not None and watcher[0] != self.name:
+                self._remote.down(watcher, ref, pid, reason)
             return
         ext = proc._ext
         if ext is not None and ext.watching:

@@ -177,6 +177,7 @@ class Server(_Proc):
         trap_exits: bool,
         idle_timeout: float | None,
         ready: asyncio.Future[Pid] | None,
+        pid: Pid | None = None,
     ) -> tuple[Server, asyncio.Future[Pid] | None]:
         node = current_node()
         if idle_timeout is not None:
@@ -187,7 +188,7 @@ class Server(_Proc):
                 "start(link=True / monitor=True) must be called from inside a process"
             )
         proc = cls.__new__(cls)
-        proc._init_proc(node, node._new_pid())
+        proc._init_proc(node, pid if pid is not None else node._new_pid())
         node._add(proc)
         if cls._async_mask & _ASYNC_INIT:
             proc._st = BUSY

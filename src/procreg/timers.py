@@ -87,12 +87,17 @@ def start_timer(node: Node, delay: float, dest: Pid, msg: Any, interval: float |
         if interval == 0:
             raise ValueError("interval must be > 0")
     timer = Timer(node, dest, msg, interval)
-    target = node._lookup(dest)
-    if target is None or target._st >= EXITING:
-        return timer  # a dead target: the timer is born cancelled
-    owners: list[_Proc] = [target]
     me = node.me()
-    if me is not None and me is not target:
+    owners: list[_Proc] = []
+    if node.foreign(dest):  # another node's process: the timer is tied to its maker
+        if me is None:
+            raise NotImplementedError("a timer to a remote pid must be set from a process")
+    else:
+        target = node._procs.get(dest)
+        if target is None or target._st >= EXITING:
+            return timer  # a dead target: the timer is born cancelled
+        owners.append(target)
+    if me is not None and me not in owners:
         owners.append(me)
     for proc in owners:
         ext = proc.ext()

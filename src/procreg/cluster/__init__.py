@@ -1,0 +1,253 @@
+"""The cluster: nodes that share one registry and message each other through Redis.
+
+``Node(cluster="redis://127.0.0.1:6379/0")`` (or env ``PROCREG_CLUSTER``) makes a node
+join; `Cluster` ties the pieces together:
+
+- `store.Store`: the Redis connection, fail-fast while it is down, reconnection;
+- `membership.Membership`: leases, creations, the live-node list;
+- `transport.Transport`: signed frames on one channel per node;
+- `remote.Remote`: send/call/link/monitor/exit on remote pids, and node-down cleanup;
+- `backend.RedisBackend`: the registry in the store, with a local cache.
+
+Failure handling (docs/INTERNALS.md has the protocol step by step):
+
+- a node whose lease lapsed is *down*: `node_down` delivers noconnection everywhere
+  and purges what that incarnation held in the store;
+- a node that finds its own lease gone while the store kept its data was declared
+  dead: `fence` ends its registered processes (reason ``"fenced"``), treats every peer
+  as down, and rejoins with a new creation;
+- if the store lost its data (the epoch key is gone), `recover_lost_data` re-creates
+  the epoch with a grace period during which only re-registrations may claim, and
+  re-registers every live local key; a key now held by another live process goes to
+  `conflict` (by default: the registered one stays, ours ends with ``"conflict"``);
+- while the store is unreachable, local work goes on and cluster operations raise
+  `ClusterUnavailable` at once; on reconnection the node re-checks its lease and
+  the epoch and reconciles its registrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..pid import Pid
+from ..process import _Proc
+from .backend import RedisBackend
+from .codec import load_secret, pid_str
+from .membership import Membership
+from .remote import Remote
+from .store import Store
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = ["Cluster", "default_node_name"]
+
+log = logging.getLogger("procreg.cluster")
+
+ConflictHook = Callable[[str, Any, Pid, Pid], Any]
+
+
+def default_node_name() -> str:
+    """``<host>-<pid>``: unique per OS process on one machine."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+class Cluster:
+    """The cluster side of one node."""
+
+    def __init__(
+        self,
+        node: Node,
+        url: str,
+        *,
+        secret: str | bytes | None = None,
+        lease: float = 3.0,
+        grace: float | None = None,
+        on_conflict: ConflictHook | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
+        self.node = node
+        self.url = url
+        self.key = load_secret(secret)
+        self.lease = lease
+        self.grace = grace if grace is not None else 2 * lease
+        self.store = Store(url, timeout=min(1.0, lease / 3))
+        self.membership = Membership(self, node.name, lease)
+        self.transport = Transport(self.store, self.key, node.name, self._deliver)
+        self.remote = Remote(node, self.transport)
+        self.backend = RedisBackend(node, self)
+        self.on_conflict = on_conflict
+        self.up_events: list[Callable[[str], Any]] = []
+        self.down_events: list[Callable[[str], Any]] = []
+        self.fenced = 0
+        self.recoveries = 0
+        self._inval: Any = None
+        self._inval_task: asyncio.Task[None] | None = None
+
+    @property
+    def creation(self) -> int:
+        return self.membership.creation
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> int:
+        """Connect (bounded retry: `ClusterUnavailable`), join, and start listening.
+        Returns the node's creation."""
+        await self.store.connect()
+        self.store.on_reconnect = self._resync
+        creation = await self.membership.join()
+        self.transport.creation = creation
+        self._set_live(self.membership.live)
+        await self.transport.start()
+        client = self.store.client()
+        self._inval = client.pubsub(ignore_subscribe_messages=True)
+        await self._inval.subscribe(self.store.key("inval"))
+        self._inval_task = asyncio.get_running_loop().create_task(self._listen_inval())
+        self.membership.start()
+        return creation
+
+    async def stop(self) -> None:
+        """Leave: flush the registry, give the lease back, close connections."""
+        try:
+            await self.backend._flush_releases()
+        except Exception:
+            pass
+        await self.membership.stop()
+        await self.transport.close()
+        if self._inval_task is not None:
+            self._inval_task.cancel()
+            try:
+                await self._inval_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._inval is not None:
+            try:
+                await self._inval.aclose()
+            except Exception:
+                pass
+        await self.store.close()
+
+    # -- the live nodes -----------------------------------------------------------------
+    def live_nodes(self) -> list[str]:
+        """The names of the live nodes, this one included, sorted."""
+        return sorted(self.membership.live)
+
+    def is_live(self, pid: Pid) -> bool:
+        """True if `pid`'s node incarnation is live (or it is ours)."""
+        if pid[0] == self.node.name:
+            return True
+        return self.membership.live.get(pid[0]) == pid[1]
+
+    def _set_live(self, live: dict[str, int]) -> None:
+        others = {n: c for n, c in live.items() if n != self.node.name}
+        self.remote.live = others
+        self.remote.seen.update(others)
+        self.transport.peer_creation.update(others)
+
+    def node_up(self, name: str, creation: int) -> None:
+        self._set_live(self.membership.live)
+        log.info("node up: %s (creation %d)", name, creation)
+        for hook in list(self.up_events):
+            hook(name)
+
+    async def node_down(self, name: str, creation: int) -> None:
+        """`name` (that incarnation) is down."""
+        self._set_live(self.membership.live)
+        log.warning("node down: %s (creation %d)", name, creation)
+        self.remote.node_down(name)
+        self.backend.node_down(name)
+        await self.purge(name, creation)
+        for hook in list(self.down_events):
+            hook(name)
+
+    async def purge(self, name: str, creation: int) -> None:
+        """Drop from the store what a dead incarnation still holds (idempotent)."""
+        store = self.store
+        try:
+            await store.script(
+                "purge",
+                [store.key("owned", name, str(creation))],
+                [pid_str(Pid(name, creation, 0))[:-1], store.key("inval"), store.prefix],
+            )
+        except Exception as exc:
+            log.debug("purge of %s.%d failed: %r", name, creation, exc)
+
+    # -- transport and cache ---------------------------------------------------------------
+    def _deliver(self, sender: str, creation: int, item: Any) -> None:
+        self.remote.deliver(sender, creation, item)
+
+    async def _listen_inval(self) -> None:
+        pubsub = self._inval
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.backend.clear_cache()
+                await asyncio.sleep(0.2)
+                try:
+                    await pubsub.subscribe(self.store.key("inval"))
+                except Exception:
+                    pass
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            data = message["data"]
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            ctable, _, field = text.partition("\n")
+            self.backend.invalidated(ctable, field)
+
+    # -- failures -----------------------------------------------------------------------------
+    async def fence(self) -> None:
+        """We were declared dead while the store kept its data: end our registered
+        processes, drop every peer, and rejoin with a new creation."""
+        self.fenced += 1
+        node = self.node
+        log.error("node %s was declared dead by the cluster: fencing", node.name)
+        procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
+        for proc in {id(p): p for p in procs}.values():
+            node._end(proc, "fenced")
+        self.remote.all_down()
+        self.backend.clear_cache()
+        old = self.membership.creation
+        await self.membership.rejoin()
+        node.creation = self.membership.creation
+        self.transport.creation = self.membership.creation
+        log.warning("node %s rejoined: creation %d -> %d", node.name, old, node.creation)
+        await self.membership.poll()
+        self._set_live(self.membership.live)
+
+    async def recover_lost_data(self) -> None:
+        """The store lost its data: new epoch with a grace period, our lease back,
+        every live local key and membership registered again."""
+        self.recoveries += 1
+        log.error("the cluster store lost its data: re-registering (grace %.1f s)", self.grace)
+        await self.membership.reestablish(self.grace)
+        self.backend.clear_cache()
+        conflicts = await self.backend.reregister("resync")
+        if conflicts:
+            log.warning("%d registry conflicts after the data loss", conflicts)
+
+    async def conflict(self, table: str, key: Any, ours: _Proc, theirs: Pid) -> None:
+        """Two live processes claim `key`: by default the registered one (`theirs`)
+        stays and ours ends with reason ``"conflict"``; `on_conflict(table, key,
+        ours_pid, theirs_pid)` may decide otherwise by ending one itself."""
+        if self.on_conflict is not None:
+            result = self.on_conflict(table, key, ours.pid, theirs)
+            if asyncio.iscoroutine(result):
+                await result
+            return
+        log.warning("conflict on %r in %r: keeping %r, ending %r", key, table, theirs, ours.pid)
+        self.node._end(ours, "conflict")
+
+    async def _resync(self) -> None:
+        """Back in touch with the store: check the epoch and our lease, reconcile."""
+        await self.membership.step()
+        await self.backend.reconcile()

@@ -1,0 +1,482 @@
+"""The registry across nodes, kept in Redis.
+
+Each node keeps its own processes' registrations in the structures of `LocalBackend`
+(so `entries`, exit cleanup and read-your-writes stay local and synchronous) and
+mirrors them into the store:
+
+- **Claims** are one script (`store.CLAIM`): it refuses if the epoch changed, if our
+  own lease is gone (a fenced node cannot claim), or — for new claims — during a
+  grace period after a data loss; it treats an entry whose owner's lease lapsed as
+  free; and it publishes the change on the ``inval`` channel.
+- **get_or_spawn** allocates the pid *first*, claims the key for it in one round
+  trip, and starts the process only if the claim won; a losing caller gets the
+  holder's pid and no duplicate ever runs its ``init``. Concurrent callers on one node
+  share one attempt.
+- **Lookups** of other nodes' keys go to the store (`store.LOOKUP`, which checks the
+  owner's lease) and are cached; the cache drops an entry when an invalidation for
+  its key arrives or its node goes down, and a lookup that raced with an
+  invalidation is not cached.
+- **Releases** (a process ended, `unregister`) update the local view at once and the
+  store at the end of the loop turn, pipelined.
+- **Groups** are sets of pids; `publish` reads the live members once and sends one
+  transport item per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
+from ..pid import Pid
+from ..process import EXITING, _Proc
+from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, _Miss
+from .codec import canon, pid_from_str, pid_str, uncanon
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from . import Cluster
+
+__all__ = ["RedisBackend", "home_node"]
+
+log = logging.getLogger("procreg.cluster")
+
+SEP = "\x1f"
+
+
+def home_node(key: Hashable, nodes: list[str]) -> str:
+    """Rendezvous hashing: the node with the highest score for `key`."""
+    ckey = canon(key).encode()
+
+    def score(node: str) -> bytes:
+        return hashlib.blake2b(node.encode() + b"\0" + ckey, digest_size=8).digest()
+
+    return max(sorted(nodes), key=score)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBackend(LocalBackend):
+    """`RegistryBackend` over the cluster store."""
+
+    def __init__(self, node: Node, cluster: Cluster) -> None:
+        super().__init__(node)
+        self.cluster = cluster
+        self.store = cluster.store
+        self._cache: dict[tuple[str, Hashable], Pid] = {}
+        self._gen = 0  # bumped on every invalidation
+        self._releases: list[tuple[str, Hashable, Pid, bool]] = []  # (table, key, pid, group?)
+        self._release_pending = False
+        self._claims: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
+        self.conflicts = 0
+
+    # -- names in the store -----------------------------------------------------------
+    def _tkey(self, table: str) -> tuple[str, str]:
+        ctable = canon(table)
+        return self.store.key("t", ctable), ctable
+
+    def _owned(self) -> str:
+        return self.store.key("owned", self.node.name, str(self.cluster.creation))
+
+    # -- lookups ------------------------------------------------------------------------
+    def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | _Miss | None:  # type: ignore[override]
+        proc = self._holder(key, table)
+        if proc is not None:
+            return proc.pid
+        pid = self._cache.get((table, key))
+        if pid is not None:
+            if self.cluster.is_live(pid):
+                return pid
+            del self._cache[(table, key)]
+        return MISS
+
+    async def _fetch(self, key: Hashable, table: str) -> tuple[Pid, Any] | None:
+        tkey, _ = self._tkey(table)
+        gen = self._gen
+        value = await self.store.script("lookup", [tkey], [canon(key), self.store.key("lease", "")])
+        if value is None:
+            return None
+        text = _text(value)
+        pid = pid_from_str(text)
+        meta_text = text.split("\t", 3)[3] if text.count("\t") >= 3 else ""
+        if gen == self._gen and pid[0] != self.node.name:
+            self._cache[(table, key)] = pid
+        return pid, (json.loads(meta_text) if meta_text else None)
+
+    async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
+        pid = self.peek(key, table)
+        if not isinstance(pid, _Miss):
+            return pid
+        found = await self._fetch(key, table)
+        if found is None or found[0][0] == self.node.name:
+            return None  # our own keys are all in the local view
+        return found[0]
+
+    async def lookup(
+        self, key: Hashable, table: str = DEFAULT_TABLE
+    ) -> tuple[Pid, dict[str, Any] | None] | None:
+        local = await super().lookup(key, table)
+        if local is not None:
+            return local
+        found = await self._fetch(key, table)
+        if found is None or found[0][0] == self.node.name:
+            return None
+        return found
+
+    # -- claims ------------------------------------------------------------------------
+    async def _claim(
+        self, key: Hashable, table: str, pid: Pid, meta: dict[str, Any] | None, mode: str = "new"
+    ) -> Pid | None:
+        """Claim `key` for `pid`; None if it won, else the live holder's pid."""
+        tkey, ctable = self._tkey(table)
+        field = canon(key)
+        value = pid_str(pid) + "\t" + (json.dumps(meta) if meta is not None else "")
+        store = self.store
+        while True:
+            result = await store.script(
+                "claim",
+                [
+                    tkey,
+                    self._owned(),
+                    store.key("epoch"),
+                    store.key("lease", self.node.name),
+                    store.key("grace"),
+                ],
+                [
+                    field,
+                    value,
+                    self.cluster.membership.epoch,
+                    self.cluster.creation,
+                    store.key("lease", ""),
+                    mode,
+                    f"t{SEP}{ctable}{SEP}{field}",
+                    store.key("inval"),
+                    ctable,
+                ],
+            )
+            status = _text(result[0])
+            if status == "ok":
+                return None
+            if status == "held":
+                holder = pid_from_str(_text(result[1]))
+                if holder[0] != self.node.name:
+                    self._cache[(table, key)] = holder
+                return holder
+            if status == "grace":
+                await asyncio.sleep(0.05)
+                continue
+            raise ClusterUnavailable(f"cannot claim {key!r}: {status}")
+
+    async def register(
+        self,
+        key: Hashable,
+        pid: Pid,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        canon(key)
+        if pid[0] != self.node.name:
+            raise ValueError(f"register {pid!r} on its own node ({pid[0]!r})")
+        proc = self.node._lookup(pid)
+        if proc is None or proc._st >= EXITING:
+            raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
+        holder = self._holder(key, table)
+        if holder is not None and holder is not proc:
+            raise AlreadyRegistered(key, holder.pid)
+        other = await self._claim(key, table, pid, meta)
+        if other is not None:
+            raise AlreadyRegistered(key, other)
+        if proc._st >= EXITING:  # ended while we claimed: give it back
+            self._queue_release(table, key, pid, False)
+            raise NoProcess(f"{pid!r} ended while registering {key!r}")
+        self._add(table, key, proc, meta)
+
+    async def unregister(
+        self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
+    ) -> bool:
+        holder = self._holder(key, table)
+        if holder is not None:
+            removed = await super().unregister(key, table, pid)
+            self._queue_release(table, key, holder.pid, False)
+            await self._flush_releases()
+            return removed
+        found = await self._fetch(key, table)
+        if found is None:
+            return False
+        if pid is not None and found[0] != pid:
+            raise NotOwner(f"{key!r} in table {table!r} is held by {found[0]!r}, not {pid!r}")
+        tkey, ctable = self._tkey(table)
+        field = canon(key)
+        owner = found[0]
+        owned = self.store.key("owned", owner[0], str(owner[1]))
+        done = await self.store.script(
+            "release",
+            [tkey, owned],
+            [field, pid_str(owner), f"t{SEP}{ctable}{SEP}{field}", self.store.key("inval"), ctable],
+        )
+        self._cache.pop((table, key), None)
+        return bool(done)
+
+    async def get_or_spawn(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
+    ) -> tuple[Pid, bool]:
+        canon(key)
+        for _ in range(3):  # a cached pid may be stale: retry with a fresh lookup
+            pid = self.peek(key, table)
+            if isinstance(pid, Pid):
+                return pid, False
+            flight = self._claims.get((table, key))
+            if flight is None:
+                flight = self.node._loop.create_task(
+                    self._spawn(key, factory, args, table, placement, meta, idle_timeout)
+                )
+                self._claims[(table, key)] = flight
+                flight.add_done_callback(self._claim_done)
+                return await asyncio.shield(flight)
+            found, _ = await asyncio.shield(flight)
+            return found, False
+        raise ClusterUnavailable(f"get_or_spawn({key!r}) could not settle")
+
+    def _claim_done(self, task: asyncio.Task[tuple[Pid, bool]]) -> None:
+        for k, t in list(self._claims.items()):
+            if t is task:
+                del self._claims[k]
+
+    async def _spawn(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str,
+        placement: str,
+        meta: dict[str, Any] | None,
+        idle_timeout: float | None,
+    ) -> tuple[Pid, bool]:
+        node = self.node
+        if placement == "hash":
+            home = home_node(key, self.cluster.live_nodes())
+            if home != node.name:
+                result: tuple[Pid, bool] = await self.cluster.remote.spawn(
+                    home, key, factory, args, table, meta, idle_timeout
+                )
+                if result[0][0] != node.name:
+                    self._cache[(table, key)] = result[0]
+                return result
+        pid = node._new_pid()
+        holder = await self._claim(key, table, pid, meta)
+        if holder is not None:
+            return holder, False
+        try:
+            proc = await node.start_with_pid(pid, factory, args, idle_timeout)
+        except BaseException:
+            self._queue_release(table, key, pid, False)
+            raise
+        if proc._st >= EXITING:
+            self._queue_release(table, key, pid, False)
+            raise NoProcess(f"{pid!r} ended right after it started")
+        self._add(table, key, proc, meta)
+        return pid, True
+
+    # -- releases ------------------------------------------------------------------------
+    def _queue_release(self, table: str, key: Hashable, pid: Pid, group: bool) -> None:
+        self._releases.append((table, key, pid, group))
+        if not self._release_pending:
+            self._release_pending = True
+            self.node._loop.call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self.node._loop.create_task(self._flush_releases())
+
+    async def _flush_releases(self) -> None:
+        self._release_pending = False
+        batch, self._releases = self._releases, []
+        if not batch or not self.store.up:
+            return  # re-synced from the owned set on reconnect
+        store = self.store
+        owned = self._owned()
+        inval = store.key("inval")
+        script = store._scripts["release"]
+
+        async def run(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for table, key, pid, group in batch:
+                if group:
+                    cgroup = canon(key)
+                    pipe.srem(store.key("g", cgroup), pid_str(pid))
+                    pipe.srem(owned, f"g{SEP}{cgroup}{SEP}{pid_str(pid)}")
+                    continue
+                tkey, ctable = self._tkey(table)
+                field = canon(key)
+                await script(
+                    keys=[tkey, owned],
+                    args=[field, pid_str(pid), f"t{SEP}{ctable}{SEP}{field}", inval, ctable],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+        try:
+            await store.run(run)
+        except ClusterUnavailable:
+            pass
+
+    def process_ended(self, proc: _Proc) -> None:
+        reg = proc._reg
+        pid = proc.pid
+        if reg is not None:
+            for table, key in reg if type(reg) is set else (reg,):
+                tab = self._tables.get(table)
+                if tab is not None and tab.get(key) is proc:
+                    self._queue_release(table, key, pid, False)
+        ext = proc._ext
+        if ext is not None and ext.groups:
+            for group in ext.groups:
+                self._queue_release("", group, pid, True)
+        super().process_ended(proc)
+
+    # -- groups ----------------------------------------------------------------------------
+    async def join(self, group: Hashable, pid: Pid) -> bool:
+        cgroup = canon(group)
+        if pid[0] != self.node.name:
+            raise ValueError(f"join {pid!r} to a group on its own node ({pid[0]!r})")
+        added = await super().join(group, pid)
+        if added:
+            member = pid_str(pid)
+            try:
+                await self._sadd2(
+                    self.store.key("g", cgroup),
+                    member,
+                    self._owned(),
+                    f"g{SEP}{cgroup}{SEP}{member}",
+                )
+            except BaseException:
+                await super().leave(group, pid)
+                raise
+        return added
+
+    async def leave(self, group: Hashable, pid: Pid) -> bool:
+        canon(group)
+        left = await super().leave(group, pid)
+        if left:
+            self._queue_release("", group, pid, True)
+            await self._flush_releases()
+        return left
+
+    async def members(self, group: Hashable) -> list[Pid]:
+        store = self.store
+        raw = await store.script(
+            "members", [store.key("g", canon(group))], [store.key("lease", "")]
+        )
+        return sorted(pid_from_str(_text(m)) for m in raw)
+
+    async def publish(self, group: Hashable, msg: Any) -> int:
+        pids = await self.members(group)
+        by_node: dict[str, list[Pid]] = {}
+        for pid in pids:
+            by_node.setdefault(pid[0], []).append(pid)
+        reached = 0
+        for name, members in by_node.items():
+            if name == self.node.name:
+                for pid in members:
+                    proc = self.node._procs.get(pid)
+                    if proc is not None:
+                        proc._info(msg)
+                        reached += 1
+            else:
+                self.cluster.remote.group_send(name, members, msg)
+                reached += len(members)
+        return reached
+
+    # -- cache and recovery ---------------------------------------------------------------
+    def invalidated(self, ctable: str, field: str) -> None:
+        """A registry change on any node (from the ``inval`` channel)."""
+        self._gen += 1
+        try:
+            table = uncanon(ctable)
+            key = uncanon(field)
+        except (ValueError, IndexError):
+            return
+        if isinstance(table, str):
+            self._cache.pop((table, key), None)
+
+    def node_down(self, name: str) -> None:
+        """Forget cached entries of a node that went down."""
+        self._gen += 1
+        for k in [k for k, pid in self._cache.items() if pid[0] == name]:
+            del self._cache[k]
+
+    def clear_cache(self) -> None:
+        self._gen += 1
+        self._cache.clear()
+
+    def local_entries(self) -> list[tuple[str, Hashable, _Proc]]:
+        """Every (table, key, process) this node holds."""
+        return [(t, k, p) for t, tab in self._tables.items() for k, p in tab.items()]
+
+    async def reregister(self, mode: str) -> int:
+        """Claim again every local registration and group membership (after a data
+        loss or on rejoining); a key now held by another live process is a conflict:
+        `Cluster.conflict` decides. Returns how many conflicts there were."""
+        conflicts = 0
+        for table, key, proc in self.local_entries():
+            meta = self._meta.get(table, {}).get(key)
+            holder = await self._claim(key, table, proc.pid, meta, mode=mode)
+            if holder is not None and holder != proc.pid:
+                conflicts += 1
+                self.conflicts += 1
+                await self.cluster.conflict(table, key, proc, holder)
+        store = self.store
+        owned = self._owned()
+        for group, members in list(self._groups.items()):
+            cgroup = canon(group)
+            for pid in members:
+                member = pid_str(pid)
+                await self._sadd2(
+                    store.key("g", cgroup), member, owned, f"g{SEP}{cgroup}{SEP}{member}"
+                )
+        return conflicts
+
+    async def _sadd2(self, key1: str, member1: str, key2: str, member2: str) -> None:
+        async def run(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            pipe.sadd(key1, member1)
+            pipe.sadd(key2, member2)
+            await pipe.execute()
+
+        await self.store.run(run)
+
+    async def reconcile(self) -> None:
+        """After a reconnect: release store entries of ours that the local view no
+        longer has (their processes ended while the store was unreachable), and claim
+        again the ones the store lost."""
+        store = self.store
+        owned = await store.run(lambda r: r.smembers(self._owned()))
+        mine = {(canon(t), canon(k)) for t, k, _ in self.local_entries()}
+        for raw in owned:
+            kind, ckey, field = _text(raw).split(SEP, 2)
+            if kind == "t" and (ckey, field) not in mine:
+                try:
+                    table, key = uncanon(ckey), uncanon(field)
+                except ValueError:
+                    continue
+                if isinstance(table, str):
+                    pid = Pid(self.node.name, self.cluster.creation, 0)
+                    cur = await self._fetch(key, table)
+                    if cur is not None and cur[0][0] == self.node.name:
+                        pid = cur[0]
+                        if pid not in self.node._procs:
+                            self._queue_release(table, key, pid, False)
+        await self._flush_releases()
+        await self.reregister("resync")

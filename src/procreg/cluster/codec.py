@@ -1,0 +1,247 @@
+"""What crosses the cluster: the secret, signed frames, canonical keys and pids.
+
+A *frame* carries the messages one node sends another in one loop turn::
+
+    MAGIC(4) | header length (u32) | header (JSON) | body | HMAC-SHA256(32)
+
+The header is ``[sender, sender_creation, seq, dest]``; the body is a sequence of
+length-prefixed items, each a pickle made at the call site (so an unpicklable message
+fails there, with a `TypeError`). The MAC covers everything before it. A receiver
+checks the MAC first (constant time), then the header, and unpickles only a frame that
+passed every check: unsigned, badly signed, truncated, misaddressed or replayed frames
+are dropped without touching `pickle`.
+
+Keys that cross the cluster must be canonical values (str, int, bytes, bool, None,
+float, and tuples of these): `canon` turns one into a string that is equal for equal
+keys and decodes back with `uncanon`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import secrets
+import struct
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any, Final
+
+from ..pid import Pid
+
+__all__ = [
+    "BadFrame",
+    "canon",
+    "decode_frame",
+    "encode_frame",
+    "load_secret",
+    "pack_item",
+    "pid_from_str",
+    "pid_str",
+    "uncanon",
+]
+
+MAGIC: Final = b"PRG1"
+_U32: Final = struct.Struct(">I")
+MAC_SIZE: Final = 32
+MAX_FRAME: Final = 64 * 1024 * 1024
+
+
+class BadFrame(Exception):
+    """A frame failed a check; `reason` says which (for the counters)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- the secret -----------------------------------------------------------------
+
+
+def load_secret(
+    secret: str | bytes | None = None, path: str | os.PathLike[str] | None = None
+) -> bytes:
+    """The cluster secret: `secret`, else env ``PROCREG_SECRET``, else the file
+    ``~/.procreg.secret`` (or `path`), created with mode 0600 on first use with 32
+    random bytes — like Erlang's cookie."""
+    if secret is not None:
+        value = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if not value:
+            raise ValueError("the cluster secret must not be empty")
+        return value
+    env = os.environ.get("PROCREG_SECRET")
+    if env:
+        return env.encode()
+    file = Path(path) if path is not None else Path.home() / ".procreg.secret"
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PermissionError(
+                f"{file} must be readable by its owner only (chmod 600), it is {oct(mode)}"
+            ) from None
+        value = file.read_bytes().strip()
+        if not value:
+            raise ValueError(f"{file} is empty") from None
+        return value
+    with os.fdopen(fd, "wb") as out:
+        value = secrets.token_hex(32).encode()
+        out.write(value)
+    return value
+
+
+# -- frames -------------------------------------------------------------------------
+
+
+def pack_item(item: tuple[Any, ...]) -> bytes:
+    """Pickle one transport item, raising `TypeError` if it cannot cross the wire."""
+    try:
+        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"a message to a remote process must be picklable: {exc}") from exc
+
+
+def encode_frame(
+    key: bytes, sender: str, creation: int, seq: int, dest: str, items: list[bytes]
+) -> bytes:
+    """Sign and frame `items` (already pickled) from `sender` to `dest`."""
+    header = json.dumps([sender, creation, seq, dest], separators=(",", ":")).encode()
+    parts = [MAGIC, _U32.pack(len(header)), header]
+    for item in items:
+        parts.append(_U32.pack(len(item)))
+        parts.append(item)
+    body = b"".join(parts)
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def decode_frame(key: bytes, frame: bytes, me: str) -> tuple[str, int, int, list[bytes]]:
+    """Check a frame and return ``(sender, creation, seq, items)``; the items are
+    still pickles. Raises `BadFrame` (without unpickling anything)."""
+    if not isinstance(frame, (bytes, bytearray)):
+        raise BadFrame("type")
+    if len(frame) > MAX_FRAME:
+        raise BadFrame("size")
+    if len(frame) < len(MAGIC) + 4 + MAC_SIZE or frame[:4] != MAGIC:
+        raise BadFrame("malformed")
+    body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
+        raise BadFrame("signature")
+    (hlen,) = _U32.unpack_from(body, 4)
+    start = 8 + hlen
+    if start > len(body):
+        raise BadFrame("malformed")
+    try:
+        sender, creation, seq, dest = json.loads(body[8:start])
+    except (ValueError, TypeError):
+        raise BadFrame("malformed") from None
+    if not (
+        isinstance(sender, str)
+        and isinstance(creation, int)
+        and isinstance(seq, int)
+        and isinstance(dest, str)
+    ):
+        raise BadFrame("malformed")
+    if dest != me:
+        raise BadFrame("misaddressed")
+    items: list[bytes] = []
+    pos = start
+    end = len(body)
+    while pos < end:
+        if pos + 4 > end:
+            raise BadFrame("malformed")
+        (n,) = _U32.unpack_from(body, pos)
+        pos += 4
+        if pos + n > end:
+            raise BadFrame("malformed")
+        items.append(bytes(body[pos : pos + n]))
+        pos += n
+    return sender, creation, seq, items
+
+
+# -- canonical keys -------------------------------------------------------------------
+
+
+def canon(key: Hashable) -> str:
+    """A string naming `key` across the cluster; `TypeError` for non-canonical keys.
+
+    >>> canon(("room", 42, None))
+    '("room",i42,N)'
+    >>> uncanon(canon(("room", 42, None)))
+    ('room', 42, None)
+    """
+    t = type(key)
+    if isinstance(key, str) and t is str:
+        return json.dumps(key, ensure_ascii=False)
+    if isinstance(key, bool):
+        return "T" if key else "F"
+    if isinstance(key, int) and t is int:
+        return f"i{key}"
+    if key is None:
+        return "N"
+    if isinstance(key, float) and t is float:
+        return f"f{float.hex(key)}"
+    if isinstance(key, bytes) and t is bytes:
+        return f"x{key.hex()}"
+    if isinstance(key, tuple) and t is tuple:
+        return "(" + ",".join(canon(k) for k in key) + ")"
+    raise TypeError(
+        "keys that cross the cluster must be str, int, bytes, bool, None, float or "
+        f"tuples of these, got {t.__name__}: {key!r}"
+    )
+
+
+def uncanon(text: str) -> Hashable:
+    """The key `canon` made `text` from."""
+    value, pos = _parse(text, 0)
+    if pos != len(text):
+        raise ValueError(f"trailing data in canonical key {text!r}")
+    return value
+
+
+def _parse(text: str, pos: int) -> tuple[Hashable, int]:
+    c = text[pos]
+    if c == '"':
+        decoder = json.JSONDecoder()
+        value, end = decoder.raw_decode(text, pos)
+        return value, end
+    if c in "TFN":
+        return {"T": True, "F": False, "N": None}[c], pos + 1
+    if c in "ifx":
+        end = pos + 1
+        while end < len(text) and text[end] not in ",)":
+            end += 1
+        raw = text[pos + 1 : end]
+        if c == "i":
+            return int(raw), end
+        if c == "f":
+            return float.fromhex(raw), end
+        return bytes.fromhex(raw), end
+    if c == "(":
+        items: list[Hashable] = []
+        pos += 1
+        if text[pos] == ")":
+            return (), pos + 1
+        while True:
+            item, pos = _parse(text, pos)
+            items.append(item)
+            if text[pos] == ")":
+                return tuple(items), pos + 1
+            pos += 1  # ","
+    raise ValueError(f"bad canonical key at {pos}: {text!r}")
+
+
+# -- pids ------------------------------------------------------------------------------
+
+
+def pid_str(pid: Pid) -> str:
+    """``node\\tcreation\\tserial``: how the store writes a pid."""
+    return f"{pid[0]}\t{pid[1]}\t{pid[2]}"
+
+
+def pid_from_str(text: str) -> Pid:
+    """The pid `pid_str` wrote."""
+    node, creation, serial = text.split("\t")[:3]
+    return Pid(node, int(creation), int(serial))

@@ -1,0 +1,433 @@
+"""Processes on other nodes: send, cast, call, link, monitor and exit across the wire.
+
+Every operation on a remote pid becomes one *item* (a small tuple, pickled at the call
+site) queued on the transport for the pid's node. For every peer node the `Peer`
+record keeps what must be undone if that node goes down: the links between our
+processes and its processes, the monitors in both directions, and our calls waiting
+for its replies. When membership declares the node down, `Remote.node_down` delivers
+``Down(..., "noconnection")`` to our watchers, the ``"noconnection"`` exit signal to
+our linked processes, and fails pending calls with `NodeDown` — the same as Erlang
+does when a distribution connection drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import NodeDown, NoProcess, ProcessExited, ProcregError
+from ..pid import Pid, Ref
+from ..process import EXITING, _Proc
+from .codec import pack_item
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from .transport import Transport
+
+__all__ = ["Peer", "Remote", "RemoteCaller", "factory_name", "resolve_factory"]
+
+log = logging.getLogger("procreg.cluster")
+
+SEND: Final = 1
+CAST: Final = 2
+CALL: Final = 3
+REPLY: Final = 4
+FAIL: Final = 5
+EXIT: Final = 6
+LINK: Final = 7
+UNLINK: Final = 8
+LINK_EXIT: Final = 9
+MONITOR: Final = 10
+DEMONITOR: Final = 11
+DOWN: Final = 12
+GROUP_SEND: Final = 13
+SPAWN: Final = 14
+
+
+def _pack_lenient(item: tuple[Any, ...]) -> bytes:
+    """Pickle a runtime item whose last field is an exit reason; an unpicklable
+    reason (an exception holding a socket, say) travels as its repr."""
+    try:
+        return pack_item(item)
+    except TypeError:
+        return pack_item((*item[:-1], repr(item[-1])))
+
+
+class RemoteCaller:
+    """The caller of a call that came from another node: `reply` and `fail` send the
+    answer back. Servers treat it like a local caller."""
+
+    __slots__ = ("call_id", "done", "node", "remote")
+
+    def __init__(self, remote: Remote, node: str, call_id: int) -> None:
+        self.remote = remote
+        self.node = node
+        self.call_id = call_id
+        self.done = False
+
+    def reply(self, value: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            item = pack_item((REPLY, self.call_id, value))
+        except TypeError as exc:
+            item = pack_item((FAIL, self.call_id, "error", f"unpicklable reply: {exc}"))
+        self.remote.transport.enqueue(self.node, item)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        if isinstance(exc, ProcessExited):
+            item = _pack_lenient((FAIL, self.call_id, "exited", exc.reason))
+        elif isinstance(exc, NoProcess):
+            item = pack_item((FAIL, self.call_id, "noproc", str(exc)))
+        else:
+            item = pack_item((FAIL, self.call_id, "error", repr(exc)))
+        self.remote.transport.enqueue(self.node, item)
+
+
+class Peer:
+    """What we must undo if one other node goes down."""
+
+    __slots__ = ("calls", "links", "name", "watch_in", "watch_out")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.links: set[tuple[Pid, Pid]] = set()  # (our pid, their pid)
+        self.watch_out: dict[Ref, tuple[Pid, Pid]] = {}  # ref -> (our watcher, their pid)
+        self.watch_in: dict[Ref, tuple[Pid, Pid]] = {}  # ref -> (our pid, their watcher)
+        self.calls: dict[int, tuple[asyncio.Future[Any], Pid]] = {}
+
+
+def factory_name(factory: Any) -> str:
+    """``module:qualname`` of a factory that every node can import by that name."""
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None)
+    if module and qualname and "<" not in qualname:
+        try:
+            if resolve_factory(f"{module}:{qualname}") is factory:
+                return f"{module}:{qualname}"
+        except (ImportError, AttributeError):
+            pass
+    raise TypeError(
+        f"placement='hash' needs a factory importable by name on every node, got {factory!r} "
+        "(define it at module level in an importable module)"
+    )
+
+
+def resolve_factory(name: str) -> Any:
+    """The object `factory_name` named."""
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Remote:
+    """Operations on remote pids, and the handling of items from other nodes."""
+
+    def __init__(self, node: Node, transport: Transport) -> None:
+        self.node = node
+        self.transport = transport
+        self.peers: dict[str, Peer] = {}
+        self.live: dict[str, int] = {}  # node -> creation, kept by membership
+        self.seen: set[str] = set()  # every node name ever live
+        self._ids = itertools.count(1)
+
+    def _peer(self, name: str) -> Peer:
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = self.peers[name] = Peer(name)
+        return peer
+
+    def _check(self, pid: Pid) -> bool:
+        """True if `pid`'s node is live; False if it is known but down; `NodeDown`
+        for a node this cluster has never seen."""
+        name = pid[0]
+        creation = self.live.get(name)
+        if creation is not None:
+            return creation == pid[1]
+        if name in self.seen:
+            return False
+        raise NodeDown(f"unknown node {name!r}: {pid!r} is not a pid of a node in this cluster")
+
+    # -- outgoing -------------------------------------------------------------------
+    def send(self, pid: Pid, msg: Any) -> None:
+        item = pack_item((SEND, pid, msg))
+        if self._check(pid):
+            self.transport.enqueue(pid[0], item)
+
+    def cast(self, pid: Pid, msg: Any) -> None:
+        item = pack_item((CAST, pid, msg))
+        if self._check(pid):
+            self.transport.enqueue(pid[0], item)
+
+    async def call(self, pid: Pid, request: Any, timeout: float | None) -> Any:
+        call_id = next(self._ids)
+        item = pack_item((CALL, call_id, pid, request))
+        if not self._check(pid):
+            if pid[0] in self.live:
+                raise NoProcess(f"no process {pid!r} (an earlier incarnation of its node)")
+            raise NodeDown(f"node {pid[0]!r} of {pid!r} is down")
+        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        peer = self._peer(pid[0])
+        peer.calls[call_id] = (fut, pid)
+        self.transport.enqueue(pid[0], item)
+        if timeout is not None:
+            self.node._deadlines.add(timeout, fut)
+        try:
+            return await fut
+        finally:
+            peer.calls.pop(call_id, None)
+
+    def exit(self, sender: Pid | None, pid: Pid, reason: Any) -> None:
+        if self._check(pid):
+            self.transport.enqueue(pid[0], _pack_lenient((EXIT, sender, pid, reason)))
+
+    def link(self, me: _Proc, pid: Pid) -> None:
+        if not self._check(pid):
+            self.node._exit_signal(me, pid, "noconnection", linked=True)
+            return
+        ext = me.ext()
+        if ext.links is None:
+            ext.links = set()
+        ext.links.add(pid)
+        self._peer(pid[0]).links.add((me.pid, pid))
+        self.transport.enqueue(pid[0], pack_item((LINK, me.pid, pid)))
+
+    def unlink(self, me: _Proc, pid: Pid) -> None:
+        peer = self.peers.get(pid[0])
+        if peer is not None:
+            peer.links.discard((me.pid, pid))
+        if self._check(pid):
+            self.transport.enqueue(pid[0], pack_item((UNLINK, me.pid, pid)))
+
+    def monitor(self, me: _Proc, pid: Pid) -> Ref:
+        ref = Ref(self.node.name)
+        if not self._check(pid):
+            from ..messages import Down
+
+            me._info(Down(ref, pid, "noconnection"))
+            return ref
+        ext = me.ext()
+        if ext.watching is None:
+            ext.watching = {}
+        ext.watching[ref] = pid
+        self._peer(pid[0]).watch_out[ref] = (me.pid, pid)
+        self.transport.enqueue(pid[0], pack_item((MONITOR, ref, me.pid, pid)))
+        return ref
+
+    def demonitor(self, ref: Ref, target: Pid) -> None:
+        peer = self.peers.get(target[0])
+        if peer is not None:
+            peer.watch_out.pop(ref, None)
+        if target[0] in self.live:
+            self.transport.enqueue(target[0], pack_item((DEMONITOR, ref, target)))
+
+    def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
+        """Our process `pid`, watched by a remote `watcher`, ended."""
+        peer = self.peers.get(watcher[0])
+        if peer is not None:
+            peer.watch_in.pop(ref, None)
+        if watcher[0] in self.live:
+            self.transport.enqueue(watcher[0], _pack_lenient((DOWN, ref, pid, watcher, reason)))
+
+    def link_exit(self, sender: Pid, other: Pid, reason: Any) -> None:
+        """Our process `sender`, linked to remote `other`, ended with `reason`."""
+        peer = self.peers.get(other[0])
+        if peer is not None:
+            peer.links.discard((sender, other))
+        if other[0] in self.live:
+            self.transport.enqueue(other[0], _pack_lenient((LINK_EXIT, sender, other, reason)))
+
+    def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
+        self.transport.enqueue(node, pack_item((GROUP_SEND, pids, msg)))
+
+    async def spawn(
+        self,
+        node: str,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str,
+        meta: dict[str, Any] | None,
+        idle_timeout: float | None,
+        timeout: float = 5.0,
+    ) -> tuple[Pid, bool]:
+        """Ask `node` to get_or_spawn `key` there (placement="hash")."""
+        name = factory_name(factory)
+        call_id = next(self._ids)
+        item = pack_item((SPAWN, call_id, table, key, name, args, meta, idle_timeout))
+        if node not in self.live:
+            raise NodeDown(f"node {node!r} is down")
+        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        peer = self._peer(node)
+        peer.calls[call_id] = (fut, Pid(node, self.live[node], 0))
+        self.transport.enqueue(node, item)
+        self.node._deadlines.add(timeout, fut)
+        try:
+            result: tuple[Pid, bool] = await fut
+        finally:
+            peer.calls.pop(call_id, None)
+        return result
+
+    # -- incoming -------------------------------------------------------------------
+    def deliver(self, sender: str, creation: int, item: Any) -> None:
+        """Handle one item from `sender` (called by the transport, in order)."""
+        op = item[0]
+        node = self.node
+        procs = node._procs
+        if op in (SEND, CAST):
+            proc = procs.get(item[1])
+            if proc is not None:
+                if op == SEND:
+                    proc._info(item[2])
+                else:
+                    proc._cast(item[2])
+        elif op == CALL:
+            _, call_id, pid, request = item
+            caller = RemoteCaller(self, sender, call_id)
+            proc = procs.get(pid)
+            if proc is None or proc._st >= EXITING:
+                caller.fail(NoProcess(f"no process {pid!r}"))
+            else:
+                proc._call(caller, request)
+        elif op == REPLY:
+            self._answer(sender, item[1], item[2], None)
+        elif op == FAIL:
+            _, call_id, kind, detail = item
+            self._answer(sender, call_id, None, (kind, detail))
+        elif op == EXIT:
+            _, from_pid, pid, reason = item
+            proc = procs.get(pid)
+            if proc is not None:
+                node._exit_signal(proc, from_pid, reason, linked=False)
+        elif op == LINK:
+            _, from_pid, pid = item
+            proc = procs.get(pid)
+            if proc is None or proc._st >= EXITING:
+                self.link_exit(pid, from_pid, "noproc")
+                return
+            ext = proc.ext()
+            if ext.links is None:
+                ext.links = set()
+            ext.links.add(from_pid)
+            self._peer(sender).links.add((pid, from_pid))
+        elif op == UNLINK:
+            _, from_pid, pid = item
+            self._peer(sender).links.discard((pid, from_pid))
+            proc = procs.get(pid)
+            if proc is not None and proc._ext is not None and proc._ext.links:
+                proc._ext.links.discard(from_pid)
+        elif op == LINK_EXIT:
+            _, from_pid, pid, reason = item
+            self._peer(sender).links.discard((pid, from_pid))
+            proc = procs.get(pid)
+            if proc is not None:
+                if proc._ext is not None and proc._ext.links:
+                    proc._ext.links.discard(from_pid)
+                node._exit_signal(proc, from_pid, reason, linked=True)
+        elif op == MONITOR:
+            _, ref, watcher, pid = item
+            proc = procs.get(pid)
+            if proc is None or proc._st >= EXITING:
+                self.down(watcher, ref, pid, "noproc")
+                return
+            ext = proc.ext()
+            if ext.monitors is None:
+                ext.monitors = {}
+            ext.monitors[ref] = watcher
+            self._peer(sender).watch_in[ref] = (pid, watcher)
+        elif op == DEMONITOR:
+            _, ref, pid = item
+            self._peer(sender).watch_in.pop(ref, None)
+            proc = procs.get(pid)
+            if proc is not None and proc._ext is not None and proc._ext.monitors:
+                proc._ext.monitors.pop(ref, None)
+        elif op == DOWN:
+            _, ref, pid, watcher, reason = item
+            peer = self.peers.get(sender)
+            if peer is not None:
+                peer.watch_out.pop(ref, None)
+            node._down(watcher, ref, pid, reason)
+        elif op == GROUP_SEND:
+            _, pids, msg = item
+            for pid in pids:
+                proc = procs.get(pid)
+                if proc is not None:
+                    proc._info(msg)
+        elif op == SPAWN:
+            node._loop.create_task(self._spawn_here(sender, item))
+        else:
+            log.warning("unknown item %r from %s", op, sender)
+
+    def _answer(
+        self, sender: str, call_id: int, value: Any, failure: tuple[str, Any] | None
+    ) -> None:
+        peer = self.peers.get(sender)
+        entry = peer.calls.pop(call_id, None) if peer is not None else None
+        if entry is None:
+            return  # timed out or cancelled already
+        fut, pid = entry
+        if fut.done():
+            return
+        if failure is None:
+            fut.set_result(value)
+            return
+        kind, detail = failure
+        if kind == "noproc":
+            fut.set_exception(NoProcess(detail))
+        elif kind == "exited":
+            fut.set_exception(ProcessExited(detail, pid))
+        else:
+            fut.set_exception(ProcregError(f"remote failure: {detail}"))
+
+    async def _spawn_here(self, sender: str, item: Any) -> None:
+        _, call_id, table, key, name, args, meta, idle_timeout = item
+        caller = RemoteCaller(self, sender, call_id)
+        try:
+            factory = resolve_factory(name)
+            result = await self.node.registry.get_or_spawn(
+                key, factory, tuple(args), table, "local", meta, idle_timeout
+            )
+        except Exception as exc:
+            caller.fail(exc)
+            return
+        caller.reply(result)
+
+    # -- failures ---------------------------------------------------------------------
+    def node_down(self, name: str) -> None:
+        """`name` is down: noconnection to our links and monitors, NodeDown to calls."""
+        peer = self.peers.pop(name, None)
+        if peer is None:
+            return
+        node = self.node
+        procs = node._procs
+        for ref, (watcher, target) in peer.watch_out.items():
+            node._down(watcher, ref, target, "noconnection")
+        for ref, (pid, _) in peer.watch_in.items():
+            proc = procs.get(pid)
+            if proc is not None and proc._ext is not None and proc._ext.monitors:
+                proc._ext.monitors.pop(ref, None)
+        for call_id, (fut, _) in list(peer.calls.items()):
+            if not fut.done():
+                fut.set_exception(NodeDown(f"node {name!r} went down (call {call_id})"))
+        for ours, theirs in peer.links:
+            proc = procs.get(ours)
+            if proc is None:
+                continue
+            if proc._ext is not None and proc._ext.links:
+                proc._ext.links.discard(theirs)
+            node._exit_signal(proc, theirs, "noconnection", linked=True)
+
+    def all_down(self) -> None:
+        """Every peer is gone for us (after we were fenced)."""
+        for name in list(self.peers):
+            self.node_down(name)

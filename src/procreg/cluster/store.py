@@ -1,0 +1,265 @@
+"""The connection to Redis (or Valkey) and the scripts the protocol runs there.
+
+`Store` wraps a redis-py asyncio client. Every command goes through `Store.run`: while
+the store is known to be unreachable, cluster operations fail at once with
+`ClusterUnavailable` instead of waiting on a socket; a background task reconnects
+with exponential backoff and, once a ping succeeds, calls the `on_reconnect` hook
+(membership re-syncs there).
+
+Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
+
+| key | type | holds |
+|---|---|---|
+| ``epoch`` | string | a random token; if it vanishes, the store lost its data |
+| ``grace`` | string, PX | present while nodes re-register after a data loss |
+| ``creation`` | counter | incarnation numbers for nodes |
+| ``lease:<node>`` | string, PX | the node's creation while its lease holds |
+| ``nodes`` | hash | node -> creation, for membership polling |
+| ``t:<table>`` | hash | canonical key -> ``node\\tcreation\\tserial\\tmeta-json`` |
+| ``g:<group>`` | set | member pids (``node\\tcreation\\tserial``) |
+| ``owned:<node>:<creation>`` | set | what that incarnation registered, for cleanup |
+| ``ch:<node>`` | pub/sub channel | frames for that node |
+| ``inval`` | pub/sub channel | ``<table>\\n<key>`` of every registry change |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, urlparse, urlunparse
+
+from ..errors import ClusterUnavailable
+
+__all__ = ["SCRIPTS", "Store"]
+
+log = logging.getLogger("procreg.cluster")
+T = TypeVar("T")
+
+# KEYS: 1 table hash, 2 my owned set, 3 epoch, 4 my lease, 5 grace
+# ARGV: 1 field, 2 value, 3 epoch token, 4 my creation, 5 lease prefix, 6 mode
+#       ("new" waits out a grace period, "resync" does not), 7 owned member,
+#       8 invalidation channel, 9 table name (canonical)
+CLAIM: Final = """
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return {'epoch'} end
+if redis.call('GET', KEYS[4]) ~= ARGV[4] then return {'fenced'} end
+if ARGV[6] == 'new' and redis.call('EXISTS', KEYS[5]) == 1 then return {'grace'} end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local n, c, s = string.match(cur, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)')
+  local mine = string.match(ARGV[2], '^([^\\t]*\\t[^\\t]*\\t[^\\t]*)')
+  if n and (n .. '\\t' .. c .. '\\t' .. s) ~= mine and redis.call('GET', ARGV[5] .. n) == c then
+    return {'held', cur}
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. '\\n' .. ARGV[1])
+return {'ok'}
+"""
+
+# KEYS: 1 table hash. ARGV: 1 field, 2 lease prefix. The value if its owner is live.
+LOOKUP: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return false end
+local n, c = string.match(cur, '^([^\\t]*)\\t([^\\t]*)\\t')
+if n and redis.call('GET', ARGV[2] .. n) == c then return cur end
+return false
+"""
+
+# KEYS: 1 table hash, 2 owned set. ARGV: 1 field, 2 pid string, 3 owned member,
+#       4 invalidation channel, 5 table name. Removes the entry only if pid holds it.
+RELEASE: Final = """
+redis.call('SREM', KEYS[2], ARGV[3])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. '\\t' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\\n' .. ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: 1 group set. ARGV: 1 lease prefix. Members whose node incarnation is live.
+MEMBERS: Final = """
+local out = {}
+local live = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local n, c = string.match(m, '^([^\\t]*)\\t([^\\t]*)\\t')
+  local key = n .. '\\t' .. c
+  if live[key] == nil then live[key] = (redis.call('GET', ARGV[1] .. n) == c) end
+  if live[key] then table.insert(out, m) end
+end
+return out
+"""
+
+# KEYS: 1 owned set of a dead incarnation. ARGV: 1 its pid prefix ("node\\tcreation\\t"),
+#       2 invalidation channel, 3 key prefix. Drops what it still holds.
+PURGE: Final = """
+local members = redis.call('SMEMBERS', KEYS[1])
+for _, m in ipairs(members) do
+  local kind, key, field = string.match(m, '^(.)\\31([^\\31]*)\\31(.*)$')
+  if kind == 't' then
+    local cur = redis.call('HGET', ARGV[3] .. 't:' .. key, field)
+    if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
+      redis.call('HDEL', ARGV[3] .. 't:' .. key, field)
+      redis.call('PUBLISH', ARGV[2], key .. '\\n' .. field)
+    end
+  elseif kind == 'g' then
+    redis.call('SREM', ARGV[3] .. 'g:' .. key, field)
+  end
+end
+redis.call('DEL', KEYS[1])
+return #members
+"""
+
+# KEYS: 1 my lease, 2 epoch. ARGV: 1 my creation, 2 lease ms, 3 epoch token.
+RENEW: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'epoch' end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 'ok'
+end
+return 'lost'
+"""
+
+SCRIPTS: Final = {
+    "claim": CLAIM,
+    "lookup": LOOKUP,
+    "release": RELEASE,
+    "members": MEMBERS,
+    "purge": PURGE,
+    "renew": RENEW,
+}
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(redis url without procreg's own query options, key prefix)``."""
+    parts = urlparse(url)
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", ["procreg"])[0] + ":"
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    return urlunparse(parts._replace(query=rest)), prefix
+
+
+class Store:
+    """A redis-py asyncio client with fail-fast and reconnection."""
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        try:
+            import redis.asyncio as aioredis
+            import redis.exceptions as rexc
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise ImportError("the cluster needs redis-py: pip install 'procreg[cluster]'") from exc
+        self.url, self.prefix = split_url(url)
+        self._aioredis = aioredis
+        self._errors: tuple[type[BaseException], ...] = (
+            rexc.ConnectionError,
+            rexc.TimeoutError,
+            ConnectionError,
+            OSError,
+            asyncio.TimeoutError,
+        )
+        self._timeout = timeout
+        self.redis: Any = None
+        self.up = False
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._scripts: dict[str, Any] = {}
+        self.failures = 0
+
+    def client(self) -> Any:
+        """A new client on the same server (pub/sub needs connections of its own)."""
+        return self._aioredis.from_url(
+            self.url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            decode_responses=False,
+        )
+
+    async def connect(self, attempts: int = 5, delay: float = 0.2) -> None:
+        """Connect and ping, retrying a bounded number of times."""
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            try:
+                self.redis = self.client()
+                await self.redis.ping()
+            except self._errors as exc:
+                last = exc
+                await self._close_client()
+                await asyncio.sleep(delay * (2**attempt))
+                continue
+            for name, source in SCRIPTS.items():
+                self._scripts[name] = self.redis.register_script(source)
+            self.up = True
+            return
+        raise ClusterUnavailable(
+            f"cannot reach the cluster store at {self.url} after {attempts} attempts: {last}"
+        )
+
+    async def _close_client(self) -> None:
+        if self.redis is not None:
+            try:
+                await self.redis.aclose()
+            except Exception:
+                pass
+            self.redis = None
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the client."""
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            self._reconnecting = None
+        self.up = False
+        await self._close_client()
+
+    def key(self, *parts: str) -> str:
+        """A key under the prefix."""
+        return self.prefix + ":".join(parts)
+
+    async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(redis)``; `ClusterUnavailable` at once while the store is down."""
+        if not self.up:
+            raise ClusterUnavailable(f"the cluster store at {self.url} is unreachable")
+        try:
+            return await fn(self.redis)
+        except self._errors as exc:
+            self.mark_down(exc)
+            raise ClusterUnavailable(f"the cluster store at {self.url} failed: {exc}") from exc
+
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of `SCRIPTS`."""
+        script = self._scripts[name]
+        return await self.run(lambda r: script(keys=keys, args=args, client=r))
+
+    def mark_down(self, exc: BaseException | None = None) -> None:
+        """Note that the store failed and start reconnecting."""
+        self.failures += 1
+        if self.up:
+            log.warning("cluster store %s unreachable (%s): reconnecting", self.url, exc)
+        self.up = False
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                await self.redis.ping()
+            except self._errors:
+                continue
+            except Exception:
+                await self._close_client()
+                self.redis = self.client()
+                continue
+            self.up = True
+            log.warning("cluster store %s reachable again", self.url)
+            if self.on_reconnect is not None:
+                try:
+                    await self.on_reconnect()
+                except Exception:
+                    log.exception("re-sync after reconnecting failed")
+            return
