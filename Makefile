@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,web]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/console_demo.py
+	$(PY) -m procreg demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

@@ -39,9 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def all_benchmarks() -> list[Benchmark]:
     """Every benchmark, in table order."""
-    from . import registry, runtime
+    from . import cluster, registry, runtime
 
-    return [*runtime.BENCHMARKS, *registry.BENCHMARKS]
+    return [*runtime.BENCHMARKS, *registry.BENCHMARKS, *cluster.BENCHMARKS]
 
 
 def all_figures() -> list[Figure]:

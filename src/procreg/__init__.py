@@ -38,6 +38,8 @@ from .api import (
     lookup,
     members,
     monitor,
+    monitor_nodes,
+    nodes,
     publish,
     receive,
     register,
@@ -69,7 +71,7 @@ from .errors import (
     ProcregError,
     Stop,
 )
-from .messages import Call, Down, Exit
+from .messages import Call, Down, Exit, NodeEvent
 from .node import Node, current_node
 from .pid import Pid, Ref
 from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, RegistryBackend
@@ -97,6 +99,7 @@ __all__ = [
     "NoProcess",
     "Node",
     "NodeDown",
+    "NodeEvent",
     "NotInProcess",
     "NotOwner",
     "Pid",
@@ -128,6 +131,8 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "monitor_nodes",
+    "nodes",
     "nitrogen",
     "pi",
     "publish",

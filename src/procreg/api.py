@@ -32,6 +32,8 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "monitor_nodes",
+    "nodes",
     "publish",
     "receive",
     "register",
@@ -212,6 +214,19 @@ def exit(pid: Pid, reason: Any) -> None:
     that traps exits gets ``Exit(sender, reason)`` and any other ends with `reason`
     (``"normal"`` is ignored unless a process sends it to itself)."""
     current_node().exit(pid, reason)
+
+
+def nodes() -> list[str]:
+    """The live nodes of the cluster, this one included (just this one when not
+    clustered)."""
+    return current_node().nodes()
+
+
+def monitor_nodes(on: bool = True) -> None:
+    """The calling process gets ``NodeEvent("up" | "down", name)`` messages as nodes
+    join and leave the cluster (``on=False`` stops them)."""
+    node = current_node()
+    node.monitor_nodes(node._me_or_raise("monitor_nodes()").pid, on)
 
 
 def is_alive(pid: Pid) -> bool:

@@ -130,7 +130,7 @@ def _demo(args: Sequence[str]) -> int:
         print(f"procreg demo: {problem}", file=sys.stderr)
         return 2
     from .web.demo import create_app
-    from .web.serve import serve
+    from .web.serving import serve
 
     node_options = {"cluster": opts.cluster} if opts.cluster else {}
     if opts.name:
@@ -165,10 +165,11 @@ def _observer(args: Sequence[str]) -> int:
         print(f"procreg observer: {problem}", file=sys.stderr)
         return 2
     from .web.observer import create_observer_app
-    from .web.serve import serve
+    from .web.serving import serve
 
     node_options = {"cluster": opts.cluster} if opts.cluster else {}
-    node_options["name"] = opts.name or "observer"
+    if opts.name or not opts.cluster:  # in a cluster the node picks a unique name
+        node_options["name"] = opts.name or "observer"
     try:
         app = create_observer_app(writable=opts.token is not None, token=opts.token, **node_options)
     except ValueError as exc:

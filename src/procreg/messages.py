@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from .pid import Pid, Ref
 
-__all__ = ["Call", "Down", "Exit"]
+__all__ = ["Call", "Down", "Exit", "NodeEvent"]
 
 
 class Down(NamedTuple):
@@ -26,6 +26,14 @@ class Exit(NamedTuple):
 
     pid: Pid | None
     reason: Any
+
+
+class NodeEvent(NamedTuple):
+    """Sent to processes that called `procreg.monitor_nodes` when a node of the cluster
+    comes up (``kind == "up"``) or goes down (``kind == "down"``)."""
+
+    kind: str
+    node: str
 
 
 class Call(NamedTuple):

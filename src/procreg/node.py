@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
 from .gcpolicy import GcPolicy
-from .messages import Down, Exit
+from .messages import Down, Exit, NodeEvent
 from .pid import Pid, Ref
 from .process import (
     EXITING,
@@ -194,6 +194,7 @@ class Node:
         self._handler_lock = asyncio.Lock()
         self._root_sup: asyncio.Future[Pid] | None = None
         self._supervisors: dict[Pid, Pid | None] = {}  # supervisor -> its parent
+        self._node_watchers: set[Pid] = set()  # processes that get NodeEvent messages
         self.stopping = False  # True while stop() ends the processes
         self._serial = itertools.count(1)
         self._procs: dict[Pid, _Proc] = {}
@@ -423,6 +424,30 @@ class Node:
             "runq": len(self._runq),
             "uptime": self._loop.time() - self.started_at,
         }
+
+    def nodes(self) -> list[str]:
+        """The live nodes of the cluster (this one included), sorted; just this one
+        on the embedded default."""
+        if self._cluster is None:
+            return [self.name]
+        names: list[str] = self._cluster.live_nodes()
+        return names
+
+    def monitor_nodes(self, pid: Pid, on: bool = True) -> None:
+        """Send `pid` a `NodeEvent` whenever a node comes up or goes down."""
+        if on:
+            self._node_watchers.add(pid)
+        else:
+            self._node_watchers.discard(pid)
+
+    def _node_event(self, kind: str, name: str) -> None:
+        event = NodeEvent(kind, name)
+        for pid in list(self._node_watchers):
+            proc = self._procs.get(pid)
+            if proc is None:
+                self._node_watchers.discard(pid)
+            else:
+                proc._info(event)
 
     def process_count(self) -> int:
         """How many processes are alive on this node."""

@@ -153,6 +153,7 @@ class Cluster:
     def node_up(self, name: str, creation: int) -> None:
         self._set_live(self.membership.live)
         log.info("node up: %s (creation %d)", name, creation)
+        self.node._node_event("up", name)
         for hook in list(self.up_events):
             hook(name)
 
@@ -163,6 +164,7 @@ class Cluster:
         self.remote.node_down(name)
         self.backend.node_down(name)
         await self.purge(name, creation)
+        self.node._node_event("down", name)
         for hook in list(self.down_events):
             hook(name)
 

@@ -99,7 +99,9 @@ class RedisBackend(LocalBackend):
     async def _fetch(self, key: Hashable, table: str) -> tuple[Pid, Any] | None:
         tkey, _ = self._tkey(table)
         gen = self._gen
-        value = await self.store.script("lookup", [tkey], [canon(key), self.store.key("lease", "")])
+        value = await self.store.batched_script(
+            "lookup", [tkey], [canon(key), self.store.key("lease", "")]
+        )
         if value is None:
             return None
         text = _text(value)
@@ -139,7 +141,7 @@ class RedisBackend(LocalBackend):
         value = pid_str(pid) + "\t" + (json.dumps(meta) if meta is not None else "")
         store = self.store
         while True:
-            result = await store.script(
+            result = await store.batched_script(
                 "claim",
                 [
                     tkey,

@@ -168,6 +168,10 @@ class Store:
         self._reconnecting: asyncio.Task[None] | None = None
         self._scripts: dict[str, Any] = {}
         self.failures = 0
+        self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._batch_pending = False
+        self.pipelines = 0  # batches sent
+        self.batched = 0  # script calls sent in them
 
     def client(self) -> Any:
         """A new client on the same server (pub/sub needs connections of its own)."""
@@ -232,6 +236,55 @@ class Store:
         """Run one of `SCRIPTS`."""
         script = self._scripts[name]
         return await self.run(lambda r: script(keys=keys, args=args, client=r))
+
+    def batched_script(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Run one of `SCRIPTS` in the pipeline of this loop turn: every call made in
+        the same turn goes to the store in one round trip (auto-pipelining)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self.up:
+            fut.set_exception(ClusterUnavailable(f"the cluster store at {self.url} is unreachable"))
+            return fut
+        self._batch.append((name, keys, args, fut))
+        if not self._batch_pending:
+            self._batch_pending = True
+            loop.call_soon(self._send_batch)
+        return fut
+
+    def _send_batch(self) -> None:
+        self._batch_pending = False
+        batch, self._batch = self._batch, []
+        if batch:
+            asyncio.get_running_loop().create_task(self._run_batch(batch))
+
+    async def _run_batch(
+        self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        async def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                await self._scripts[name](keys=keys, args=args, client=pipe)  # queues it
+            result: list[Any] = await pipe.execute(raise_on_error=False)
+            return result
+
+        try:
+            results = await self.run(run)
+            if len(results) != len(batch):
+                raise ClusterUnavailable(f"{len(results)} answers to {len(batch)} scripts")
+        except BaseException as exc:  # every caller gets the failure
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.pipelines += 1
+        self.batched += len(batch)
+        for (*_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
     def mark_down(self, exc: BaseException | None = None) -> None:
         """Note that the store failed and start reconnecting."""
