@@ -40,7 +40,7 @@ from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .membership import Membership
 from .remote import Remote
-from .store import Store
+from .store import Store, stop_tasks
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Cluster:
         self.recoveries = 0
         self._inval: Any = None
         self._inval_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def creation(self) -> int:
@@ -120,12 +121,8 @@ class Cluster:
             pass
         await self.membership.stop()
         await self.transport.close()
-        if self._inval_task is not None:
-            self._inval_task.cancel()
-            try:
-                await self._inval_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self._closing = True
+        await stop_tasks(self._inval_task)
         if self._inval is not None:
             try:
                 await self._inval.aclose()
@@ -186,7 +183,7 @@ class Cluster:
 
     async def _listen_inval(self) -> None:
         pubsub = self._inval
-        while True:
+        while not self._closing:
             try:
                 message = await pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Hashable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
@@ -46,6 +47,17 @@ __all__ = ["RedisBackend", "home_node"]
 log = logging.getLogger("procreg.cluster")
 
 SEP = "\x1f"
+
+
+CLAIM_BATCH = 512  # keys per claim script call
+
+
+class _Refused(Exception):
+    """The store refused a whole claim call: "epoch", "fenced" or "grace"."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def home_node(key: Hashable, nodes: list[str]) -> str:
@@ -75,11 +87,19 @@ class RedisBackend(LocalBackend):
         self._release_pending = False
         self._claims: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
         self.conflicts = 0
+        self._tkeys: dict[str, tuple[str, str]] = {}
+        self._pending_claims: list[tuple[str, tuple[str, str, str], asyncio.Future[Any]]] = []
+        self._claims_scheduled = False
+        self._claims_in_flight = 0
 
     # -- names in the store -----------------------------------------------------------
     def _tkey(self, table: str) -> tuple[str, str]:
-        ctable = canon(table)
-        return self.store.key("t", ctable), ctable
+        """``(hash key, canonical name)`` of a table."""
+        found = self._tkeys.get(table)
+        if found is None:
+            ctable = canon(table)
+            found = self._tkeys[table] = (self.store.key("t", ctable), ctable)
+        return found
 
     def _owned(self) -> str:
         return self.store.key("owned", self.node.name, str(self.cluster.creation))
@@ -136,44 +156,94 @@ class RedisBackend(LocalBackend):
         self, key: Hashable, table: str, pid: Pid, meta: dict[str, Any] | None, mode: str = "new"
     ) -> Pid | None:
         """Claim `key` for `pid`; None if it won, else the live holder's pid."""
-        tkey, ctable = self._tkey(table)
-        field = canon(key)
-        value = pid_str(pid) + "\t" + (json.dumps(meta) if meta is not None else "")
-        store = self.store
+        _, ctable = self._tkey(table)
+        triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
         while True:
-            result = await store.batched_script(
-                "claim",
-                [
-                    tkey,
-                    self._owned(),
-                    store.key("epoch"),
-                    store.key("lease", self.node.name),
-                    store.key("grace"),
-                ],
-                [
-                    field,
-                    value,
-                    self.cluster.membership.epoch,
-                    self.cluster.creation,
-                    store.key("lease", ""),
-                    mode,
-                    f"t{SEP}{ctable}{SEP}{field}",
-                    store.key("inval"),
-                    ctable,
-                ],
-            )
-            status = _text(result[0])
-            if status == "ok":
+            try:
+                result = await self._claims_batched(mode, triple)
+            except _Refused as refused:
+                if refused.status == "grace":
+                    await asyncio.sleep(0.05)
+                    continue
+                raise ClusterUnavailable(f"cannot claim {key!r}: {refused.status}") from None
+            if not result:
                 return None
-            if status == "held":
-                holder = pid_from_str(_text(result[1]))
-                if holder[0] != self.node.name:
-                    self._cache[(table, key)] = holder
-                return holder
-            if status == "grace":
-                await asyncio.sleep(0.05)
-                continue
-            raise ClusterUnavailable(f"cannot claim {key!r}: {status}")
+            holder = pid_from_str(_text(result))
+            if holder[0] != self.node.name:
+                self._cache[(table, key)] = holder
+            return holder
+
+    async def _claims_batched(self, mode: str, triple: tuple[str, str, str]) -> Any:
+        """Claim one key; claims made while others are in flight go together, one
+        script call per loop turn (up to `CLAIM_BATCH` keys each)."""
+        if not self._pending_claims and not self._claims_in_flight:
+            self._claims_in_flight += 1
+            try:
+                return (await self._claim_script(mode, [triple]))[0]
+            finally:
+                self._claims_in_flight -= 1
+        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        self._pending_claims.append((mode, triple, fut))
+        if not self._claims_scheduled:
+            self._claims_scheduled = True
+            self.node._loop.call_soon(self._send_claims)
+        return await fut
+
+    def _send_claims(self) -> None:
+        self._claims_scheduled = False
+        pending, self._pending_claims = self._pending_claims, []
+        by_mode: dict[str, list[tuple[tuple[str, str, str], asyncio.Future[Any]]]] = {}
+        for mode, triple, fut in pending:
+            by_mode.setdefault(mode, []).append((triple, fut))
+        for mode, items in by_mode.items():
+            for start in range(0, len(items), CLAIM_BATCH):
+                chunk = items[start : start + CLAIM_BATCH]
+                self._claims_in_flight += 1
+                self.node._loop.create_task(self._run_claims(mode, chunk))
+
+    async def _run_claims(
+        self, mode: str, chunk: list[tuple[tuple[str, str, str], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            results = await self._claim_script(mode, [triple for triple, _ in chunk])
+        except BaseException as exc:  # every caller in the chunk gets the failure
+            for _, fut in chunk:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._claims_in_flight -= 1
+        for (_, fut), result in zip(chunk, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def _claim_script(self, mode: str, triples: list[tuple[str, str, str]]) -> list[Any]:
+        store = self.store
+        args: list[Any] = [
+            self.cluster.membership.epoch,
+            self.cluster.creation,
+            store.key("lease", ""),
+            mode,
+            store.key("inval"),
+            store.key("t", ""),
+        ]
+        for triple in triples:
+            args.extend(triple)
+        result = await store.script(
+            "claim",
+            [
+                self._owned(),
+                store.key("epoch"),
+                store.key("lease", self.node.name),
+                store.key("grace"),
+            ],
+            args,
+        )
+        if not isinstance(result, list):
+            raise _Refused(_text(result))
+        if len(result) != len(triples):
+            raise ClusterUnavailable(f"{len(result)} answers to {len(triples)} claims")
+        return result
 
     async def register(
         self,
@@ -246,16 +316,15 @@ class RedisBackend(LocalBackend):
                     self._spawn(key, factory, args, table, placement, meta, idle_timeout)
                 )
                 self._claims[(table, key)] = flight
-                flight.add_done_callback(self._claim_done)
+                flight.add_done_callback(partial(self._claim_done, (table, key)))
                 return await asyncio.shield(flight)
             found, _ = await asyncio.shield(flight)
             return found, False
         raise ClusterUnavailable(f"get_or_spawn({key!r}) could not settle")
 
-    def _claim_done(self, task: asyncio.Task[tuple[Pid, bool]]) -> None:
-        for k, t in list(self._claims.items()):
-            if t is task:
-                del self._claims[k]
+    def _claim_done(self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]) -> None:
+        if self._claims.get(key) is task:
+            del self._claims[key]
 
     async def _spawn(
         self,
@@ -405,6 +474,8 @@ class RedisBackend(LocalBackend):
     def invalidated(self, ctable: str, field: str) -> None:
         """A registry change on any node (from the ``inval`` channel)."""
         self._gen += 1
+        if not self._cache:
+            return
         try:
             table = uncanon(ctable)
             key = uncanon(field)

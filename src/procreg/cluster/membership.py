@@ -27,6 +27,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
+from .store import stop_tasks
 
 if TYPE_CHECKING:
     from . import Cluster
@@ -54,6 +55,7 @@ class Membership:
         self.epoch = ""
         self.live: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.renewals = 0
 
     @property
@@ -93,12 +95,8 @@ class Membership:
 
     async def stop(self) -> None:
         """Stop renewing and give the lease back, so others see us down at once."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self._closing = True
+        await stop_tasks(self._task)
         if self.store.up:
             try:
                 store = self.store
@@ -116,7 +114,7 @@ class Membership:
 
     async def _run(self) -> None:
         interval = self.lease / 3
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             if not self.store.up:
                 continue

@@ -37,26 +37,40 @@ __all__ = ["SCRIPTS", "Store"]
 log = logging.getLogger("procreg.cluster")
 T = TypeVar("T")
 
-# KEYS: 1 table hash, 2 my owned set, 3 epoch, 4 my lease, 5 grace
-# ARGV: 1 field, 2 value, 3 epoch token, 4 my creation, 5 lease prefix, 6 mode
-#       ("new" waits out a grace period, "resync" does not), 7 owned member,
-#       8 invalidation channel, 9 table name (canonical)
+# Claims of many keys in one call (a loop turn's worth).
+# KEYS: 1 my owned set, 2 epoch, 3 my lease, 4 grace
+# ARGV: 1 epoch token, 2 my creation, 3 lease prefix, 4 mode ("new" waits out a grace
+#       period, "resync" does not), 5 invalidation channel, 6 table-key prefix, then
+#       (table, key, value) triples, canonical. Returns a status string for the whole
+#       call ("epoch", "fenced", "grace"), or one result per triple: "" if claimed,
+#       else the live holder's value.
 CLAIM: Final = """
-if redis.call('GET', KEYS[3]) ~= ARGV[3] then return {'epoch'} end
-if redis.call('GET', KEYS[4]) ~= ARGV[4] then return {'fenced'} end
-if ARGV[6] == 'new' and redis.call('EXISTS', KEYS[5]) == 1 then return {'grace'} end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local n, c, s = string.match(cur, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)')
-  local mine = string.match(ARGV[2], '^([^\\t]*\\t[^\\t]*\\t[^\\t]*)')
-  if n and (n .. '\\t' .. c .. '\\t' .. s) ~= mine and redis.call('GET', ARGV[5] .. n) == c then
-    return {'held', cur}
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'epoch' end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 'fenced' end
+if ARGV[4] == 'new' and redis.call('EXISTS', KEYS[4]) == 1 then return 'grace' end
+local out = {}
+for i = 7, #ARGV, 3 do
+  local ctable, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local tkey = ARGV[6] .. ctable
+  local cur = redis.call('HGET', tkey, field)
+  local held = nil
+  if cur then
+    local n, c, s = string.match(cur, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)')
+    local mine = string.match(value, '^([^\\t]*\\t[^\\t]*\\t[^\\t]*)')
+    if n and (n .. '\\t' .. c .. '\\t' .. s) ~= mine and redis.call('GET', ARGV[3] .. n) == c then
+      held = cur
+    end
+  end
+  if held then
+    out[#out + 1] = held
+  else
+    redis.call('HSET', tkey, field, value)
+    redis.call('SADD', KEYS[1], 't\\31' .. ctable .. '\\31' .. field)
+    redis.call('PUBLISH', ARGV[5], ctable .. '\\n' .. field)
+    out[#out + 1] = ''
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[7])
-redis.call('PUBLISH', ARGV[8], ARGV[9] .. '\\n' .. ARGV[1])
-return {'ok'}
+return out
 """
 
 # KEYS: 1 table hash. ARGV: 1 field, 2 lease prefix. The value if its owner is live.
@@ -143,6 +157,54 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunparse(parts._replace(query=rest)), prefix
 
 
+async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> None:
+    """Cancel background tasks and wait for them, but not forever: a client library
+    can swallow a cancellation (the task then goes on awaiting), so the loops also
+    check a closing flag and this gives up after `timeout`."""
+    live = [t for t in tasks if t is not None and not t.done()]
+    for task in live:
+        task.cancel()
+    if not live:
+        return
+    _, pending = await asyncio.wait(live, timeout=timeout)
+    for task in pending:
+        task.cancel()
+        log.warning("background task %r did not stop in %s s", task.get_coro(), timeout)
+
+
+_FAST: dict[str, Any] = {}
+
+
+def _fast_connection(aioredis: Any, url: str) -> Any:
+    """redis-py's asyncio connections pack commands in Python (about 30 µs for a
+    script call with a dozen arguments); with hiredis installed, pack them in C."""
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    scheme = urlparse(url).scheme
+    base = {
+        "redis": aioredis.Connection,
+        "rediss": aioredis.SSLConnection,
+        "unix": aioredis.UnixDomainSocketConnection,
+    }.get(scheme)
+    if base is None:
+        return None
+    found = _FAST.get(scheme)
+    if found is None:
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            first = args[0]
+            if isinstance(first, str) and " " in first:  # "CLIENT SETNAME" and the like
+                args = (*first.split(), *args[1:])
+            return [hiredis.pack_command(args)]
+
+        found = _FAST[scheme] = type(
+            f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command}
+        )
+    return found
+
+
 class Store:
     """A redis-py asyncio client with fail-fast and reconnection."""
 
@@ -170,16 +232,22 @@ class Store:
         self.failures = 0
         self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
         self._batch_pending = False
+        self._in_flight = 0  # direct script calls under way
         self.pipelines = 0  # batches sent
         self.batched = 0  # script calls sent in them
 
     def client(self) -> Any:
         """A new client on the same server (pub/sub needs connections of its own)."""
+        options: dict[str, Any] = {}
+        packer = _fast_connection(self._aioredis, self.url)
+        if packer is not None:
+            options["connection_class"] = packer
         return self._aioredis.from_url(
             self.url,
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
             decode_responses=False,
+            **options,
         )
 
     async def connect(self, attempts: int = 5, delay: float = 0.2) -> None:
@@ -237,24 +305,31 @@ class Store:
         script = self._scripts[name]
         return await self.run(lambda r: script(keys=keys, args=args, client=r))
 
-    def batched_script(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Run one of `SCRIPTS` in the pipeline of this loop turn: every call made in
-        the same turn goes to the store in one round trip (auto-pipelining)."""
+    async def batched_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of `SCRIPTS`, auto-pipelined: with nothing in flight it goes at
+        once; calls made while others are in flight are sent together, one pipeline
+        per loop turn, so a burst of claims costs a few round trips, not one each."""
+        if not self._in_flight and not self._batch:
+            self._in_flight += 1
+            try:
+                return await self.script(name, keys, args)
+            finally:
+                self._in_flight -= 1
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self.up:
-            fut.set_exception(ClusterUnavailable(f"the cluster store at {self.url} is unreachable"))
-            return fut
+            raise ClusterUnavailable(f"the cluster store at {self.url} is unreachable")
         self._batch.append((name, keys, args, fut))
         if not self._batch_pending:
             self._batch_pending = True
             loop.call_soon(self._send_batch)
-        return fut
+        return await fut
 
     def _send_batch(self) -> None:
         self._batch_pending = False
         batch, self._batch = self._batch, []
         if batch:
+            self._in_flight += 1
             asyncio.get_running_loop().create_task(self._run_batch(batch))
 
     async def _run_batch(
@@ -268,7 +343,10 @@ class Store:
             return result
 
         try:
-            results = await self.run(run)
+            try:
+                results = await self.run(run)
+            finally:
+                self._in_flight -= 1
             if len(results) != len(batch):
                 raise ClusterUnavailable(f"{len(results)} answers to {len(batch)} scripts")
         except BaseException as exc:  # every caller gets the failure

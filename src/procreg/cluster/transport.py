@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .codec import BadFrame, decode_frame, encode_frame
+from .store import stop_tasks
 
 if TYPE_CHECKING:
     from .store import Store
@@ -60,6 +61,7 @@ class Transport:
         self.received_frames = 0
         self._last_log = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._pubsub: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -86,13 +88,8 @@ class Transport:
             except Exception:
                 pass
             self._frames = []
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self._closing = True
+        await stop_tasks(*self._tasks)
         if self._pubsub is not None:
             try:
                 await self._pubsub.aclose()
@@ -123,7 +120,7 @@ class Transport:
         self._wake.set()
 
     async def _writer(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             frames, self._frames = self._frames, []
@@ -148,7 +145,7 @@ class Transport:
     # -- receiving ------------------------------------------------------------------
     async def _reader(self) -> None:
         pubsub = self._pubsub
-        while True:
+        while not self._closing:
             try:
                 message = await pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
