@@ -103,8 +103,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def start_clock(app: Starlette) -> AsyncIterator[None]:
         started = await pi.start(clock_pi(clock_interval))
-        if isinstance(started, pi.Error):
+        already = isinstance(started, pi.Error) and (
+            isinstance(started.code, tuple) and started.code[0] == "already_started"
+        )
+        if isinstance(started, pi.Error) and not already:
             raise RuntimeError(f"the demo clock did not start: {started.code!r}")
+        # in a cluster one clock serves every node: its pool spans the cluster
         yield
 
     app = Starlette(

