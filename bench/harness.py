@@ -39,9 +39,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def all_benchmarks() -> list[Benchmark]:
     """Every benchmark, in table order."""
-    from . import cluster, registry, runtime
+    from . import cluster, registry, runtime, supervision
 
-    return [*runtime.BENCHMARKS, *registry.BENCHMARKS, *cluster.BENCHMARKS]
+    return [
+        *runtime.BENCHMARKS,
+        *registry.BENCHMARKS,
+        *supervision.BENCHMARKS,
+        *cluster.BENCHMARKS,
+    ]
 
 
 def all_figures() -> list[Figure]:

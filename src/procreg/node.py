@@ -399,7 +399,7 @@ class Node:
         born = self._marks[max(index, 0)][1]
         return {
             "pid": pid,
-            "kind": type(proc).__name__,
+            "kind": "Supervisor" if pid in self._supervisors else type(proc).__name__,
             "keys": keys,
             "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
             "mailbox": len(proc._mail) if proc._mail else 0,

@@ -198,11 +198,26 @@ class ChildStatus:
 
 
 class _Child:
-    __slots__ = ("pid", "spec")
+    """A child of a supervisor; setting `pid` keeps the supervisor's pid index."""
 
-    def __init__(self, spec: ChildSpec) -> None:
+    __slots__ = ("_by_pid", "_pid", "spec")
+
+    def __init__(self, spec: ChildSpec, by_pid: dict[Pid, _Child]) -> None:
         self.spec = spec
-        self.pid: Pid | None = None
+        self._by_pid = by_pid
+        self._pid: Pid | None = None
+
+    @property
+    def pid(self) -> Pid | None:
+        return self._pid
+
+    @pid.setter
+    def pid(self, pid: Pid | None) -> None:
+        if self._pid is not None and self._by_pid.get(self._pid) is self:
+            del self._by_pid[self._pid]
+        self._pid = pid
+        if pid is not None:
+            self._by_pid[pid] = self
 
 
 class _Stop(Exception):
@@ -289,7 +304,9 @@ class Supervisor:
         links = me._ext.links if me._ext is not None else None
         if links:
             self._parent = next(iter(links))
-        self._kids: list[_Child] = []
+        self._kids: list[_Child] = []  # in start order
+        self._by_id: dict[Hashable, _Child] = {}
+        self._by_pid: dict[Pid, _Child] = {}
         self._restarts: deque[float] = deque()
         node._supervisors[self._me] = self._parent
         try:
@@ -313,9 +330,9 @@ class Supervisor:
                 else:
                     await registry.register(name, me.pid, SUPERVISORS)
             for spec in specs:
-                kid = _Child(spec)
+                kid = _Child(spec, self._by_pid)
                 kid.pid = await self._start_child(spec)
-                self._kids.append(kid)
+                self._add_kid(kid)
         except BaseException as exc:
             await self._stop_all()
             if not ready.done():
@@ -392,7 +409,7 @@ class Supervisor:
 
     # -- child exits --------------------------------------------------------------
     async def _on_exit(self, pid: Pid | None, reason: Any) -> None:
-        kid = next((k for k in self._kids if k.pid == pid), None) if pid is not None else None
+        kid = self._by_pid.get(pid) if pid is not None else None
         if kid is None:
             # from the parent (whatever the reason, as OTP), or an explicit
             # procreg.exit(sup, reason) with a non-normal reason: stop the tree
@@ -402,7 +419,7 @@ class Supervisor:
         kid.pid = None
         spec = kid.spec
         if spec.restart == "temporary":
-            self._kids.remove(kid)
+            self._remove_kid(kid)
             return
         if spec.restart == "transient" and _is_normal_end(reason):
             return
@@ -426,22 +443,21 @@ class Supervisor:
             raise _Stop("shutdown")
 
     async def _restart(self, kid: _Child) -> None:
-        index = self._kids.index(kid)
         if self.strategy == "one_for_one":
             group = [kid]
         elif self.strategy == "one_for_all":
             group = list(self._kids)
         else:
-            group = self._kids[index:]
+            group = self._kids[self._kids.index(kid) :]
         self._count_restart()  # one exit, one restart, however many children it takes
         for other in reversed(group):
             if other is not kid:
                 await self._stop_child(other)
                 if other.spec.restart == "temporary":  # stopped, never restarted (OTP)
-                    self._kids.remove(other)
+                    self._remove_kid(other)
         for member in group:
             first = True
-            while member.pid is None and member in self._kids:
+            while member.pid is None and self._by_id.get(member.spec.id) is member:
                 if not first:
                     self._count_restart()  # a failed start counts as another restart
                 first = False
@@ -465,29 +481,39 @@ class Supervisor:
             result = _Failed(exc)
         reply(msg.caller, result)
 
+    def _add_kid(self, kid: _Child) -> None:
+        self._kids.append(kid)
+        self._by_id[kid.spec.id] = kid
+
+    def _remove_kid(self, kid: _Child) -> None:
+        self._kids.remove(kid)
+        del self._by_id[kid.spec.id]
+        kid.pid = None
+
     def _find(self, child_id: Hashable) -> _Child:
-        for kid in self._kids:
-            if kid.spec.id == child_id:
-                return kid
-        raise SupervisorError(f"no child {child_id!r}")
+        kid = self._by_id.get(child_id)
+        if kid is None:
+            raise SupervisorError(f"no child {child_id!r}")
+        return kid
 
     async def _do_start_child(self, spec: ChildSpec) -> Pid:
-        self._validate([*(k.spec for k in self._kids if k.spec.id != spec.id), spec])
-        for kid in self._kids:
-            if kid.spec.id == spec.id:
-                if kid.pid is not None:
-                    raise AlreadyStarted(spec.id, kid.pid)
-                raise AlreadyPresent(spec.id)
-        kid = _Child(spec)
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"children must be child(...) specs, got {spec!r}")
+        kid = self._by_id.get(spec.id)
+        if kid is not None:
+            if kid.pid is not None:
+                raise AlreadyStarted(spec.id, kid.pid)
+            raise AlreadyPresent(spec.id)
+        kid = _Child(spec, self._by_pid)
         kid.pid = await self._start_child(spec)
-        self._kids.append(kid)
+        self._add_kid(kid)
         return kid.pid
 
     async def _do_terminate_child(self, child_id: Hashable) -> None:
         kid = self._find(child_id)
         await self._stop_child(kid)
         if kid.spec.restart == "temporary":
-            self._kids.remove(kid)
+            self._remove_kid(kid)
 
     async def _do_restart_child(self, child_id: Hashable) -> Pid:
         kid = self._find(child_id)
@@ -500,7 +526,7 @@ class Supervisor:
         kid = self._find(child_id)
         if kid.pid is not None:
             raise SupervisorError(f"child {child_id!r} is running: terminate it first")
-        self._kids.remove(kid)
+        self._remove_kid(kid)
 
     async def _do_which_children(self) -> list[ChildStatus]:
         return [
