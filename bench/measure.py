@@ -140,6 +140,7 @@ class Figure:
     stat: str  # how the value is chosen among repetitions
     target: Target | None = None
     note: str = ""
+    baseline: bool = True  # False: no baseline design measures this (said in the note)
 
 
 @dataclass(frozen=True)
