@@ -90,8 +90,3 @@ def test_bench_without_checkout_says_so(
     monkeypatch.setitem(sys.modules, "bench.harness", None)
     assert cli.main(["bench", "--quick"]) == 2
     assert "source repository" in capsys.readouterr().err
-
-
-def test_observer_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["observer"]) == 2
-    assert "not available yet" in capsys.readouterr().err
