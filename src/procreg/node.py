@@ -480,14 +480,16 @@ class Node:
     def _drain(self) -> None:
         runq = self._runq
         n = len(runq)
-        while n:
-            n -= 1
-            proc = runq.popleft()
-            proc._run()
-        if runq:
-            self._loop.call_soon(self._drain, context=self._ctx)
-        else:
-            self._drain_pending = False
+        try:
+            while n:
+                n -= 1
+                proc = runq.popleft()
+                proc._run()
+        finally:  # even if KeyboardInterrupt escapes a handler, the queue keeps going
+            if runq:
+                self._loop.call_soon(self._drain, context=self._ctx)
+            else:
+                self._drain_pending = False
 
     # -- spawning -----------------------------------------------------------------
     def spawn(

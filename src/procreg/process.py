@@ -407,7 +407,9 @@ class Process(_Proc):
 
 
 def _answered(caller: Any) -> bool:
-    return bool(caller.done()) if isinstance(caller, asyncio.Future) else False
+    if isinstance(caller, asyncio.Future):
+        return caller.done()
+    return bool(getattr(caller, "done", False))  # a remote caller
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

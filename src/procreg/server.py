@@ -46,6 +46,7 @@ from .process import (
     _Proc,
     current_caller,
     current_process,
+    fail_caller,
 )
 
 __all__ = ["NOREPLY", "Server"]
@@ -319,7 +320,7 @@ class Server(_Proc):
             node._current = None
             node._caller = None
             reason = node._fail(self, exc, request)
-            if not isinstance(exc, Exception):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             me = current_process.get()
             if me is not None and me._st >= EXITING:
@@ -381,7 +382,10 @@ class Server(_Proc):
                     reply = self.handle_call(item[2])
                     node._caller = None
                     if reply is NOREPLY:
-                        self._owe(caller)
+                        if self._st < EXITING:
+                            self._owe(caller)
+                        else:  # it ended itself while handling: it can never reply
+                            fail_caller(caller, ProcessExited("ended without replying", self.pid))
                     elif caller.__class__ is asyncio.Future:
                         if not caller.done():
                             caller.set_result(reply)
@@ -401,7 +405,7 @@ class Server(_Proc):
             if item is not None and item[0] == CALL:
                 self._owe(item[1])
             node._fail(self, exc, item[-1] if item is not None else None)
-            if not isinstance(exc, Exception):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
         node._current = None
@@ -439,21 +443,29 @@ class Server(_Proc):
             current_caller.set(caller)
         node = self._node
         ext = self.ext()
+        me = asyncio.current_task()
+
+        def release() -> None:
+            if ext.task is me:  # not the terminate task that may have replaced it
+                ext.task = None
+
         try:
             result = await coro
         except asyncio.CancelledError:
-            ext.task = None
+            release()
             if self._st < EXITING:  # cancelled from outside procreg
                 node._end(self, "shutdown")
             return
         except BaseException as exc:
-            ext.task = None
+            release()
             node._fail(self, exc, msg)
-            if not isinstance(exc, Exception):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
-        ext.task = None
+        release()
         if self._st >= EXITING:
+            if caller is not None and result is not NOREPLY:
+                _reply_any(caller, result)
             return
         if caller is not None and result is not NOREPLY:
             if ext.deferred is not None:
