@@ -91,6 +91,7 @@ class Cluster:
         self._inval: Any = None
         self._inval_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def creation(self) -> int:
@@ -158,7 +159,10 @@ class Cluster:
         """`name` (that incarnation) is down."""
         self._set_live(self.membership.live)
         log.warning("node down: %s (creation %d)", name, creation)
-        self.remote.node_down(name)
+        # frames of that incarnation that are still in flight are stale from now on
+        known = self.transport.peer_creation.get(name, 0)
+        self.transport.peer_creation[name] = max(known, creation + 1)
+        self.remote.node_down(name, creation)
         self.backend.node_down(name)
         await self.purge(name, creation)
         self.node._node_event("down", name)
@@ -210,7 +214,9 @@ class Cluster:
         self.fenced += 1
         node = self.node
         log.error("node %s was declared dead by the cluster: fencing", node.name)
+        # its registered processes and group members: others may serve them already
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
+        procs += [p for members in self.backend._groups.values() for p in members.values()]
         for proc in {id(p): p for p in procs}.values():
             node._end(proc, "fenced")
         self.remote.all_down()
@@ -224,13 +230,24 @@ class Cluster:
         self._set_live(self.membership.live)
 
     async def recover_lost_data(self) -> None:
-        """The store lost its data: new epoch with a grace period, our lease back,
-        every live local key and membership registered again."""
+        """The store lost its data: new epoch with a grace period, our lease back, then
+        (in a task of its own, so that lease renewals go on meanwhile) every live local
+        key and membership registered again. Links and monitors across nodes get
+        ``noconnection`` on every node alike: frames may have been lost."""
         self.recoveries += 1
         log.error("the cluster store lost its data: re-registering (grace %.1f s)", self.grace)
         await self.membership.reestablish(self.grace)
+        self.remote.all_down()
         self.backend.clear_cache()
-        conflicts = await self.backend.reregister("resync")
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._reregister())
+
+    async def _reregister(self) -> None:
+        try:
+            conflicts = await self.backend.reregister("resync")
+        except Exception:
+            log.exception("re-registering after the data loss failed")
+            return
         if conflicts:
             log.warning("%d registry conflicts after the data loss", conflicts)
 
@@ -247,6 +264,9 @@ class Cluster:
         self.node._end(ours, "conflict")
 
     async def _resync(self) -> None:
-        """Back in touch with the store: check the epoch and our lease, reconcile."""
+        """Back in touch with the store: check the epoch and our lease, reconcile.
+        Frames were dropped meanwhile (ours and maybe others'), so links and monitors
+        across nodes end with ``noconnection``, as after a network partition."""
+        self.remote.all_down()
         await self.membership.step()
         await self.backend.reconcile()

@@ -158,7 +158,9 @@ class RedisBackend(LocalBackend):
         """Claim `key` for `pid`; None if it won, else the live holder's pid."""
         _, ctable = self._tkey(table)
         triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
+        stale_tries = 0
         while True:
+            gen = self._gen
             try:
                 result = await self._claims_batched(mode, triple)
             except _Refused as refused:
@@ -169,7 +171,15 @@ class RedisBackend(LocalBackend):
             if not result:
                 return None
             holder = pid_from_str(_text(result))
-            if holder[0] != self.node.name:
+            if holder[0] == self.node.name:
+                proc = self.node._procs.get(holder)
+                if (proc is None or proc._st >= EXITING) and stale_tries < 3:
+                    # one of ours that ended: its release may still be queued
+                    stale_tries += 1
+                    self._queue_release(table, key, holder, False)
+                    await self._flush_releases()
+                    continue
+            elif gen == self._gen:
                 self._cache[(table, key)] = holder
             return holder
 
@@ -283,17 +293,12 @@ class RedisBackend(LocalBackend):
             return False
         if pid is not None and found[0] != pid:
             raise NotOwner(f"{key!r} in table {table!r} is held by {found[0]!r}, not {pid!r}")
-        tkey, ctable = self._tkey(table)
-        field = canon(key)
-        owner = found[0]
-        owned = self.store.key("owned", owner[0], str(owner[1]))
-        done = await self.store.script(
-            "release",
-            [tkey, owned],
-            [field, pid_str(owner), f"t{SEP}{ctable}{SEP}{field}", self.store.key("inval"), ctable],
+        # Removing it here would leave its process serving the key on its own node
+        # while another could be started: the owner's node must do it.
+        raise NotOwner(
+            f"{key!r} in table {table!r} is held by {found[0]!r} on node {found[0][0]!r}: "
+            "unregister it there (or end the process)"
         )
-        self._cache.pop((table, key), None)
-        return bool(done)
 
     async def get_or_spawn(
         self,
@@ -306,21 +311,19 @@ class RedisBackend(LocalBackend):
         idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
         canon(key)
-        for _ in range(3):  # a cached pid may be stale: retry with a fresh lookup
-            pid = self.peek(key, table)
-            if isinstance(pid, Pid):
-                return pid, False
-            flight = self._claims.get((table, key))
-            if flight is None:
-                flight = self.node._loop.create_task(
-                    self._spawn(key, factory, args, table, placement, meta, idle_timeout)
-                )
-                self._claims[(table, key)] = flight
-                flight.add_done_callback(partial(self._claim_done, (table, key)))
-                return await asyncio.shield(flight)
-            found, _ = await asyncio.shield(flight)
-            return found, False
-        raise ClusterUnavailable(f"get_or_spawn({key!r}) could not settle")
+        pid = self.peek(key, table)
+        if isinstance(pid, Pid):
+            return pid, False
+        flight = self._claims.get((table, key))
+        if flight is None:
+            flight = self.node._loop.create_task(
+                self._spawn(key, factory, args, table, placement, meta, idle_timeout)
+            )
+            self._claims[(table, key)] = flight
+            flight.add_done_callback(partial(self._claim_done, (table, key)))
+            return await asyncio.shield(flight)
+        found, _ = await asyncio.shield(flight)
+        return found, False
 
     def _claim_done(self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]) -> None:
         if self._claims.get(key) is task:
@@ -502,19 +505,27 @@ class RedisBackend(LocalBackend):
         """Claim again every local registration and group membership (after a data
         loss or on rejoining); a key now held by another live process is a conflict:
         `Cluster.conflict` decides. Returns how many conflicts there were."""
-        conflicts = 0
-        for table, key, proc in self.local_entries():
+        entries = [(t, k, p) for t, k, p in self.local_entries() if p._st < EXITING]
+
+        async def one(table: str, key: Hashable, proc: _Proc) -> Pid | None:
             meta = self._meta.get(table, {}).get(key)
-            holder = await self._claim(key, table, proc.pid, meta, mode=mode)
+            return await self._claim(key, table, proc.pid, meta, mode=mode)
+
+        # concurrently, so that the claims go in batches (one script call per loop turn)
+        holders = await asyncio.gather(*(one(t, k, p) for t, k, p in entries))
+        conflicts = 0
+        for (table, key, proc), holder in zip(entries, holders, strict=True):
             if holder is not None and holder != proc.pid:
                 conflicts += 1
                 self.conflicts += 1
                 await self.cluster.conflict(table, key, proc, holder)
+            elif proc._st >= EXITING:  # ended while we claimed: give it back
+                self._queue_release(table, key, proc.pid, False)
         store = self.store
         owned = self._owned()
         for group, members in list(self._groups.items()):
             cgroup = canon(group)
-            for pid in members:
+            for pid in list(members):
                 member = pid_str(pid)
                 await self._sadd2(
                     store.key("g", cgroup), member, owned, f"g{SEP}{cgroup}{SEP}{member}"

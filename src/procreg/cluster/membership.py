@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
@@ -56,6 +57,7 @@ class Membership:
         self.live: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._step_lock = asyncio.Lock()
         self.renewals = 0
 
     @property
@@ -72,6 +74,10 @@ class Membership:
         r = store.redis
         await store.run(lambda r: r.set(store.key("epoch"), token, nx=True))
         self.epoch = _text(await store.run(lambda r: r.get(store.key("epoch")))) or token
+        # a fresh store starts the counter from the clock, so that creations stay
+        # unique across store lifetimes (a data loss must not hand out old ones)
+        seed = int(time.time() - 1_767_225_600)  # seconds since 2026-01-01
+        await store.run(lambda r: r.set(store.key("creation"), max(seed, 0), nx=True))
         self.creation = int(await store.run(lambda r: r.incr(store.key("creation"))))
         deadline = asyncio.get_running_loop().time() + self.lease * 1.5
         while True:
@@ -126,7 +132,11 @@ class Membership:
                 log.exception("membership step failed")
 
     async def step(self) -> None:
-        """Renew our lease, then poll the others."""
+        """Renew our lease, then poll the others (one step at a time)."""
+        async with self._step_lock:
+            await self._step()
+
+    async def _step(self) -> None:
         store = self.store
         result = _text(
             await store.script(

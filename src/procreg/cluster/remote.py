@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import itertools
 import logging
+import pickle
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,12 +50,16 @@ SPAWN: Final = 14
 
 
 def _pack_lenient(item: tuple[Any, ...]) -> bytes:
-    """Pickle a runtime item whose last field is an exit reason; an unpicklable
-    reason (an exception holding a socket, say) travels as its repr."""
+    """Pickle a runtime item whose last field is an exit reason. A reason that does
+    not survive a pickle round trip here (an exception holding a socket, or one whose
+    ``__init__`` takes other arguments than it passes to ``Exception``) travels as its
+    repr, so the Down or exit signal is never lost on the receiving side."""
     try:
-        return pack_item(item)
-    except TypeError:
+        data = pack_item(item)
+        pickle.loads(data)
+    except Exception:
         return pack_item((*item[:-1], repr(item[-1])))
+    return data
 
 
 class RemoteCaller:
@@ -153,7 +158,9 @@ class Remote:
         name = pid[0]
         creation = self.live.get(name)
         if creation is not None:
-            return creation == pid[1]
+            # a newer incarnation than we know of is live: membership has not polled
+            # it yet (within lease / 3)
+            return pid[1] >= creation
         if name in self.seen:
             return False
         raise NodeDown(f"unknown node {name!r}: {pid!r} is not a pid of a node in this cluster")
@@ -330,9 +337,9 @@ class Remote:
             _, from_pid, pid, reason = item
             self._peer(sender).links.discard((pid, from_pid))
             proc = procs.get(pid)
-            if proc is not None:
-                if proc._ext is not None and proc._ext.links:
-                    proc._ext.links.discard(from_pid)
+            links = proc._ext.links if proc is not None and proc._ext is not None else None
+            if proc is not None and links and from_pid in links:
+                links.discard(from_pid)  # (an exit after unlink is ignored)
                 node._exit_signal(proc, from_pid, reason, linked=True)
         elif op == MONITOR:
             _, ref, watcher, pid = item
@@ -356,7 +363,10 @@ class Remote:
             peer = self.peers.get(sender)
             if peer is not None:
                 peer.watch_out.pop(ref, None)
-            node._down(watcher, ref, pid, reason)
+            proc = procs.get(watcher)
+            watching = proc._ext.watching if proc is not None and proc._ext is not None else None
+            if watching and ref in watching:  # still watched (not demonitored meanwhile)
+                node._down(watcher, ref, pid, reason)
         elif op == GROUP_SEND:
             _, pids, msg = item
             for pid in pids:
@@ -403,23 +413,42 @@ class Remote:
         caller.reply(result)
 
     # -- failures ---------------------------------------------------------------------
-    def node_down(self, name: str) -> None:
-        """`name` is down: noconnection to our links and monitors, NodeDown to calls."""
-        peer = self.peers.pop(name, None)
+    def node_down(self, name: str, creation: int | None = None) -> None:
+        """`name` is down (its incarnation `creation` and older; all if None):
+        noconnection to our links and monitors, NodeDown to calls. Entries of a newer
+        incarnation that already reached us stay."""
+        peer = self.peers.get(name)
         if peer is None:
             return
+
+        def gone(pid: Pid) -> bool:
+            return creation is None or pid[1] <= creation
+
         node = self.node
         procs = node._procs
-        for ref, (watcher, target) in peer.watch_out.items():
+        watch_out = {r: v for r, v in peer.watch_out.items() if gone(v[1])}
+        watch_in = {r: v for r, v in peer.watch_in.items() if gone(v[1])}
+        calls = {c: v for c, v in peer.calls.items() if gone(v[1])}
+        links = {pair for pair in peer.links if gone(pair[1])}
+        for ref in watch_out:
+            del peer.watch_out[ref]
+        for ref in watch_in:
+            del peer.watch_in[ref]
+        for call_id in calls:
+            del peer.calls[call_id]
+        peer.links -= links
+        if not (peer.watch_out or peer.watch_in or peer.calls or peer.links):
+            del self.peers[name]
+        for ref, (watcher, target) in watch_out.items():
             node._down(watcher, ref, target, "noconnection")
-        for ref, (pid, _) in peer.watch_in.items():
+        for ref, (pid, _) in watch_in.items():
             proc = procs.get(pid)
             if proc is not None and proc._ext is not None and proc._ext.monitors:
                 proc._ext.monitors.pop(ref, None)
-        for call_id, (fut, _) in list(peer.calls.items()):
+        for call_id, (fut, _) in calls.items():
             if not fut.done():
                 fut.set_exception(NodeDown(f"node {name!r} went down (call {call_id})"))
-        for ours, theirs in peer.links:
+        for ours, theirs in links:
             proc = procs.get(ours)
             if proc is None:
                 continue
@@ -428,6 +457,6 @@ class Remote:
             node._exit_signal(proc, theirs, "noconnection", linked=True)
 
     def all_down(self) -> None:
-        """Every peer is gone for us (after we were fenced)."""
+        """Every peer is gone for us (after we were fenced, or lost frames)."""
         for name in list(self.peers):
             self.node_down(name)

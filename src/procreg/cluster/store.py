@@ -392,5 +392,7 @@ class Store:
                 try:
                     await self.on_reconnect()
                 except Exception:
-                    log.exception("re-sync after reconnecting failed")
-            return
+                    log.exception("re-sync after reconnecting failed: trying again")
+                    continue
+            if self.up:  # (it may have failed again during the re-sync: go on trying)
+                return
