@@ -548,19 +548,22 @@ class RedisBackend(LocalBackend):
         store = self.store
         owned = await store.run(lambda r: r.smembers(self._owned()))
         mine = {(canon(t), canon(k)) for t, k, _ in self.local_entries()}
+        joined = {
+            (canon(g), pid_str(pid)) for g, members in self._groups.items() for pid in members
+        }
         for raw in owned:
             kind, ckey, field = _text(raw).split(SEP, 2)
-            if kind == "t" and (ckey, field) not in mine:
-                try:
-                    table, key = uncanon(ckey), uncanon(field)
-                except ValueError:
-                    continue
-                if isinstance(table, str):
-                    pid = Pid(self.node.name, self.cluster.creation, 0)
-                    cur = await self._fetch(key, table)
-                    if cur is not None and cur[0][0] == self.node.name:
-                        pid = cur[0]
-                        if pid not in self.node._procs:
-                            self._queue_release(table, key, pid, False)
+            try:
+                name, item = uncanon(ckey), uncanon(field) if kind == "t" else field
+            except ValueError:
+                continue
+            if kind == "g" and (ckey, field) not in joined:
+                # left (or ended) while the store was unreachable
+                self._queue_release("", name, pid_from_str(field), True)
+            elif kind == "t" and (ckey, field) not in mine and isinstance(name, str):
+                cur = await self._fetch(item, name)
+                ours = cur is not None and cur[0][0] == self.node.name
+                if cur is not None and ours and cur[0] not in self.node._procs:
+                    self._queue_release(name, item, cur[0], False)
         await self._flush_releases()
         await self.reregister("resync")
