@@ -92,6 +92,7 @@ class Cluster:
         self._inval_task: asyncio.Task[None] | None = None
         self._closing = False
         self._recovery: asyncio.Task[None] | None = None
+        self.fencing = False
 
     @property
     def creation(self) -> int:
@@ -147,6 +148,11 @@ class Cluster:
         self.remote.live = others
         self.remote.seen.update(others)
         self.transport.peer_creation.update(others)
+
+    def adopt_creation(self, creation: int) -> None:
+        """This node's pids carry `creation` from now on."""
+        self.node.creation = creation
+        self.transport.creation = creation
 
     def node_up(self, name: str, creation: int) -> None:
         self._set_live(self.membership.live)
@@ -222,9 +228,11 @@ class Cluster:
         self.remote.all_down()
         self.backend.clear_cache()
         old = self.membership.creation
-        await self.membership.rejoin()
-        node.creation = self.membership.creation
-        self.transport.creation = self.membership.creation
+        self.fencing = True  # no claims until we have rejoined
+        try:
+            await self.membership.rejoin()
+        finally:
+            self.fencing = False
         log.warning("node %s rejoined: creation %d -> %d", node.name, old, node.creation)
         await self.membership.poll()
         self._set_live(self.membership.live)

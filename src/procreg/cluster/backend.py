@@ -37,6 +37,7 @@ from ..pid import Pid
 from ..process import EXITING, _Proc
 from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, _Miss
 from .codec import canon, pid_from_str, pid_str, uncanon
+from .remote import factory_name
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -156,6 +157,9 @@ class RedisBackend(LocalBackend):
         self, key: Hashable, table: str, pid: Pid, meta: dict[str, Any] | None, mode: str = "new"
     ) -> Pid | None:
         """Claim `key` for `pid`; None if it won, else the live holder's pid."""
+        if self.cluster.fencing or pid[1] != self.cluster.creation:
+            # a pid of an incarnation the cluster has declared dead must never be claimed
+            raise ClusterUnavailable(f"cannot claim {key!r} for {pid!r}: this node was fenced")
         _, ctable = self._tkey(table)
         triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
         stale_tries = 0
@@ -341,6 +345,7 @@ class RedisBackend(LocalBackend):
     ) -> tuple[Pid, bool]:
         node = self.node
         if placement == "hash":
+            factory_name(factory)  # importable by name on every node, wherever home is
             home = home_node(key, self.cluster.live_nodes())
             if home != node.name:
                 result: tuple[Pid, bool] = await self.cluster.remote.spawn(

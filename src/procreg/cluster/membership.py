@@ -164,6 +164,12 @@ class Membership:
             if lease is not None and _text(lease) == _text(registered):
                 live[name] = int(_text(lease) or 0)
         old = self.live
+        if await store.run(lambda r: r.exists(store.key("grace"))):
+            # after a data loss the others re-register at their next renewal: until the
+            # grace period ends, a node that was live is not declared down (nor purged)
+            for name, creation in old.items():
+                if name not in live:
+                    live[name] = creation
         self.live = live
         for name, creation in old.items():
             if live.get(name) != creation and name != self.name:
@@ -197,6 +203,7 @@ class Membership:
         """Take a new creation and lease (after being fenced)."""
         store = self.store
         self.creation = int(await store.run(lambda r: r.incr(store.key("creation"))))
+        self.cluster.adopt_creation(self.creation)  # new pids carry it from now on
         await store.run(lambda r: r.set(self.lease_key(self.name), self.creation, px=self.lease_ms))
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
 

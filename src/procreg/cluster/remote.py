@@ -20,7 +20,7 @@ import pickle
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import NodeDown, NoProcess, ProcessExited, ProcregError
+from ..errors import ClusterUnavailable, NodeDown, NoProcess, ProcessExited, ProcregError
 from ..pid import Pid, Ref
 from ..process import EXITING, _Proc
 from .codec import pack_item
@@ -92,8 +92,8 @@ class RemoteCaller:
             item = _pack_lenient((FAIL, self.call_id, "exited", exc.reason))
         elif isinstance(exc, NoProcess):
             item = pack_item((FAIL, self.call_id, "noproc", str(exc)))
-        else:
-            item = pack_item((FAIL, self.call_id, "error", repr(exc)))
+        else:  # the exception itself when it survives a pickle round trip, else its repr
+            item = _pack_lenient((FAIL, self.call_id, "error", exc))
         self.remote.transport.enqueue(self.node, item)
 
 
@@ -179,6 +179,8 @@ class Remote:
     async def call(self, pid: Pid, request: Any, timeout: float | None) -> Any:
         call_id = next(self._ids)
         item = pack_item((CALL, call_id, pid, request))
+        if not self.transport.store.up:  # the frame could not leave: fail at once
+            raise ClusterUnavailable(f"cannot call {pid!r}: the cluster store is unreachable")
         if not self._check(pid):
             if pid[0] in self.live:
                 raise NoProcess(f"no process {pid!r} (an earlier incarnation of its node)")
@@ -396,6 +398,8 @@ class Remote:
             fut.set_exception(NoProcess(detail))
         elif kind == "exited":
             fut.set_exception(ProcessExited(detail, pid))
+        elif isinstance(detail, BaseException):
+            fut.set_exception(detail)  # the callee side's own error, same type
         else:
             fut.set_exception(ProcregError(f"remote failure: {detail}"))
 

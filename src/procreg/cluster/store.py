@@ -380,12 +380,16 @@ class Store:
             delay = min(delay * 2, 2.0)
             try:
                 await self.redis.ping()
+                # the pool still holds connections to the server that went away: drop
+                # them, or the first commands after the restart fail one by one
+                await self.redis.connection_pool.disconnect()
             except self._errors:
                 continue
             except Exception:
                 await self._close_client()
                 self.redis = self.client()
                 continue
+            delay = 0.05  # back in touch: a failed re-sync is retried promptly
             self.up = True
             log.warning("cluster store %s reachable again", self.url)
             if self.on_reconnect is not None:
