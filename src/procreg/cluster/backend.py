@@ -348,10 +348,12 @@ class RedisBackend(LocalBackend):
             factory_name(factory)  # importable by name on every node, wherever home is
             home = home_node(key, self.cluster.live_nodes())
             if home != node.name:
+                gen = self._gen
                 result: tuple[Pid, bool] = await self.cluster.remote.spawn(
                     home, key, factory, args, table, meta, idle_timeout
                 )
-                if result[0][0] != node.name:
+                # not cached if an invalidation overtook the reply (it may be dead already)
+                if result[0][0] != node.name and gen == self._gen:
                     self._cache[(table, key)] = result[0]
                 return result
         pid = node._new_pid()

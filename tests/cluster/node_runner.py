@@ -1,0 +1,448 @@
+"""One procreg cluster node as an OS process, driven by JSON lines (a test helper).
+
+    python node_runner.py --name n1 --cluster redis://127.0.0.1:6379/0 \\
+        --secret s3cret --lease 1.0 [--trace DIR]
+
+The node runs ``procreg.run(main, name=..., cluster=..., secret=..., lease=...)``.
+``main`` prints ``{"event": "ready", "name": ..., "creation": ...}`` and then reads
+commands, one JSON object a line, from stdin: ``{"id": 7, "cmd": "call", "pid": [...],
+"request": [...]}``. Each command runs in a process of its own, so a slow one (a
+call to a node that is about to die) does not hold up the others, and each gets one
+line back: ``{"id": 7, "ok": true, "result": ..., "elapsed": s, "t": time}`` or
+``{"id": 7, "ok": false, "error": "NoProcess", "message": ..., "elapsed": s}``.
+Pids cross as ``[node, creation, serial]``. End of stdin or ``quit`` stops the node.
+
+If the node cannot start (the cluster store is unreachable) the one line is
+``{"event": "error", "error": "ClusterUnavailable", "message": ..., "elapsed": s}``
+and the exit status is 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from typing import Any
+
+_out_lock = threading.Lock()
+
+
+def emit(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj, default=repr)
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _setup_path() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path.pop(0)  # this directory holds no top-level modules
+    tests_dir = os.path.dirname(here)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+
+
+class Runner:
+    """The command handlers; each runs inside a process of its own."""
+
+    def __init__(self) -> None:
+        import procreg
+        from cluster import servers
+
+        self.procreg = procreg
+        self.servers = servers
+        self.node = procreg.current_node()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.node_events: list[dict[str, Any]] = []
+
+    # -- helpers ------------------------------------------------------------------
+    def pid(self, value: Any) -> Any:
+        return self.procreg.Pid(value[0], int(value[1]), int(value[2]))
+
+    def factory(self, name: str) -> Any:
+        return self.servers.FACTORIES[name]
+
+    async def dispatch(self, cmd: dict[str, Any]) -> None:
+        ident = cmd.get("id")
+        start = time.monotonic()
+        try:
+            handler = getattr(self, "cmd_" + cmd["cmd"])
+            result = await handler(**{k: v for k, v in cmd.items() if k not in ("id", "cmd")})
+        except Exception as exc:
+            answer: dict[str, Any] = {
+                "id": ident,
+                "ok": False,
+                "error": type(exc).__name__,
+                "message": str(exc),
+                "elapsed": time.monotonic() - start,
+                "t": time.time(),
+            }
+            holder = getattr(exc, "pid", None)
+            if holder is not None:
+                answer["holder"] = self.servers.plain(holder)
+            emit(answer)
+            return
+        emit(
+            {
+                "id": ident,
+                "ok": True,
+                "result": self.servers.plain(result),
+                "elapsed": time.monotonic() - start,
+                "t": time.time(),
+            }
+        )
+
+    # -- node ----------------------------------------------------------------------
+    async def cmd_ping(self) -> Any:
+        return {"name": self.node.name, "creation": self.node.creation, "os_pid": os.getpid()}
+
+    async def cmd_nodes(self) -> Any:
+        return self.procreg.nodes()
+
+    async def cmd_node_events(self) -> Any:
+        return list(self.node_events)
+
+    async def cmd_stats(self) -> Any:
+        cluster = self.node._cluster
+        transport = cluster.transport
+        return {
+            "name": self.node.name,
+            "creation": self.node.creation,
+            "dropped": dict(transport.dropped),
+            "sent_frames": transport.sent_frames,
+            "received_frames": transport.received_frames,
+            "fenced": cluster.fenced,
+            "recoveries": cluster.recoveries,
+            "conflicts": cluster.backend.conflicts,
+            "renewals": cluster.membership.renewals,
+            "store_up": cluster.store.up,
+            "processes": self.node.process_count(),
+            "live": dict(cluster.membership.live),
+        }
+
+    async def cmd_local_work(self, n: int = 50) -> Any:
+        """Spawn, call, cast and look up a local key: nothing here needs the store."""
+        procreg = self.procreg
+        pid = self.servers.Echo.start("local")
+        total = 0
+        for i in range(n):
+            total += await procreg.call(pid, ["echo", i], timeout=2.0)
+        procreg.cast(pid, "c")
+        log = await procreg.call(pid, ["log"], timeout=2.0)
+        co = procreg.spawn(self.servers.co_echo)
+        echoed = await procreg.call(co, ["echo", "co"], timeout=2.0)
+        procreg.exit(co, "kill")
+        procreg.exit(pid, "kill")
+        return {"sum": total, "log": log, "co": echoed}
+
+    # -- registry ------------------------------------------------------------------------
+    async def cmd_gos(
+        self,
+        key: Any,
+        factory: str = "Echo",
+        args: list[Any] | None = None,
+        table: str = "default",
+        placement: str = "local",
+    ) -> Any:
+        pid, started = await self.procreg.spawn_unique(
+            key, self.factory(factory), *(args or []), table=table, placement=placement
+        )
+        return {"pid": pid, "started": started}
+
+    async def cmd_gos_many(
+        self,
+        keys: list[Any],
+        factory: str = "Echo",
+        table: str = "default",
+        placement: str = "local",
+        key_arg: bool = False,
+        stop_frac: float = 0.0,
+        chunk: int = 0,
+        pace: float = 0.002,
+    ) -> Any:
+        """get_or_spawn of every key at once (or `chunk` keys every `pace` s); `key_arg`
+        passes the key to the factory; then casts ``["stop"]`` to a random `stop_frac`
+        of the pids (churn)."""
+        procreg = self.procreg
+        fac = self.factory(factory)
+
+        async def one(key: Any) -> Any:
+            args = (key,) if key_arg else ()
+            return await procreg.get_or_spawn(key, fac, *args, table=table, placement=placement)
+
+        tasks = []
+        for i, key in enumerate(keys):
+            if chunk and i and i % chunk == 0:
+                await asyncio.sleep(pace)  # the next chunk goes out in a later loop turn
+            tasks.append(asyncio.ensure_future(one(key)))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors: dict[str, int] = {}
+        samples: dict[str, str] = {}
+        pids: list[Any] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                errors[type(r).__name__] = errors.get(type(r).__name__, 0) + 1
+                samples.setdefault(type(r).__name__, str(r)[:300])
+                pids.append(None)
+            else:
+                pids.append(r)
+        for pid in pids:
+            if pid is not None and stop_frac and random.random() < stop_frac:
+                try:
+                    procreg.cast(pid, ["stop"])
+                except Exception:
+                    pass
+        return {"pids": pids, "errors": errors, "samples": samples}
+
+    async def cmd_entries(self, table: str = "default") -> Any:
+        """This node's local view of `table` (its own registrations)."""
+        return sorted([key, pid] for key, pid in self.procreg.entries(table))
+
+    async def cmd_whereis(self, key: Any, table: str = "default") -> Any:
+        return await self.procreg.whereis(key, table)
+
+    async def cmd_whereis_many(self, keys: list[Any], table: str = "default") -> Any:
+        out = []
+        for key in keys:
+            try:
+                out.append(await self.procreg.whereis(key, table))
+            except Exception as exc:
+                out.append(f"error: {type(exc).__name__}")
+        return out
+
+    async def cmd_register(self, key: Any, table: str = "default") -> Any:
+        """Start an `Echo` and register it under `key` (it ends if that fails)."""
+        pid = self.servers.Echo.start(key)
+        try:
+            await self.procreg.register(key, pid, table)
+        except BaseException:
+            self.procreg.exit(pid, "kill")
+            raise
+        return pid
+
+    async def cmd_unregister(
+        self, key: Any, table: str = "default", pid: list[Any] | None = None
+    ) -> Any:
+        """Unregister `key`, expecting `pid` (default: whoever holds it now)."""
+        holder = self.pid(pid) if pid is not None else await self.procreg.whereis(key, table)
+        if holder is None:
+            return False
+        return await self.procreg.unregister(key, table, pid=holder)
+
+    async def cmd_join(self, group: Any) -> Any:
+        pid = self.servers.Echo.start(("member", group))
+        await self.procreg.join(group, pid)
+        return pid
+
+    async def cmd_leave(self, group: Any, pid: list[Any]) -> Any:
+        return await self.procreg.leave(group, self.pid(pid))
+
+    async def cmd_members(self, group: Any) -> Any:
+        return await self.procreg.members(group)
+
+    async def cmd_publish(self, group: Any, msg: Any) -> Any:
+        return await self.procreg.publish(group, msg)
+
+    # -- processes ------------------------------------------------------------------------
+    async def cmd_spawn(self, factory: str = "Echo") -> Any:
+        fac = self.factory(factory)
+        if isinstance(fac, type):
+            return fac.start()
+        return self.procreg.spawn(fac)
+
+    async def cmd_call(self, pid: list[Any], request: Any, timeout: float = 5.0) -> Any:
+        return await self.procreg.call(self.pid(pid), request, timeout=timeout)
+
+    async def cmd_cast(self, pid: list[Any], msg: Any) -> Any:
+        self.procreg.cast(self.pid(pid), msg)
+
+    async def cmd_send(self, pid: list[Any], msg: Any) -> Any:
+        self.procreg.send(self.pid(pid), msg)
+
+    async def cmd_send_many(self, pid: list[Any], n: int, how: str = "cast") -> Any:
+        target = self.pid(pid)
+        fn = self.procreg.cast if how == "cast" else self.procreg.send
+        for i in range(n):
+            fn(target, ["seq", i])
+            if i % 100 == 99:
+                await asyncio.sleep(0)  # spread over several loop turns (frames)
+        return n
+
+    async def cmd_bad_send(self, pid: list[Any]) -> Any:
+        """send / cast / call with an unpicklable message: the error each raises."""
+        procreg = self.procreg
+        target = self.pid(pid)
+        out: dict[str, Any] = {}
+        for how in ("send", "cast", "call"):
+            message = lambda: None  # noqa: E731 - a lambda cannot be pickled
+            start = time.monotonic()
+            try:
+                if how == "call":
+                    await procreg.call(target, message, timeout=5.0)
+                else:
+                    getattr(procreg, how)(target, message)
+            except Exception as exc:
+                out[how] = {"error": type(exc).__name__, "elapsed": time.monotonic() - start}
+            else:
+                out[how] = {"error": None, "elapsed": time.monotonic() - start}
+        return out
+
+    async def cmd_cast_many(
+        self, pids: list[Any], msg: Any, chunk: int = 0, pace: float = 0.001
+    ) -> Any:
+        """Cast `msg` to every pid (`chunk` of them every `pace` seconds)."""
+        for i, pid in enumerate(pids):
+            if chunk and i and i % chunk == 0:
+                await asyncio.sleep(pace)
+            self.procreg.cast(self.pid(pid), msg)
+        return len(pids)
+
+    async def cmd_exit(self, pid: list[Any], reason: Any) -> Any:
+        self.procreg.exit(self.pid(pid), reason)
+
+    async def cmd_alive(self, pid: list[Any]) -> Any:
+        return self.procreg.is_alive(self.pid(pid))
+
+    async def cmd_alive_many(self, pids: list[Any]) -> Any:
+        return [self.procreg.is_alive(self.pid(p)) for p in pids]
+
+    async def cmd_watch(
+        self, target: list[Any], mode: str = "monitor", trap: bool = False, sync: bool = True
+    ) -> Any:
+        """A process that monitors or links `target` and records every message it
+        gets; a local observer records how the watcher itself ends."""
+        procreg = self.procreg
+        plain = self.servers.plain
+        pid = self.pid(target)
+        rec: dict[str, Any] = {"messages": [], "ended": None, "armed": False}
+
+        async def watcher() -> None:
+            if mode == "monitor":
+                procreg.monitor(pid)
+            else:
+                procreg.link(pid)
+            rec["armed"] = True
+            while True:
+                msg = await procreg.receive()
+                rec["messages"].append({"t": time.time(), "msg": plain(msg)})
+
+        async def observer(watched: Any) -> None:
+            ref = procreg.monitor(watched)
+            while True:
+                msg = await procreg.receive()
+                if isinstance(msg, procreg.Down) and msg.ref == ref:
+                    rec["ended"] = {"t": time.time(), "reason": plain(msg.reason)}
+                    return
+
+        wpid = procreg.spawn(watcher, trap_exits=trap)
+        procreg.spawn(observer, wpid)
+        self.records[repr(wpid)] = rec
+        deadline = time.monotonic() + 2.0
+        while not rec["armed"] and rec["ended"] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        if sync and self.node.foreign(pid):
+            try:  # same pair of nodes, so this arrives after the link / monitor
+                await procreg.call(pid, ["echo", 0], timeout=2.0)
+            except Exception:
+                pass
+        return wpid
+
+    async def cmd_watched(self, watcher: list[Any]) -> Any:
+        return self.records[repr(self.pid(watcher))]
+
+
+async def node_main(runner_box: list[Any]) -> None:
+    import procreg
+
+    runner = Runner()
+    runner_box.append(runner)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+
+    async def node_watcher() -> None:
+        procreg.monitor_nodes()
+        while True:
+            event = await procreg.receive()
+            if isinstance(event, procreg.NodeEvent):
+                runner.node_events.append(
+                    {"t": time.time(), "kind": event.kind, "node": event.node}
+                )
+
+    procreg.spawn(node_watcher)
+    node = procreg.current_node()
+    emit({"event": "ready", "name": node.name, "creation": node.creation, "os_pid": os.getpid()})
+
+    async def command(cmd: dict[str, Any]) -> None:
+        await runner.dispatch(cmd)
+
+    while True:
+        line = await queue.get()
+        if line is None:
+            return
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd.get("cmd") == "quit":
+            emit({"id": cmd.get("id"), "ok": True, "result": None, "elapsed": 0.0})
+            return
+        procreg.spawn(command, cmd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--lease", type=float, default=1.0)
+    parser.add_argument("--trace", default=None)
+    opts = parser.parse_args()
+    _setup_path()
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"%(asctime)s {opts.name} %(name)s %(levelname)s %(message)s",
+    )
+    import procreg
+    from cluster import servers
+
+    if opts.trace:
+        servers.set_trace(os.path.join(opts.trace, f"{opts.name}.jsonl"))
+    start = time.monotonic()
+    try:
+        procreg.run(
+            node_main,
+            [],
+            name=opts.name,
+            cluster=opts.cluster,
+            secret=opts.secret,
+            lease=opts.lease,
+        )
+    except procreg.ClusterUnavailable as exc:
+        emit(
+            {
+                "event": "error",
+                "error": "ClusterUnavailable",
+                "message": str(exc),
+                "elapsed": time.monotonic() - start,
+            }
+        )
+        sys.exit(3)
+    emit({"event": "bye"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Process factories for the cluster test nodes.
+
+Every node runner imports this module as ``cluster.servers``, so a factory defined
+here is importable by the same name on every node (``placement="hash"`` sends the
+factory's name, not the factory).
+
+- `Echo`: a `Server` that answers calls, and logs casts and plain messages.
+- `Tracked`: a `Server` that appends its start and its end to the node's trace file
+  (one JSON line ``[time, key, pid, "start"|"end", detail]``, flushed at once; the
+  detail is the node's creation at the start and the exit reason at the end), for
+  the uniqueness checker.
+- `co_echo`: the same as `Echo` as a coroutine process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, TextIO
+
+import procreg
+
+_trace: TextIO | None = None
+
+
+def set_trace(path: str) -> None:
+    """Append the start and end of every `Tracked` process to `path`."""
+    global _trace
+    _trace = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+
+def trace(key: Any, pid: procreg.Pid, event: str, reason: Any = None) -> None:
+    if _trace is not None:
+        _trace.write(json.dumps([time.time(), key, list(pid), event, reason]) + "\n")
+        _trace.flush()
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON: pids as ``[node, creation, serial]``, runtime messages as
+    dicts, exceptions as ``"Type: text"``."""
+    if isinstance(value, procreg.Pid):
+        return list(value)
+    if isinstance(value, procreg.Down):
+        return {"type": "Down", "pid": plain(value.pid), "reason": plain(value.reason)}
+    if isinstance(value, procreg.Exit):
+        return {"type": "Exit", "pid": plain(value.pid), "reason": plain(value.reason)}
+    if isinstance(value, procreg.NodeEvent):
+        return {"type": "NodeEvent", "kind": value.kind, "node": value.node}
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _answer(state: Any, request: Any) -> Any:
+    op = request[0]
+    if op == "echo":
+        return request[1]
+    if op == "whoami":
+        return plain(procreg.self())
+    if op == "log":
+        return plain(state.log)
+    if op == "crash":
+        raise RuntimeError(request[1])
+    if op == "stop":
+        raise procreg.Stop(request[1] if len(request) > 1 else "normal")
+    raise ValueError(f"unknown request {request!r}")
+
+
+class Echo(procreg.Server):
+    """Answers ``("echo", x)``, ``("whoami",)``, ``("log",)``, ``("hold",)`` (never
+    answered), ``("crash", text)`` and ``("stop", reason)``; logs casts and messages."""
+
+    def init(self, tag: Any = None) -> None:
+        self.tag = tag
+        self.log: list[Any] = []
+        self.held: list[Any] = []
+
+    def handle_call(self, request: Any) -> Any:
+        if request[0] == "hold":
+            self.held.append(procreg.caller())
+            return procreg.NOREPLY
+        return _answer(self, request)
+
+    def handle_cast(self, msg: Any) -> None:
+        if isinstance(msg, list) and msg and msg[0] == "stop":
+            raise procreg.Stop(msg[1] if len(msg) > 1 else "normal")
+        self.log.append(["cast", msg])
+
+    def handle_info(self, msg: Any) -> None:
+        self.log.append(["info", msg])
+
+
+class Tracked(procreg.Server):
+    """Records its start and end in the trace file; ``("stop",)`` as a cast or a call
+    ends it normally."""
+
+    def init(self, key: Any) -> None:
+        self.key = key
+        # the node's creation now (as the runtime and as the cluster membership see
+        # it): a pid of an older one comes from a fencing race (see the tests)
+        node = procreg.current_node()
+        membership = node._cluster.creation if node._cluster is not None else node.creation
+        trace(key, self.pid, "start", [node.creation, membership])
+
+    def handle_call(self, request: Any) -> Any:
+        if request[0] == "stop":
+            raise procreg.Stop("normal")
+        return plain(self.pid)
+
+    def handle_cast(self, msg: Any) -> None:
+        if msg and msg[0] == "stop":
+            raise procreg.Stop("normal")
+
+    def handle_info(self, msg: Any) -> None:
+        pass
+
+    def terminate(self, reason: Any) -> None:
+        trace(self.key, self.pid, "end", plain(reason))
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+
+
+async def co_echo() -> None:
+    """A coroutine process answering `Echo`'s calls and logging other messages."""
+    state = _Log()
+    while True:
+        msg = await procreg.receive()
+        if isinstance(msg, procreg.Call):
+            try:
+                value = _answer(state, msg.request)
+            except procreg.Stop:
+                procreg.reply(msg.caller, "stopping")
+                return
+            procreg.reply(msg.caller, value)
+        else:
+            state.log.append(["info", msg])
+
+
+class Failing(procreg.Server):
+    """Its init always fails."""
+
+    def init(self) -> None:
+        raise ValueError("init failed on purpose")
+
+
+def _hidden() -> type[Echo]:
+    class Hidden(Echo):
+        """Defined in a function: not importable by name."""
+
+    return Hidden
+
+
+FACTORIES: dict[str, Any] = {
+    "Echo": Echo,
+    "Tracked": Tracked,
+    "co_echo": co_echo,
+    "Hidden": _hidden(),
+    "Failing": Failing,
+}

@@ -1,0 +1,181 @@
+"""Hostile frames on a node's channel, and a node with the wrong secret.
+
+The test publishes straight onto ``procreg:ch:<node>`` with redis-py: every frame
+that fails a check must be dropped, counted by reason, and never unpickled (one of
+them carries a pickle that would create a directory when loaded), and the node must
+go on working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import struct
+import time
+
+import pytest
+
+from procreg.cluster.codec import MAC_SIZE, MAGIC, encode_frame
+
+from .conftest import SECRET
+from .harness import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Evil:
+    """Unpickling this runs ``os.mkdir(path)``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _sign(body: bytes, key: bytes = SECRET.encode()) -> bytes:
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def _header(*fields) -> bytes:
+    header = json.dumps(list(fields), separators=(",", ":")).encode()
+    return MAGIC + struct.pack(">I", len(header)) + header
+
+
+def _capture(client, channel: str, trigger, timeout: float = 5.0) -> bytes:
+    """The first frame published on `channel` after `trigger()`."""
+    pubsub = client.pubsub()
+    try:
+        pubsub.subscribe(channel)
+        deadline = time.monotonic() + timeout
+        while True:  # the server confirmed the subscription
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "subscribe":
+                break
+            assert time.monotonic() < deadline, "no subscription"
+        trigger()
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None and message["type"] == "message":
+                return message["data"]
+        raise AssertionError(f"no frame on {channel}")
+    finally:
+        with contextlib.suppress(Exception):
+            pubsub.close()
+
+
+def _dropped(node) -> dict[str, int]:
+    return node.ok("stats")["dropped"]
+
+
+def _plus(before: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
+    out = dict(before)
+    for reason, n in extra.items():
+        out[reason] = out.get(reason, 0) + n
+    return out
+
+
+def test_bad_frames_are_dropped_counted_and_never_unpickled(cluster, redis, tmp_path):
+    n1, n2 = cluster(["n1", "n2"])
+    c1 = n1.ok("ping")["creation"]
+    server = n2.ok("spawn", factory="Echo")
+    assert n1.ok("call", pid=server, request=["echo", 1]) == 1
+    client = redis.client()
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(str(marker)))
+
+    # a real frame from n1 to n2 (it carries one cast), captured on its way
+    frame = _capture(client, "procreg:ch:n2", lambda: n1.ok("cast", pid=server, msg="captured"))
+    assert frame[:4] == MAGIC
+    wait_for(
+        lambda: n2.ok("call", pid=server, request=["log"]) == [["cast", "captured"]],
+        5,
+        what="the captured cast to arrive",
+    )
+    before_n1, before_n2 = _dropped(n1), _dropped(n2)
+
+    frames = {
+        "garbage": (b"certainly not a frame", "malformed"),
+        "empty": (b"", "malformed"),
+        "magic and noise": (MAGIC + os.urandom(100), "signature"),
+        "truncated by a byte": (frame[:-1], "signature"),
+        "truncated to a stub": (frame[:30], "malformed"),
+        "forged (wrong key), evil item": (
+            encode_frame(b"not-the-secret", "n1", c1, 10**9, "n2", [evil]),
+            "signature",
+        ),
+        "unsigned, evil item": (
+            _header("n1", c1, 10**9, "n2") + struct.pack(">I", len(evil)) + evil + bytes(MAC_SIZE),
+            "signature",
+        ),
+        "signed, header not a list": (
+            _sign(MAGIC + struct.pack(">I", 15) + b'{"not":"list"}1'),
+            "malformed",
+        ),
+        "signed, header length past the end": (
+            _sign(MAGIC + struct.pack(">I", 10**6) + b"[]"),
+            "malformed",
+        ),
+        "signed, evil item then a broken length": (
+            _sign(
+                _header("n1", c1, 10**9, "n2")
+                + struct.pack(">I", len(evil))
+                + evil
+                + struct.pack(">I", 1000)
+                + b"xx"
+            ),
+            "malformed",
+        ),
+        "signed, stale creation": (
+            encode_frame(
+                SECRET.encode(),
+                "n1",
+                c1 - 1,
+                10**9,
+                "n2",
+                [pickle.dumps((2, tuple(server), "stale"))],
+            ),
+            "stale",
+        ),
+        "replayed": (frame, "replay"),
+    }
+    expected: dict[str, int] = {}
+    for payload, reason in frames.values():
+        client.publish("procreg:ch:n2", payload)
+        expected[reason] = expected.get(reason, 0) + 1
+    # the real frame, signed for n2, published on n1's channel
+    client.publish("procreg:ch:n1", frame)
+
+    wait_for(lambda: _dropped(n2) == _plus(before_n2, expected), 5, what="n2's counters")
+    wait_for(lambda: _dropped(n1) == _plus(before_n1, {"misaddressed": 1}), 5, what="n1's counters")
+    time.sleep(0.2)  # nothing more trickles in
+    assert _dropped(n2) == _plus(before_n2, expected)
+    assert not marker.exists(), "a pickle from a rejected frame was loaded"
+    # the node is unharmed and saw the captured cast once, not the stale one
+    assert n1.ok("call", pid=server, request=["log"]) == [["cast", "captured"]]
+    back = n1.ok("spawn", factory="Echo")
+    assert n2.ok("call", pid=back, request=["echo", "still fine"]) == "still fine"
+
+
+def test_a_node_with_another_secret_cannot_talk_to_the_others(cluster):
+    n1, n2 = cluster(["n1", "n2"])
+    (n3,) = cluster(["n3"], secret="some-other-secret")
+    # the store is shared, so it joins and sees the registry...
+    p1 = n1.ok("register", key="on-n1")
+    assert n3.ok("whereis", key="on-n1") == p1
+    p3 = n3.ok("spawn", factory="Echo")
+    # ... but none of its frames is accepted, and it accepts none
+    answer = n3.req("call", pid=p1, request=["echo", 1], timeout=1.0)
+    assert answer["error"] == "CallTimeout", answer
+    answer = n1.req("call", pid=p3, request=["echo", 1], timeout=1.0)
+    assert answer["error"] == "CallTimeout", answer
+    n3.ok("cast", pid=p1, msg="from the wrong secret")
+    wait_for(lambda: _dropped(n1).get("signature", 0) >= 2, 5, what="n1 to drop n3's frames")
+    wait_for(lambda: _dropped(n3).get("signature", 0) >= 1, 5, what="n3 to drop n1's frames")
+    assert n1.ok("call", pid=p1, request=["log"]) == []
+    # the nodes with the right secret are unaffected
+    assert n2.ok("call", pid=p1, request=["echo", 2]) == 2
