@@ -35,9 +35,9 @@ creation its node was leaving (a get_or_spawn racing with the node's fence,
 escaped fencing and overlapped without bound (fixed); a node could keep a dead pid in
 its cache after a claim (``test_cluster_registry.py::test_no_dead_pid_stays_cached_
 after_a_claim_races_with_a_release``, fixed) or after a remote spawn
-(``..._after_a_remote_spawn_races_with_an_end``, open), so that the nodes disagree on a
-key. Processes started under a left creation and dead cached pids are counted apart
-from other violations, dead cached pids included.
+(``..._after_a_remote_spawn_races_with_an_end``, fixed), so that the nodes disagree on
+a key. Processes started under a left creation are counted apart; any disagreement,
+dead cached pids included, fails the test.
 """
 
 from __future__ import annotations
