@@ -160,6 +160,7 @@ class RedisBackend(LocalBackend):
         if self.cluster.fencing or pid[1] != self.cluster.creation:
             # a pid of an incarnation the cluster has declared dead must never be claimed
             raise ClusterUnavailable(f"cannot claim {key!r} for {pid!r}: this node was fenced")
+        fences = self.cluster.fenced  # a fence while the claim is in flight voids it
         _, ctable = self._tkey(table)
         triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
         stale_tries = 0
@@ -173,6 +174,11 @@ class RedisBackend(LocalBackend):
                     continue
                 raise ClusterUnavailable(f"cannot claim {key!r}: {refused.status}") from None
             if not result:
+                if self.cluster.fenced != fences:
+                    # won while our lease still held, but we were fenced since: the
+                    # others may have started the key again; give it back
+                    self._queue_release(table, key, pid, False)
+                    raise ClusterUnavailable(f"cannot claim {key!r}: this node was fenced")
                 return None
             holder = pid_from_str(_text(result))
             if holder[0] == self.node.name:
@@ -360,11 +366,16 @@ class RedisBackend(LocalBackend):
         holder = await self._claim(key, table, pid, meta)
         if holder is not None:
             return holder, False
+        fences = self.cluster.fenced
         try:
             proc = await node.start_with_pid(pid, factory, args, idle_timeout)
         except BaseException:
             self._queue_release(table, key, pid, False)
             raise
+        if self.cluster.fenced != fences:  # fenced during an async init: it must not live on
+            node._end(proc, "fenced")
+            self._queue_release(table, key, pid, False)
+            raise ClusterUnavailable(f"cannot start {key!r}: this node was fenced")
         if proc._st >= EXITING:
             self._queue_release(table, key, pid, False)
             raise NoProcess(f"{pid!r} ended right after it started")
