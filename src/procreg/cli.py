@@ -112,7 +112,7 @@ def _web_ready(cluster: str | None) -> str | None:
 
     try:
         Node(cluster=cluster)  # checks the cluster option before the server starts
-    except (NotImplementedError, ValueError) as exc:
+    except ValueError as exc:
         return str(exc)
     return None
 

@@ -48,7 +48,7 @@ _node_var: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
     "procreg_node", default=None
 )
 _running: list[Node] = []
-_new_pid = tuple.__new__
+_make_pid = tuple.__new__  # Pid(...) without a Python-level __new__ call
 INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
 _LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
@@ -342,7 +342,7 @@ class Node:
 
     # -- process table ------------------------------------------------------------
     def _new_pid(self) -> Pid:
-        return _new_pid(Pid, (self.name, self.creation, next(self._serial)))
+        return _make_pid(Pid, (self.name, self.creation, next(self._serial)))
 
     def _add(self, proc: _Proc) -> None:
         procs = self._procs
@@ -517,11 +517,24 @@ class Node:
             raise NotInProcess(
                 "spawn(link=True / monitor=True) must be called from inside a process"
             )
-        proc = Process(self, self._new_pid())
-        self._add(proc)
+        proc = self._start_body(self._new_pid(), fn, args)
         self.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-        proc._task = self._loop.create_task(proc._main(fn, args))
         return proc.pid
+
+    def _start_body(
+        self,
+        pid: Pid,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        result: asyncio.Future[Any] | None = None,
+    ) -> Process:
+        """A coroutine process `pid` running ``fn(*args)`` (its outcome also set on
+        `result`, if given); its body starts on the next loop turn."""
+        proc = Process(self, pid)
+        proc._result = result
+        self._add(proc)
+        proc._task = self._loop.create_task(proc._main(fn, args))
+        return proc
 
     def spawn_main(
         self,
@@ -533,11 +546,7 @@ class Node:
         (and a crash is not logged as a crash report, since `run` re-raises it)."""
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"run() needs an `async def` function, got {fn!r}")
-        proc = Process(self, self._new_pid())
-        proc._result = result
-        self._add(proc)
-        proc._task = self._loop.create_task(proc._main(fn, args))
-        return proc.pid
+        return self._start_body(self._new_pid(), fn, args, result).pid
 
     async def start_with_pid(
         self, pid: Pid, factory: Any, args: tuple[Any, ...], idle_timeout: float | None
@@ -556,10 +565,8 @@ class Node:
                 await ready
             return cast(_Proc, proc)
         check_timeout(idle_timeout, "idle_timeout")
-        body = Process(self, pid)
-        self._add(body)
+        body = self._start_body(pid, factory, args)
         self.setup(body, None, False, False, False, idle_timeout)
-        body._task = self._loop.create_task(body._main(factory, args))
         return body
 
     def setup(
@@ -858,7 +865,3 @@ class Node:
     # -- registry hook ------------------------------------------------------------
     def _drop_registrations(self, proc: _Proc) -> None:
         self.registry.process_ended(proc)
-
-    def wrap(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` in this node's context (for callbacks from foreign code)."""
-        return self._ctx.run(fn)

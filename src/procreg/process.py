@@ -217,11 +217,16 @@ class _Proc:
     def _run(self) -> None:
         """Handle a batch of mail (servers); coroutine processes run as tasks."""
 
+    def _message(self, item: Any) -> Any:
+        """The plain message a mailbox item holds (servers tag theirs), else None."""
+        return item
+
     def _flush_down(self, ref: Ref) -> None:
         mail = self._mail
         if not mail:
             return
-        for i, msg in enumerate(mail):
+        for i, item in enumerate(mail):
+            msg = self._message(item)
             if type(msg) is Down and msg.ref == ref:
                 del mail[i]
                 return

@@ -31,14 +31,12 @@ from collections import deque
 from typing import Any, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .messages import Down
 from .node import _LAZY, check_timeout, current_node
-from .pid import Pid, Ref
+from .pid import Pid
 from .process import (
     BUSY,
     CALL,
     CAST,
-    DEAD,
     EXITING,
     IDLE,
     INFO,
@@ -506,20 +504,8 @@ class Server(_Proc):
     def _is_idle(self) -> bool:
         return self._st == IDLE
 
-    def _flush_down(self, ref: Ref) -> None:
-        mail = self._mail
-        if not mail:
-            return
-        for i, item in enumerate(mail):
-            msg = item[-1]
-            if item[0] == INFO and type(msg) is Down and msg.ref == ref:
-                del mail[i]
-                return
-
-    @property
-    def alive(self) -> bool:
-        """True until the process has ended."""
-        return self._st != DEAD
+    def _message(self, item: Any) -> Any:
+        return item[1] if item[0] == INFO else None
 
 
 def _reply_any(caller: Any, value: Any) -> None:
