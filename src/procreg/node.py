@@ -555,14 +555,29 @@ class Node:
         `pid`, taken earlier from this node's serials: the cluster registry claims a
         key for a pid before its process exists, so a losing claim starts nothing.
         Returns once ``init`` has completed (raising its error)."""
+        if self.starts_now(factory):
+            return self.start_now(pid, factory, args, idle_timeout)
+        server: Any = factory
+        ready: asyncio.Future[Pid] = self._loop.create_future()
+        proc, _ = server._start(args, False, False, False, idle_timeout, ready, pid)
+        await ready
+        return cast(_Proc, proc)
+
+    @staticmethod
+    def starts_now(factory: Any) -> bool:
+        """Whether `start_now` can start `factory`: anything but a server with an
+        ``async def init``."""
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            server: Any = factory
-            ready: asyncio.Future[Pid] | None = None
-            if server._async_mask & 8:
-                ready = self._loop.create_future()
-            proc, _ = server._start(args, False, False, False, idle_timeout, ready, pid)
-            if ready is not None:
-                await ready
+            return not cast(Any, factory)._async_mask & 8
+        return True
+
+    def start_now(
+        self, pid: Pid, factory: Any, args: tuple[Any, ...], idle_timeout: float | None
+    ) -> _Proc:
+        """`start_with_pid` without awaiting, for a factory `starts_now` accepts: a
+        server's ``init`` has run when this returns (its error raised here)."""
+        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
+            proc, _ = cast(Any, factory)._start(args, False, False, False, idle_timeout, None, pid)
             return cast(_Proc, proc)
         check_timeout(idle_timeout, "idle_timeout")
         body = self._start_body(pid, factory, args)

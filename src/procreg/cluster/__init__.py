@@ -210,8 +210,9 @@ class Cluster:
                 continue
             data = message["data"]
             text = data.decode() if isinstance(data, bytes) else str(data)
-            ctable, _, field = text.partition("\n")
-            self.backend.invalidated(ctable, field)
+            parts = text.split("\n")  # table, key, table, key, ... (canonical: no newlines)
+            for i in range(0, len(parts) - 1, 2):
+                self.backend.invalidated(parts[i], parts[i + 1])
 
     # -- failures -----------------------------------------------------------------------------
     async def fence(self) -> None:

@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,9 @@ SEP = "\x1f"
 CLAIM_BATCH = 512  # keys per claim script call
 
 
+_Answer = Callable[[Any, BaseException | None], None]  # (result, error) of one claim
+
+
 class _Refused(Exception):
     """The store refused a whole claim call: "epoch", "fenced" or "grace"."""
 
@@ -75,6 +78,138 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _Spawn:
+    """One `get_or_spawn` attempt without a task of its own (the common case: local
+    placement, no async init): claim the key for a fresh pid; the claim's answer, in
+    a callback, starts the process or names the holder, and settles `flight`. The
+    rare outcomes (a grace period, a stale entry of our own) go on in a task, on the
+    general path (`RedisBackend._spawn`)."""
+
+    __slots__ = (
+        "args",
+        "backend",
+        "ckey",
+        "factory",
+        "fences",
+        "flight",
+        "gen",
+        "idle_timeout",
+        "key",
+        "meta",
+        "pid",
+        "table",
+    )
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        key: Hashable,
+        ckey: str,
+        table: str,
+        factory: Any,
+        args: tuple[Any, ...],
+        meta: dict[str, Any] | None,
+        idle_timeout: float | None,
+        flight: asyncio.Future[tuple[Pid, bool]],
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.ckey = ckey
+        self.table = table
+        self.factory = factory
+        self.args = args
+        self.meta = meta
+        self.idle_timeout = idle_timeout
+        self.flight = flight
+
+    def claim(self) -> None:
+        """Queue the claim (raises at once if this node is being fenced)."""
+        b = self.backend
+        self.pid = pid = b.node._new_pid()
+        fenced = b._fenced_error(self.key, pid)
+        if fenced is not None:
+            raise fenced
+        self.gen = b._gen
+        self.fences = b.cluster.fenced  # a fence while the claim is in flight voids it
+        _, ctable = b._tkey(self.table)
+        meta = self.meta
+        value = pid_str(pid) + "\t" + (json.dumps(meta) if meta else "")
+        b._queue_claim("new", (ctable, self.ckey, value), self.answer)
+
+    def answer(self, result: Any, error: BaseException | None) -> None:
+        b = self.backend
+        key = self.key
+        if error is not None:
+            if isinstance(error, _Refused):
+                if error.status == "grace":
+                    self._general()
+                    return
+                error = ClusterUnavailable(f"cannot claim {key!r}: {error.status}")
+            self._settle(None, error)
+            return
+        if result:  # held by another live process
+            holder = pid_from_str(_text(result))
+            if holder[0] == b.node.name:
+                proc = b.node._procs.get(holder)
+                if proc is None or proc._st >= EXITING:
+                    self._general()  # one of ours that ended: its release may be queued
+                    return
+            elif self.gen == b._gen:
+                b._cache[(self.table, key)] = holder
+            self._settle((holder, False), None)
+            return
+        pid = self.pid
+        if b.cluster.fenced != self.fences:
+            # won while our lease still held, but we were fenced since: the others may
+            # have started the key again; give it back
+            b._queue_release(self.table, key, pid, False)
+            self._settle(None, ClusterUnavailable(f"cannot claim {key!r}: this node was fenced"))
+            return
+        try:
+            proc = b.node.start_now(pid, self.factory, self.args, self.idle_timeout)
+        except BaseException as exc:
+            b._queue_release(self.table, key, pid, False)
+            self._settle(None, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if proc._st >= EXITING:
+            b._queue_release(self.table, key, pid, False)
+            self._settle(None, NoProcess(f"{pid!r} ended right after it started"))
+            return
+        b._add(self.table, key, proc, self.meta)
+        self._settle((pid, True), None)
+
+    def _settle(self, outcome: tuple[Pid, bool] | None, error: BaseException | None) -> None:
+        flight = self.flight
+        self.backend._claim_done((self.table, self.key), flight)
+        if flight.done():
+            return
+        if error is None:
+            assert outcome is not None
+            flight.set_result(outcome)
+        elif isinstance(error, asyncio.CancelledError):
+            flight.cancel()
+        else:
+            flight.set_exception(error)
+
+    def _general(self) -> None:
+        b = self.backend
+        task = b.node._loop.create_task(
+            b._spawn(
+                self.key, self.factory, self.args, self.table, "local", self.meta, self.idle_timeout
+            )
+        )
+        task.add_done_callback(self._general_done)
+
+    def _general_done(self, task: asyncio.Task[tuple[Pid, bool]]) -> None:
+        if task.cancelled():
+            self._settle(None, asyncio.CancelledError())
+            return
+        error = task.exception()
+        self._settle(None if error is not None else task.result(), error)
+
+
 class RedisBackend(LocalBackend):
     """`RegistryBackend` over the cluster store."""
 
@@ -86,10 +221,10 @@ class RedisBackend(LocalBackend):
         self._gen = 0  # bumped on every invalidation
         self._releases: list[tuple[str, Hashable, Pid, bool]] = []  # (table, key, pid, group?)
         self._release_pending = False
-        self._claims: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
+        self._claims: dict[tuple[str, Hashable], asyncio.Future[tuple[Pid, bool]]] = {}
         self.conflicts = 0
         self._tkeys: dict[str, tuple[str, str]] = {}
-        self._pending_claims: list[tuple[str, tuple[str, str, str], asyncio.Future[Any]]] = []
+        self._pending_claims: list[tuple[str, tuple[str, str, str], _Answer]] = []
         self._claims_scheduled = False
         self._claims_in_flight = 0
 
@@ -157,9 +292,9 @@ class RedisBackend(LocalBackend):
         self, key: Hashable, table: str, pid: Pid, meta: dict[str, Any] | None, mode: str = "new"
     ) -> Pid | None:
         """Claim `key` for `pid`; None if it won, else the live holder's pid."""
-        if self.cluster.fencing or pid[1] != self.cluster.creation:
-            # a pid of an incarnation the cluster has declared dead must never be claimed
-            raise ClusterUnavailable(f"cannot claim {key!r} for {pid!r}: this node was fenced")
+        fenced = self._fenced_error(key, pid)
+        if fenced is not None:
+            raise fenced
         fences = self.cluster.fenced  # a fence while the claim is in flight voids it
         _, ctable = self._tkey(table)
         triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
@@ -194,27 +329,40 @@ class RedisBackend(LocalBackend):
             return holder
 
     async def _claims_batched(self, mode: str, triple: tuple[str, str, str]) -> Any:
-        """Claim one key; claims made while others are in flight go together, one
-        script call per loop turn (up to `CLAIM_BATCH` keys each)."""
+        """Claim one key (see `_queue_claim`) and wait for the answer."""
+        fut: asyncio.Future[Any] = self.node._loop.create_future()
+
+        def answer(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self._queue_claim(mode, triple, answer)
+        return await fut
+
+    def _queue_claim(self, mode: str, triple: tuple[str, str, str], answer: _Answer) -> None:
+        """Claim one key; `answer(result, error)` is called with the script's answer
+        for it. With no claim in flight it goes at once; claims made while others are
+        in flight go together, one script call per loop turn (up to `CLAIM_BATCH`
+        keys each)."""
         if not self._pending_claims and not self._claims_in_flight:
             self._claims_in_flight += 1
-            try:
-                return (await self._claim_script(mode, [triple]))[0]
-            finally:
-                self._claims_in_flight -= 1
-        fut: asyncio.Future[Any] = self.node._loop.create_future()
-        self._pending_claims.append((mode, triple, fut))
+            self.node._loop.create_task(self._run_claims(mode, [(triple, answer)]))
+            return
+        self._pending_claims.append((mode, triple, answer))
         if not self._claims_scheduled:
             self._claims_scheduled = True
             self.node._loop.call_soon(self._send_claims)
-        return await fut
 
     def _send_claims(self) -> None:
         self._claims_scheduled = False
         pending, self._pending_claims = self._pending_claims, []
-        by_mode: dict[str, list[tuple[tuple[str, str, str], asyncio.Future[Any]]]] = {}
-        for mode, triple, fut in pending:
-            by_mode.setdefault(mode, []).append((triple, fut))
+        by_mode: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
+        for mode, triple, answer in pending:
+            by_mode.setdefault(mode, []).append((triple, answer))
         for mode, items in by_mode.items():
             for start in range(0, len(items), CLAIM_BATCH):
                 chunk = items[start : start + CLAIM_BATCH]
@@ -222,20 +370,23 @@ class RedisBackend(LocalBackend):
                 self.node._loop.create_task(self._run_claims(mode, chunk))
 
     async def _run_claims(
-        self, mode: str, chunk: list[tuple[tuple[str, str, str], asyncio.Future[Any]]]
+        self, mode: str, chunk: list[tuple[tuple[str, str, str], _Answer]]
     ) -> None:
+        results: list[Any] | None = None
+        error: BaseException | None = None
         try:
             results = await self._claim_script(mode, [triple for triple, _ in chunk])
         except BaseException as exc:  # every caller in the chunk gets the failure
-            for _, fut in chunk:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+            error = exc
         finally:
             self._claims_in_flight -= 1
-        for (_, fut), result in zip(chunk, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
+        for i, (_, answer) in enumerate(chunk):
+            try:
+                answer(None if results is None else results[i], error)
+            except Exception:
+                log.exception("handling a claim's answer failed")
+        if error is not None and not isinstance(error, Exception):
+            raise error  # cancelled: the callers were told
 
     async def _claim_script(self, mode: str, triples: list[tuple[str, str, str]]) -> list[Any]:
         store = self.store
@@ -320,23 +471,33 @@ class RedisBackend(LocalBackend):
         meta: dict[str, Any] | None = None,
         idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
-        canon(key)
+        ckey = canon(key)
         pid = self.peek(key, table)
         if isinstance(pid, Pid):
             return pid, False
         flight = self._claims.get((table, key))
-        if flight is None:
-            flight = self.node._loop.create_task(
-                self._spawn(key, factory, args, table, placement, meta, idle_timeout)
-            )
+        if flight is not None:
+            found, _ = await asyncio.shield(flight)
+            return found, False
+        node = self.node
+        if placement == "local" and node.starts_now(factory) and not self.cluster.fencing:
+            # the common case, without a task: the claim's answer starts the process
+            # (or fails) in a callback, so a cancelled caller orphans nothing
+            flight = node._loop.create_future()
+            _Spawn(self, key, ckey, table, factory, args, meta, idle_timeout, flight).claim()
             self._claims[(table, key)] = flight
-            flight.add_done_callback(partial(self._claim_done, (table, key)))
             return await asyncio.shield(flight)
-        found, _ = await asyncio.shield(flight)
-        return found, False
+        flight = node._loop.create_task(
+            self._spawn(key, factory, args, table, placement, meta, idle_timeout)
+        )
+        self._claims[(table, key)] = flight
+        flight.add_done_callback(partial(self._claim_done, (table, key)))
+        return await asyncio.shield(flight)
 
-    def _claim_done(self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]) -> None:
-        if self._claims.get(key) is task:
+    def _claim_done(
+        self, key: tuple[str, Hashable], flight: asyncio.Future[tuple[Pid, bool]]
+    ) -> None:
+        if self._claims.get(key) is flight:
             del self._claims[key]
 
     async def _spawn(
@@ -381,6 +542,13 @@ class RedisBackend(LocalBackend):
             raise NoProcess(f"{pid!r} ended right after it started")
         self._add(table, key, proc, meta)
         return pid, True
+
+    def _fenced_error(self, key: Hashable, pid: Pid) -> ClusterUnavailable | None:
+        """Why `pid` must not claim `key` now, if it must not: a pid of an incarnation
+        the cluster has declared dead must never be claimed."""
+        if self.cluster.fencing or pid[1] != self.cluster.creation:
+            return ClusterUnavailable(f"cannot claim {key!r} for {pid!r}: this node was fenced")
+        return None
 
     # -- releases ------------------------------------------------------------------------
     def _queue_release(self, table: str, key: Hashable, pid: Pid, group: bool) -> None:

@@ -27,7 +27,7 @@ import secrets
 import struct
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ..pid import Pid
 
@@ -163,6 +163,8 @@ def decode_frame(key: bytes, frame: bytes, me: str) -> tuple[str, int, int, list
 
 # -- canonical keys -------------------------------------------------------------------
 
+_json_str: Final = json.encoder.encode_basestring
+
 
 def canon(key: Hashable) -> str:
     """A string naming `key` across the cluster; `TypeError` for non-canonical keys.
@@ -173,8 +175,8 @@ def canon(key: Hashable) -> str:
     ('room', 42, None)
     """
     t = type(key)
-    if isinstance(key, str) and t is str:
-        return json.dumps(key, ensure_ascii=False)
+    if t is str:
+        return _json_str(cast(str, key))  # what json.dumps(key, ensure_ascii=False) gives
     if isinstance(key, bool):
         return "T" if key else "F"
     if isinstance(key, int) and t is int:

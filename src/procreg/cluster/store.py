@@ -19,7 +19,7 @@ Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
 | ``g:<group>`` | set | member pids (``node\\tcreation\\tserial``) |
 | ``owned:<node>:<creation>`` | set | what that incarnation registered, for cleanup |
 | ``ch:<node>`` | pub/sub channel | frames for that node |
-| ``inval`` | pub/sub channel | ``<table>\\n<key>`` of every registry change |
+| ``inval`` | pub/sub channel | ``<table>\\n<key>`` pairs (newline-separated) of registry changes |
 """
 
 from __future__ import annotations
@@ -43,12 +43,15 @@ T = TypeVar("T")
 #       period, "resync" does not), 5 invalidation channel, 6 table-key prefix, then
 #       (table, key, value) triples, canonical. Returns a status string for the whole
 #       call ("epoch", "fenced", "grace"), or one result per triple: "" if claimed,
-#       else the live holder's value.
+#       else the live holder's value. Only the claims that replaced an entry (its
+#       owner's lease had lapsed) are invalidated: no node can have cached a key that
+#       had no entry. One PUBLISH carries them all.
 CLAIM: Final = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'epoch' end
 if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 'fenced' end
 if ARGV[4] == 'new' and redis.call('EXISTS', KEYS[4]) == 1 then return 'grace' end
 local out = {}
+local inval = {}
 for i = 7, #ARGV, 3 do
   local ctable, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tkey = ARGV[6] .. ctable
@@ -66,10 +69,11 @@ for i = 7, #ARGV, 3 do
   else
     redis.call('HSET', tkey, field, value)
     redis.call('SADD', KEYS[1], 't\\31' .. ctable .. '\\31' .. field)
-    redis.call('PUBLISH', ARGV[5], ctable .. '\\n' .. field)
+    if cur then inval[#inval + 1] = ctable .. '\\n' .. field end
     out[#out + 1] = ''
   end
 end
+if #inval > 0 then redis.call('PUBLISH', ARGV[5], table.concat(inval, '\\n')) end
 return out
 """
 
@@ -109,21 +113,28 @@ return out
 """
 
 # KEYS: 1 owned set of a dead incarnation. ARGV: 1 its pid prefix ("node\\tcreation\\t"),
-#       2 invalidation channel, 3 key prefix. Drops what it still holds.
+#       2 invalidation channel, 3 key prefix. Drops what it still holds, publishing
+#       the invalidations 500 to a message.
 PURGE: Final = """
 local members = redis.call('SMEMBERS', KEYS[1])
+local inval = {}
 for _, m in ipairs(members) do
   local kind, key, field = string.match(m, '^(.)\\31([^\\31]*)\\31(.*)$')
   if kind == 't' then
     local cur = redis.call('HGET', ARGV[3] .. 't:' .. key, field)
     if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
       redis.call('HDEL', ARGV[3] .. 't:' .. key, field)
-      redis.call('PUBLISH', ARGV[2], key .. '\\n' .. field)
+      inval[#inval + 1] = key .. '\\n' .. field
+      if #inval == 500 then
+        redis.call('PUBLISH', ARGV[2], table.concat(inval, '\\n'))
+        inval = {}
+      end
     end
   elseif kind == 'g' then
     redis.call('SREM', ARGV[3] .. 'g:' .. key, field)
   end
 end
+if #inval > 0 then redis.call('PUBLISH', ARGV[2], table.concat(inval, '\\n')) end
 redis.call('DEL', KEYS[1])
 return #members
 """
