@@ -40,7 +40,7 @@ from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .membership import Membership
 from .remote import Remote
-from .store import Store, stop_tasks
+from .store import Store
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -81,15 +81,15 @@ class Cluster:
         self.store = Store(url, timeout=min(1.0, lease / 3))
         self.membership = Membership(self, node.name, lease)
         self.transport = Transport(self.store, self.key, node.name, self._deliver)
+        self.transport.on_inval = self._invalidated
         self.remote = Remote(node, self.transport)
         self.backend = RedisBackend(node, self)
+        self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []
         self.down_events: list[Callable[[str], Any]] = []
         self.fenced = 0
         self.recoveries = 0
-        self._inval: Any = None
-        self._inval_task: asyncio.Task[None] | None = None
         self._closing = False
         self._recovery: asyncio.Task[None] | None = None
         self.fencing = False
@@ -108,10 +108,6 @@ class Cluster:
         self.transport.creation = creation
         self._set_live(self.membership.live)
         await self.transport.start()
-        client = self.store.client()
-        self._inval = client.pubsub(ignore_subscribe_messages=True)
-        await self._inval.subscribe(self.store.key("inval"))
-        self._inval_task = asyncio.get_running_loop().create_task(self._listen_inval())
         self.membership.start()
         return creation
 
@@ -124,12 +120,6 @@ class Cluster:
         await self.membership.stop()
         await self.transport.close()
         self._closing = True
-        await stop_tasks(self._inval_task)
-        if self._inval is not None:
-            try:
-                await self._inval.aclose()
-            except Exception:
-                pass
         await self.store.close()
 
     # -- the live nodes -----------------------------------------------------------------
@@ -191,28 +181,16 @@ class Cluster:
     def _deliver(self, sender: str, creation: int, item: Any) -> None:
         self.remote.deliver(sender, creation, item)
 
-    async def _listen_inval(self) -> None:
-        pubsub = self._inval
-        while not self._closing:
-            try:
-                message = await pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.backend.clear_cache()
-                await asyncio.sleep(0.2)
-                try:
-                    await pubsub.subscribe(self.store.key("inval"))
-                except Exception:
-                    pass
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            data = message["data"]
-            text = data.decode() if isinstance(data, bytes) else str(data)
-            parts = text.split("\n")  # table, key, table, key, ... (canonical: no newlines)
-            for i in range(0, len(parts) - 1, 2):
-                self.backend.invalidated(parts[i], parts[i + 1])
+    def _invalidated(self, data: bytes) -> None:
+        """An ``inval`` message: ``table\\nkey`` pairs, newline-separated (canonical
+        names hold no newlines)."""
+        try:
+            parts = data.decode().split("\n")
+        except UnicodeDecodeError:
+            self.backend.clear_cache()
+            return
+        for i in range(0, len(parts) - 1, 2):
+            self.backend.invalidated(parts[i], parts[i + 1])
 
     # -- failures -----------------------------------------------------------------------------
     async def fence(self) -> None:

@@ -247,19 +247,28 @@ class Store:
         self.pipelines = 0  # batches sent
         self.batched = 0  # script calls sent in them
 
-    def client(self) -> Any:
-        """A new client on the same server (pub/sub needs connections of its own)."""
-        options: dict[str, Any] = {}
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "decode_responses": False,
+        }
         packer = _fast_connection(self._aioredis, self.url)
         if packer is not None:
             options["connection_class"] = packer
-        return self._aioredis.from_url(
-            self.url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            decode_responses=False,
-            **options,
-        )
+        return options
+
+    def client(self) -> Any:
+        """A new client on the same server (pub/sub needs connections of its own)."""
+        return self._aioredis.from_url(self.url, **self._options())
+
+    async def raw_connection(self) -> Any:
+        """A redis-py connection of its own, connected and past the handshake (for
+        `wire.Wire`, which takes its socket over)."""
+        pool: Any = self._aioredis.ConnectionPool.from_url(self.url, **self._options())
+        conn = pool.make_connection()
+        await conn.connect()
+        return conn
 
     async def connect(self, attempts: int = 5, delay: float = 0.2) -> None:
         """Connect and ping, retrying a bounded number of times."""

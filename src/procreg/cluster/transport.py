@@ -1,16 +1,30 @@
 """Frames between nodes over Redis pub/sub: one channel per node.
 
+The transport holds two raw connections of its own (`wire.Wire`): one publishes
+frames, one is subscribed to this node's channel and to the registry's ``inval``
+channel.
+
 Sending: items for a node are queued (already pickled, so errors surface at the call
 site); at the end of the loop turn (`call_soon`) each destination's items become one
-signed frame; one writer task publishes the frames in order through a pipeline. One
-writer and Redis's per-connection ordering keep the messages of each pair of nodes
-in the order they were sent.
+signed frame, and the turn's frames are written at once as PUBLISH commands on the
+publishing connection. One connection written in order, and Redis's per-connection
+ordering, keep the messages of each pair of nodes in the order they were sent. The
+replies (receiver counts) are only counted; an error reply is counted as dropped.
 
-Receiving: a reader task listens on the node's channel; each frame is checked
-(`codec.decode_frame`: signature, shape, destination) and then against the sender's
-last sequence number and current creation, and only then are its items unpickled and
-handed, in order, to the `Remote` dispatcher. Rejected frames are dropped and counted
-by reason in `dropped`, and logged at most once per second.
+Receiving: messages on the subscribed connection are handled in the socket's I/O
+callback, with no task in between: each frame is checked (`codec.decode_frame`:
+signature, shape, destination) and then against the sender's last sequence number
+and current creation, and only then are its items unpickled and handed, in order,
+to the `Remote` dispatcher. Rejected frames are dropped and counted by reason in
+`dropped`, and logged at most once per second. Invalidations go to `on_inval`.
+
+A lost connection marks the store down (cluster operations fail fast, the store
+reconnects and the node re-syncs); a keeper task opens it again with backoff and,
+for the subscribed one, subscribes again and calls `on_resubscribe` (invalidations
+may have been missed meanwhile). Frames made while the store is down are dropped
+(``store_down``); while the publishing connection is being re-opened they wait, up
+to `MAX_WAITING` frames; beyond `MAX_BACKLOG` bytes not yet taken by the socket
+they are dropped (``backlog``).
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import BadFrame, decode_frame, encode_frame
 from .store import stop_tasks
+from .wire import Wire
 
 if TYPE_CHECKING:
     from .store import Store
@@ -32,6 +47,13 @@ if TYPE_CHECKING:
 __all__ = ["Transport"]
 
 log = logging.getLogger("procreg.cluster")
+
+MAX_WAITING = 10_000  # frames kept while the publishing connection re-opens
+MAX_BACKLOG = 64 << 20  # bytes written but not yet sent before frames are dropped
+
+
+def _ignore(*_: Any) -> None:
+    return None
 
 
 class Transport:
@@ -49,10 +71,11 @@ class Transport:
         self.name = name
         self.creation = 0
         self._deliver = deliver  # (sender, creation, item) for each item, in order
+        self.on_inval: Callable[[bytes], None] = _ignore  # an ``inval`` message
+        self.on_resubscribe: Callable[[], None] = _ignore  # after re-subscribing
         self._out: dict[str, list[bytes]] = {}
         self._flush_pending = False
-        self._frames: list[tuple[str, bytes]] = []
-        self._wake = asyncio.Event()
+        self._waiting: list[tuple[str, str, bytes]] = []
         self._seq = 0
         self._last_seq: dict[tuple[str, int], int] = {}
         self.peer_creation: dict[str, int] = {}  # filled by membership
@@ -60,41 +83,83 @@ class Transport:
         self.sent_frames = 0
         self.received_frames = 0
         self._last_log = 0.0
-        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._pubsub: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pub: Wire | None = None
+        self._sub: Wire | None = None
+        self._channels: dict[str, str] = {}
+        self._mine = self.channel(name).encode()
+        self._inval = store.key("inval").encode()
+        self._lost = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
 
     def channel(self, node: str) -> str:
-        return self.store.key("ch", node)
+        found = self._channels.get(node)
+        if found is None:
+            found = self._channels[node] = self.store.key("ch", node)
+        return found
 
     async def start(self) -> None:
-        """Subscribe to our channel and start the reader and writer."""
+        """Open the connections, subscribe, and start the keeper."""
         self._loop = asyncio.get_running_loop()
-        client = self.store.client()
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self.channel(self.name))
-        self._tasks = [
-            self._loop.create_task(self._reader()),
-            self._loop.create_task(self._writer()),
-        ]
+        await self._open()
+        self._keeper = self._loop.create_task(self._keep())
+
+    async def _open(self) -> bool:
+        """Open whichever connection is missing; True if the subscribed one was."""
+        if self._pub is None:
+            self._pub = await Wire.open(self.store, self._published, self._wire_lost)
+        if self._sub is not None:
+            return False
+        sub = await Wire.open(self.store, self._pushed, self._wire_lost)
+        sub.send(("SUBSCRIBE", self._mine, self._inval))
+        self._sub = sub
+        return True
+
+    async def _keep(self) -> None:
+        """Re-open lost connections, with backoff."""
+        while not self._closing:
+            await self._lost.wait()
+            self._lost.clear()
+            delay = 0.05
+            while not self._closing and (self._pub is None or self._sub is None):
+                try:
+                    resubscribed = await self._open()
+                except Exception as exc:
+                    log.debug("re-opening the transport failed: %r", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if resubscribed:
+                    self.on_resubscribe()
+                self._send_waiting()
+
+    def _wire_lost(self, wire: Wire, exc: BaseException) -> None:
+        if wire is self._pub:
+            self._pub = None
+        elif wire is self._sub:
+            self._sub = None
+        else:
+            return
+        if self._closing:
+            return
+        self.store.mark_down(exc)
+        self._lost.set()
 
     async def close(self) -> None:
-        """Flush what is queued (best effort), stop the tasks, close the connection."""
+        """Flush what is queued (best effort), stop the keeper, close the connections."""
         self._flush()
-        if self._frames and self.store.up:
-            try:
-                await self._publish(self._frames)
-            except Exception:
-                pass
-            self._frames = []
         self._closing = True
-        await stop_tasks(*self._tasks)
-        if self._pubsub is not None:
-            try:
-                await self._pubsub.aclose()
-            except Exception:
-                pass
+        pub = self._pub
+        if pub is not None and self.store.up:
+            deadline = time.monotonic() + 1.0
+            while pub.outstanding > 0 and not pub.closed and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+        await stop_tasks(self._keeper)
+        for wire in (self._pub, self._sub):
+            if wire is not None:
+                wire.close()
+        self._pub = self._sub = None
 
     # -- sending ------------------------------------------------------------------
     def enqueue(self, node: str, item: bytes) -> None:
@@ -113,54 +178,59 @@ class Transport:
         if not self._out:
             return
         out, self._out = self._out, {}
+        if not self.store.up:
+            self.dropped["store_down"] += len(out)
+            return
+        commands = []
         for node, items in out.items():
             self._seq += 1
             frame = encode_frame(self.key, self.name, self.creation, self._seq, node, items)
-            self._frames.append((self.channel(node), frame))
-        self._wake.set()
+            commands.append(("PUBLISH", self.channel(node), frame))
+        self._send(commands)
 
-    async def _writer(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            frames, self._frames = self._frames, []
-            if not frames:
-                continue
-            if not self.store.up:
-                self.dropped["store_down"] += len(frames)
-                continue
-            try:
-                await self._publish(frames)
-            except Exception as exc:
-                self.dropped["store_down"] += len(frames)
-                self.store.mark_down(exc)
+    def _send(self, commands: list[tuple[str, str, bytes]]) -> None:
+        pub = self._pub
+        if pub is None or self._waiting:  # re-opening: keep them, in order
+            room = MAX_WAITING - len(self._waiting)
+            if room < len(commands):
+                self.dropped["backlog"] += len(commands) - max(room, 0)
+                commands = commands[: max(room, 0)]
+            self._waiting.extend(commands)
+            return
+        if pub.backlog() > MAX_BACKLOG:
+            self.dropped["backlog"] += len(commands)
+            return
+        try:
+            pub.send(*commands)
+        except ConnectionError:
+            self.dropped["store_down"] += len(commands)
+            return
+        self.sent_frames += len(commands)
 
-    async def _publish(self, frames: list[tuple[str, bytes]]) -> None:
-        pipe = self.store.redis.pipeline(transaction=False)
-        for channel, frame in frames:
-            pipe.publish(channel, frame)
-        await pipe.execute()
-        self.sent_frames += len(frames)
+    def _send_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        if not self.store.up:
+            self.dropped["store_down"] += len(waiting)
+            return
+        self._send(waiting)
+
+    def _published(self, reply: Any) -> None:
+        if isinstance(reply, Exception):  # an error reply (hiredis.ReplyError)
+            self._reject("publish_error", repr(reply))
 
     # -- receiving ------------------------------------------------------------------
-    async def _reader(self) -> None:
-        pubsub = self._pubsub
-        while not self._closing:
-            try:
-                message = await pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.store.mark_down(exc)
-                await asyncio.sleep(0.2)
-                try:
-                    await pubsub.subscribe(self.channel(self.name))
-                except Exception:
-                    pass
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            self.receive(message["data"])
+    def _pushed(self, reply: Any) -> None:
+        """A message on the subscribed connection (in the socket's I/O callback)."""
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            channel = reply[1]
+            if channel == self._mine:
+                self.receive(reply[2])
+            elif channel == self._inval:
+                self.on_inval(reply[2])
+        elif isinstance(reply, Exception):
+            self._reject("subscribe_error", repr(reply))
 
     def receive(self, frame: Any) -> bool:
         """Check one frame and deliver its items; False (and counted) if rejected."""
@@ -189,14 +259,15 @@ class Transport:
                 log.exception("delivering %r from %s failed", item[:1], sender)
         return True
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, detail: str = "") -> None:
         self.dropped[reason] += 1
         now = time.monotonic()
         if now - self._last_log >= 1.0:
             self._last_log = now
             log.warning(
-                "dropped a frame on %s (%s); dropped so far: %s",
+                "dropped a frame on %s (%s%s); dropped so far: %s",
                 self.name,
                 reason,
+                f": {detail}" if detail else "",
                 dict(self.dropped),
             )
