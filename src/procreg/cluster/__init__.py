@@ -52,6 +52,8 @@ log = logging.getLogger("procreg.cluster")
 
 ConflictHook = Callable[[str, Any, Pid, Pid], Any]
 
+PURGE_BATCH = 1000  # entries of a dead node dropped per script call
+
 
 def default_node_name() -> str:
     """``<host>-<pid>``: unique per OS process on one machine."""
@@ -168,12 +170,11 @@ class Cluster:
     async def purge(self, name: str, creation: int) -> None:
         """Drop from the store what a dead incarnation still holds (idempotent)."""
         store = self.store
+        keys = [store.key("owned", name, str(creation))]
+        args = [pid_str(Pid(name, creation, 0))[:-1], store.key("inval"), store.prefix, PURGE_BATCH]
         try:
-            await store.script(
-                "purge",
-                [store.key("owned", name, str(creation))],
-                [pid_str(Pid(name, creation, 0))[:-1], store.key("inval"), store.prefix],
-            )
+            while await store.script("purge", keys, args):  # what is left
+                pass
         except Exception as exc:
             log.debug("purge of %s.%d failed: %r", name, creation, exc)
 

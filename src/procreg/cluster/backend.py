@@ -51,6 +51,8 @@ SEP = "\x1f"
 
 
 CLAIM_BATCH = 512  # keys per claim script call
+CLAIM_CALLS = 4  # claim script calls in flight at most (more wait their turn)
+RELEASE_BATCH = 500  # releases per script call
 
 
 _Answer = Callable[[Any, BaseException | None], None]  # (result, error) of one claim
@@ -81,9 +83,9 @@ def _text(value: Any) -> str:
 class _Spawn:
     """One `get_or_spawn` attempt without a task of its own (the common case: local
     placement, no async init): claim the key for a fresh pid; the claim's answer, in
-    a callback, starts the process or names the holder, and settles `flight`. The
-    rare outcomes (a grace period, a stale entry of our own) go on in a task, on the
-    general path (`RedisBackend._spawn`)."""
+    a callback, starts the process or names the holder, and settles each caller's
+    future (`waiters`). The rare outcomes (a grace period, a stale entry of our own)
+    go on in a task, on the general path (`RedisBackend._spawn`)."""
 
     __slots__ = (
         "args",
@@ -91,13 +93,13 @@ class _Spawn:
         "ckey",
         "factory",
         "fences",
-        "flight",
         "gen",
         "idle_timeout",
         "key",
         "meta",
         "pid",
         "table",
+        "waiters",
     )
 
     def __init__(
@@ -110,7 +112,6 @@ class _Spawn:
         args: tuple[Any, ...],
         meta: dict[str, Any] | None,
         idle_timeout: float | None,
-        flight: asyncio.Future[tuple[Pid, bool]],
     ) -> None:
         self.backend = backend
         self.key = key
@@ -120,7 +121,14 @@ class _Spawn:
         self.args = args
         self.meta = meta
         self.idle_timeout = idle_timeout
-        self.flight = flight
+        # one future per caller: a cancelled caller cancels only its own
+        self.waiters: list[asyncio.Future[tuple[Pid, bool]]] = []
+
+    def wait(self) -> asyncio.Future[tuple[Pid, bool]]:
+        """A future for one more caller."""
+        fut: asyncio.Future[tuple[Pid, bool]] = self.backend.node._loop.create_future()
+        self.waiters.append(fut)
+        return fut
 
     def claim(self) -> None:
         """Queue the claim (raises at once if this node is being fenced)."""
@@ -181,17 +189,20 @@ class _Spawn:
         self._settle((pid, True), None)
 
     def _settle(self, outcome: tuple[Pid, bool] | None, error: BaseException | None) -> None:
-        flight = self.flight
-        self.backend._claim_done((self.table, self.key), flight)
-        if flight.done():
-            return
-        if error is None:
-            assert outcome is not None
-            flight.set_result(outcome)
-        elif isinstance(error, asyncio.CancelledError):
-            flight.cancel()
-        else:
-            flight.set_exception(error)
+        claims = self.backend._claims
+        key = (self.table, self.key)
+        if claims.get(key) is self:
+            del claims[key]
+        for fut in self.waiters:
+            if fut.done():  # that caller was cancelled
+                continue
+            if error is None:
+                assert outcome is not None
+                fut.set_result(outcome)
+            elif isinstance(error, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(error)
 
     def _general(self) -> None:
         b = self.backend
@@ -221,10 +232,13 @@ class RedisBackend(LocalBackend):
         self._gen = 0  # bumped on every invalidation
         self._releases: list[tuple[str, Hashable, Pid, bool]] = []  # (table, key, pid, group?)
         self._release_pending = False
-        self._claims: dict[tuple[str, Hashable], asyncio.Future[tuple[Pid, bool]]] = {}
+        self._release_lock = asyncio.Lock()
+        # get_or_spawn attempts under way: joined by later callers of the same key
+        self._claims: dict[tuple[str, Hashable], _Spawn | asyncio.Task[tuple[Pid, bool]]] = {}
         self.conflicts = 0
         self._tkeys: dict[str, tuple[str, str]] = {}
-        self._pending_claims: list[tuple[str, tuple[str, str, str], _Answer]] = []
+        # claims waiting for a script call, by mode ("new", "resync")
+        self._pending_claims: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
         self._claims_scheduled = False
         self._claims_in_flight = 0
 
@@ -347,27 +361,37 @@ class RedisBackend(LocalBackend):
         """Claim one key; `answer(result, error)` is called with the script's answer
         for it. With no claim in flight it goes at once; claims made while others are
         in flight go together, one script call per loop turn (up to `CLAIM_BATCH`
-        keys each)."""
-        if not self._pending_claims and not self._claims_in_flight:
+        keys each), at most `CLAIM_CALLS` calls at a time: a burst (say, re-registering
+        a million keys) neither exhausts the connection pool nor holds the server up
+        for others, and every call answers well within the socket timeout."""
+        pending = self._pending_claims
+        if not pending and not self._claims_in_flight:
             self._claims_in_flight += 1
             self.node._loop.create_task(self._run_claims(mode, [(triple, answer)]))
             return
-        self._pending_claims.append((mode, triple, answer))
-        if not self._claims_scheduled:
+        queue = pending.get(mode)
+        if queue is None:
+            queue = pending[mode] = []
+        queue.append((triple, answer))
+        self._schedule_claims()
+
+    def _schedule_claims(self) -> None:
+        if not self._claims_scheduled and self._claims_in_flight < CLAIM_CALLS:
             self._claims_scheduled = True
             self.node._loop.call_soon(self._send_claims)
 
     def _send_claims(self) -> None:
         self._claims_scheduled = False
-        pending, self._pending_claims = self._pending_claims, []
-        by_mode: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
-        for mode, triple, answer in pending:
-            by_mode.setdefault(mode, []).append((triple, answer))
-        for mode, items in by_mode.items():
-            for start in range(0, len(items), CLAIM_BATCH):
-                chunk = items[start : start + CLAIM_BATCH]
+        pending = self._pending_claims
+        for mode in list(pending):
+            queue = pending[mode]
+            while queue and self._claims_in_flight < CLAIM_CALLS:
+                chunk = queue[:CLAIM_BATCH]
+                del queue[:CLAIM_BATCH]
                 self._claims_in_flight += 1
                 self.node._loop.create_task(self._run_claims(mode, chunk))
+            if not queue:
+                del pending[mode]
 
     async def _run_claims(
         self, mode: str, chunk: list[tuple[tuple[str, str, str], _Answer]]
@@ -380,6 +404,8 @@ class RedisBackend(LocalBackend):
             error = exc
         finally:
             self._claims_in_flight -= 1
+            if self._pending_claims:
+                self._schedule_claims()
         for i, (_, answer) in enumerate(chunk):
             try:
                 answer(None if results is None else results[i], error)
@@ -477,27 +503,28 @@ class RedisBackend(LocalBackend):
             return pid, False
         flight = self._claims.get((table, key))
         if flight is not None:
-            found, _ = await asyncio.shield(flight)
+            if isinstance(flight, _Spawn):
+                found, _ = await flight.wait()
+            else:
+                found, _ = await asyncio.shield(flight)
             return found, False
         node = self.node
         if placement == "local" and node.starts_now(factory) and not self.cluster.fencing:
             # the common case, without a task: the claim's answer starts the process
             # (or fails) in a callback, so a cancelled caller orphans nothing
-            flight = node._loop.create_future()
-            _Spawn(self, key, ckey, table, factory, args, meta, idle_timeout, flight).claim()
-            self._claims[(table, key)] = flight
-            return await asyncio.shield(flight)
-        flight = node._loop.create_task(
+            attempt = _Spawn(self, key, ckey, table, factory, args, meta, idle_timeout)
+            attempt.claim()
+            self._claims[(table, key)] = attempt
+            return await attempt.wait()
+        task = node._loop.create_task(
             self._spawn(key, factory, args, table, placement, meta, idle_timeout)
         )
-        self._claims[(table, key)] = flight
-        flight.add_done_callback(partial(self._claim_done, (table, key)))
-        return await asyncio.shield(flight)
+        self._claims[(table, key)] = task
+        task.add_done_callback(partial(self._claim_done, (table, key)))
+        return await asyncio.shield(task)
 
-    def _claim_done(
-        self, key: tuple[str, Hashable], flight: asyncio.Future[tuple[Pid, bool]]
-    ) -> None:
-        if self._claims.get(key) is flight:
+    def _claim_done(self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]) -> None:
+        if self._claims.get(key) is task:
             del self._claims[key]
 
     async def _spawn(
@@ -561,36 +588,28 @@ class RedisBackend(LocalBackend):
         self.node._loop.create_task(self._flush_releases())
 
     async def _flush_releases(self) -> None:
+        """Send the queued releases, `RELEASE_BATCH` to a script call. Returns once
+        every release queued before the call has reached the store (or the store is
+        down: they are reconciled from the owned set on reconnect)."""
         self._release_pending = False
-        batch, self._releases = self._releases, []
-        if not batch or not self.store.up:
-            return  # re-synced from the owned set on reconnect
-        store = self.store
-        owned = self._owned()
-        inval = store.key("inval")
-        script = store._scripts["release"]
-
-        async def run(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            for table, key, pid, group in batch:
-                if group:
-                    cgroup = canon(key)
-                    pipe.srem(store.key("g", cgroup), pid_str(pid))
-                    pipe.srem(owned, f"g{SEP}{cgroup}{SEP}{pid_str(pid)}")
-                    continue
-                tkey, ctable = self._tkey(table)
-                field = canon(key)
-                await script(
-                    keys=[tkey, owned],
-                    args=[field, pid_str(pid), f"t{SEP}{ctable}{SEP}{field}", inval, ctable],
-                    client=pipe,
-                )
-            await pipe.execute()
-
-        try:
-            await store.run(run)
-        except ClusterUnavailable:
-            pass
+        async with self._release_lock:  # an earlier flush may hold some of ours
+            batch, self._releases = self._releases, []
+            if not batch or not self.store.up:
+                return
+            store = self.store
+            owned = self._owned()
+            head = [store.key("inval"), store.prefix]
+            for start in range(0, len(batch), RELEASE_BATCH):
+                args = list(head)
+                for table, key, pid, group in batch[start : start + RELEASE_BATCH]:
+                    if group:
+                        args += ("g", canon(key), "", pid_str(pid))
+                    else:
+                        args += ("t", self._tkey(table)[1], canon(key), pid_str(pid))
+                try:
+                    await store.script("release", [owned], args)
+                except ClusterUnavailable:
+                    return
 
     def process_ended(self, proc: _Proc) -> None:
         reg = proc._reg

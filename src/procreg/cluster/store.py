@@ -86,17 +86,33 @@ if n and redis.call('GET', ARGV[2] .. n) == c then return cur end
 return false
 """
 
-# KEYS: 1 table hash, 2 owned set. ARGV: 1 field, 2 pid string, 3 owned member,
-#       4 invalidation channel, 5 table name. Removes the entry only if pid holds it.
+# Releases of many entries in one call (a loop turn's worth, up to 500).
+# KEYS: 1 my owned set. ARGV: 1 invalidation channel, 2 key prefix, then (kind, name,
+#       item, pid string) quadruples, canonical: kind "t" removes entry `item` of table
+#       `name` if `pid` still holds it; kind "g" removes member `pid` from group `name`
+#       (`item` unused). One PUBLISH carries the invalidations. Returns how many
+#       table entries were removed.
 RELEASE: Final = """
-redis.call('SREM', KEYS[2], ARGV[3])
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. '\\t' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\\n' .. ARGV[1])
-  return 1
+local inval = {}
+local removed = 0
+for i = 3, #ARGV, 4 do
+  local kind, name, item, pid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if kind == 't' then
+    redis.call('SREM', KEYS[1], 't\\31' .. name .. '\\31' .. item)
+    local tkey = ARGV[2] .. 't:' .. name
+    local cur = redis.call('HGET', tkey, item)
+    if cur and string.sub(cur, 1, #pid + 1) == pid .. '\\t' then
+      redis.call('HDEL', tkey, item)
+      inval[#inval + 1] = name .. '\\n' .. item
+      removed = removed + 1
+    end
+  else
+    redis.call('SREM', ARGV[2] .. 'g:' .. name, pid)
+    redis.call('SREM', KEYS[1], 'g\\31' .. name .. '\\31' .. pid)
+  end
 end
-return 0
+if #inval > 0 then redis.call('PUBLISH', ARGV[1], table.concat(inval, '\\n')) end
+return removed
 """
 
 # KEYS: 1 group set. ARGV: 1 lease prefix. Members whose node incarnation is live.
@@ -113,10 +129,12 @@ return out
 """
 
 # KEYS: 1 owned set of a dead incarnation. ARGV: 1 its pid prefix ("node\\tcreation\\t"),
-#       2 invalidation channel, 3 key prefix. Drops what it still holds, publishing
-#       the invalidations 500 to a message.
+#       2 invalidation channel, 3 key prefix, 4 how many to take. Drops up to that
+#       many of the entries it still holds (SPOP: concurrent purges never repeat one)
+#       and returns how many are left: the caller repeats until 0, so a node that held
+#       a million keys does not block the server for seconds.
 PURGE: Final = """
-local members = redis.call('SMEMBERS', KEYS[1])
+local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[4]))
 local inval = {}
 for _, m in ipairs(members) do
   local kind, key, field = string.match(m, '^(.)\\31([^\\31]*)\\31(.*)$')
@@ -125,18 +143,13 @@ for _, m in ipairs(members) do
     if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
       redis.call('HDEL', ARGV[3] .. 't:' .. key, field)
       inval[#inval + 1] = key .. '\\n' .. field
-      if #inval == 500 then
-        redis.call('PUBLISH', ARGV[2], table.concat(inval, '\\n'))
-        inval = {}
-      end
     end
   elseif kind == 'g' then
     redis.call('SREM', ARGV[3] .. 'g:' .. key, field)
   end
 end
 if #inval > 0 then redis.call('PUBLISH', ARGV[2], table.concat(inval, '\\n')) end
-redis.call('DEL', KEYS[1])
-return #members
+return redis.call('SCARD', KEYS[1])
 """
 
 # KEYS: 1 my lease, 2 epoch. ARGV: 1 my creation, 2 lease ms, 3 epoch token.
