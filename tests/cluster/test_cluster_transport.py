@@ -1,0 +1,64 @@
+"""The transport's own connections (`procreg.cluster.wire`): the server closing them
+must not cut a node off for good. The keeper re-opens them, the subscribed one
+subscribes again (frames and invalidations flow again), and the node is not fenced.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .harness import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _kill(client, pick) -> int:
+    """CLIENT KILL every connection for which ``pick(info)`` holds; how many."""
+    killed = 0
+    for info in client.client_list():
+        if pick(info):
+            killed += client.client_kill_filter(_id=info["id"])
+    return killed
+
+
+def _works_again(n_from, pid, what: str) -> None:
+    wait_for(
+        lambda: n_from.req("call", pid=pid, request=["echo", 7], timeout=1.0).get("result") == 7,
+        15,
+        interval=0.2,
+        what=what,
+    )
+
+
+def test_subscribed_connections_killed_by_the_server_come_back(cluster, redis):
+    n1, n2 = cluster(["n1", "n2"])
+    server = n1.ok("spawn", factory="Echo")
+    assert n2.ok("call", pid=server, request=["echo", 1]) == 1
+    client = redis.client()
+    assert _kill(client, lambda info: info.get("flags") == "P" or int(info["sub"]) > 0) >= 2
+    _works_again(n2, server, "a remote call after the subscribers were killed")
+    _works_again(n1, n2.ok("spawn", factory="Echo"), "the other direction")
+    # invalidations flow again: a cached remote key that ends is forgotten
+    pid = n1.ok("register", key="k-after")
+    wait_for(lambda: n2.ok("whereis", key="k-after") == pid, 5, what="n2 to find the key")
+    n1.ok("unregister", key="k-after")
+    wait_for(lambda: n2.ok("whereis", key="k-after") is None, 5, what="n2 to forget it")
+    for node in (n1, n2):
+        stats = node.ok("stats")
+        assert stats["fenced"] == 0
+        assert stats["store_up"]
+
+
+def test_publishing_connections_killed_by_the_server_come_back(cluster, redis):
+    n1, n2 = cluster(["n1", "n2"])
+    server = n1.ok("spawn", factory="Echo")
+    assert n2.ok("call", pid=server, request=["echo", 1]) == 1
+    client = redis.client()
+    assert _kill(client, lambda info: info.get("cmd") == "publish") >= 1
+    _works_again(n2, server, "a remote call after the publishers were killed")
+    # many frames in a row still arrive in order
+    assert n2.ok("send_many", pid=server, n=500) == 500
+    log = n2.ok("call", pid=server, request=["log"])
+    assert [entry[1] for entry in log if entry[0] == "cast"] == [["seq", i] for i in range(500)]
+    for node in (n1, n2):
+        assert node.ok("stats")["fenced"] == 0
