@@ -25,6 +25,7 @@ mirrors them into the store:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -91,6 +92,7 @@ class _Spawn:
         "args",
         "backend",
         "ckey",
+        "ctx",
         "factory",
         "fences",
         "gen",
@@ -139,6 +141,9 @@ class _Spawn:
             raise fenced
         self.gen = b._gen
         self.fences = b.cluster.fenced  # a fence while the claim is in flight voids it
+        # the process starts in the answer's callback, but under its caller's context
+        # variables, as it would locally (request ids, tenants, tracing)
+        self.ctx = contextvars.copy_context()
         _, ctable = b._tkey(self.table)
         meta = self.meta
         value = pid_str(pid) + "\t" + (json.dumps(meta) if meta else "")
@@ -174,7 +179,7 @@ class _Spawn:
             self._settle(None, ClusterUnavailable(f"cannot claim {key!r}: this node was fenced"))
             return
         try:
-            proc = b.node.start_now(pid, self.factory, self.args, self.idle_timeout)
+            proc = self.ctx.run(b.node.start_now, pid, self.factory, self.args, self.idle_timeout)
         except BaseException as exc:
             b._queue_release(self.table, key, pid, False)
             self._settle(None, exc)
@@ -209,7 +214,8 @@ class _Spawn:
         task = b.node._loop.create_task(
             b._spawn(
                 self.key, self.factory, self.args, self.table, "local", self.meta, self.idle_timeout
-            )
+            ),
+            context=self.ctx,  # the caller's, not the claim task's
         )
         task.add_done_callback(self._general_done)
 
