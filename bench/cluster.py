@@ -83,6 +83,26 @@ REGS = Figure(
     Target(">=", 100_000),
     "baseline: pipelined SETs from 1 client",
 )
+REGS_CORES = Figure(
+    "cluster_registrations_cores",
+    "cluster: CPU cores busy during the 2-node registrations (both nodes + Redis)",
+    "cores",
+    "lower",
+    "1 run",
+    None,
+    "no baseline: how much of the machine that figure used (of os.cpu_count())",
+    baseline=False,
+)
+REGS_CPU = Figure(
+    "cluster_registration_cpu_us",
+    "cluster: CPU time per registration, both nodes + Redis",
+    "µs",
+    "lower",
+    "1 run",
+    None,
+    "no baseline: CPU seconds of the three processes over registrations made",
+    baseline=False,
+)
 PUBLISH = Figure(
     "cluster_publish_fanout",
     "cluster: publish to members spread over 2 nodes, deliveries per second",
@@ -121,6 +141,8 @@ FIGURES = [
     CALL,
     CALL_P99,
     REGS,
+    REGS_CORES,
+    REGS_CPU,
     PUBLISH,
     KILL_DOWN,
     KILL_CLAIM,
@@ -195,6 +217,15 @@ def _ns(samples: list[int]) -> tuple[float, float]:
     return stats["median"], stats["p99"]
 
 
+def _cpu(peer_pid: int, redis_client: Any) -> float:
+    """CPU seconds used so far by this process, the peer node and the Redis server."""
+    with open(f"/proc/{peer_pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    peer = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    info = redis_client.info("cpu")
+    return time.process_time() + peer + info["used_cpu_user"] + info["used_cpu_sys"]
+
+
 def cluster_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
     keys = 2_000 if sizes.quick else 20_000
     new = 5_000 if sizes.quick else 100_000
@@ -203,6 +234,7 @@ def cluster_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
     out: Measurement = {}
     with RedisServer() as redis:
         peer = Peer(redis.url, "bench-b", keys, members)
+        redis_client = redis.client()
         try:
 
             async def main() -> None:
@@ -244,6 +276,7 @@ def cluster_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
                     )
                 out[NEW_KEYS.name] = new / (time.perf_counter() - t0)
                 # both nodes register at once
+                cpu0 = _cpu(peer.proc.pid, redis_client)
                 t0 = time.perf_counter()
                 theirs = asyncio.ensure_future(peer.ask(f"claim {new} x"))
                 for base in range(0, new, 2_000):
@@ -254,7 +287,11 @@ def cluster_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
                         )
                     )
                 await theirs
-                out[REGS.name] = 2 * new / (time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
+                cpu = _cpu(peer.proc.pid, redis_client) - cpu0
+                out[REGS.name] = 2 * new / wall
+                out[REGS_CORES.name] = cpu / wall
+                out[REGS_CPU.name] = cpu / (2 * new) * 1e6
                 # publish to members on both nodes
                 ours = [Member.start() for _ in range(members)]
                 for pid in ours:

@@ -267,7 +267,7 @@ def format_value(value: float | None, unit: str) -> str:
         return "-"
     if math.isinf(value):
         return "inf"
-    if unit in ("µs", "ms"):
+    if unit in ("µs", "ms", "s", "cores"):
         return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
     return f"{value:,.0f}"
 
