@@ -585,3 +585,31 @@ def test_processes_inherit_their_own_callers_context(redis) -> None:
     seen = run_node(redis.url, main)
     kinds = ("body", "init", "grace")
     assert seen == {f"{kind}{i}": f"caller{i}" for kind in kinds for i in range(4)}
+
+
+# -- an error while handling a claim's answer --------------------------------------------
+
+
+def test_an_error_handling_the_answer_reaches_every_caller(redis) -> None:
+    """A malformed holder entry (a live lease, a serial that is not a number) makes
+    handling the answer fail: every caller gets the error instead of waiting forever,
+    and the key is not left with an attempt nobody will finish."""
+
+    async def main() -> None:
+        async with store_client(redis.url) as client:
+            await client.set(PREFIX + "lease:x", "1")
+            await client.hset(tkey("default"), canon("bad"), "x\t1\tnot-a-number\t")
+        node = procreg.current_node()
+        for _ in range(2):  # the second attempt must not join a dead first one
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    *(procreg.get_or_spawn("bad", Counted) for _ in range(3)),
+                    return_exceptions=True,
+                ),
+                5.0,
+            )
+            assert all(isinstance(o, ValueError) for o in outcomes), outcomes
+            assert ("default", "bad") not in node.registry._claims
+        assert Counted.started == []
+
+    run_node(redis.url, main)

@@ -5,6 +5,8 @@ subscribes again (frames and invalidations flow again), and the node is not fenc
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .harness import wait_for
@@ -62,3 +64,30 @@ def test_publishing_connections_killed_by_the_server_come_back(cluster, redis):
     assert [entry[1] for entry in log if entry[0] == "cast"] == [["seq", i] for i in range(500)]
     for node in (n1, n2):
         assert node.ok("stats")["fenced"] == 0
+
+
+def test_an_idle_publishing_connection_closed_by_the_server_is_reopened_quietly(redis):
+    """With redis.conf `timeout`, Redis closes idle clients (pub/sub ones excepted):
+    the transport's publishing connection must come back without the store being
+    marked down, which would end every link and monitor across nodes."""
+    import asyncio
+
+    import procreg
+
+    client = redis.client()
+    client.config_set("timeout", 1)
+
+    async def main() -> tuple[int, int, Any]:
+        node = procreg.current_node()
+        cluster = node._cluster
+        before = cluster.store.failures
+        first = cluster.transport._pub
+        await asyncio.sleep(3.5)  # idle: the server closes the publishing connection
+        return cluster.store.failures - before, cluster.fenced, first is cluster.transport._pub
+
+    failures, fenced, same = procreg.run(
+        main, name="a", cluster=redis.url, secret="s" * 16, lease=1.0
+    )
+    assert not same, "the server did not close the idle connection: the test proves nothing"
+    assert failures == 0
+    assert fenced == 0

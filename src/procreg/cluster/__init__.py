@@ -31,7 +31,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..pid import Pid
@@ -40,7 +40,7 @@ from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .membership import Membership
 from .remote import Remote
-from .store import Store
+from .store import Store, stop_tasks
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Cluster:
         self.fenced = 0
         self.recoveries = 0
         self._closing = False
+        self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
         self.fencing = False
 
@@ -120,6 +121,7 @@ class Cluster:
         except Exception:
             pass
         await self.membership.stop()
+        await stop_tasks(*self._purges.values())
         await self.transport.close()
         self._closing = True
         await self.store.close()
@@ -162,13 +164,34 @@ class Cluster:
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.remote.node_down(name, creation)
         self.backend.node_down(name)
-        await self.purge(name, creation)
+        self.start_purge(name, creation)
         self.node._node_event("down", name)
         for hook in list(self.down_events):
             hook(name)
 
-    async def purge(self, name: str, creation: int) -> None:
-        """Drop from the store what a dead incarnation still holds (idempotent)."""
+    def start_purge(
+        self, name: str, creation: int, then: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """`purge` in a task of its own (and then `then()` if it completed): a node
+        that held a million keys takes seconds to purge, and the membership step that
+        noticed it must go on renewing our lease meanwhile."""
+        if (name, creation) in self._purges:
+            return
+
+        async def run() -> None:
+            try:
+                if await self.purge(name, creation) and then is not None:
+                    await then()
+            except Exception as exc:
+                log.debug("after the purge of %s.%d: %r", name, creation, exc)
+            finally:
+                self._purges.pop((name, creation), None)
+
+        self._purges[(name, creation)] = asyncio.get_running_loop().create_task(run())
+
+    async def purge(self, name: str, creation: int) -> bool:
+        """Drop from the store what a dead incarnation still holds (idempotent, 1,000
+        entries a script call); False if the store failed meanwhile."""
         store = self.store
         keys = [store.key("owned", name, str(creation))]
         args = [pid_str(Pid(name, creation, 0))[:-1], store.key("inval"), store.prefix, PURGE_BATCH]
@@ -177,6 +200,8 @@ class Cluster:
                 pass
         except Exception as exc:
             log.debug("purge of %s.%d failed: %r", name, creation, exc)
+            return False
+        return True
 
     # -- transport and cache ---------------------------------------------------------------
     def _deliver(self, sender: str, creation: int, item: Any) -> None:

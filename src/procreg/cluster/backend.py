@@ -150,6 +150,16 @@ class _Spawn:
         b._queue_claim("new", (ctable, self.ckey, value), self.answer)
 
     def answer(self, result: Any, error: BaseException | None) -> None:
+        """The claim's answer: every outcome settles every waiter, even an error
+        raised while handling it (a malformed holder entry, say)."""
+        try:
+            self._answer(result, error)
+        except BaseException as exc:
+            self._settle(None, exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+
+    def _answer(self, result: Any, error: BaseException | None) -> None:
         b = self.backend
         key = self.key
         if error is not None:
@@ -180,12 +190,9 @@ class _Spawn:
             return
         try:
             proc = self.ctx.run(b.node.start_now, pid, self.factory, self.args, self.idle_timeout)
-        except BaseException as exc:
+        except BaseException:
             b._queue_release(self.table, key, pid, False)
-            self._settle(None, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            raise  # settled by `answer`
         if proc._st >= EXITING:
             b._queue_release(self.table, key, pid, False)
             self._settle(None, NoProcess(f"{pid!r} ended right after it started"))
@@ -412,11 +419,16 @@ class RedisBackend(LocalBackend):
             self._claims_in_flight -= 1
             if self._pending_claims:
                 self._schedule_claims()
-        for i, (_, answer) in enumerate(chunk):
+        fatal: BaseException | None = None
+        for i, (_, answer) in enumerate(chunk):  # every claim of the chunk is answered
             try:
                 answer(None if results is None else results[i], error)
-            except Exception:
+            except (KeyboardInterrupt, SystemExit) as exc:
+                fatal = fatal or exc
+            except BaseException:
                 log.exception("handling a claim's answer failed")
+        if fatal is not None:
+            raise fatal
         if error is not None and not isinstance(error, Exception):
             raise error  # cancelled: the callers were told
 

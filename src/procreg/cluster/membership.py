@@ -25,6 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
@@ -180,8 +181,9 @@ class Membership:
         for name, registered in zip(names, nodes.values(), strict=True):
             if name not in live and name != self.name:
                 # a dead incarnation nobody has cleaned yet (e.g. down before we joined)
-                await self.cluster.purge(name, int(_text(registered) or 0))
-                await self._forget(name, registered)
+                self.cluster.start_purge(
+                    name, int(_text(registered) or 0), partial(self._forget, name, registered)
+                )
 
     async def _forget(self, name: str, creation: Any) -> None:
         """Remove a dead incarnation from ``nodes`` (only if still that one)."""

@@ -20,11 +20,14 @@ to the `Remote` dispatcher. Rejected frames are dropped and counted by reason in
 
 A lost connection marks the store down (cluster operations fail fast, the store
 reconnects and the node re-syncs); a keeper task opens it again with backoff and,
-for the subscribed one, subscribes again and calls `on_resubscribe` (invalidations
-may have been missed meanwhile). Frames made while the store is down are dropped
-(``store_down``); while the publishing connection is being re-opened they wait, up
-to `MAX_WAITING` frames; beyond `MAX_BACKLOG` bytes not yet taken by the socket
-they are dropped (``backlog``).
+for the subscribed one, subscribes again; once Redis confirms the subscription to
+``inval``, `on_resubscribe` is called (invalidations may have been missed meanwhile).
+A publishing connection lost with no command in flight (a server closing idle
+clients) is re-opened without marking the store down. Frames made while the store is
+down are dropped (``store_down``); while the publishing connection is being re-opened
+they wait, up to `MAX_WAITING` frames (dropped if the store went down meanwhile);
+beyond `MAX_BACKLOG` bytes not yet taken by the socket they are dropped
+(``backlog``).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class Transport:
         self._out: dict[str, list[bytes]] = {}
         self._flush_pending = False
         self._waiting: list[tuple[str, str, bytes]] = []
+        self._waiting_since = 0  # store.failures when the first of them was kept
+        self._subscribed = False  # the first subscription was confirmed
         self._seq = 0
         self._last_seq: dict[tuple[str, int], int] = {}
         self.peer_creation: dict[str, int] = {}  # filled by membership
@@ -102,19 +107,24 @@ class Transport:
     async def start(self) -> None:
         """Open the connections, subscribe, and start the keeper."""
         self._loop = asyncio.get_running_loop()
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            for wire in (self._pub, self._sub):
+                if wire is not None:
+                    wire.abort()
+            self._pub = self._sub = None
+            raise
         self._keeper = self._loop.create_task(self._keep())
 
-    async def _open(self) -> bool:
-        """Open whichever connection is missing; True if the subscribed one was."""
+    async def _open(self) -> None:
+        """Open whichever connection is missing (subscribing the subscribed one)."""
         if self._pub is None:
             self._pub = await Wire.open(self.store, self._published, self._wire_lost)
-        if self._sub is not None:
-            return False
-        sub = await Wire.open(self.store, self._pushed, self._wire_lost)
-        sub.send(("SUBSCRIBE", self._mine, self._inval))
-        self._sub = sub
-        return True
+        if self._sub is None:
+            sub = await Wire.open(self.store, self._pushed, self._wire_lost)
+            sub.send(("SUBSCRIBE", self._mine, self._inval))
+            self._sub = sub
 
     async def _keep(self) -> None:
         """Re-open lost connections, with backoff."""
@@ -124,26 +134,34 @@ class Transport:
             delay = 0.05
             while not self._closing and (self._pub is None or self._sub is None):
                 try:
-                    resubscribed = await self._open()
+                    await self._open()
                 except Exception as exc:
                     log.debug("re-opening the transport failed: %r", exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                if resubscribed:
-                    self.on_resubscribe()
-                self._send_waiting()
+                try:
+                    self._send_waiting()
+                except Exception:
+                    log.exception("sending the frames kept while re-opening failed")
 
     def _wire_lost(self, wire: Wire, exc: BaseException) -> None:
         if wire is self._pub:
             self._pub = None
+            # a publishing connection with no command in flight lost nothing: the
+            # server may close an idle one (redis.conf `timeout`); re-open it quietly.
+            # Otherwise frames may be lost: the store is marked down, and the re-sync
+            # ends links and monitors across nodes, as for any outage.
+            quiet = wire.outstanding == 0
         elif wire is self._sub:
-            self._sub = None
+            self._sub = None  # what was published to us meanwhile is lost
+            quiet = False
         else:
             return
         if self._closing:
             return
-        self.store.mark_down(exc)
+        if not quiet:
+            self.store.mark_down(exc)
         self._lost.set()
 
     async def close(self) -> None:
@@ -191,6 +209,8 @@ class Transport:
     def _send(self, commands: list[tuple[str, str, bytes]]) -> None:
         pub = self._pub
         if pub is None or self._waiting:  # re-opening: keep them, in order
+            if not self._waiting:
+                self._waiting_since = self.store.failures
             room = MAX_WAITING - len(self._waiting)
             if room < len(commands):
                 self.dropped["backlog"] += len(commands) - max(room, 0)
@@ -211,7 +231,9 @@ class Transport:
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return
-        if not self.store.up:
+        if not self.store.up or self.store.failures != self._waiting_since:
+            # the store went down since they were made: the re-sync ended links and
+            # monitors across nodes, and frames from before it must not follow
             self.dropped["store_down"] += len(waiting)
             return
         self._send(waiting)
@@ -223,12 +245,19 @@ class Transport:
     # -- receiving ------------------------------------------------------------------
     def _pushed(self, reply: Any) -> None:
         """A message on the subscribed connection (in the socket's I/O callback)."""
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-            channel = reply[1]
-            if channel == self._mine:
-                self.receive(reply[2])
-            elif channel == self._inval:
-                self.on_inval(reply[2])
+        if isinstance(reply, list) and len(reply) == 3:
+            kind, channel = reply[0], reply[1]
+            if kind == b"message":
+                if channel == self._mine:
+                    self.receive(reply[2])
+                elif channel == self._inval:
+                    self.on_inval(reply[2])
+            elif kind == b"subscribe" and channel == self._inval:
+                if self._subscribed:
+                    # from now on no invalidation is missed: forget what may have
+                    # gone stale while we were not subscribed
+                    self.on_resubscribe()
+                self._subscribed = True
         elif isinstance(reply, Exception):
             self._reject("subscribe_error", repr(reply))
 

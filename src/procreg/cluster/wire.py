@@ -75,6 +75,9 @@ class Wire(asyncio.Protocol):
             raise RuntimeError("this redis-py version does not expose its connection streams")
         buffered = bytes(getattr(reader, "_buffer", b""))
         transport = writer.transport
+        if transport.is_closing() or reader.at_eof():  # lost before we took it over
+            writer.close()
+            raise ConnectionError("the store closed the connection while it was opened")
         wire._conn = conn  # keeps redis-py's stream objects (and so the socket) alive
         wire._transport = transport
         transport.set_protocol(wire)
