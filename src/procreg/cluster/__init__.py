@@ -92,7 +92,6 @@ class Cluster:
         self.down_events: list[Callable[[str], Any]] = []
         self.fenced = 0
         self.recoveries = 0
-        self._closing = False
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
         self.fencing = False
@@ -123,7 +122,6 @@ class Cluster:
         await self.membership.stop()
         await stop_tasks(*self._purges.values())
         await self.transport.close()
-        self._closing = True
         await self.store.close()
 
     # -- the live nodes -----------------------------------------------------------------

@@ -17,7 +17,7 @@ mirrors them into the store:
   its key arrives or its node goes down, and a lookup that raced with an
   invalidation is not cached.
 - **Releases** (a process ended, `unregister`) update the local view at once and the
-  store at the end of the loop turn, pipelined.
+  store at the end of the loop turn, `RELEASE_BATCH` to a script call.
 - **Groups** are sets of pids; `publish` reads the live members once and sends one
   transport item per node.
 """
@@ -144,10 +144,7 @@ class _Spawn:
         # the process starts in the answer's callback, but under its caller's context
         # variables, as it would locally (request ids, tenants, tracing)
         self.ctx = contextvars.copy_context()
-        _, ctable = b._tkey(self.table)
-        meta = self.meta
-        value = pid_str(pid) + "\t" + (json.dumps(meta) if meta else "")
-        b._queue_claim("new", (ctable, self.ckey, value), self.answer)
+        b._queue_claim("new", b._triple(self.table, self.ckey, pid, self.meta), self.answer)
 
     def answer(self, result: Any, error: BaseException | None) -> None:
         """The claim's answer: every outcome settles every waiter, even an error
@@ -193,11 +190,7 @@ class _Spawn:
         except BaseException:
             b._queue_release(self.table, key, pid, False)
             raise  # settled by `answer`
-        if proc._st >= EXITING:
-            b._queue_release(self.table, key, pid, False)
-            self._settle(None, NoProcess(f"{pid!r} ended right after it started"))
-            return
-        b._add(self.table, key, proc, self.meta)
+        b._adopt(self.table, key, proc, self.meta, "ended right after it started")
         self._settle((pid, True), None)
 
     def _settle(self, outcome: tuple[Pid, bool] | None, error: BaseException | None) -> None:
@@ -323,8 +316,7 @@ class RedisBackend(LocalBackend):
         if fenced is not None:
             raise fenced
         fences = self.cluster.fenced  # a fence while the claim is in flight voids it
-        _, ctable = self._tkey(table)
-        triple = (ctable, canon(key), pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""))
+        triple = self._triple(table, canon(key), pid, meta)
         stale_tries = 0
         while True:
             gen = self._gen
@@ -479,10 +471,7 @@ class RedisBackend(LocalBackend):
         other = await self._claim(key, table, pid, meta)
         if other is not None:
             raise AlreadyRegistered(key, other)
-        if proc._st >= EXITING:  # ended while we claimed: give it back
-            self._queue_release(table, key, pid, False)
-            raise NoProcess(f"{pid!r} ended while registering {key!r}")
-        self._add(table, key, proc, meta)
+        self._adopt(table, key, proc, meta, f"ended while registering {key!r}")
 
     async def unregister(
         self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
@@ -582,11 +571,28 @@ class RedisBackend(LocalBackend):
             node._end(proc, "fenced")
             self._queue_release(table, key, pid, False)
             raise ClusterUnavailable(f"cannot start {key!r}: this node was fenced")
-        if proc._st >= EXITING:
-            self._queue_release(table, key, pid, False)
-            raise NoProcess(f"{pid!r} ended right after it started")
-        self._add(table, key, proc, meta)
+        self._adopt(table, key, proc, meta, "ended right after it started")
         return pid, True
+
+    def _adopt(
+        self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None, why: str
+    ) -> None:
+        """Add a process whose claim on `key` won to the local view; if it has ended
+        meanwhile, give the key back and raise `NoProcess` (`why` it is not alive)."""
+        if proc._st >= EXITING:
+            self._queue_release(table, key, proc.pid, False)
+            raise NoProcess(f"{proc.pid!r} {why}")
+        self._add(table, key, proc, meta)
+
+    def _triple(
+        self, table: str, ckey: str, pid: Pid, meta: dict[str, Any] | None
+    ) -> tuple[str, str, str]:
+        """What `CLAIM` takes for one key: canonical table, canonical key, value."""
+        return (
+            self._tkey(table)[1],
+            ckey,
+            pid_str(pid) + "\t" + (json.dumps(meta) if meta else ""),
+        )
 
     def _fenced_error(self, key: Hashable, pid: Pid) -> ClusterUnavailable | None:
         """Why `pid` must not claim `key` now, if it must not: a pid of an incarnation

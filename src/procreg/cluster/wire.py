@@ -105,7 +105,8 @@ class Wire(asyncio.Protocol):
 
     @property
     def outstanding(self) -> int:
-        """Commands whose reply has not arrived."""
+        """Commands whose reply has not arrived (on a connection that is not
+        subscribed: pushed messages count as replies too)."""
         return self.sent - self.replies
 
     def close(self) -> None:
