@@ -34,6 +34,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ClusterUnavailable
 from ..pid import Pid
 from ..process import _Proc
 from .backend import RedisBackend
@@ -82,8 +83,12 @@ class Cluster:
         self.grace = grace if grace is not None else 2 * lease
         self.store = Store(url, timeout=min(1.0, lease / 3))
         self.membership = Membership(self, node.name, lease)
-        self.transport = Transport(self.store, self.key, node.name, self._deliver)
+        self.transport = Transport(
+            self.store, self.key, node.name, self._deliver, interval=lease / 3
+        )
         self.transport.on_inval = self._invalidated
+        self.transport.on_undeliverable = self._undeliverable
+        self.transport.guard = self.membership.check
         self.remote = Remote(node, self.transport)
         self.backend = RedisBackend(node, self)
         self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
@@ -95,6 +100,7 @@ class Cluster:
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
         self.fencing = False
+        self.failovers = 0  # primary changes seen (`primary_changed`)
 
     @property
     def creation(self) -> int:
@@ -106,10 +112,15 @@ class Cluster:
         Returns the node's creation."""
         await self.store.connect()
         self.store.on_reconnect = self._resync
+        # subscribed (and confirmed) before we are in ``nodes``: a peer that sees us
+        # can send to us at once
+        try:
+            await self.transport.start()
+        except (ConnectionError, OSError) as exc:
+            raise ClusterUnavailable(f"cannot subscribe to the cluster store: {exc}") from exc
         creation = await self.membership.join()
         self.transport.creation = creation
         self._set_live(self.membership.live)
-        await self.transport.start()
         self.membership.start()
         return creation
 
@@ -205,6 +216,17 @@ class Cluster:
     def _deliver(self, sender: str, creation: int, item: Any) -> None:
         self.remote.deliver(sender, creation, item)
 
+    def _undeliverable(self, name: str) -> None:
+        """A frame for `name` reached no subscriber: it was lost, and so may later
+        ones be until that node re-subscribes. As when an Erlang distribution
+        connection drops: our calls to it fail with `NodeDown`, our links and
+        monitors to its processes get ``noconnection``."""
+        peer = self.remote.peers.get(name)
+        if peer is None:
+            return
+        log.warning("frames to node %s reach no subscriber: treating it as disconnected", name)
+        self.remote.node_down(name)
+
     def _invalidated(self, data: bytes) -> None:
         """An ``inval`` message: ``table\\nkey`` pairs, newline-separated (canonical
         names hold no newlines)."""
@@ -217,28 +239,84 @@ class Cluster:
             self.backend.invalidated(parts[i], parts[i + 1])
 
     # -- failures -----------------------------------------------------------------------------
-    async def fence(self) -> None:
-        """We were declared dead while the store kept its data: end our registered
-        processes, drop every peer, and rejoin with a new creation."""
+    def fence_now(self, why: str) -> None:
+        """Fence this node now (synchronously): its lease may have lapsed, or has
+        (`why`). Its registered processes and group members end with reason
+        ``"fenced"`` (the others may start their keys elsewhere once the lease has
+        expired in the store), every peer is treated as down (our links and monitors
+        get ``noconnection``), the lookup cache is dropped, and until `rejoin` is done
+        nothing is claimed or handed out: `whereis` answers None, claims raise
+        `ClusterUnavailable`. The rejoin runs at the next membership step that
+        reaches the store."""
+        if self.fencing:
+            return
+        self.fencing = True  # no claims, no lookups until we have rejoined
         self.fenced += 1
+        self.membership.disarm()
         node = self.node
-        log.error("node %s was declared dead by the cluster: fencing", node.name)
-        # its registered processes and group members: others may serve them already
+        log.error("node %s fences itself: %s", node.name, why)
+        # its registered processes and group members: others may serve them soon
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
         procs += [p for members in self.backend._groups.values() for p in members.values()]
         for proc in {id(p): p for p in procs}.values():
             node._end(proc, "fenced")
         self.remote.all_down()
         self.backend.clear_cache()
-        old = self.membership.creation
-        self.fencing = True  # no claims until we have rejoined
+        if self.store.up and not self.membership._closing:
+            # rejoin promptly (the membership step takes its lock; it rejoins)
+            asyncio.get_running_loop().create_task(self._step_quietly())
+
+    async def _step_quietly(self) -> None:
         try:
-            await self.membership.rejoin()
-        finally:
-            self.fencing = False
-        log.warning("node %s rejoined: creation %d -> %d", node.name, old, node.creation)
+            await self.membership.step()
+        except ClusterUnavailable as exc:
+            log.debug("rejoining failed for now: %r", exc)
+        except Exception:
+            log.exception("rejoining failed")
+
+    async def fence(self, why: str) -> None:
+        """We were declared dead (or must act as if): `fence_now`, then rejoin."""
+        self.fence_now(why)
+        await self.rejoin()
+
+    async def rejoin(self) -> None:
+        """After a fence: a new creation and lease; the old incarnation's entries are
+        purged (the others do it too); fencing ends."""
+        if not self.fencing:
+            return
+        old = self.membership.creation
+        await self.membership.rejoin()
+        self.fencing = False
+        log.warning(
+            "node %s rejoined the cluster: creation %d -> %d", self.node.name, old, self.creation
+        )
+        self.start_purge(self.node.name, old)
         await self.membership.poll()
         self._set_live(self.membership.live)
+
+    async def primary_changed(self) -> None:
+        """Another server answers as the primary (a failover or a restart): writes the
+        old one acknowledged may be missing (asynchronous replication). Logged as a
+        possible partial data loss; new claims wait out a grace period while every
+        node re-registers what it holds and releases what it no longer holds."""
+        changed = self.store.changed_primary
+        self.store.changed_primary = None
+        if changed is None:
+            return
+        self.failovers += 1
+        log.error(
+            "the cluster store's primary changed (run id %s -> %s): recent writes may be "
+            "lost; re-registering under a grace period of %.1f s",
+            changed[0][:8],
+            changed[1][:8],
+            self.grace,
+        )
+        store = self.store
+        await store.run(
+            lambda r: r.set(store.key("grace"), 1, px=max(1, int(self.grace * 1000)), nx=True)
+        )
+        self.backend.clear_cache()
+        await self.backend.reconcile()
 
     async def recover_lost_data(self) -> None:
         """The store lost its data: new epoch with a grace period, our lease back, then
@@ -275,9 +353,16 @@ class Cluster:
         self.node._end(ours, "conflict")
 
     async def _resync(self) -> None:
-        """Back in touch with the store: check the epoch and our lease, reconcile.
-        Frames were dropped meanwhile (ours and maybe others'), so links and monitors
-        across nodes end with ``noconnection``, as after a network partition."""
+        """Back in touch with the store: check the epoch and our lease (or rejoin, if
+        we fenced ourselves meanwhile), reconcile. Frames were dropped meanwhile (ours
+        and maybe others'), so links and monitors across nodes end with
+        ``noconnection``, as after a network partition."""
         self.remote.all_down()
+        self.backend.clear_cache()  # invalidations may have been missed
         await self.membership.step()
-        await self.backend.reconcile()
+        if self.fencing:  # the rejoin failed: the next step tries again
+            raise ClusterUnavailable("rejoining the cluster failed")
+        if self.store.changed_primary is not None:
+            await self.primary_changed()  # (it reconciles)
+        else:
+            await self.backend.reconcile()

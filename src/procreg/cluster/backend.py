@@ -39,6 +39,7 @@ from ..process import EXITING, _Proc
 from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, _Miss
 from .codec import canon, pid_from_str, pid_str, uncanon
 from .remote import factory_name
+from .store import NotReplicated
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -179,6 +180,7 @@ class _Spawn:
             self._settle((holder, False), None)
             return
         pid = self.pid
+        b.cluster.membership.check()  # past our lease deadline: fence first
         if b.cluster.fenced != self.fences:
             # won while our lease still held, but we were fenced since: the others may
             # have started the key again; give it back
@@ -242,6 +244,7 @@ class RedisBackend(LocalBackend):
         # get_or_spawn attempts under way: joined by later callers of the same key
         self._claims: dict[tuple[str, Hashable], _Spawn | asyncio.Task[tuple[Pid, bool]]] = {}
         self.conflicts = 0
+        self.unreplicated = 0  # claims not granted: too few replicas confirmed them
         self._tkeys: dict[str, tuple[str, str]] = {}
         # claims waiting for a script call, by mode ("new", "resync")
         self._pending_claims: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
@@ -262,6 +265,8 @@ class RedisBackend(LocalBackend):
 
     # -- lookups ------------------------------------------------------------------------
     def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | _Miss | None:  # type: ignore[override]
+        if not self.cluster.membership.check():
+            return None  # fenced (or past our lease deadline): we hand out nothing
         proc = self._holder(key, table)
         if proc is not None:
             return proc.pid
@@ -292,18 +297,20 @@ class RedisBackend(LocalBackend):
         if not isinstance(pid, _Miss):
             return pid
         found = await self._fetch(key, table)
-        if found is None or found[0][0] == self.node.name:
+        if found is None or found[0][0] == self.node.name or not self.cluster.membership.check():
             return None  # our own keys are all in the local view
         return found[0]
 
     async def lookup(
         self, key: Hashable, table: str = DEFAULT_TABLE
     ) -> tuple[Pid, dict[str, Any] | None] | None:
+        if not self.cluster.membership.check():
+            return None  # fenced: we hand out nothing
         local = await super().lookup(key, table)
         if local is not None:
             return local
         found = await self._fetch(key, table)
-        if found is None or found[0][0] == self.node.name:
+        if found is None or found[0][0] == self.node.name or not self.cluster.membership.check():
             return None
         return found
 
@@ -328,6 +335,7 @@ class RedisBackend(LocalBackend):
                     continue
                 raise ClusterUnavailable(f"cannot claim {key!r}: {refused.status}") from None
             if not result:
+                self.cluster.membership.check()  # past our lease deadline: fence first
                 if self.cluster.fenced != fences:
                     # won while our lease still held, but we were fenced since: the
                     # others may have started the key again; give it back
@@ -436,20 +444,33 @@ class RedisBackend(LocalBackend):
         ]
         for triple in triples:
             args.extend(triple)
-        result = await store.script(
+        owned = self._owned()
+        result, acked, _ = await store.durable_script(
             "claim",
-            [
-                self._owned(),
-                store.key("epoch"),
-                store.key("lease", self.node.name),
-                store.key("grace"),
-            ],
+            [owned, store.key("epoch"), store.key("lease", self.node.name), store.key("grace")],
             args,
         )
         if not isinstance(result, list):
             raise _Refused(_text(result))
         if len(result) != len(triples):
             raise ClusterUnavailable(f"{len(result)} answers to {len(triples)} claims")
+        if acked < store.wait:
+            # not confirmed by the replicas asked for: a failover could lose it, so it
+            # is not granted; what it won is given back (best effort)
+            self.unreplicated += len(triples)
+            won = [t for t, r in zip(triples, result, strict=True) if not r]
+            if won:
+                quads: list[Any] = [store.key("inval"), store.prefix]
+                for ctable, ckey, value in won:
+                    quads += ("t", ctable, ckey, "\t".join(value.split("\t", 3)[:3]))
+                try:
+                    await store.script("release", [owned], quads)
+                except ClusterUnavailable:
+                    pass  # reconciled from the owned set on reconnect
+            raise NotReplicated(
+                f"{len(triples)} claim(s) reached {acked} of {store.wait} replica(s) within "
+                f"{store.wait_timeout} s (Redis WAIT; wait= in the cluster URL): not granted"
+            )
         return result
 
     async def register(
@@ -508,6 +529,10 @@ class RedisBackend(LocalBackend):
         pid = self.peek(key, table)
         if isinstance(pid, Pid):
             return pid, False
+        if self.cluster.fencing:
+            raise ClusterUnavailable(
+                f"cannot get_or_spawn {key!r}: this node fenced itself and has not rejoined"
+            )
         flight = self._claims.get((table, key))
         if flight is not None:
             if isinstance(flight, _Spawn):
@@ -567,6 +592,7 @@ class RedisBackend(LocalBackend):
         except BaseException:
             self._queue_release(table, key, pid, False)
             raise
+        self.cluster.membership.check()  # past our lease deadline: fence first
         if self.cluster.fenced != fences:  # fenced during an async init: it must not live on
             node._end(proc, "fenced")
             self._queue_release(table, key, pid, False)
@@ -597,8 +623,11 @@ class RedisBackend(LocalBackend):
     def _fenced_error(self, key: Hashable, pid: Pid) -> ClusterUnavailable | None:
         """Why `pid` must not claim `key` now, if it must not: a pid of an incarnation
         the cluster has declared dead must never be claimed."""
-        if self.cluster.fencing or pid[1] != self.cluster.creation:
-            return ClusterUnavailable(f"cannot claim {key!r} for {pid!r}: this node was fenced")
+        if not self.cluster.membership.check() or pid[1] != self.cluster.creation:
+            return ClusterUnavailable(
+                f"cannot claim {key!r} for {pid!r}: this node fenced itself (its lease may "
+                "have lapsed) and has not rejoined the cluster yet"
+            )
         return None
 
     # -- releases ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Membership: leases, creations, the live-node list, fencing and data loss.
+"""Membership: leases, creations, the live-node list, the local lease clock.
 
 Joining: a node takes a fresh *creation* (``INCR creation``), then its lease
 (``SET lease:<name> <creation> PX <lease> NX``), and records itself in ``nodes``. The
@@ -6,14 +6,26 @@ cluster *epoch* (a random token, ``SET epoch NX``) is read at the same time.
 
 Every third of a lease the node runs one step:
 
-1. **Renew** (a script): if ``epoch`` no longer holds our token, the store lost its
-   data → `Cluster.recover_lost_data`. If our lease key no longer holds our creation,
-   we were declared dead while the store kept its data → `Cluster.fence`. Otherwise the
-   lease is extended.
+1. **Renew** (a script, followed by ``WAIT`` when the URL asks for replicas, and
+   ``INFO server`` in the same round trip): if ``epoch`` no longer holds our token,
+   the store lost its data → `Cluster.recover_lost_data`. If our lease key no longer
+   holds our creation, we were declared dead while the store kept its data →
+   `Cluster.fence`. Otherwise the lease is extended, and so is the *local deadline*
+   (below). A changed run id means another server answers: `Cluster.primary_changed`.
 2. **Poll**: read ``nodes`` and every node's lease; a node is live while its lease
    holds the creation it registered. Nodes that appeared are *up*, nodes whose lease
    lapsed (or changed creation) are *down*: `Cluster.node_down` delivers noconnection
    and cleans the store of what that incarnation held.
+
+**The local lease clock.** Redis sets our lease's expiry when it runs the renewal,
+which is after we sent it; so the lease surely holds, on our own monotonic clock,
+until ``sent + lease * (1 - DRIFT)`` (`DRIFT` bounds how much faster Redis's clock may
+run than ours). The node fences itself `FENCE_LEAD` x lease before that moment if no
+renewal has succeeded since (`deadline`, a timer, and `check` on every path that
+could act for a registered process): it never acts on a lease the others may already
+consider lapsed, whether Redis is unreachable, the network is cut, or a socket is
+half-open. A node paused past its deadline fences itself before it runs anything else
+on waking (`check`).
 
 A lease that lapses is noticed by the others within one poll interval, so a killed
 node is down everywhere within ``lease + lease/3`` (under 2 x lease) of its last renewal.
@@ -29,14 +41,17 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
-from .store import stop_tasks
+from .store import NotReplicated, stop_tasks
 
 if TYPE_CHECKING:
     from . import Cluster
 
-__all__ = ["Membership"]
+__all__ = ["DRIFT", "FENCE_LEAD", "Membership"]
 
 log = logging.getLogger("procreg.cluster")
+
+DRIFT = 0.01  # how much faster (as a fraction) the store's clock may run than ours
+FENCE_LEAD = 0.1  # fence this fraction of a lease before the local deadline
 
 
 def _text(value: Any) -> str | None:
@@ -46,7 +61,7 @@ def _text(value: Any) -> str | None:
 
 
 class Membership:
-    """The node's lease and its view of the live nodes."""
+    """The node's lease, its local deadline, and its view of the live nodes."""
 
     def __init__(self, cluster: Cluster, name: str, lease: float) -> None:
         self.cluster = cluster
@@ -60,19 +75,102 @@ class Membership:
         self._closing = False
         self._step_lock = asyncio.Lock()
         self.renewals = 0
+        self.unreplicated = 0  # renewals that reached too few replicas
+        self.renew_seconds = 0.0  # round trip of the last successful renewal
+        # loop time until which our lease surely holds (see the module docstring)
+        self.valid_until = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_warning = 0.0
+        self.joined = False  # the deadline counts from the first lease we took
 
     @property
     def lease_ms(self) -> int:
         return max(1, int(self.lease * 1000))
 
+    @property
+    def fence_at(self) -> float:
+        """Loop time at which the node fences itself unless a renewal succeeds first."""
+        return self.valid_until - FENCE_LEAD * self.lease
+
     def lease_key(self, name: str) -> str:
         return self.store.key("lease", name)
 
+    # -- the local lease clock ----------------------------------------------------------
+    def _now(self) -> float:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    def _extend(self, sent: float) -> None:
+        """A lease write sent at loop time `sent` took effect (and reached the replicas
+        asked for): the lease holds until `sent` + lease, less the drift margin."""
+        until = sent + self.lease * (1 - DRIFT)
+        if until <= self.valid_until:
+            return
+        self.valid_until = until
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._watchdog = loop.call_at(self.fence_at, self.check)
+
+    def disarm(self) -> None:
+        """Forget the deadline (fenced, or leaving): nothing holds until a rejoin."""
+        self.valid_until = 0.0
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def check(self) -> bool:
+        """True while our lease surely holds. Past the fence point (a renewal is
+        overdue: the store is unreachable, the network cut, a socket half-open, or
+        the node was paused), the node fences itself now, before anything else runs,
+        and this returns False; False also while fenced and not yet rejoined."""
+        if self.cluster.fencing:
+            return False
+        if self._now() < self.fence_at or not self.joined:
+            return True
+        if not self._closing:
+            self.cluster.fence_now(
+                f"no lease renewal for {self._now() - self.valid_until + self.lease:.2f} s "
+                f"(lease {self.lease} s)"
+            )
+        return False
+
+    async def _write_lease(self, nx: bool) -> bool:
+        """SET our lease key to our creation (PX lease; NX at join), confirmed by the
+        replicas the URL asks for; extends the local deadline. False if NX found the
+        name taken; `NotReplicated` if too few replicas confirmed it."""
+        store = self.store
+        sent = self._now()
+        args = ["SET", self.lease_key(self.name), self.creation, "PX", self.lease_ms]
+        if nx:
+            args.append("NX")
+
+        async def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.execute_command(*args)
+            if store.wait:
+                pipe.execute_command("WAIT", store.wait, max(1, int(store.wait_timeout * 1000)))
+            answers: list[Any] = await pipe.execute()
+            return answers
+
+        answers = await store.run(run)
+        if not answers[0]:
+            return False
+        if store.wait and int(answers[1]) < store.wait:
+            raise NotReplicated(
+                f"our lease reached {int(answers[1])} of {store.wait} replica(s) "
+                f"within {store.wait_timeout} s (wait= in the cluster URL)"
+            )
+        self._extend(sent)
+        return True
+
+    # -- joining and leaving ------------------------------------------------------------
     async def join(self) -> int:
         """Take a creation and a lease; returns the creation."""
         store = self.store
         token = secrets.token_hex(8)
-        r = store.redis
         await store.run(lambda r: r.set(store.key("epoch"), token, nx=True))
         self.epoch = _text(await store.run(lambda r: r.get(store.key("epoch")))) or token
         # a fresh store starts the counter from the clock, so that creations stay
@@ -80,19 +178,14 @@ class Membership:
         seed = int(time.time() - 1_767_225_600)  # seconds since 2026-01-01
         await store.run(lambda r: r.set(store.key("creation"), max(seed, 0), nx=True))
         self.creation = int(await store.run(lambda r: r.incr(store.key("creation"))))
-        deadline = asyncio.get_running_loop().time() + self.lease * 1.5
-        while True:
-            ok = await store.run(
-                lambda r: r.set(self.lease_key(self.name), self.creation, px=self.lease_ms, nx=True)
-            )
-            if ok:
-                break
-            if asyncio.get_running_loop().time() > deadline:
+        deadline = self._now() + self.lease * 1.5
+        while not await self._write_lease(nx=True):
+            if self._now() > deadline:
                 raise ClusterUnavailable(
                     f"node name {self.name!r} is in use by a live node of this cluster"
                 )
             await asyncio.sleep(self.lease / 10)
-        del r
+        self.joined = True
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
         await self.poll()
         return self.creation
@@ -104,7 +197,9 @@ class Membership:
         """Stop renewing and give the lease back, so others see us down at once."""
         self._closing = True
         await stop_tasks(self._task)
-        if self.store.up:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.store.up and not self.cluster.fencing:
             try:
                 store = self.store
                 await store.run(
@@ -121,36 +216,63 @@ class Membership:
 
     async def _run(self) -> None:
         interval = self.lease / 3
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while not self._closing:
-            await asyncio.sleep(interval)
+            due = max(due + interval, loop.time())  # a slow step does not delay the next
+            await asyncio.sleep(due - loop.time())
             if not self.store.up:
-                continue
+                continue  # the store reconnects, then re-syncs (which runs a step)
             try:
                 await self.step()
-            except ClusterUnavailable:
-                continue
+            except ClusterUnavailable as exc:
+                self._warn(f"lease renewal failed: {exc}")
             except Exception:
                 log.exception("membership step failed")
 
+    def _warn(self, text: str) -> None:
+        now = self._now()
+        if now - self._last_warning >= 1.0:
+            self._last_warning = now
+            log.warning("%s: %s", self.name, text)
+
     async def step(self) -> None:
-        """Renew our lease, then poll the others (one step at a time)."""
+        """Renew our lease (or rejoin, if fenced), then poll the others (one step at
+        a time)."""
         async with self._step_lock:
             await self._step()
 
     async def _step(self) -> None:
+        cluster = self.cluster
+        if cluster.fencing:
+            await cluster.rejoin()
+            return
         store = self.store
-        result = _text(
-            await store.script(
-                "renew",
-                [self.lease_key(self.name), store.key("epoch")],
-                [self.creation, self.lease_ms, self.epoch],
-            )
+        sent = self._now()
+        result, acked, run_id = await store.durable_script(
+            "renew",
+            [self.lease_key(self.name), store.key("epoch")],
+            [self.creation, self.lease_ms, self.epoch],
+            info=True,
         )
+        status = _text(result)
         self.renewals += 1
-        if result == "epoch":
-            await self.cluster.recover_lost_data()
-        elif result == "lost":
-            await self.cluster.fence()
+        if status == "epoch":
+            await cluster.recover_lost_data()
+        elif status == "lost":
+            await cluster.fence("our lease was gone from the store: the cluster declared us dead")
+            return
+        elif acked < store.wait:
+            self.unreplicated += 1
+            self._warn(
+                f"a lease renewal reached {acked} of {store.wait} replica(s): the local "
+                "lease deadline is not extended"
+            )
+        else:
+            self._extend(sent)
+            self.renew_seconds = self._now() - sent
+        if run_id and store.note_run_id(run_id):
+            await cluster.primary_changed()
         await self.poll()
 
     async def poll(self) -> None:
@@ -202,16 +324,24 @@ class Membership:
         await store.run(run)
 
     async def rejoin(self) -> None:
-        """Take a new creation and lease (after being fenced)."""
+        """Take a new creation and lease (after being fenced). If the store lost its
+        data meanwhile, the epoch is restored first (with a grace period) and the
+        creation counter raised to at least ours, so the new creation is unique."""
         store = self.store
+        epoch = _text(await store.run(lambda r: r.get(store.key("epoch"))))
+        if epoch != self.epoch:
+            if epoch is None:
+                await self._restore_epoch(self.cluster.grace)
+            else:
+                self.epoch = epoch
         self.creation = int(await store.run(lambda r: r.incr(store.key("creation"))))
         self.cluster.adopt_creation(self.creation)  # new pids carry it from now on
-        await store.run(lambda r: r.set(self.lease_key(self.name), self.creation, px=self.lease_ms))
+        await self._write_lease(nx=False)
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
 
-    async def reestablish(self, grace: float) -> None:
-        """After a data loss: a new epoch (with a grace period for new claims), the
-        creation counter no lower than ours, our lease and our entry in ``nodes``."""
+    async def _restore_epoch(self, grace: float) -> None:
+        """After a data loss: a new epoch (with a grace period for new claims, if we
+        are the first to notice) and the creation counter no lower than ours."""
         store = self.store
         token = secrets.token_hex(8)
         await store.run(lambda r: r.set(store.key("epoch"), token, nx=True))
@@ -229,5 +359,11 @@ class Membership:
                 self.creation,
             )
         )
-        await store.run(lambda r: r.set(self.lease_key(self.name), self.creation, px=self.lease_ms))
+
+    async def reestablish(self, grace: float) -> None:
+        """After a data loss: the epoch restored (`_restore_epoch`), our lease and our
+        entry in ``nodes`` written again."""
+        store = self.store
+        await self._restore_epoch(grace)
+        await self._write_lease(nx=False)
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))

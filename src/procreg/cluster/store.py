@@ -28,11 +28,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs, urlparse, urlunparse
+from urllib.parse import urlparse
 
 from ..errors import ClusterUnavailable
+from .url import StoreURL, parse_url
 
-__all__ = ["SCRIPTS", "Store"]
+__all__ = ["SCRIPTS", "NotReplicated", "Store"]
 
 log = logging.getLogger("procreg.cluster")
 T = TypeVar("T")
@@ -173,12 +174,10 @@ SCRIPTS: Final = {
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """``(redis url without procreg's own query options, key prefix)``."""
-    parts = urlparse(url)
-    query = parse_qs(parts.query)
-    prefix = query.pop("prefix", ["procreg"])[0] + ":"
-    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
-    return urlunparse(parts._replace(query=rest)), prefix
+    """``(redis url without procreg's own query options, key prefix)`` of a plain
+    (non-Sentinel) cluster URL."""
+    parsed = parse_url(url)
+    return parsed.url, parsed.prefix
 
 
 async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> None:
@@ -199,22 +198,26 @@ async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> 
 _FAST: dict[str, Any] = {}
 
 
-def _fast_connection(aioredis: Any, url: str) -> Any:
+def _fast_connection(aioredis: Any, kind: str) -> Any:
     """redis-py's asyncio connections pack commands in Python (about 30 µs for a
-    script call with a dozen arguments); with hiredis installed, pack them in C."""
+    script call with a dozen arguments); with hiredis installed, pack them in C.
+    `kind` is a URL scheme, or ``sentinel``/``sentinel-tls``."""
     try:
         import hiredis
     except ImportError:
         return None
-    scheme = urlparse(url).scheme
+    from redis.asyncio import sentinel
+
     base = {
         "redis": aioredis.Connection,
         "rediss": aioredis.SSLConnection,
         "unix": aioredis.UnixDomainSocketConnection,
-    }.get(scheme)
+        "sentinel": sentinel.SentinelManagedConnection,
+        "sentinel-tls": sentinel.SentinelManagedSSLConnection,
+    }.get(kind)
     if base is None:
         return None
-    found = _FAST.get(scheme)
+    found = _FAST.get(kind)
     if found is None:
 
         def pack_command(self: Any, *args: Any) -> list[bytes]:
@@ -223,14 +226,26 @@ def _fast_connection(aioredis: Any, url: str) -> Any:
                 args = (*first.split(), *args[1:])
             return [hiredis.pack_command(args)]
 
-        found = _FAST[scheme] = type(
+        found = _FAST[kind] = type(
             f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command}
         )
     return found
 
 
+class NotReplicated(ClusterUnavailable):
+    """A write reached fewer replicas than the cluster URL's ``wait=`` asks for
+    within ``wait_timeout`` (Redis ``WAIT`` semantics): it may be lost in a failover,
+    so it does not count (a claim is not granted, a renewal does not extend the
+    node's local lease deadline)."""
+
+
 class Store:
-    """A redis-py asyncio client with fail-fast and reconnection."""
+    """A redis-py asyncio client with fail-fast and reconnection.
+
+    `url` is a cluster URL (`procreg.cluster.url`); `timeout` (seconds) bounds every
+    socket read, write and connect, and redis-py's own retries are off: a command on
+    a silent or half-open connection fails within `timeout` and marks the store down
+    (the node's liveness rests on that bound)."""
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         try:
@@ -238,8 +253,13 @@ class Store:
             import redis.exceptions as rexc
         except ImportError as exc:  # pragma: no cover - the extra is missing
             raise ImportError("the cluster needs redis-py: pip install 'procreg[cluster]'") from exc
-        self.url, self.prefix = split_url(url)
+        self.config: StoreURL = parse_url(url)
+        self.url = self.config.describe()
+        self.prefix = self.config.prefix
+        self.wait = self.config.wait
+        self.wait_timeout = self.config.wait_timeout or min(0.5, timeout / 2)
         self._aioredis = aioredis
+        self._rexc = rexc
         self._errors: tuple[type[BaseException], ...] = (
             rexc.ConnectionError,
             rexc.TimeoutError,
@@ -249,11 +269,16 @@ class Store:
         )
         self._timeout = timeout
         self.redis: Any = None
+        self._sentinel: Any = None
         self.up = False
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._scripts: dict[str, Any] = {}
         self.failures = 0
+        self.run_id = ""  # the server's INFO run_id, as last seen
+        # (old, new) run ids when the primary changed and the cluster has not yet
+        # re-registered what it holds (see `note_run_id`)
+        self.changed_primary: tuple[str, str] | None = None
         self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
         self._batch_pending = False
         self._in_flight = 0  # direct script calls under way
@@ -261,47 +286,121 @@ class Store:
         self.batched = 0  # script calls sent in them
 
     def _options(self) -> dict[str, Any]:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         options: dict[str, Any] = {
             "socket_timeout": self._timeout,
             "socket_connect_timeout": self._timeout,
             "decode_responses": False,
+            # one retry for a connection found closed (a server closing idle clients),
+            # none for a timeout: a silent connection must fail within `timeout`
+            "retry": Retry(NoBackoff(), 1, supported_errors=(self._rexc.ConnectionError,)),
         }
-        packer = _fast_connection(self._aioredis, self.url)
+        config = self.config
+        if config.sentinel:
+            kind = "sentinel-tls" if config.tls else "sentinel"
+        else:
+            kind = urlparse(config.url).scheme
+        packer = _fast_connection(self._aioredis, kind)
         if packer is not None:
             options["connection_class"] = packer
         return options
 
+    def _sentinel_client(self, **options: Any) -> Any:
+        from redis.asyncio.sentinel import Sentinel
+
+        config = self.config
+        if self._sentinel is None:
+            timeouts = {
+                "socket_timeout": self._timeout,
+                "socket_connect_timeout": self._timeout,
+            }
+            self._sentinel = Sentinel(config.sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+        return self._sentinel.master_for(
+            config.service,
+            db=config.db,
+            username=config.username,
+            password=config.password,
+            **options,
+        )
+
     def client(self) -> Any:
-        """A new client on the same server (pub/sub needs connections of its own)."""
-        return self._aioredis.from_url(self.url, **self._options())
+        """A new client on the same server (the current primary, for Sentinel)."""
+        if self.config.sentinel:
+            return self._sentinel_client(**self._options())
+        return self._aioredis.from_url(self.config.url, **self._options())
 
     async def raw_connection(self) -> Any:
         """A redis-py connection of its own, connected and past the handshake (for
         `wire.Wire`, which takes its socket over)."""
-        pool: Any = self._aioredis.ConnectionPool.from_url(self.url, **self._options())
+        if self.config.sentinel:
+            pool: Any = self._sentinel_client(**self._options()).connection_pool
+        else:
+            pool = self._aioredis.ConnectionPool.from_url(self.config.url, **self._options())
         conn = pool.make_connection()
         await conn.connect()
         return conn
 
     async def connect(self, attempts: int = 5, delay: float = 0.2) -> None:
-        """Connect and ping, retrying a bounded number of times."""
+        """Connect and ping, retrying a bounded number of times; `ClusterUnavailable`
+        if the store cannot be reached, or (with ``wait=N``) if the primary has fewer
+        than N replicas connected."""
         last: BaseException | None = None
         for attempt in range(attempts):
             try:
                 self.redis = self.client()
                 await self.redis.ping()
+                self.run_id = await self.server_run_id()
+                replicas = await self.connected_replicas() if self.wait else 0
             except self._errors as exc:
                 last = exc
                 await self._close_client()
                 await asyncio.sleep(delay * (2**attempt))
                 continue
+            if replicas < self.wait:
+                await self._close_client()
+                raise ClusterUnavailable(
+                    f"the cluster URL asks for wait={self.wait} (claims confirmed by "
+                    f"{self.wait} replica(s), Redis WAIT) but the primary at {self.url} has "
+                    f"{replicas} connected replica(s): add replicas or lower wait= in the URL"
+                )
             for name, source in SCRIPTS.items():
                 self._scripts[name] = self.redis.register_script(source)
             self.up = True
             return
+        hint = ""
+        if self.config.sentinel:
+            hint = (
+                f" (is a sentinel reachable at {self.config.sentinels}, and does it monitor "
+                f"a primary named {self.config.service!r}?)"
+            )
         raise ClusterUnavailable(
-            f"cannot reach the cluster store at {self.url} after {attempts} attempts: {last}"
+            f"cannot reach the cluster store at {self.url} after {attempts} attempts: {last}{hint}"
         )
+
+    async def server_run_id(self) -> str:
+        """The server's ``run_id`` (INFO server): it changes when the primary changes
+        (a failover, or a restart)."""
+        info = await self.redis.info("server")
+        return str(info.get("run_id", ""))
+
+    def note_run_id(self, run_id: str) -> bool:
+        """Record the server's run id; True (and `changed_primary` set) if it is not
+        the one seen before: another server answers now (a failover, or a restart),
+        and writes acknowledged by the old one may be missing."""
+        old = self.run_id
+        self.run_id = run_id
+        if old and run_id and run_id != old:
+            first = self.changed_primary[0] if self.changed_primary else old
+            self.changed_primary = (first, run_id)
+            return True
+        return False
+
+    async def connected_replicas(self) -> int:
+        """How many replicas the primary has connected (INFO replication)."""
+        info = await self.redis.info("replication")
+        return int(info.get("connected_slaves", 0))
 
     async def _close_client(self) -> None:
         if self.redis is not None:
@@ -318,6 +417,13 @@ class Store:
             self._reconnecting = None
         self.up = False
         await self._close_client()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                try:
+                    await client.aclose()
+                except Exception:
+                    pass
+            self._sentinel = None
 
     def key(self, *parts: str) -> str:
         """A key under the prefix."""
@@ -337,6 +443,32 @@ class Store:
         """Run one of `SCRIPTS`."""
         script = self._scripts[name]
         return await self.run(lambda r: script(keys=keys, args=args, client=r))
+
+    async def durable_script(
+        self, name: str, keys: list[str], args: list[Any], *, info: bool = False
+    ) -> tuple[Any, int, str | None]:
+        """Run one of `SCRIPTS` and, with ``wait=N``, Redis ``WAIT N wait_timeout`` on
+        the same connection right after it (one round trip): ``(result, replicas
+        that confirmed it, run_id or None)``. With ``wait=0`` the count is 0 and
+        nothing waits. `info` adds ``INFO server`` to the same round trip, for the
+        primary's run id."""
+        script = self._scripts[name]
+        wait, wait_ms = self.wait, max(1, int(self.wait_timeout * 1000))
+
+        async def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            await script(keys=keys, args=args, client=pipe)  # queues it
+            if wait:
+                pipe.execute_command("WAIT", wait, wait_ms)
+            if info:
+                pipe.info("server")
+            answers: list[Any] = await pipe.execute(raise_on_error=True)
+            return answers
+
+        answers = await self.run(run)
+        acked = int(answers[1]) if wait else 0
+        run_id = str(answers[-1].get("run_id", "")) if info else None
+        return answers[0], acked, run_id
 
     async def batched_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of `SCRIPTS`, auto-pipelined: with nothing in flight it goes at
@@ -410,12 +542,13 @@ class Store:
         delay = 0.05
         while True:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 1.0)
             try:
                 await self.redis.ping()
                 # the pool still holds connections to the server that went away: drop
                 # them, or the first commands after the restart fail one by one
                 await self.redis.connection_pool.disconnect()
+                self.note_run_id(await self.server_run_id())
             except self._errors:
                 continue
             except Exception:

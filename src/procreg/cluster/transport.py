@@ -23,7 +23,18 @@ reconnects and the node re-syncs); a keeper task opens it again with backoff and
 for the subscribed one, subscribes again; once Redis confirms the subscription to
 ``inval``, `on_resubscribe` is called (invalidations may have been missed meanwhile).
 A publishing connection lost with no command in flight (a server closing idle
-clients) is re-opened without marking the store down. Frames made while the store is
+clients) is re-opened without marking the store down.
+
+Liveness: every `interval` (a third of the lease) the keeper PINGs the subscribed
+connection and publishes a heartbeat on the node's own channel through the publishing
+one. A connection that has received nothing for two intervals although a reply was
+due (a half-open or frozen socket), or a heartbeat that reached no subscriber (our
+subscription is gone), counts as lost, as above: the store is marked down, the
+connection re-opened and re-subscribed, the cache dropped. PUBLISH answers how many
+subscribers got the frame: a frame for another node that reached none (its
+subscription is down) is lost, so `on_undeliverable(node)` is called, and the node
+treats that peer as disconnected (calls fail with `NodeDown`, links and monitors get
+``noconnection``) rather than let callers wait for a timeout. Frames made while the store is
 down are dropped (``store_down``); while the publishing connection is being re-opened
 they wait, up to `MAX_WAITING` frames (dropped if the store went down meanwhile);
 beyond `MAX_BACKLOG` bytes not yet taken by the socket they are dropped
@@ -36,7 +47,7 @@ import asyncio
 import logging
 import pickle
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +64,7 @@ log = logging.getLogger("procreg.cluster")
 
 MAX_WAITING = 10_000  # frames kept while the publishing connection re-opens
 MAX_BACKLOG = 64 << 20  # bytes written but not yet sent before frames are dropped
+HEARTBEAT = b"PRGH"  # published on our own channel to check the round trip
 
 
 def _ignore(*_: Any) -> None:
@@ -68,17 +80,26 @@ class Transport:
         key: bytes,
         name: str,
         deliver: Callable[[str, int, Any], None],
+        interval: float = 1.0,
     ) -> None:
         self.store = store
+        self.interval = interval  # heartbeat period (seconds); silence bound is 2x
         self.key = key
         self.name = name
         self.creation = 0
         self._deliver = deliver  # (sender, creation, item) for each item, in order
         self.on_inval: Callable[[bytes], None] = _ignore  # an ``inval`` message
         self.on_resubscribe: Callable[[], None] = _ignore  # after re-subscribing
+        self.on_undeliverable: Callable[[str], None] = _ignore  # a frame reached nobody
+        self.guard: Callable[[], object] = _ignore  # runs before anything received
+        self._dests: deque[str] = deque()  # destination of each PUBLISH in flight
+        self._confirmed: asyncio.Future[None] | None = None
+        self.heartbeats = 0
+        self._probed = 0.0  # when the oldest unanswered heartbeat was sent
+        self.silent = 0  # connections found silent (half-open) and re-opened
         self._out: dict[str, list[bytes]] = {}
         self._flush_pending = False
-        self._waiting: list[tuple[str, str, bytes]] = []
+        self._waiting: list[tuple[str, tuple[str, str, bytes]]] = []  # (dest, PUBLISH)
         self._waiting_since = 0  # store.failures when the first of them was kept
         self._subscribed = False  # the first subscription was confirmed
         self._seq = 0
@@ -104,11 +125,18 @@ class Transport:
             found = self._channels[node] = self.store.key("ch", node)
         return found
 
-    async def start(self) -> None:
-        """Open the connections, subscribe, and start the keeper."""
+    async def start(self, timeout: float = 5.0) -> None:
+        """Open the connections, subscribe (waiting up to `timeout` seconds for Redis
+        to confirm it, so frames sent to us from now on arrive), and start the
+        keeper."""
         self._loop = asyncio.get_running_loop()
+        self._confirmed = self._loop.create_future()
         try:
             await self._open()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._confirmed), timeout)
+            except TimeoutError:
+                raise ConnectionError("the store did not confirm our subscription") from None
         except BaseException:
             for wire in (self._pub, self._sub):
                 if wire is not None:
@@ -121,15 +149,20 @@ class Transport:
         """Open whichever connection is missing (subscribing the subscribed one)."""
         if self._pub is None:
             self._pub = await Wire.open(self.store, self._published, self._wire_lost)
+            self._dests.clear()
         if self._sub is None:
             sub = await Wire.open(self.store, self._pushed, self._wire_lost)
             sub.send(("SUBSCRIBE", self._mine, self._inval))
             self._sub = sub
 
     async def _keep(self) -> None:
-        """Re-open lost connections, with backoff."""
+        """Heartbeats every `interval`; re-open lost connections, with backoff."""
         while not self._closing:
-            await self._lost.wait()
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.interval)
+            except TimeoutError:
+                self._heartbeat()
+                continue
             self._lost.clear()
             delay = 0.05
             while not self._closing and (self._pub is None or self._sub is None):
@@ -144,6 +177,35 @@ class Transport:
                     self._send_waiting()
                 except Exception:
                     log.exception("sending the frames kept while re-opening failed")
+
+    def _heartbeat(self) -> None:
+        """Check both connections for silence, then PING the subscribed one and
+        publish a heartbeat to ourselves on the publishing one."""
+        now = time.monotonic()
+        limit = 2 * self.interval
+        probe = self._probed
+        for wire in (self._sub, self._pub):
+            # a heartbeat's reply was due, and nothing at all came since, for too long
+            if wire is not None and not wire.closed and probe and wire.heard < probe < now - limit:
+                self.silent += 1
+                log.warning(
+                    "%s: the cluster store connection was silent for %.1f s: re-opening it",
+                    self.name,
+                    now - wire.heard,
+                )
+                wire.fail(TimeoutError(f"no data from the store for {now - wire.heard:.1f} s"))
+        sub, pub = self._sub, self._pub
+        if sub is None or pub is None or self._waiting or not self.store.up:
+            return
+        try:
+            sub.send(("PING",))
+            pub.send(("PUBLISH", self._mine, HEARTBEAT))
+        except ConnectionError:
+            return
+        self._dests.append(self.name)
+        self.heartbeats += 1
+        if not self._probed or (sub.heard >= self._probed and pub.heard >= self._probed):
+            self._probed = now  # the oldest heartbeat still unanswered
 
     def _wire_lost(self, wire: Wire, exc: BaseException) -> None:
         if wire is self._pub:
@@ -203,10 +265,12 @@ class Transport:
         for node, items in out.items():
             self._seq += 1
             frame = encode_frame(self.key, self.name, self.creation, self._seq, node, items)
-            commands.append(("PUBLISH", self.channel(node), frame))
+            commands.append((node, ("PUBLISH", self.channel(node), frame)))
         self._send(commands)
 
-    def _send(self, commands: list[tuple[str, str, bytes]]) -> None:
+    def _send(self, commands: list[tuple[str, tuple[str, str, bytes]]]) -> None:
+        """Write ``(destination, PUBLISH command)`` pairs, or keep them while the
+        publishing connection re-opens."""
         pub = self._pub
         if pub is None or self._waiting:  # re-opening: keep them, in order
             if not self._waiting:
@@ -221,10 +285,11 @@ class Transport:
             self.dropped["backlog"] += len(commands)
             return
         try:
-            pub.send(*commands)
+            pub.send(*[command for _, command in commands])
         except ConnectionError:
             self.dropped["store_down"] += len(commands)
             return
+        self._dests.extend([dest for dest, _ in commands])
         self.sent_frames += len(commands)
 
     def _send_waiting(self) -> None:
@@ -239,20 +304,34 @@ class Transport:
         self._send(waiting)
 
     def _published(self, reply: Any) -> None:
+        """A PUBLISH answer: how many subscribers got the frame."""
+        dest = self._dests.popleft() if self._dests else None
         if isinstance(reply, Exception):  # an error reply (hiredis.ReplyError)
             self._reject("publish_error", repr(reply))
+        elif reply == 0 and dest is not None:
+            if dest == self.name:  # our own heartbeat reached nobody: not subscribed
+                sub = self._sub
+                if sub is not None and not sub.closed and self._subscribed:
+                    sub.fail(ConnectionError("our channel has no subscriber"))
+            else:
+                self.dropped["no_receiver"] += 1
+                self.on_undeliverable(dest)
 
     # -- receiving ------------------------------------------------------------------
     def _pushed(self, reply: Any) -> None:
         """A message on the subscribed connection (in the socket's I/O callback)."""
+        self.guard()  # woken from a pause past our lease deadline: fence first
         if isinstance(reply, list) and len(reply) == 3:
             kind, channel = reply[0], reply[1]
             if kind == b"message":
                 if channel == self._mine:
-                    self.receive(reply[2])
+                    if reply[2] != HEARTBEAT:
+                        self.receive(reply[2])
                 elif channel == self._inval:
                     self.on_inval(reply[2])
             elif kind == b"subscribe" and channel == self._inval:
+                if self._confirmed is not None and not self._confirmed.done():
+                    self._confirmed.set_result(None)
                 if self._subscribed:
                     # from now on no invalidation is missed: forget what may have
                     # gone stale while we were not subscribed

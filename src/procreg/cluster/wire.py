@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ class Wire(asyncio.Protocol):
         self.closed = False
         self.sent = 0  # commands written
         self.replies = 0  # replies received
+        self.heard = time.monotonic()  # when data last arrived (or the wire opened)
 
     @classmethod
     async def open(
@@ -133,7 +135,13 @@ class Wire(asyncio.Protocol):
             conn._reader = conn._writer = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
+    def fail(self, exc: BaseException) -> None:
+        """Declare the connection dead (say, silent for too long): it is aborted and
+        `on_lost` is called, as if the peer had closed it."""
+        self._lose(exc)
+
     def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
         parser = self._parser
         parser.feed(data)
         on_reply = self._on_reply

@@ -1,0 +1,153 @@
+"""Cluster URLs: where the store is, and procreg's own options.
+
+Forms (the part before ``?`` is what redis-py documents for `redis.asyncio.from_url`,
+except the Sentinel form, which redis-py has no URL for)::
+
+    redis://[[user]:password@]host:port[/db]          plain TCP
+    rediss://[[user]:password@]host:port[/db]         TLS (redis-py's ssl_* query options)
+    unix://[[user]:password@]/path/to/redis.sock[?db=N]
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]
+    rediss+sentinel://...                             the same, TLS to the primary
+
+procreg's own query options (removed before the URL reaches redis-py):
+
+- ``prefix=NAME``: key prefix (default ``procreg``), so several clusters can share one
+  server;
+- ``wait=N``: a claim is granted, and a lease renewal counts, only once Redis's
+  ``WAIT N`` confirms the write reached N replicas (default 0; 1 for the Sentinel
+  forms, so that a failover to the most up-to-date replica loses no granted claim);
+- ``wait_timeout=SECONDS``: how long ``WAIT`` may block (default: a sixth of the
+  lease, at most 0.5 s).
+
+>>> c = parse_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2?prefix=app")
+>>> (c.sentinels, c.service, c.db, c.password, c.prefix, c.wait)
+([('10.0.0.1', 26379), ('10.0.0.2', 26379)], 'main', 2, 'pw', 'app:', 1)
+>>> parse_url("redis://127.0.0.1:6379/0?wait=1&x=y").url
+'redis://127.0.0.1:6379/0?x=y'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlparse, urlunparse
+
+__all__ = ["StoreURL", "parse_url"]
+
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed cluster URL. `url` is what redis-py gets for the plain forms;
+    `sentinels`/`service` are set for the Sentinel forms."""
+
+    url: str
+    prefix: str = "procreg:"
+    wait: int = 0
+    wait_timeout: float | None = None
+    sentinels: list[tuple[str, int]] = field(default_factory=list)
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @property
+    def sentinel(self) -> bool:
+        return bool(self.sentinels)
+
+    def describe(self) -> str:
+        """The URL without its password, for messages and logs."""
+        if self.sentinel:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel {hosts} service {self.service!r} db {self.db}"
+        parts = urlparse(self.url)
+        if parts.password:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            return urlunparse(parts._replace(netloc=f"***@{netloc}"))
+        return self.url
+
+
+def _int_option(query: dict[str, list[str]], name: str, default: int) -> int:
+    raw = query.pop(name, None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw[0])
+    except ValueError:
+        raise ValueError(f"cluster URL option {name}= must be an integer, got {raw[0]!r}") from None
+    if value < 0:
+        raise ValueError(f"cluster URL option {name}= must be >= 0, got {value}")
+    return value
+
+
+def parse_url(url: str) -> StoreURL:
+    """Parse a cluster URL (forms above); `ValueError` for a malformed one."""
+    parts = urlparse(url)
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", ["procreg"])[0] + ":"
+    scheme = parts.scheme.lower()
+    sentinel = scheme in SENTINEL_SCHEMES
+    if not sentinel and scheme not in PLAIN_SCHEMES:
+        raise ValueError(
+            f"unsupported cluster URL scheme {parts.scheme!r}: use redis://, rediss://, "
+            "unix://, redis+sentinel:// or rediss+sentinel://"
+        )
+    wait = _int_option(query, "wait", 1 if sentinel else 0)
+    timeout_raw = query.pop("wait_timeout", None)
+    wait_timeout = None
+    if timeout_raw is not None:
+        try:
+            wait_timeout = float(timeout_raw[0])
+        except ValueError:
+            raise ValueError(f"wait_timeout= must be a number, got {timeout_raw[0]!r}") from None
+        if not wait_timeout > 0:
+            raise ValueError(f"wait_timeout= must be > 0 seconds, got {wait_timeout}")
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    if not sentinel:
+        return StoreURL(
+            url=urlunparse(parts._replace(query=rest)),
+            prefix=prefix,
+            wait=wait,
+            wait_timeout=wait_timeout,
+        )
+    # redis+sentinel://[user:pass@]h1:p1,h2:p2/service[/db]
+    netloc = parts.netloc
+    username = password = None
+    if "@" in netloc:
+        auth, netloc = netloc.rsplit("@", 1)
+        user, _, pw = auth.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) or None
+    sentinels: list[tuple[str, int]] = []
+    for hostport in netloc.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        try:
+            sentinels.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise ValueError(f"bad sentinel address {hostport!r} in the cluster URL") from None
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError(
+            "a Sentinel cluster URL names the service: "
+            "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+        )
+    try:
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError:
+        raise ValueError(f"bad database number {path[1]!r} in the cluster URL") from None
+    return StoreURL(
+        url=url,
+        prefix=prefix,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        sentinels=sentinels,
+        service=unquote(path[0]),
+        db=db,
+        username=username,
+        password=password,
+        tls=SENTINEL_SCHEMES[scheme],
+    )
