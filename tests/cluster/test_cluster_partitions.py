@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def overlaps(procs: dict[tuple[Any, ...], dict[str, Any]], end_of_test: float) -
     found = []
     for spans in by_key.values():
         spans.sort()
-        for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+        for (_, e1), (s2, _) in pairwise(spans):
             found.append(e1 - s2)
     return found
 
@@ -104,11 +105,11 @@ def partition(cluster, proxy, redis, tmp_path, fault: str, seconds: float) -> di
     assert not any(a.ok("alive_many", pids=held["pids"]))
     # b takes every key over once a's lease has expired in the store
     took = wait_for(
-        lambda: (r := b.ok("gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True))[
-            "pids"
-        ]
-        and all(p is not None and p[0] == "b" for p in r["pids"])
-        and r,
+        lambda: (
+            (r := b.ok("gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True))["pids"]
+            and all(p is not None and p[0] == "b" for p in r["pids"])
+            and r
+        ),
         4 * LEASE,
         interval=0.05,
         what="b to take the keys over",
