@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "find_server_binary", "free_port"]
+__all__ = ["RedisServer", "SentinelServer", "find_server_binary", "free_port"]
 
 
 def find_server_binary() -> str | None:
@@ -64,6 +64,7 @@ class RedisServer:
         port: int | None = None,
         binary: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         found = binary or find_server_binary()
         if found is None:
@@ -82,6 +83,7 @@ class RedisServer:
             else Path(tempfile.mkdtemp(prefix="procreg-redis-"))
         )
         self.logfile = self.workdir / "redis.log"
+        self.args = list(args or [])  # more redis-server options (say, --replicaof)
 
     @property
     def url(self) -> str:
@@ -98,21 +100,7 @@ class RedisServer:
         for leftover in self.workdir.glob("*.rdb"):
             leftover.unlink()
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                str(self.logfile),
-            ],
+            self._command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -127,6 +115,24 @@ class RedisServer:
             time.sleep(0.02)
         self.kill()
         raise TimeoutError(f"redis-server did not answer in {timeout} s: {self.log_tail()}")
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.logfile),
+            *self.args,
+        ]
 
     def ping(self) -> bool:
         """True if the server answers PING."""
@@ -190,6 +196,76 @@ class RedisServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class SentinelServer(RedisServer):
+    """A Redis Sentinel (the same binary, ``--sentinel``) on a free loopback port,
+    monitoring the primary at ``127.0.0.1:primary_port`` as `service`, with a quorum
+    of one and short timeouts (`down_after` and `failover_timeout`, in seconds) so
+    that a failover takes about a second. Its URL for procreg is `cluster_url`."""
+
+    def __init__(
+        self,
+        primary_port: int,
+        service: str = "main",
+        *,
+        down_after: float = 0.5,
+        failover_timeout: float = 3.0,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(port=port, binary=binary, workdir=workdir)
+        self.primary_port = primary_port
+        self.service = service
+        self.down_after = down_after
+        self.failover_timeout = failover_timeout
+        self.logfile = self.workdir / "sentinel.log"
+
+    def cluster_url(self, db: int = 0, **options: object) -> str:
+        """``redis+sentinel://127.0.0.1:port/service/db?options``."""
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/{db}" + (
+            f"?{query}" if query else ""
+        )
+
+    def _command(self) -> list[str]:
+        conf = self.workdir / "sentinel.conf"  # rewritten by the sentinel as it runs
+        conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.workdir}\n"
+            f"logfile {self.logfile}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} {int(self.down_after * 1000)}\n"
+            f"sentinel failover-timeout {self.service} {int(self.failover_timeout * 1000)}\n"
+            f"sentinel parallel-syncs {self.service} 4\n"
+        )
+        return [self.binary, str(conf), "--sentinel"]
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary's address as this sentinel sees it now."""
+        with self.client(timeout=1.0) as c:
+            found = c.execute_command("SENTINEL", "get-master-addr-by-name", self.service)
+        if not found:
+            return None
+        return found[0].decode(), int(found[1])
+
+    def replicas(self) -> list[dict[str, str]]:
+        """The replicas this sentinel knows, with their flags."""
+        with self.client(timeout=1.0) as c:
+            rows = c.execute_command("SENTINEL", "replicas", self.service)
+        out = []
+        for row in rows:
+            if isinstance(row, dict):
+                out.append({_s(k): _s(v) for k, v in row.items()})
+            else:
+                out.append({_s(row[i]): _s(row[i + 1]) for i in range(0, len(row), 2)})
+        return out
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _stopped(pid: int) -> bool:

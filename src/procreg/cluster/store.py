@@ -312,11 +312,15 @@ class Store:
 
         config = self.config
         if self._sentinel is None:
-            timeouts = {
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            kwargs = {
                 "socket_timeout": self._timeout,
                 "socket_connect_timeout": self._timeout,
+                "retry": Retry(NoBackoff(), 0),  # an unreachable sentinel: the next one
             }
-            self._sentinel = Sentinel(config.sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(config.sentinels, sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
         return self._sentinel.master_for(
             config.service,
             db=config.db,
@@ -369,14 +373,16 @@ class Store:
                 self._scripts[name] = self.redis.register_script(source)
             self.up = True
             return
-        hint = ""
+        why = f"{type(last).__name__}: {last}"
         if self.config.sentinel:
-            hint = (
-                f" (is a sentinel reachable at {self.config.sentinels}, and does it monitor "
-                f"a primary named {self.config.service!r}?)"
+            # (redis-py's message holds the repr of a whole client)
+            why = (
+                f"no sentinel at {self.config.sentinels} named a reachable primary "
+                f"for the service {self.config.service!r} ({type(last).__name__}): is a "
+                "sentinel running there, and does it monitor a primary by that name?"
             )
         raise ClusterUnavailable(
-            f"cannot reach the cluster store at {self.url} after {attempts} attempts: {last}{hint}"
+            f"cannot reach the cluster store at {self.url} after {attempts} attempts: {why}"
         )
 
     async def server_run_id(self) -> str:
@@ -542,14 +548,15 @@ class Store:
         delay = 0.05
         while True:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, max(0.1, self._timeout))  # a third of a lease
             try:
                 await self.redis.ping()
                 # the pool still holds connections to the server that went away: drop
                 # them, or the first commands after the restart fail one by one
                 await self.redis.connection_pool.disconnect()
                 self.note_run_id(await self.server_run_id())
-            except self._errors:
+            except self._errors as exc:
+                log.debug("reconnecting to %s: %r", self.url, exc)
                 continue
             except Exception:
                 await self._close_client()
