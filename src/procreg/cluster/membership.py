@@ -148,12 +148,12 @@ class Membership:
             args.append("NX")
 
         async def run(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            pipe.execute_command(*args)
-            if store.wait:
-                pipe.execute_command("WAIT", store.wait, max(1, int(store.wait_timeout * 1000)))
-            answers: list[Any] = await pipe.execute()
-            return answers
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*args)
+                if store.wait:
+                    pipe.execute_command("WAIT", store.wait, max(1, int(store.wait_timeout * 1000)))
+                answers: list[Any] = await pipe.execute()
+                return answers
 
         answers = await store.run(run)
         if not answers[0]:

@@ -462,14 +462,14 @@ class Store:
         wait, wait_ms = self.wait, max(1, int(self.wait_timeout * 1000))
 
         async def run(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            await script(keys=keys, args=args, client=pipe)  # queues it
-            if wait:
-                pipe.execute_command("WAIT", wait, wait_ms)
-            if info:
-                pipe.info("server")
-            answers: list[Any] = await pipe.execute(raise_on_error=True)
-            return answers
+            async with r.pipeline(transaction=False) as pipe:
+                await script(keys=keys, args=args, client=pipe)  # queues it
+                if wait:
+                    pipe.execute_command("WAIT", wait, wait_ms)
+                if info:
+                    pipe.info("server")
+                answers: list[Any] = await pipe.execute(raise_on_error=True)
+                return answers
 
         answers = await self.run(run)
         acked = int(answers[1]) if wait else 0
@@ -507,11 +507,11 @@ class Store:
         self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         async def run(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                await self._scripts[name](keys=keys, args=args, client=pipe)  # queues it
-            result: list[Any] = await pipe.execute(raise_on_error=False)
-            return result
+            async with r.pipeline(transaction=False) as pipe:
+                for name, keys, args, _ in batch:
+                    await self._scripts[name](keys=keys, args=args, client=pipe)  # queues it
+                result: list[Any] = await pipe.execute(raise_on_error=False)
+                return result
 
         try:
             try:
