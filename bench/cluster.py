@@ -133,6 +133,25 @@ KILL_CLAIM = Figure(
     baseline=False,
 )
 
+WAIT_GOS = Figure(
+    "cluster_wait_get_or_spawn_median",
+    "cluster: get_or_spawn of a new key with wait=1 (claim confirmed by a replica), median",
+    "µs",
+    "lower",
+    "1 run",
+    None,
+    "baseline: the same get_or_spawn with wait=0 on the same primary, same run",
+)
+WAIT_GOS_P99 = Figure(
+    "cluster_wait_get_or_spawn_p99",
+    "cluster: get_or_spawn of a new key with wait=1, p99",
+    "µs",
+    "lower",
+    "1 run",
+    None,
+    "baseline: wait=0, same primary, same run",
+)
+
 FIGURES = [
     REMOTE_GOS,
     REMOTE_GOS_P99,
@@ -380,11 +399,70 @@ def _available(sizes: Sizes, uvloop: bool) -> Measurement:
     return cluster_procreg(sizes, uvloop)
 
 
+def _new_keys_latency(url: str, n: int) -> tuple[float, float]:
+    """Median and p99 (µs) of `n` get_or_spawn of new keys, one at a time."""
+    out: list[tuple[float, float]] = []
+
+    async def main() -> None:
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            await procreg.get_or_spawn(f"w-{i}", Idle)
+            samples.append(time.perf_counter_ns() - t0)
+        out.append(_ns(samples))
+
+    procreg.run(
+        main, name=f"bench-w{time.monotonic_ns()}", cluster=url, secret="bench", lease=LEASE
+    )
+    return out[0]
+
+
+def _with_replica(measure: Any) -> Measurement:
+    """Run `measure(primary url)` against a primary with one replica."""
+    with RedisServer() as primary:
+        replica = RedisServer(args=["--replicaof", "127.0.0.1", str(primary.port)])
+        with replica:
+            client = primary.client()
+            deadline = time.monotonic() + 10
+            while int(client.info("replication").get("connected_slaves", 0)) < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not connect")
+                time.sleep(0.05)
+            result: Measurement = measure(primary.url)
+            return result
+
+
+def cluster_wait(sizes: Sizes, uvloop: bool) -> Measurement:
+    n = 1_000 if sizes.quick else 5_000
+
+    def measure(url: str) -> Measurement:
+        median, p99 = _new_keys_latency(url + "?wait=1", n)
+        return {WAIT_GOS.name: median, WAIT_GOS_P99.name: p99}
+
+    return _with_replica(measure)
+
+
+def cluster_nowait(sizes: Sizes, uvloop: bool) -> Measurement:
+    n = 1_000 if sizes.quick else 5_000
+
+    def measure(url: str) -> Measurement:
+        median, p99 = _new_keys_latency(url + "?prefix=nowait", n)
+        return {WAIT_GOS.name: median, WAIT_GOS_P99.name: p99}
+
+    return _with_replica(measure)
+
+
 BENCHMARKS = [
     Benchmark(
         "cluster",
         FIGURES,
         {"procreg": _available, "asyncio": cluster_redis},
         isolated=True,
-    )
+    ),
+    Benchmark(
+        "cluster_wait",
+        [WAIT_GOS, WAIT_GOS_P99],
+        {"procreg": cluster_wait, "asyncio": cluster_nowait},
+        isolated=True,
+    ),
 ]
