@@ -80,6 +80,13 @@ class ClusterUnavailable(ProcregError):
     """The cluster store could not be reached."""
 
 
+class DecodeError(ProcregError, TypeError):
+    """A message, call request or reply crossed the cluster but could not be
+    unpickled on the receiving node (say, an instance of a class defined in the
+    sender's ``__main__``, or of a module the receiver lacks). A `call` whose request
+    or reply cannot be decoded raises it at once, with the receiver's reason."""
+
+
 class NotInProcess(ProcregError, RuntimeError):
     """The operation needs a calling process (`receive`, `link`, `monitor`, ...)."""
 

@@ -359,6 +359,61 @@ class Runner:
                 pass
         return wpid
 
+    async def cmd_down_then_lookup(self, key: Any, timeout: float = 5.0) -> Any:
+        """Monitor the holder of `key` (looked up now, so it is cached), ask its node
+        to stop it, and the moment its Down arrives, look the key up again and
+        get_or_spawn it: neither may answer with the dead pid."""
+        procreg = self.procreg
+        pid = await procreg.whereis(key)
+        ref = procreg.monitor(pid)
+        procreg.cast(pid, ["stop", "normal"])
+        down = await procreg.receive(
+            timeout=timeout, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
+        )
+        found = await procreg.whereis(key)
+        got = await procreg.get_or_spawn(key, self.servers.Echo)
+        return {"pid": pid, "reason": down.reason, "whereis": found, "get_or_spawn": got}
+
+    async def cmd_terminate_registry(self, key: Any, how: str) -> Any:
+        """Start an `servers.Unregisters` under `key`, end it `how` ("stop": it
+        raises Stop; "exit": exit(pid, "shutdown")), and return what the registry
+        calls in its async terminate gave."""
+        servers = self.servers
+        pid = await self.procreg.get_or_spawn(key, servers.Unregisters, key)
+        ref = self.procreg.monitor(pid)
+        if how == "stop":
+            self.procreg.cast(pid, ["stop"])
+        else:
+            self.procreg.exit(pid, "shutdown")
+        await self.procreg.receive(
+            timeout=5, match=lambda m: isinstance(m, self.procreg.Down) and m.ref == ref
+        )
+        return {
+            "results": servers.TERMINATED.pop(key, None),
+            "after": await self.procreg.whereis(key),
+        }
+
+    async def cmd_send_undecodable(self, pid: list[Any], how: str) -> Any:
+        """Send `pid` an instance of a class that exists only in this process's
+        ``__main__`` (so the receiver cannot unpickle it), then a plain message in
+        the same frame. ``how``: "call", "cast" or "send"."""
+        procreg = self.procreg
+        target = self.pid(pid)
+        thing = self.servers.only_here()
+        if how == "call":
+            try:
+                await procreg.call(target, ["echo", thing], timeout=5.0)
+            except Exception as exc:
+                return {"error": type(exc).__name__, "message": str(exc)}
+            return {"error": None}
+        if how == "cast":
+            procreg.cast(target, ["odd", thing])
+            procreg.cast(target, ["after", 1])  # same loop turn: same frame
+        else:
+            procreg.send(target, ["odd", thing])
+            procreg.send(target, ["after", 1])
+        return {"error": None}
+
     async def cmd_watched(self, watcher: list[Any]) -> Any:
         return self.records[repr(self.pid(watcher))]
 

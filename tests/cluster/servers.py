@@ -69,7 +69,45 @@ def _answer(state: Any, request: Any) -> Any:
         raise RuntimeError(request[1])
     if op == "stop":
         raise procreg.Stop(request[1] if len(request) > 1 else "normal")
+    if op == "odd":  # a reply the caller's node cannot unpickle
+        return only_here()
     raise ValueError(f"unknown request {request!r}")
+
+
+def only_here() -> Any:
+    """An instance of a class defined at run time in this process's ``__main__``:
+    it pickles here, and no other process can unpickle it."""
+    import sys
+
+    main = sys.modules["__main__"]
+    name = f"OnlyHere_{procreg.current_node().name}"  # another node's is another class
+    cls = getattr(main, name, None)
+    if cls is None:
+        cls = type(name, (), {"__module__": "__main__"})
+        setattr(main, name, cls)
+    return cls()
+
+
+TERMINATED: dict[Any, Any] = {}
+
+
+class Unregisters(procreg.Server):
+    """Its async terminate uses the registry on its own key: unregister, whereis."""
+
+    def init(self, key: Any) -> None:
+        self.key = key
+
+    def handle_cast(self, msg: Any) -> None:
+        raise procreg.Stop("normal")
+
+    async def terminate(self, reason: Any) -> None:
+        out: dict[str, Any] = {}
+        try:
+            out["unregister"] = await procreg.unregister(self.key)
+        except Exception as exc:
+            out["unregister"] = f"{type(exc).__name__}: {exc}"
+        out["whereis"] = plain(await procreg.whereis(self.key))
+        TERMINATED[self.key] = out
 
 
 class Echo(procreg.Server):
@@ -165,4 +203,5 @@ FACTORIES: dict[str, Any] = {
     "co_echo": co_echo,
     "Hidden": _hidden(),
     "Failing": Failing,
+    "Unregisters": Unregisters,
 }

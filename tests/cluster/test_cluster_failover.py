@@ -126,7 +126,7 @@ def test_failover_to_a_lagging_replica_loses_no_granted_claim(
         LEASE,
         interval=0.05,
         what="b to find exactly the live granted processes",
-        explain=lambda: b.ok("whereis_many", keys=granted, table=TABLE),
+        explain=lambda: (b.ok("whereis_many", keys=granted, table=TABLE), cluster_state([a, b])),
     )
     clean = time.time() - killed
     assert a.ok("alive_many", pids=live) == [True] * len(live)

@@ -161,8 +161,16 @@ def test_bad_frames_are_dropped_counted_and_never_unpickled(cluster, redis, tmp_
     assert n2.ok("call", pid=back, request=["echo", "still fine"]) == "still fine"
 
 
-def test_a_node_with_another_secret_cannot_talk_to_the_others(cluster):
+def test_a_node_with_another_secret_is_refused_and_cannot_talk_to_the_others(cluster, redis):
     n1, n2 = cluster(["n1", "n2"])
+    # refused at join: the secret's fingerprint differs from the cluster's
+    (refused,) = cluster(["n3"], secret="some-other-secret", wait=False)
+    with pytest.raises(AssertionError, match="another cluster secret"):
+        refused.wait_ready()
+    # with that check out of the way (the fingerprint key deleted), it joins, but
+    # its frames and ours are dropped both ways
+    with contextlib.closing(redis.client()) as client:
+        client.delete("procreg:fingerprint")
     (n3,) = cluster(["n3"], secret="some-other-secret")
     # the store is shared, so it joins and sees the registry...
     p1 = n1.ok("register", key="on-n1")

@@ -90,7 +90,9 @@ class Cluster:
         self.transport.on_undeliverable = self._undeliverable
         self.transport.guard = self.membership.check
         self.remote = Remote(node, self.transport)
+        self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
+        self.remote.on_dead = self.backend.pid_ended
         self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []

@@ -170,6 +170,9 @@ class _Spawn:
             return
         if result:  # held by another live process
             holder = pid_from_str(_text(result))
+            if holder in b._dead:
+                self._general()  # it ended: its owner's release is on its way
+                return
             if holder[0] == b.node.name:
                 proc = b.node._procs.get(holder)
                 if proc is None or proc._st >= EXITING:
@@ -245,6 +248,10 @@ class RedisBackend(LocalBackend):
         self._claims: dict[tuple[str, Hashable], _Spawn | asyncio.Task[tuple[Pid, bool]]] = {}
         self.conflicts = 0
         self.unreplicated = 0  # claims not granted: too few replicas confirmed them
+        # remote pids this node has learned are dead (a Down, an exit signal, a
+        # noproc), with when: no lookup hands them out, even before the owner's
+        # release reaches the store (causality: Down, then whereis, never the dead pid)
+        self._dead: dict[Pid, float] = {}
         self._tkeys: dict[str, tuple[str, str]] = {}
         # claims waiting for a script call, by mode ("new", "resync")
         self._pending_claims: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
@@ -272,7 +279,7 @@ class RedisBackend(LocalBackend):
             return proc.pid
         pid = self._cache.get((table, key))
         if pid is not None:
-            if self.cluster.is_live(pid):
+            if self.cluster.is_live(pid) and pid not in self._dead:
                 return pid
             del self._cache[(table, key)]
         return MISS
@@ -287,6 +294,8 @@ class RedisBackend(LocalBackend):
             return None
         text = _text(value)
         pid = pid_from_str(text)
+        if pid in self._dead:
+            return None  # its owner's release has not reached the store yet
         meta_text = text.split("\t", 3)[3] if text.count("\t") >= 3 else ""
         if gen == self._gen and pid[0] != self.node.name:
             self._cache[(table, key)] = pid
@@ -343,6 +352,12 @@ class RedisBackend(LocalBackend):
                     raise ClusterUnavailable(f"cannot claim {key!r}: this node was fenced")
                 return None
             holder = pid_from_str(_text(result))
+            if holder in self._dead and stale_tries < 200:
+                # we know it ended (a Down came first): its owner's release is on its
+                # way to the store; do not hand out a dead pid, wait for it
+                stale_tries += 1
+                await asyncio.sleep(0.005)
+                continue
             if holder[0] == self.node.name:
                 proc = self.node._procs.get(holder)
                 if (proc is None or proc._st >= EXITING) and stale_tries < 3:
@@ -497,7 +512,10 @@ class RedisBackend(LocalBackend):
     async def unregister(
         self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
     ) -> bool:
-        holder = self._holder(key, table)
+        tab = self._tables.get(table)
+        # our own entry, even if its process is exiting (an async `terminate` that
+        # unregisters its key), as on the embedded node
+        holder = tab.get(key) if tab is not None else None
         if holder is not None:
             removed = await super().unregister(key, table, pid)
             self._queue_release(table, key, holder.pid, False)
@@ -744,6 +762,17 @@ class RedisBackend(LocalBackend):
             return
         if isinstance(table, str):
             self._cache.pop((table, key), None)
+
+    def pid_ended(self, pid: Pid) -> None:
+        """A remote process is known to have ended (we delivered its Down, its exit
+        signal, or a noproc for it): lookups on this node never return it again."""
+        now = self.node._loop.time()
+        dead = self._dead
+        if len(dead) >= 4096:  # forget what the store surely knows by now
+            horizon = now - 2 * self.cluster.lease
+            for old in [p for p, t in dead.items() if t < horizon]:
+                del dead[old]
+        dead[pid] = now  # (`peek` drops a cache entry that names it)
 
     def node_down(self, name: str) -> None:
         """Forget cached entries of a node that went down."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import pickle
@@ -29,6 +30,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Final, cast
 
+from ..errors import ClusterUnavailable
 from ..pid import Pid
 
 __all__ = [
@@ -36,10 +38,12 @@ __all__ = [
     "canon",
     "decode_frame",
     "encode_frame",
+    "fingerprint",
     "load_secret",
     "pack_item",
     "pid_from_str",
     "pid_str",
+    "salvage",
     "uncanon",
 ]
 
@@ -74,7 +78,25 @@ def load_secret(
     env = os.environ.get("PROCREG_SECRET")
     if env:
         return env.encode()
-    file = Path(path) if path is not None else Path.home() / ".procreg.secret"
+    try:
+        file = Path(path) if path is not None else Path.home() / ".procreg.secret"
+        return _secret_file(file)
+    except (OSError, RuntimeError) as exc:  # no HOME, or one we cannot write
+        raise ClusterUnavailable(
+            f"no cluster secret: {exc}. Give every node of the cluster the same secret "
+            'with PROCREG_SECRET=<random text> (e.g. from `python -c "import secrets; '
+            'print(secrets.token_hex(32))"`) or Node(secret=...)'
+        ) from exc
+
+
+def fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the cluster secret (HMAC-SHA256 of a fixed
+    label, 16 hex digits): nodes compare it at join to refuse a different secret
+    without ever revealing the secret itself."""
+    return hmac.new(key, b"procreg secret fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+def _secret_file(file: Path) -> bytes:
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -94,6 +116,37 @@ def load_secret(
 
 
 # -- frames -------------------------------------------------------------------------
+
+
+class Placeholder:
+    """Stands for an object `salvage` could not rebuild (its class could not be
+    imported here); `name` is ``module.qualname`` of that class."""
+
+    name = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<undecodable {self.name}>"
+
+
+class _Salvager(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception:
+            return type("Placeholder", (Placeholder,), {"name": f"{module}.{name}"})
+
+
+def salvage(raw: bytes) -> Any:
+    """Unpickle `raw` with a `Placeholder` for every class that cannot be imported,
+    so that an item whose payload is undecodable still tells what it was (a call and
+    its id, say). Raises if even that fails."""
+    return _Salvager(io.BytesIO(raw)).load()
 
 
 def pack_item(item: tuple[Any, ...]) -> bytes:

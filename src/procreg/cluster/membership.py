@@ -41,6 +41,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
+from .codec import fingerprint
 from .store import NotReplicated, stop_tasks
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class Membership:
         token = secrets.token_hex(8)
         await store.run(lambda r: r.set(store.key("epoch"), token, nx=True))
         self.epoch = _text(await store.run(lambda r: r.get(store.key("epoch")))) or token
+        await self._check_secret()
         # a fresh store starts the counter from the clock, so that creations stay
         # unique across store lifetimes (a data loss must not hand out old ones)
         seed = int(time.time() - 1_767_225_600)  # seconds since 2026-01-01
@@ -189,6 +191,23 @@ class Membership:
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
         await self.poll()
         return self.creation
+
+    async def _check_secret(self) -> None:
+        """Refuse to join a cluster whose nodes use another secret: their frames and
+        ours would be dropped both ways (bad signatures) and every call would time
+        out. Compares `codec.fingerprint`s, never the secret."""
+        store = self.store
+        mine = fingerprint(self.cluster.key)
+        await store.run(lambda r: r.set(store.key("fingerprint"), mine, nx=True))
+        theirs = _text(await store.run(lambda r: r.get(store.key("fingerprint"))))
+        if theirs is not None and theirs != mine:
+            raise ClusterUnavailable(
+                f"node {self.name!r} has another cluster secret than the nodes already in "
+                f"this cluster (secret fingerprint {mine}, the cluster's is {theirs}): give "
+                "every node the same secret, e.g. the same PROCREG_SECRET environment "
+                "variable or Node(secret=...); by default each machine (or container) "
+                "makes its own ~/.procreg.secret"
+            )
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -350,6 +369,8 @@ class Membership:
                 lambda r: r.set(store.key("grace"), 1, px=max(1, int(grace * 1000)), nx=True)
             )
         self.epoch = _text(await store.run(lambda r: r.get(store.key("epoch")))) or token
+        mine = fingerprint(self.cluster.key)
+        await store.run(lambda r: r.set(store.key("fingerprint"), mine, nx=True))
         await store.run(
             lambda r: r.eval(
                 "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "

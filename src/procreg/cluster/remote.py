@@ -17,10 +17,18 @@ import importlib
 import itertools
 import logging
 import pickle
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import ClusterUnavailable, NodeDown, NoProcess, ProcessExited, ProcregError
+from ..errors import (
+    ClusterUnavailable,
+    DecodeError,
+    NodeDown,
+    NoProcess,
+    ProcessExited,
+    ProcregError,
+)
 from ..pid import Pid, Ref
 from ..process import EXITING, _Proc
 from .codec import pack_item
@@ -144,7 +152,11 @@ class Remote:
         self.peers: dict[str, Peer] = {}
         self.live: dict[str, int] = {}  # node -> creation, kept by membership
         self.seen: set[str] = set()  # every node name ever live
+        self.downs: dict[str, int] = {}  # node -> the newest creation known to be down
+        # called with a remote pid we learned is dead (a Down, an exit signal, a noproc)
+        self.on_dead: Callable[[Pid], None] = lambda pid: None
         self._ids = itertools.count(1)
+        self._last_warning = 0.0
 
     def _peer(self, name: str) -> Peer:
         peer = self.peers.get(name)
@@ -153,17 +165,18 @@ class Remote:
         return peer
 
     def _check(self, pid: Pid) -> bool:
-        """True if `pid`'s node is live; False if it is known but down; `NodeDown`
-        for a node this cluster has never seen."""
+        """True if `pid`'s node may be live: its incarnation is the live one we know,
+        or one our membership poll has not seen yet (a node that has just joined or
+        restarted is reachable before our next poll: a frame that reaches nobody is
+        reported by the transport, see `Cluster._undeliverable`). False for an
+        incarnation known to be down."""
         name = pid[0]
         creation = self.live.get(name)
         if creation is not None:
             # a newer incarnation than we know of is live: membership has not polled
             # it yet (within lease / 3)
             return pid[1] >= creation
-        if name in self.seen:
-            return False
-        raise NodeDown(f"unknown node {name!r}: {pid!r} is not a pid of a node in this cluster")
+        return pid[1] > self.downs.get(name, -1)
 
     # -- outgoing -------------------------------------------------------------------
     def send(self, pid: Pid, msg: Any) -> None:
@@ -237,7 +250,7 @@ class Remote:
         peer = self.peers.get(target[0])
         if peer is not None:
             peer.watch_out.pop(ref, None)
-        if target[0] in self.live:
+        if self._check(target):
             self.transport.enqueue(target[0], pack_item((DEMONITOR, ref, target)))
 
     def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
@@ -245,7 +258,7 @@ class Remote:
         peer = self.peers.get(watcher[0])
         if peer is not None:
             peer.watch_in.pop(ref, None)
-        if watcher[0] in self.live:
+        if self._check(watcher):  # (a node that just joined is reachable before our poll)
             self.transport.enqueue(watcher[0], _pack_lenient((DOWN, ref, pid, watcher, reason)))
 
     def link_exit(self, sender: Pid, other: Pid, reason: Any) -> None:
@@ -253,7 +266,7 @@ class Remote:
         peer = self.peers.get(other[0])
         if peer is not None:
             peer.links.discard((sender, other))
-        if other[0] in self.live:
+        if self._check(other):  # (a node that just joined is reachable before our poll)
             self.transport.enqueue(other[0], _pack_lenient((LINK_EXIT, sender, other, reason)))
 
     def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
@@ -337,6 +350,7 @@ class Remote:
                 proc._ext.links.discard(from_pid)
         elif op == LINK_EXIT:
             _, from_pid, pid, reason = item
+            self.on_dead(from_pid)  # before anyone runs: no lookup may return it now
             self._peer(sender).links.discard((pid, from_pid))
             proc = procs.get(pid)
             links = proc._ext.links if proc is not None and proc._ext is not None else None
@@ -362,6 +376,7 @@ class Remote:
                 proc._ext.monitors.pop(ref, None)
         elif op == DOWN:
             _, ref, pid, watcher, reason = item
+            self.on_dead(pid)  # before anyone runs: no lookup may return it now
             peer = self.peers.get(sender)
             if peer is not None:
                 peer.watch_out.pop(ref, None)
@@ -380,6 +395,42 @@ class Remote:
         else:
             log.warning("unknown item %r from %s", op, sender)
 
+    def undecodable(self, sender: str, creation: int, item: Any, exc: BaseException) -> None:
+        """An item from `sender` we could not unpickle (`item` is what
+        `codec.salvage` made of it, with placeholders): a call or a remote spawn is
+        answered at once with `DecodeError` saying why, a reply fails its caller the
+        same way, an exit signal or Down is delivered with a string for its reason,
+        and a message is dropped and logged with the reason."""
+        why = f"{type(exc).__name__}: {exc}"
+        op = item[0] if isinstance(item, tuple) and item else None
+        me = self.node.name
+        if op == CALL:
+            RemoteCaller(self, sender, item[1]).fail(
+                DecodeError(
+                    f"node {me!r} could not decode the request of a call to {item[2]!r}: {why}"
+                )
+            )
+        elif op == SPAWN:
+            RemoteCaller(self, sender, item[1]).fail(
+                DecodeError(f"node {me!r} could not decode a get_or_spawn of {item[3]!r}: {why}")
+            )
+        elif op == REPLY:
+            error = DecodeError(f"could not decode the reply from node {sender!r}: {why}")
+            self._answer(sender, item[1], None, ("error", error))
+        elif op in (EXIT, LINK_EXIT, DOWN):
+            self.deliver(sender, creation, (*item[:-1], f"<undecodable reason: {why}>"))
+        else:
+            target = item[1] if op in (SEND, CAST) else item[1:2]
+            self._warn(
+                f"dropped a message from node {sender!r} to {target!r}: cannot decode it: {why}"
+            )
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 1.0:
+            self._last_warning = now
+            log.warning("%s (node %s)", text, self.node.name)
+
     def _answer(
         self, sender: str, call_id: int, value: Any, failure: tuple[str, Any] | None
     ) -> None:
@@ -395,8 +446,10 @@ class Remote:
             return
         kind, detail = failure
         if kind == "noproc":
+            self.on_dead(pid)
             fut.set_exception(NoProcess(detail))
         elif kind == "exited":
+            self.on_dead(pid)
             fut.set_exception(ProcessExited(detail, pid))
         elif isinstance(detail, BaseException):
             fut.set_exception(detail)  # the callee side's own error, same type
@@ -421,6 +474,8 @@ class Remote:
         """`name` is down (its incarnation `creation` and older; all if None):
         noconnection to our links and monitors, NodeDown to calls. Entries of a newer
         incarnation that already reached us stay."""
+        if creation is not None:
+            self.downs[name] = max(self.downs.get(name, -1), creation)
         peer = self.peers.get(name)
         if peer is None:
             return

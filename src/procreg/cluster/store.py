@@ -11,6 +11,7 @@ Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
 | key | type | holds |
 |---|---|---|
 | ``epoch`` | string | a random token; if it vanishes, the store lost its data |
+| ``fingerprint`` | string | `codec.fingerprint` of the cluster secret (others are refused) |
 | ``grace`` | string, PX | present while nodes re-register after a data loss |
 | ``creation`` | counter | incarnation numbers for nodes |
 | ``lease:<node>`` | string, PX | the node's creation while its lease holds |

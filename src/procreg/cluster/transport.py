@@ -51,7 +51,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .codec import BadFrame, decode_frame, encode_frame
+from .codec import BadFrame, decode_frame, encode_frame, salvage
 from .store import stop_tasks
 from .wire import Wire
 
@@ -92,6 +92,8 @@ class Transport:
         self.on_resubscribe: Callable[[], None] = _ignore  # after re-subscribing
         self.on_undeliverable: Callable[[str], None] = _ignore  # a frame reached nobody
         self.guard: Callable[[], object] = _ignore  # runs before anything received
+        # (sender, creation, item with placeholders, error): an item we cannot unpickle
+        self.on_undecodable: Callable[[str, int, Any, BaseException], None] = _ignore
         self._dests: deque[str] = deque()  # destination of each PUBLISH in flight
         self._confirmed: asyncio.Future[None] | None = None
         self.heartbeats = 0
@@ -358,8 +360,12 @@ class Transport:
         for raw in items:
             try:
                 item = pickle.loads(raw)  # signed by a node that holds the secret
-            except Exception:
-                self._reject("item")
+            except Exception as exc:
+                self.dropped["undecodable"] += 1
+                try:
+                    self.on_undecodable(sender, creation, salvage(raw), exc)
+                except Exception:
+                    self._reject("item", f"{type(exc).__name__}: {exc}")
                 continue
             try:
                 self._deliver(sender, creation, item)
