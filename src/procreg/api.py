@@ -65,7 +65,7 @@ def self() -> Pid:
         proc = current_process.get()
         if proc is None:
             raise NotInProcess("self() must be called from inside a process")
-    return proc.pid
+    return proc._procreg_pid
 
 
 def spawn(
@@ -122,7 +122,7 @@ def send(pid: Pid, msg: Any) -> None:
     if proc is None:
         node.send(pid, msg)
     else:
-        proc._info(msg)
+        proc._procreg_info(msg)
 
 
 def cast(pid: Pid, msg: Any) -> None:
@@ -134,7 +134,7 @@ def cast(pid: Pid, msg: Any) -> None:
     if proc is None:
         node.cast(pid, msg)
     else:
-        proc._cast(msg)
+        proc._procreg_cast(msg)
 
 
 async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
@@ -226,7 +226,7 @@ def monitor_nodes(on: bool = True) -> None:
     """The calling process gets ``NodeEvent("up" | "down", name)`` messages as nodes
     join and leave the cluster (``on=False`` stops them)."""
     node = current_node()
-    node.monitor_nodes(node._me_or_raise("monitor_nodes()").pid, on)
+    node.monitor_nodes(node._me_or_raise("monitor_nodes()")._procreg_pid, on)
 
 
 def is_alive(pid: Pid) -> bool:
@@ -376,7 +376,7 @@ async def unregister(key: Hashable, table: str = DEFAULT_TABLE, *, pid: Pid | No
     node = current_node()
     if pid is None:
         me = node.me()
-        pid = me.pid if me is not None else None
+        pid = me._procreg_pid if me is not None else None
     return await node.registry.unregister(key, table, pid)
 
 

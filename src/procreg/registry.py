@@ -98,7 +98,7 @@ def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
     me = node.me()
     if me is None:
         raise NotInProcess(f"{what} without a pid must be called from inside a process")
-    return me.pid
+    return me._procreg_pid
 
 
 class RegistryBackend:
@@ -227,7 +227,7 @@ class LocalBackend(RegistryBackend):
         if tab is None:
             return None
         proc = tab.get(key)
-        if proc is not None and proc._st >= EXITING:
+        if proc is not None and proc._procreg_st >= EXITING:
             return None
         return proc
 
@@ -236,9 +236,9 @@ class LocalBackend(RegistryBackend):
         if tab is None:
             return None
         proc = tab.get(key)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             return None
-        return proc.pid
+        return proc._procreg_pid
 
     async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
         return self.peek(key, table)
@@ -250,7 +250,7 @@ class LocalBackend(RegistryBackend):
         if proc is None:
             return None
         meta = self._meta.get(table)
-        return proc.pid, (meta.get(key) if meta is not None else None)
+        return proc._procreg_pid, (meta.get(key) if meta is not None else None)
 
     def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
         tab = self._tables.get(table)
@@ -258,13 +258,13 @@ class LocalBackend(RegistryBackend):
             tab = self._tables[table] = {}
         tab[key] = proc
         entry = (table, key)
-        reg = proc._reg
+        reg = proc._procreg_reg
         if reg is None:
-            proc._reg = entry
+            proc._procreg_reg = entry
         elif type(reg) is set:
             reg.add(entry)
         elif reg != entry:
-            proc._reg = {reg, entry}
+            proc._procreg_reg = {reg, entry}
         if meta is not None:
             self._meta.setdefault(table, {})[key] = dict(meta)
         elif table in self._meta:
@@ -282,15 +282,15 @@ class LocalBackend(RegistryBackend):
             del self._tables[table]
         self._drop_meta(table, key)
         entry = (table, key)
-        reg = proc._reg
+        reg = proc._procreg_reg
         if type(reg) is set:
             reg.discard(entry)
             if len(reg) == 1:
-                proc._reg = next(iter(reg))
+                proc._procreg_reg = next(iter(reg))
             elif not reg:
-                proc._reg = None
+                proc._procreg_reg = None
         elif reg == entry:
-            proc._reg = None
+            proc._procreg_reg = None
 
     def register_now(
         self,
@@ -302,7 +302,7 @@ class LocalBackend(RegistryBackend):
         """Synchronous `register` of a live local process."""
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
-            raise AlreadyRegistered(key, holder.pid)
+            raise AlreadyRegistered(key, holder._procreg_pid)
         self._add(table, key, proc, meta)
 
     async def register(
@@ -313,7 +313,7 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
     ) -> None:
         proc = self.node._lookup(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
         self.register_now(key, proc, table, meta)
 
@@ -324,8 +324,10 @@ class LocalBackend(RegistryBackend):
         holder = tab.get(key) if tab is not None else None
         if holder is None:
             return False
-        if pid is not None and holder.pid != pid:
-            raise NotOwner(f"{key!r} in table {table!r} is held by {holder.pid!r}, not {pid!r}")
+        if pid is not None and holder._procreg_pid != pid:
+            raise NotOwner(
+                f"{key!r} in table {table!r} is held by {holder._procreg_pid!r}, not {pid!r}"
+            )
         self._remove(table, key, holder)
         return True
 
@@ -341,7 +343,7 @@ class LocalBackend(RegistryBackend):
     ) -> tuple[Pid, bool]:
         proc = self._holder(key, table)
         if proc is not None:
-            return proc.pid, False
+            return proc._procreg_pid, False
         flight = self._inflight.get((table, key))
         if flight is not None:
             pid, _ = await asyncio.shield(flight)
@@ -349,10 +351,10 @@ class LocalBackend(RegistryBackend):
         node = self.node
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
             factory = cast(Any, factory)
-            if not factory._async_mask & 8:  # sync init: start and register in one step
-                proc, _ = factory._start(args, False, False, False, idle_timeout, None)
+            if not factory._procreg_async_mask & 8:  # sync init: start and register in one step
+                proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None)
                 self._add(table, key, proc, meta)
-                return proc.pid, True
+                return proc._procreg_pid, True
             # async init: one attempt per key, in a task of its own so that a caller
             # giving up (cancelled) neither fails the others nor orphans the process
             flight = node._loop.create_task(
@@ -379,15 +381,15 @@ class LocalBackend(RegistryBackend):
         is registered once init succeeds, and stays free if it fails."""
         node = self.node
         ready: asyncio.Future[Pid] = node._loop.create_future()
-        proc, _ = factory._start(args, False, False, False, idle_timeout, ready)
+        proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, ready)
         pid = await ready
-        if proc._st >= EXITING:
+        if proc._procreg_st >= EXITING:
             raise NoProcess(f"{pid!r} ended right after its init")
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
             # registered by someone else meanwhile: theirs wins, ours goes
             node._end(proc, "shutdown")
-            return holder.pid, False
+            return holder._procreg_pid, False
         self._add(table, key, proc, meta)
         return pid, True
 
@@ -395,7 +397,7 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         if tab is None:
             return []
-        return [(key, proc.pid) for key, proc in tab.items()]
+        return [(key, proc._procreg_pid) for key, proc in tab.items()]
 
     def tables(self) -> list[str]:
         return list(self._tables)
@@ -407,7 +409,7 @@ class LocalBackend(RegistryBackend):
     # -- groups -----------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:
         proc = self.node._lookup(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             raise NoProcess(f"cannot join {group!r}: {pid!r} is not alive")
         members = self._groups.get(group)
         if members is None:
@@ -415,7 +417,7 @@ class LocalBackend(RegistryBackend):
         elif pid in members:
             return False
         members[pid] = proc
-        ext = proc.ext()
+        ext = proc._procreg_extra()
         if ext.groups is None:
             ext.groups = set()
         ext.groups.add(group)
@@ -430,7 +432,7 @@ class LocalBackend(RegistryBackend):
             return False
         if not members:
             del self._groups[group]
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.groups is not None:
             ext.groups.discard(group)
         return True
@@ -444,7 +446,7 @@ class LocalBackend(RegistryBackend):
         if not members:
             return 0
         for proc in list(members.values()):
-            proc._info(msg)
+            proc._procreg_info(msg)
         return len(members)
 
     def groups(self) -> list[Hashable]:
@@ -452,9 +454,9 @@ class LocalBackend(RegistryBackend):
 
     # -- lifecycle --------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        reg = proc._reg
+        reg = proc._procreg_reg
         if reg is not None:
-            proc._reg = None
+            proc._procreg_reg = None
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
                 if tab is not None and tab.get(key) is proc:
@@ -462,9 +464,9 @@ class LocalBackend(RegistryBackend):
                     if not tab:
                         del self._tables[table]
                     self._drop_meta(table, key)
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.groups:
-            pid = proc.pid
+            pid = proc._procreg_pid
             for group in ext.groups:
                 members = self._groups.get(group)
                 if members is not None:

@@ -299,9 +299,9 @@ class Supervisor:
         node = current_node()
         me = current_process.get()
         assert me is not None
-        self._me = me.pid
+        self._me = me._procreg_pid
         self._parent: Pid | None = None
-        links = me._ext.links if me._ext is not None else None
+        links = me._procreg_ext.links if me._procreg_ext is not None else None
         if links:
             self._parent = next(iter(links))
         self._kids: list[_Child] = []  # in start order
@@ -328,7 +328,7 @@ class Supervisor:
                 if isinstance(registry, LocalBackend):
                     registry.register_now(name, me, SUPERVISORS)
                 else:
-                    await registry.register(name, me.pid, SUPERVISORS)
+                    await registry.register(name, me._procreg_pid, SUPERVISORS)
             for spec in specs:
                 kid = _Child(spec, self._by_pid)
                 kid.pid = await self._start_child(spec)
@@ -650,7 +650,7 @@ async def _receive(timeout: float | None = None, match: Any = None) -> Any:
 def _flush_exit(pid: Pid) -> None:
     """Drop an `Exit` from `pid` already in the calling supervisor's mailbox."""
     me = current_process.get()
-    mail = me._mail if me is not None else None
+    mail = me._procreg_mail if me is not None else None
     if not mail:
         return
     for i, msg in enumerate(mail):
