@@ -340,6 +340,7 @@ class Server(_Proc):
             reply = self.handle_call(request)
         except BaseException as exc:
             node._current = None
+            caller = node._caller
             node._caller = None
             reason = node._fail(self, exc, request)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -348,6 +349,10 @@ class Server(_Proc):
             if me is not None and me._procreg_st >= EXITING:
                 # the caller itself was ended by the crash (linked): stop here
                 raise asyncio.CancelledError from exc
+            if caller is not _LAZY and caller.done():
+                # replied, then ended (OTP's {stop, Reason, Reply, State}): the reply
+                # was given before the end, as on the scheduled path
+                return caller.result()
             raise ProcessExited(reason, self._procreg_pid) from exc
         node._current = None
         caller = node._caller
@@ -364,6 +369,8 @@ class Server(_Proc):
             if ext is not None and ext.idle_timeout is not None:
                 ext.idle_last = node._loop.time()
         if reply is not NOREPLY:
+            if caller is not _LAZY and caller.done():
+                return caller.result()  # replied already: the first answer wins
             return reply
         # answered later with reply(caller, value): wait like a scheduled call
         if caller is _LAZY:
