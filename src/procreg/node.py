@@ -21,6 +21,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
@@ -52,6 +53,12 @@ _make_pid = tuple.__new__  # Pid(...) without a Python-level __new__ call
 INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
 _LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
+
+
+def _terminate_done(proc: _Proc, pending: Coroutine[Any, Any, Any], _task: Any) -> None:
+    pending.close()
+    ext = proc._procreg_ext
+    proc._procreg_finish(ext.exit_reason if ext is not None else "kill")
 
 
 def current_node() -> Node:
@@ -699,6 +706,9 @@ class Node:
                     ext.task = task  # so that a "kill" can cut terminate short
                     self._terminating.add(task)
                     task.add_done_callback(self._terminating.discard)
+                    # cancelled (a "kill") before its first step, the task neither
+                    # awaited terminate nor finished the exit: both are done here
+                    task.add_done_callback(partial(_terminate_done, p, pending))
         finally:
             self._ending = False
 

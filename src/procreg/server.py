@@ -28,6 +28,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
@@ -219,6 +220,8 @@ class Server(_Proc):
                 task = node._loop.create_task(
                     proc._procreg_init_async(args, ready, parent, link, monitor)
                 )
+                # ended before init's first step: the starter must still hear of it
+                task.add_done_callback(partial(_init_cut, proc, ready))
             proc._procreg_extra().task = task
             return proc, ready
         prev = node._current
@@ -464,7 +467,9 @@ class Server(_Proc):
         ext = self._procreg_extra()
         if ext.idle_timeout is not None:
             ext.idle_last = node._loop.time()
-        ext.task = node._loop.create_task(self._procreg_async_step(coro, caller, msg))
+        task = ext.task = node._loop.create_task(self._procreg_async_step(coro, caller, msg))
+        # a task cancelled before its first step never awaits `coro`: close it then
+        task.add_done_callback(partial(_close, coro))
         if self._procreg_mail is not None and not self._procreg_mail:
             self._procreg_mail = None
 
@@ -539,6 +544,17 @@ class Server(_Proc):
 
     def _procreg_message(self, item: Any) -> Any:
         return item[1] if item[0] == INFO else None
+
+
+def _close(coro: Any, _task: Any) -> None:
+    coro.close()
+
+
+def _init_cut(proc: Server, ready: asyncio.Future[Pid], _task: Any) -> None:
+    if not ready.done():
+        ext = proc._procreg_ext
+        reason = ext.exit_reason if ext is not None and ext.exit_reason is not None else "killed"
+        ready.set_exception(ProcessExited(reason, proc._procreg_pid))
 
 
 def _reply_any(caller: Any, value: Any) -> None:
