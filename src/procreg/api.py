@@ -13,7 +13,14 @@ from .errors import NotInProcess
 from .node import Node, _node_var, check_timeout, current_node
 from .pid import Pid, Ref
 from .process import Process, _answered, current_process
-from .registry import DEFAULT_TABLE, caller_pid, check_factory, check_key, check_table
+from .registry import (
+    DEFAULT_TABLE,
+    caller_pid,
+    check_factory,
+    check_key,
+    check_table,
+    spawn_for,
+)
 from .timers import Timer, start_timer
 
 __all__ = [
@@ -325,12 +332,12 @@ async def get_or_spawn(
     stored with the entry (see `lookup`); `idle_timeout` ends the new process after
     that many seconds without a message (its entry goes with it).
     """
-    registry = current_node().registry
-    pid = registry.peek(key, table)
+    node = current_node()
+    pid = node.registry.peek(key, table)
     if pid.__class__ is Pid:
         return pid
     _check_spawn(key, factory, table, placement, idle_timeout)
-    pid, _ = await registry.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
+    pid, _ = await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
     return pid
 
 
@@ -346,9 +353,7 @@ async def spawn_unique(
     """Like `get_or_spawn`, but also says whether this call started the process:
     returns ``(pid, started)``."""
     _check_spawn(key, factory, table, placement, idle_timeout)
-    return await current_node().registry.get_or_spawn(
-        key, factory, args, table, placement, meta, idle_timeout
-    )
+    return await spawn_for(current_node(), key, factory, args, table, placement, meta, idle_timeout)
 
 
 async def register(

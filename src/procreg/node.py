@@ -199,6 +199,10 @@ class Node:
         self.handler_config: dict[str, Any] = dict(handler_config or {})
         self._handler_state: Any = None
         self._handler_lock = asyncio.Lock()
+        self._handler_holder: asyncio.Task[Any] | None = None  # task holding it
+        # who waits on whom, to raise Deadlock instead of waiting forever (registry.py)
+        self._starting: dict[tuple[str, Any], asyncio.Task[Any]] = {}  # key -> init task
+        self._waiting: dict[asyncio.Task[Any], Any] = {}  # task -> key, or HANDLER_LOCK
         self._root_sup: asyncio.Future[Pid] | None = None
         self._supervisors: dict[Pid, Pid | None] = {}  # supervisor -> its parent
         self._node_watchers: set[Pid] = set()  # processes that get NodeEvent messages
@@ -556,18 +560,31 @@ class Node:
         return self._start_body(self._new_pid(), fn, args, result)._procreg_pid
 
     async def start_with_pid(
-        self, pid: Pid, factory: Any, args: tuple[Any, ...], idle_timeout: float | None
+        self,
+        pid: Pid,
+        factory: Any,
+        args: tuple[Any, ...],
+        idle_timeout: float | None,
+        key: tuple[str, Any] | None = None,
     ) -> _Proc:
         """Start `factory` (a `Server` subclass or an ``async def`` body) as the process
         `pid`, taken earlier from this node's serials: the cluster registry claims a
         key for a pid before its process exists, so a losing claim starts nothing.
-        Returns once ``init`` has completed (raising its error)."""
+        Returns once ``init`` has completed (raising its error). `key`, the
+        ``(table, key)`` the process is started for, lets an ``async init`` that
+        waits on its own key raise `Deadlock` (see `registry.started_for`)."""
         if self.starts_now(factory):
             return self.start_now(pid, factory, args, idle_timeout)
         server: Any = factory
         ready: asyncio.Future[Pid] = self._loop.create_future()
         proc, _ = server._procreg_start(args, False, False, False, idle_timeout, ready, pid)
-        await ready
+        if key is None:
+            await ready
+        else:
+            from .registry import started_for
+
+            with started_for(self, key, proc):
+                await ready
         return cast(_Proc, proc)
 
     @staticmethod

@@ -24,7 +24,7 @@ import inspect
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
+from .errors import AlreadyRegistered, Deadlock, NoProcess, NotInProcess, ProcregError
 from .pid import Pid
 from .process import EXITING, _Proc
 
@@ -89,6 +89,116 @@ def check_factory(factory: Any) -> None:
         "factory must be a Server subclass or an `async def` function, got "
         f"{type(factory).__name__} {_safe_repr(factory)}"
     )
+
+
+# -- waits that could never end ----------------------------------------------------
+#
+# A task that awaits a get_or_spawn attempt of another caller, or the node's
+# registry-handler lock, waits on another task: the async ``init`` of the process
+# being started for that key (``node._starting``), or the task holding the lock
+# (``node._handler_holder``). ``node._waiting`` records, for each task waiting so,
+# on what. Before a task waits, it follows that chain; reaching itself means the
+# wait could never end (an init waiting on its own key, directly or through other
+# keys or the handler lock), and `Deadlock` is raised instead, as for a process
+# calling itself.
+
+HANDLER_LOCK: Final = "handler lock"
+"""What ``node._waiting`` records for a task waiting on the registry-handler lock."""
+
+
+def _next_task(node: Node, waits_on: Any) -> asyncio.Task[Any] | None:
+    if waits_on is HANDLER_LOCK:
+        return node._handler_holder
+    return node._starting.get(waits_on)
+
+
+def check_wait(node: Node, waits_on: Any) -> None:
+    """Raise `Deadlock` if the calling task waiting on `waits_on` (a ``(table, key)``
+    or `HANDLER_LOCK`) would wait, through any chain of waits, on itself."""
+    me = asyncio.current_task()
+    if me is None:
+        return
+    seen: set[asyncio.Task[Any]] = set()
+    task = _next_task(node, waits_on)
+    while task is not None and task not in seen:
+        if task is me:
+            what = "the registry handler" if waits_on is HANDLER_LOCK else repr(waits_on[1])
+            raise Deadlock(
+                f"waiting on {what} would wait on this process itself (its own init, or "
+                "a get_pid/get_or_spawn it is inside of): the wait could never end"
+            )
+        seen.add(task)
+        nxt = node._waiting.get(task)
+        task = _next_task(node, nxt) if nxt is not None else None
+
+
+class waiting_on:
+    """Record that the calling task waits on `waits_on`, after `check_wait`."""
+
+    __slots__ = ("_node", "_prev", "_task", "_what")
+
+    def __init__(self, node: Node, waits_on: Any) -> None:
+        check_wait(node, waits_on)
+        self._node = node
+        self._what = waits_on
+        self._task = asyncio.current_task()
+        self._prev: Any = None
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._prev = self._node._waiting.get(self._task)
+            self._node._waiting[self._task] = self._what
+
+    def __exit__(self, *exc: object) -> None:
+        task = self._task
+        if task is not None:
+            if self._prev is None:
+                self._node._waiting.pop(task, None)
+            else:
+                self._node._waiting[task] = self._prev
+
+
+class started_for:
+    """While `proc`'s async ``init`` runs for the key ``(table, key)``: record its
+    init task as the one a wait on that key waits on. A backend that starts a
+    process with an async ``init`` for a key wraps the wait for that init in this
+    (`Node.start_with_pid` does it when given ``key=``)."""
+
+    __slots__ = ("_key", "_node", "_task")
+
+    def __init__(self, node: Node, key: tuple[str, Hashable], proc: _Proc) -> None:
+        self._node = node
+        self._key = key
+        ext = proc._procreg_ext
+        self._task = ext.task if ext is not None else None
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._node._starting[self._key] = self._task
+
+    def __exit__(self, *exc: object) -> None:
+        if self._node._starting.get(self._key) is self._task:
+            del self._node._starting[self._key]
+
+
+async def spawn_for(
+    node: Node,
+    key: Hashable,
+    factory: Any,
+    args: tuple[Any, ...],
+    table: str,
+    placement: str,
+    meta: dict[str, Any] | None,
+    idle_timeout: float | None,
+) -> tuple[Pid, bool]:
+    """``node.registry.get_or_spawn(...)`` for every caller (the `procreg` functions
+    and the Nitrogen handler), whatever the backend: raises `Deadlock` when the
+    caller would wait on its own start (an async ``init`` that waits on its own key,
+    directly or through other keys), instead of waiting forever."""
+    with waiting_on(node, (table, key)):
+        return await node.registry.get_or_spawn(
+            key, factory, args, table, placement, meta, idle_timeout
+        )
 
 
 def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
@@ -382,7 +492,8 @@ class LocalBackend(RegistryBackend):
         node = self.node
         ready: asyncio.Future[Pid] = node._loop.create_future()
         proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, ready)
-        pid = await ready
+        with started_for(node, (table, key), proc):
+            pid = await ready
         if proc._procreg_st >= EXITING:
             raise NoProcess(f"{pid!r} ended right after its init")
         holder = self._holder(key, table)
