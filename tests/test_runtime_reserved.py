@@ -177,3 +177,40 @@ def test_assigning_pid_raises_and_reading_it_works():
         return pid == await procreg.call(pid, "pid")
 
     assert procreg.run(main)
+
+
+def _supervisor_runtime_names() -> list[str]:
+    from procreg.supervisor import _Running
+
+    names = {n for n in vars(_Running) if not n.startswith("__")}
+    names |= {"_me", "_parent", "_kids", "_by_id", "_by_pid", "_restarts", "_validate"}
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _supervisor_runtime_names())
+def test_a_supervisor_subclass_may_use_any_name(name):
+    """A Supervisor subclass's namespace is the user's too: the running supervisor
+    keeps its state elsewhere."""
+
+    class Worker(procreg.Server):
+        def handle_call(self, request):
+            return "pong"
+
+    def children(self):
+        setattr(self, name, "mine")
+        return [procreg.child(Worker, id="w", key="w")]
+
+    cls = type("MySup", (procreg.Supervisor,), {name: "class value", "children": children})
+
+    async def main():
+        sup = await cls.start(strategy="one_for_all")
+        first = await procreg.whereis("w")
+        procreg.exit(first, "crash")
+        await asyncio.sleep(0.01)
+        second = await procreg.whereis("w")
+        rows = await procreg.Supervisor.which_children(sup)
+        pong = await procreg.call(second, "x")
+        await procreg.Supervisor.stop(sup)
+        return first != second, rows[0].pid == second, pong, procreg.is_alive(second)
+
+    assert procreg.run(main) == (True, True, "pong", False)
