@@ -146,12 +146,9 @@ async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
 
 async def _get_pid(node: Any, key: Hashable, function: Any) -> Pid | None:
     handler: ProcessRegistryHandler = node.handler
+    config = dict(node.handler_config)  # the handler's to change, not the node's
     if function is None:
-        pid, node._handler_state = await handler.get_pid(
-            key, node.handler_config, node._handler_state
-        )
+        pid, node._handler_state = await handler.get_pid(key, config, node._handler_state)
         return pid
-    pid, node._handler_state = await handler.get_pid(
-        key, function, node.handler_config, node._handler_state
-    )
+    pid, node._handler_state = await handler.get_pid(key, function, config, node._handler_state)
     return pid

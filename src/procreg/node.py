@@ -283,7 +283,7 @@ class Node:
             self._registry_handler if self._registry_handler is not None else NprocregHandler()
         )
         self.handler = handler
-        self._handler_state = await handler.init(self.handler_config, None)
+        self._handler_state = await handler.init(dict(self.handler_config), None)
         if self._gc_policy:
             GcPolicy.acquire()
             self._next_freeze = GcPolicy.next_freeze()
@@ -335,7 +335,7 @@ class Node:
         self._deadlines.close()
         try:
             self._handler_state = await self.handler.finish(
-                self.handler_config, self._handler_state
+                dict(self.handler_config), self._handler_state
             )
         finally:
             self._running = False

@@ -20,6 +20,7 @@ Guarantees of every backend:
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -77,6 +78,15 @@ def check_table(table: Any) -> None:
 
 def _safe_repr(value: Any) -> str:
     return object.__repr__(value) if isinstance(value, _Proc) else repr(value)
+
+
+def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of entry metadata, as a store-backed registry's (JSON) gives: what
+    the caller changes, before registering or after a lookup, is not the entry's."""
+    try:
+        return copy.deepcopy(meta)
+    except Exception:  # something that cannot be copied: the dict at least
+        return dict(meta)
 
 
 def check_factory(factory: Any) -> None:
@@ -359,8 +369,10 @@ class LocalBackend(RegistryBackend):
         proc = self._holder(key, table)
         if proc is None:
             return None
-        meta = self._meta.get(table)
-        return proc._procreg_pid, (meta.get(key) if meta is not None else None)
+        metas = self._meta.get(table)
+        meta = metas.get(key) if metas is not None else None
+        # a copy: what the caller changes is not the registry's
+        return proc._procreg_pid, (_copy_meta(meta) if meta is not None else None)
 
     def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
         tab = self._tables.get(table)
@@ -376,7 +388,7 @@ class LocalBackend(RegistryBackend):
         elif reg != entry:
             proc._procreg_reg = {reg, entry}
         if meta is not None:
-            self._meta.setdefault(table, {})[key] = dict(meta)
+            self._meta.setdefault(table, {})[key] = _copy_meta(meta)
         elif table in self._meta:
             self._drop_meta(table, key)
 

@@ -38,7 +38,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
 from .errors import AlreadyRegistered, NoProcess, ProcregError, Stop
@@ -569,9 +569,7 @@ class _Running:
                     member.pid = await self._start_child(member.spec)
                 return
             except Exception as exc:
-                log.error(
-                    "supervisor %r: restarting %r failed: %r", self._me, member.spec.id, exc
-                )
+                log.error("supervisor %r: restarting %r failed: %r", self._me, member.spec.id, exc)
             if current_node().stopping:
                 return
             self._count_restart()  # a failed try counts as another restart
@@ -657,7 +655,8 @@ class _Running:
         }
 
     async def _do_get_spec(self, child_id: Hashable) -> ChildSpec:
-        return self._find(child_id).spec
+        spec = self._find(child_id).spec
+        return replace(spec, kwargs=dict(spec.kwargs))  # the kept spec stays as it is
 
 
 def _is_normal_end(reason: Any) -> bool:
