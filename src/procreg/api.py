@@ -416,7 +416,8 @@ async def leave(group: Hashable, pid: Pid | None = None) -> bool:
 
 
 async def members(group: Hashable) -> list[Pid]:
-    """The pids in `group` (empty for an unknown group)."""
+    """The pids in `group`, sorted by pid (node, creation, serial), whatever the
+    backend; empty for an unknown group (see `RegistryBackend.members`)."""
     check_key(group, "group")
     return await current_node().registry.members(group)
 

@@ -307,7 +307,15 @@ class RegistryBackend:
         raise NotImplementedError
 
     async def members(self, group: Hashable) -> list[Pid]:
-        """The members of `group`, in joining order (empty for an unknown group)."""
+        """The members of `group`, sorted by pid (node name, creation, serial);
+        empty for an unknown group.
+
+        Every backend gives this one order. Sorted by pid, not by joining order,
+        because a store-backed backend keeps a group as a set (a Redis set has no
+        order; keeping joining order would need a join counter and an ordered
+        structure updated on every join and leave): sorting on read costs nothing
+        stored, and every node gives the same list for the same membership. Within
+        one node incarnation, pids sort in spawn order."""
         raise NotImplementedError
 
     async def publish(self, group: Hashable, msg: Any) -> int:
@@ -562,7 +570,7 @@ class LocalBackend(RegistryBackend):
 
     async def members(self, group: Hashable) -> list[Pid]:
         members = self._groups.get(group)
-        return list(members) if members is not None else []
+        return sorted(members) if members is not None else []
 
     async def publish(self, group: Hashable, msg: Any) -> int:
         members = self._groups.get(group)
