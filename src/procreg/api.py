@@ -39,6 +39,7 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "monitor_key",
     "monitor_nodes",
     "nodes",
     "publish",
@@ -212,7 +213,9 @@ def monitor(pid: Pid) -> Ref:
 
 
 def demonitor(ref: Ref, *, flush: bool = False) -> bool:
-    """Stop a monitor; ``flush=True`` also drops its `Down` if already delivered."""
+    """Stop a monitor (of a process, or of a key: `monitor_key`); True if it was
+    active. ``flush=True`` also drops its `Down` (or its `KeyEvent` messages) if
+    already delivered."""
     return current_node().demonitor(ref, flush=flush)
 
 
@@ -398,6 +401,26 @@ def tables() -> list[str]:
 def count(table: str = DEFAULT_TABLE) -> int:
     """How many entries `table` has on this node, in O(1)."""
     return current_node().registry.count(table)
+
+
+async def monitor_key(key: Hashable, table: str = DEFAULT_TABLE) -> Ref:
+    """Watch `key` in `table` from the calling process (gproc's name monitor with
+    ``follow``): it gets ``KeyEvent(ref, table, key, event, pid)`` each time the key
+    is registered (``"registered"``, `pid` the new holder), unregistered
+    (``"unregistered"``) or its holder ends (``"ended"``), until
+    ``procreg.demonitor(ref)`` or its own end. The key need not be registered;
+    nothing is sent for the state at the time of the call (ask `whereis` after
+    monitoring). Returns the ref the events carry.
+
+    Raises `NotInProcess` outside a process, `TypeError` for an unhashable key or a
+    table that is not a str. The embedded registry reports every change; a
+    cluster's registry reports those it knows of (see its backend).
+    """
+    check_key(key)
+    check_table(table)
+    node = current_node()
+    me = node._me_or_raise("monitor_key()")
+    return await node.registry.monitor_key(key, table, me._procreg_pid)
 
 
 async def join(group: Hashable, pid: Pid | None = None) -> bool:

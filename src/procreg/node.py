@@ -873,10 +873,16 @@ class Node:
         return self._add_monitor(me, proc)
 
     def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
-        """Stop a monitor; True if it was active. ``flush=True`` also removes a
-        `Down` for it already in the caller's mailbox."""
+        """Stop a monitor (of a process, or of a key: `procreg.monitor_key`); True if
+        it was active. ``flush=True`` also removes a `Down` for it (the `KeyEvent`
+        messages of a key monitor) already in the caller's mailbox."""
         me = self._me_or_raise("demonitor()")
         ext = me._procreg_ext
+        if ext is not None and ext.key_monitors and ref in ext.key_monitors:
+            removed = self.registry.demonitor_key(ref, me._procreg_pid)
+            if flush and me._procreg_mail:
+                me._procreg_flush_key_events(ref)
+            return removed
         target = ext.watching.pop(ref, None) if ext is not None and ext.watching else None
         if target is not None:
             self._drop_monitor(target, ref)

@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import ProcessExited
-from .messages import Call, Down
+from .messages import Call, Down, KeyEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class _Ext:
         "idle_handle",
         "idle_last",
         "idle_timeout",
+        "key_monitors",
         "links",
         "monitors",
         "task",
@@ -81,6 +82,7 @@ class _Ext:
         self.exit_reason: Any = None
         self.task: asyncio.Task[Any] | None = None  # running async handler (servers)
         self.groups: set[Any] | None = None  # groups joined (kept by the registry)
+        self.key_monitors: dict[Ref, Any] | None = None  # ref -> (table, key) watched
 
 
 def fail_caller(caller: Any, exc: BaseException) -> None:
@@ -240,7 +242,7 @@ class _Proc:
         pid = self._procreg_pid
         node._forget(self)
         ext = self._procreg_ext
-        if self._procreg_reg is not None or (ext is not None and ext.groups):
+        if self._procreg_reg is not None or (ext is not None and (ext.groups or ext.key_monitors)):
             node._drop_registrations(self)
         mail = self._procreg_mail
         self._procreg_mail = None
@@ -293,6 +295,18 @@ class _Proc:
             if type(msg) is Down and msg.ref == ref:
                 del mail[i]
                 return
+
+    def _procreg_flush_key_events(self, ref: Ref) -> None:
+        mail = self._procreg_mail
+        if not mail:
+            return
+        keep = [
+            item
+            for item in mail
+            if not (type(msg := self._procreg_message(item)) is KeyEvent and msg.ref == ref)
+        ]
+        mail.clear()
+        mail.extend(keep)
 
     def _procreg_idle_check(self) -> None:
         ext = self._procreg_ext

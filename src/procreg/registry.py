@@ -26,7 +26,8 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .errors import AlreadyRegistered, Deadlock, NoProcess, NotInProcess, ProcregError
-from .pid import Pid
+from .messages import KeyEvent
+from .pid import Pid, Ref
 from .process import EXITING, _Proc
 
 if TYPE_CHECKING:
@@ -297,6 +298,18 @@ class RegistryBackend:
         """Number of entries of `table` known locally, in O(1)."""
         raise NotImplementedError
 
+    # -- key monitors -----------------------------------------------------------
+    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
+        """Watch `key` for the process `watcher` (see `procreg.monitor_key`): from now
+        on it gets a `KeyEvent` each time the key is registered, unregistered, or its
+        holder ends, until `demonitor_key` or the end of `watcher` (`process_ended`
+        must drop its monitors). Returns the monitor's ref."""
+        raise NotImplementedError
+
+    def demonitor_key(self, ref: Ref, watcher: Pid) -> bool:
+        """Stop the key monitor `ref` of `watcher`; True if it was active."""
+        raise NotImplementedError
+
     # -- groups -----------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:
         """Add `pid` to `group`; False if it was already a member."""
@@ -346,6 +359,9 @@ class LocalBackend(RegistryBackend):
         self._meta: dict[str, dict[Hashable, dict[str, Any]]] = {}
         self._groups: dict[Hashable, dict[Pid, _Proc]] = {}
         self._inflight: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
+        # key monitors: (table, key) -> {ref: watcher}; each watcher's refs are in its
+        # _Ext.key_monitors, so that its end drops them
+        self._key_monitors: dict[tuple[str, Hashable], dict[Ref, _Proc]] = {}
 
     # -- keys -----------------------------------------------------------------
     def _holder(self, key: Hashable, table: str) -> _Proc | None:
@@ -386,6 +402,8 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         if tab is None:
             tab = self._tables[table] = {}
+        if self._key_monitors and tab.get(key) is not proc:
+            self.notify_key(table, key, "registered", proc._procreg_pid)
         tab[key] = proc
         entry = (table, key)
         reg = proc._procreg_reg
@@ -411,6 +429,8 @@ class LocalBackend(RegistryBackend):
         if not tab:
             del self._tables[table]
         self._drop_meta(table, key)
+        if self._key_monitors:
+            self.notify_key(table, key, "unregistered", proc._procreg_pid)
         entry = (table, key)
         reg = proc._procreg_reg
         if type(reg) is set:
@@ -537,6 +557,55 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         return len(tab) if tab is not None else 0
 
+    # -- key monitors -----------------------------------------------------------
+    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
+        proc = self.node._lookup(watcher)
+        if proc is None or proc._procreg_st >= EXITING:
+            raise NoProcess(f"cannot monitor {key!r}: {watcher!r} is not alive")
+        ref = Ref(self.node.name)
+        entry = (table, key)
+        watchers = self._key_monitors.get(entry)
+        if watchers is None:
+            watchers = self._key_monitors[entry] = {}
+        watchers[ref] = proc
+        ext = proc._procreg_extra()
+        if ext.key_monitors is None:
+            ext.key_monitors = {}
+        ext.key_monitors[ref] = entry
+        return ref
+
+    def demonitor_key(self, ref: Ref, watcher: Pid) -> bool:
+        proc = self.node._procs.get(watcher)
+        ext = proc._procreg_ext if proc is not None else None
+        if ext is None or not ext.key_monitors:
+            return False
+        entry = ext.key_monitors.pop(ref, None)
+        if entry is None:
+            return False
+        if not ext.key_monitors:
+            ext.key_monitors = None
+        self._drop_key_monitor(ref, entry)
+        return True
+
+    def _drop_key_monitor(self, ref: Ref, entry: tuple[str, Hashable]) -> None:
+        watchers = self._key_monitors.get(entry)
+        if watchers is not None:
+            watchers.pop(ref, None)
+            if not watchers:
+                del self._key_monitors[entry]
+
+    def notify_key(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        """The hook for key monitors: send ``KeyEvent(ref, table, key, event, pid)``
+        to every local process watching `key` in `table`. `LocalBackend` calls it
+        when its own view changes (``"registered"``, ``"unregistered"``,
+        ``"ended"``); a store-backed subclass also calls it for the changes it learns
+        of from other nodes."""
+        watchers = self._key_monitors.get((table, key))
+        if not watchers:
+            return
+        for ref, proc in list(watchers.items()):
+            proc._procreg_info(KeyEvent(ref, table, key, event, pid))
+
     # -- groups -----------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:
         proc = self.node._lookup(pid)
@@ -595,6 +664,8 @@ class LocalBackend(RegistryBackend):
                     if not tab:
                         del self._tables[table]
                     self._drop_meta(table, key)
+                    if self._key_monitors:
+                        self.notify_key(table, key, "ended", proc._procreg_pid)
         ext = proc._procreg_ext
         if ext is not None and ext.groups:
             pid = proc._procreg_pid
@@ -605,3 +676,7 @@ class LocalBackend(RegistryBackend):
                     if not members:
                         del self._groups[group]
             ext.groups = None
+        if ext is not None and ext.key_monitors:
+            for ref, entry in ext.key_monitors.items():
+                self._drop_key_monitor(ref, entry)
+            ext.key_monitors = None
