@@ -97,18 +97,30 @@ def _server_using(name: str, is_async: bool) -> type[procreg.Server]:
     return type(f"Uses{name}", (procreg.Server,), body)
 
 
+def _cluster_name(name: str) -> str:
+    """The name procreg.cluster uses for a runtime member: the old one while it is
+    kept as an alias (COMPAT_NAMES), else the reserved one."""
+    if name in COMPAT_NAMES:
+        return name
+    return "_procreg_extra" if name == "ext" else RESERVED + name[1:]
+
+
 async def _through_cluster_names(pid: procreg.Pid) -> None:
-    """What procreg.cluster does with a local process (it uses the COMPAT_NAMES)."""
+    """What procreg.cluster does with a local process."""
     node = procreg.current_node()
     proc = node._procs[pid]
-    assert proc._st < procreg.process.EXITING and proc.ext() is proc._ext
-    assert proc._reg is None
-    proc._info("compat-info")
-    proc._cast("compat-cast")
+
+    def get(name):
+        return getattr(proc, _cluster_name(name))
+
+    assert get("_st") < procreg.process.EXITING and get("ext")() is get("_ext")
+    assert get("_reg") is None
+    get("_info")("compat-info")
+    get("_cast")("compat-cast")
     fut = asyncio.get_running_loop().create_future()
-    proc._call(fut, "get")
+    get("_call")(fut, "get")
     assert await fut == "compat-cast"
-    proc._info("info")
+    get("_info")("info")
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
