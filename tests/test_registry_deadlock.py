@@ -161,3 +161,77 @@ def test_handler_calling_get_pid_from_its_own_callback_raises_deadlock():
         return True
 
     assert procreg.run(main, registry_handler=Reentrant())
+
+
+# -- the same kind through a start: a child's init calling whoever waits for it ---------
+
+
+def test_child_init_calling_its_own_supervisor_raises_deadlock():
+    class Child(procreg.Server):
+        async def init(self):
+            await procreg.Supervisor.which_children("mine")
+
+    async def main():
+        with pytest.raises(procreg.Deadlock):
+            await asyncio.wait_for(
+                procreg.Supervisor.start([procreg.child(Child, id="c")], name="mine"), 2
+            )
+        return procreg.current_node().process_count()
+
+    assert procreg.run(main) == 1
+
+
+def test_init_calling_the_process_that_awaits_start_ready_raises_deadlock():
+    class CallsBack(procreg.Server):
+        async def init(self, starter):
+            await procreg.call(starter, "hello?")
+
+    async def starter(parent):
+        try:
+            await CallsBack.start_ready(procreg.self())  # in the body: it cannot answer
+        except procreg.Deadlock:
+            procreg.send(parent, "deadlock")
+
+    async def main():
+        procreg.spawn(starter, procreg.self())
+        return await procreg.receive(timeout=2)
+
+    assert procreg.run(main) == "deadlock"
+
+
+def test_a_helper_task_waiting_on_a_start_while_the_body_answers_is_no_deadlock():
+    class CallsBack(procreg.Server):
+        async def init(self, starter):
+            self.answer = await procreg.call(starter, "hello?")
+
+        def handle_call(self, request):
+            return self.answer
+
+    async def main():
+        start = asyncio.ensure_future(CallsBack.start_ready(procreg.self()))
+        msg = await procreg.receive(timeout=2)  # the body still answers calls
+        procreg.reply(msg.caller, "here")
+        pid = await asyncio.wait_for(start, 2)
+        return await procreg.call(pid, "x")
+
+    assert procreg.run(main) == "here"
+
+
+def test_init_calling_a_busy_but_unrelated_process_still_works():
+    async def answerer():
+        msg = await procreg.receive()
+        procreg.reply(msg.caller, "answer")
+
+    class CallsOther(procreg.Server):
+        async def init(self, other):
+            self.got = await procreg.call(other, "q")
+
+        def handle_call(self, request):
+            return self.got
+
+    async def main():
+        other = procreg.spawn(answerer)
+        pid = await asyncio.wait_for(CallsOther.start_ready(other), 2)
+        return await procreg.call(pid, "x")
+
+    assert procreg.run(main) == "answer"

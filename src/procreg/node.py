@@ -22,7 +22,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
 from .gcpolicy import GcPolicy
@@ -40,7 +40,15 @@ from .process import (
 if TYPE_CHECKING:
     from .registry import RegistryBackend
 
-__all__ = ["Node", "current_node"]
+__all__ = [
+    "HANDLER_LOCK",
+    "Node",
+    "check_wait",
+    "current_node",
+    "serving_task",
+    "started_for",
+    "waiting_on",
+]
 
 log = logging.getLogger("procreg")
 
@@ -53,6 +61,128 @@ _make_pid = tuple.__new__  # Pid(...) without a Python-level __new__ call
 INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
 _LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
+
+
+# -- waits that could never end ----------------------------------------------------
+#
+# A task that awaits a get_or_spawn attempt of another caller, the node's
+# registry-handler lock, or a process's start waits on another task: the async
+# ``init`` of the process being started for that key (``node._starting``), the task
+# holding the lock (``node._handler_holder``), or the starting process's init (or,
+# for a supervisor, its body). ``node._waiting`` records, for each task waiting so,
+# on what. Before a task waits, or calls a process whose serving task (a coroutine
+# process's body, a server's running handler) is waiting, it follows that chain;
+# reaching itself means the wait could never end (an init waiting on its own key,
+# directly or through other keys or the handler lock; a child's init calling the
+# supervisor or process waiting for it), and `Deadlock` is raised instead, as for a
+# process calling itself. Tasks, not processes, are the unit: two tasks of one
+# process (``gather``) may wait on each other's lock, and a helper task may wait on
+# a start while the process's body still answers calls. A wait made through a
+# helper task (``asyncio.wait_for`` around it) is not linked to the task awaiting
+# the helper, so such a cycle is not detected.
+
+HANDLER_LOCK: Final = "handler lock"
+"""What ``node._waiting`` records for a task waiting on the registry-handler lock."""
+
+
+def _next_task(node: Node, waits_on: Any) -> asyncio.Task[Any] | None:
+    if waits_on is HANDLER_LOCK:
+        return node._handler_holder
+    if isinstance(waits_on, asyncio.Task):
+        return waits_on
+    return node._starting.get(waits_on)
+
+
+def check_wait(node: Node, waits_on: Any) -> None:
+    """Raise `Deadlock` if the calling task waiting on `waits_on` (a ``(table, key)``,
+    `HANDLER_LOCK` or a task) would wait, through any chain of waits, on itself."""
+    me = asyncio.current_task()
+    if me is None:
+        return
+    seen: set[asyncio.Task[Any]] = set()
+    task = _next_task(node, waits_on)
+    while task is not None and task not in seen:
+        if task is me:
+            if waits_on is HANDLER_LOCK:
+                what = "the registry handler"
+            elif isinstance(waits_on, asyncio.Task):
+                what = "that process"
+            else:
+                what = repr(waits_on[1])
+            raise Deadlock(
+                f"waiting on {what} would wait on this process itself (its own init, a "
+                "get_pid/get_or_spawn or a start it is inside of): the wait could never end"
+            )
+        seen.add(task)
+        nxt = node._waiting.get(task)
+        task = _next_task(node, nxt) if nxt is not None else None
+
+
+class waiting_on:
+    """Record that the calling task waits on `waits_on`, after `check_wait`."""
+
+    __slots__ = ("_node", "_prev", "_task", "_what")
+
+    def __init__(self, node: Node, waits_on: Any) -> None:
+        check_wait(node, waits_on)
+        self._node = node
+        self._what = waits_on
+        self._task = asyncio.current_task()
+        self._prev: Any = None
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._prev = self._node._waiting.get(self._task)
+            self._node._waiting[self._task] = self._what
+
+    def __exit__(self, *exc: object) -> None:
+        task = self._task
+        if task is not None:
+            if self._prev is None:
+                self._node._waiting.pop(task, None)
+            else:
+                self._node._waiting[task] = self._prev
+
+
+def serving_task(proc: _Proc) -> asyncio.Task[Any] | None:
+    """The task running `proc`'s code now: a coroutine process's body, a server's
+    async init or handler (None for an idle server)."""
+    task: asyncio.Task[Any] | None = getattr(proc, "_task", None)
+    if task is None:
+        ext = proc._procreg_ext
+        task = ext.task if ext is not None else None
+    return task
+
+
+class started_for:
+    """While `proc`'s async ``init`` runs for the key ``(table, key)``: a wait on
+    that key waits on that init. A backend that starts a process with an async
+    ``init`` for a key wraps its wait for that init in this (`Node.start_with_pid`
+    does it when given ``key=``)."""
+
+    __slots__ = ("_key", "_node", "_task")
+
+    def __init__(self, node: Node, key: tuple[str, Any], proc: _Proc) -> None:
+        self._node = node
+        self._key = key
+        self._task = serving_task(proc)
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._node._starting[self._key] = self._task
+
+    def __exit__(self, *exc: object) -> None:
+        if self._node._starting.get(self._key) is self._task:
+            del self._node._starting[self._key]
+
+
+def _check_call(node: Node, proc: _Proc) -> None:
+    """Raise `Deadlock` if the task that would answer a call to `proc` waits,
+    through any chain of waits, on the caller (a child's ``init`` calling the
+    supervisor that waits for it)."""
+    task = serving_task(proc)
+    if task is not None and task in node._waiting:
+        check_wait(node, task)
 
 
 def _terminate_done(proc: _Proc, pending: Coroutine[Any, Any, Any], _task: Any) -> None:
@@ -199,10 +329,10 @@ class Node:
         self.handler_config: dict[str, Any] = dict(handler_config or {})
         self._handler_state: Any = None
         self._handler_lock = asyncio.Lock()
-        self._handler_holder: asyncio.Task[Any] | None = None  # task holding it
-        # who waits on whom, to raise Deadlock instead of waiting forever (registry.py)
+        self._handler_holder: asyncio.Task[Any] | None = None  # the task holding it
+        # who waits on whom, to raise Deadlock instead of waiting forever (check_wait)
         self._starting: dict[tuple[str, Any], asyncio.Task[Any]] = {}  # key -> init task
-        self._waiting: dict[asyncio.Task[Any], Any] = {}  # task -> key, or HANDLER_LOCK
+        self._waiting: dict[asyncio.Task[Any], Any] = {}  # task -> key, task or HANDLER_LOCK
         self._root_sup: asyncio.Future[Pid] | None = None
         self._supervisors: dict[Pid, Pid | None] = {}  # supervisor -> its parent
         self._node_watchers: set[Pid] = set()  # processes that get NodeEvent messages
@@ -581,8 +711,6 @@ class Node:
         if key is None:
             await ready
         else:
-            from .registry import started_for
-
             with started_for(self, key, proc):
                 await ready
         return cast(_Proc, proc)
@@ -672,6 +800,8 @@ class Node:
             if self._inline:
                 return await proc._procreg_call_direct(request, timeout)
             self._inline = INLINE_BUDGET  # take the scheduled path: the caller yields
+        if self._waiting:  # someone waits on a start: is it this caller, via `proc`?
+            _check_call(self, proc)
         fut = self._loop.create_future()
         proc._procreg_call(fut, request)
         if timeout is not None:

@@ -25,8 +25,9 @@ import inspect
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from .errors import AlreadyRegistered, Deadlock, NoProcess, NotInProcess, ProcregError
+from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
 from .messages import KeyEvent
+from .node import HANDLER_LOCK, check_wait, started_for, waiting_on
 from .pid import Pid, Ref
 from .process import EXITING, _Proc
 
@@ -35,12 +36,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TABLE",
+    "HANDLER_LOCK",
     "MISS",
     "LocalBackend",
     "NotOwner",
     "RegistryBackend",
     "check_factory",
     "check_key",
+    "check_wait",
+    "spawn_for",
+    "started_for",
+    "waiting_on",
 ]
 
 DEFAULT_TABLE: Final = "default"
@@ -100,96 +106,6 @@ def check_factory(factory: Any) -> None:
         "factory must be a Server subclass or an `async def` function, got "
         f"{type(factory).__name__} {_safe_repr(factory)}"
     )
-
-
-# -- waits that could never end ----------------------------------------------------
-#
-# A task that awaits a get_or_spawn attempt of another caller, or the node's
-# registry-handler lock, waits on another task: the async ``init`` of the process
-# being started for that key (``node._starting``), or the task holding the lock
-# (``node._handler_holder``). ``node._waiting`` records, for each task waiting so,
-# on what. Before a task waits, it follows that chain; reaching itself means the
-# wait could never end (an init waiting on its own key, directly or through other
-# keys or the handler lock), and `Deadlock` is raised instead, as for a process
-# calling itself.
-
-HANDLER_LOCK: Final = "handler lock"
-"""What ``node._waiting`` records for a task waiting on the registry-handler lock."""
-
-
-def _next_task(node: Node, waits_on: Any) -> asyncio.Task[Any] | None:
-    if waits_on is HANDLER_LOCK:
-        return node._handler_holder
-    return node._starting.get(waits_on)
-
-
-def check_wait(node: Node, waits_on: Any) -> None:
-    """Raise `Deadlock` if the calling task waiting on `waits_on` (a ``(table, key)``
-    or `HANDLER_LOCK`) would wait, through any chain of waits, on itself."""
-    me = asyncio.current_task()
-    if me is None:
-        return
-    seen: set[asyncio.Task[Any]] = set()
-    task = _next_task(node, waits_on)
-    while task is not None and task not in seen:
-        if task is me:
-            what = "the registry handler" if waits_on is HANDLER_LOCK else repr(waits_on[1])
-            raise Deadlock(
-                f"waiting on {what} would wait on this process itself (its own init, or "
-                "a get_pid/get_or_spawn it is inside of): the wait could never end"
-            )
-        seen.add(task)
-        nxt = node._waiting.get(task)
-        task = _next_task(node, nxt) if nxt is not None else None
-
-
-class waiting_on:
-    """Record that the calling task waits on `waits_on`, after `check_wait`."""
-
-    __slots__ = ("_node", "_prev", "_task", "_what")
-
-    def __init__(self, node: Node, waits_on: Any) -> None:
-        check_wait(node, waits_on)
-        self._node = node
-        self._what = waits_on
-        self._task = asyncio.current_task()
-        self._prev: Any = None
-
-    def __enter__(self) -> None:
-        if self._task is not None:
-            self._prev = self._node._waiting.get(self._task)
-            self._node._waiting[self._task] = self._what
-
-    def __exit__(self, *exc: object) -> None:
-        task = self._task
-        if task is not None:
-            if self._prev is None:
-                self._node._waiting.pop(task, None)
-            else:
-                self._node._waiting[task] = self._prev
-
-
-class started_for:
-    """While `proc`'s async ``init`` runs for the key ``(table, key)``: record its
-    init task as the one a wait on that key waits on. A backend that starts a
-    process with an async ``init`` for a key wraps the wait for that init in this
-    (`Node.start_with_pid` does it when given ``key=``)."""
-
-    __slots__ = ("_key", "_node", "_task")
-
-    def __init__(self, node: Node, key: tuple[str, Hashable], proc: _Proc) -> None:
-        self._node = node
-        self._key = key
-        ext = proc._procreg_ext
-        self._task = ext.task if ext is not None else None
-
-    def __enter__(self) -> None:
-        if self._task is not None:
-            self._node._starting[self._key] = self._task
-
-    def __exit__(self, *exc: object) -> None:
-        if self._node._starting.get(self._key) is self._task:
-            del self._node._starting[self._key]
 
 
 async def spawn_for(

@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .node import _LAZY, check_timeout, current_node
+from .node import _LAZY, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import (
     BUSY,
@@ -184,7 +184,12 @@ class Server(_Proc):
         proc, ready_ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, ready)
         if ready_ is None:
             return proc._procreg_pid
-        return await ready_
+        task = serving_task(proc)
+        if task is None:
+            return await ready_
+        # recorded, so that an init calling the caller raises Deadlock (node.py)
+        with waiting_on(proc._procreg_node, task):
+            return await ready_
 
     @classmethod
     def _procreg_start(

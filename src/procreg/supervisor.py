@@ -43,7 +43,7 @@ from typing import Any, Final, NamedTuple
 
 from .errors import AlreadyRegistered, NoProcess, ProcregError, Stop
 from .messages import Call, Down, Exit
-from .node import Node, check_timeout, current_node
+from .node import Node, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import EXITING, _Proc, current_process
 from .registry import DEFAULT_TABLE, LocalBackend, check_factory, check_key
@@ -278,7 +278,12 @@ class Supervisor:
         run = _Running(sup.strategy, sup.intensity, sup.period)
         pid = node.spawn(run.main, specs, name, ready, link=link, trap_exits=True)
         try:
-            return await ready
+            # recorded, so that a child's init calling the caller raises Deadlock
+            task = serving_task(node._procs[pid])
+            if task is None:
+                return await ready
+            with waiting_on(node, task):
+                return await ready
         except BaseException:
             if node.is_alive(pid):
                 node.exit(pid, "kill")
