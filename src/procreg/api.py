@@ -164,7 +164,10 @@ def caller() -> Any:
 
 def reply(caller: Any, value: Any) -> None:
     """Answer a call. Replying to a caller that already got an answer, timed out or
-    went away does nothing."""
+    went away does nothing (the first answer wins). A reply given before the handler
+    ends its process (``raise Stop(...)``, a crash, ``exit(self(), ...)``) reaches the
+    caller, whether the call was dispatched directly or scheduled: OTP's
+    ``{stop, Reason, Reply, State}``."""
     if isinstance(caller, asyncio.Future):
         if not caller.done():
             caller.set_result(value)
