@@ -1009,3 +1009,21 @@ def test_join_from_outside_a_process_needs_a_pid() -> None:
 
     pid, members = asyncio.run(main())
     assert members == [pid]
+
+
+def test_members_are_sorted_by_pid_whatever_the_joining_order():
+    """One documented order for every backend (issue 12, item 8): sorted by pid."""
+
+    async def idle():
+        await procreg.receive()
+
+    async def main():
+        pids = [procreg.spawn(idle) for _ in range(6)]
+        for pid in [pids[3], pids[0], pids[5], pids[1], pids[4], pids[2]]:
+            await procreg.join("g", pid)
+        await procreg.leave("g", pids[4])
+        await procreg.join("g", pids[4])  # rejoining does not move it to the end
+        return pids, await procreg.members("g")
+
+    pids, members = procreg.run(main)
+    assert members == sorted(pids) == pids

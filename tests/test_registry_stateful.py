@@ -301,7 +301,7 @@ class RegistryMachine(RuleBasedStateMachine):
         async def check() -> None:
             for group in set(self.groups) | {"g1", "g2", ("pool", 3)}:
                 members = await procreg.members(group)
-                assert members == self.groups.get(group, [])
+                assert members == sorted(self.groups.get(group, []))  # sorted by pid
                 assert all(procreg.is_alive(p) for p in members)
 
         self.run(check())

@@ -38,6 +38,7 @@ from .api import (
     lookup,
     members,
     monitor,
+    monitor_key,
     monitor_nodes,
     nodes,
     publish,
@@ -72,7 +73,7 @@ from .errors import (
     ProcregError,
     Stop,
 )
-from .messages import Call, Down, Exit, NodeEvent
+from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .node import Node, current_node
 from .pid import Pid, Ref
 from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, RegistryBackend
@@ -96,6 +97,7 @@ __all__ = [
     "Deadlock",
     "Down",
     "Exit",
+    "KeyEvent",
     "LocalBackend",
     "NoNode",
     "NoProcess",
@@ -133,6 +135,7 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "monitor_key",
     "monitor_nodes",
     "nodes",
     "nitrogen",

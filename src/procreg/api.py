@@ -13,7 +13,14 @@ from .errors import NotInProcess
 from .node import Node, _node_var, check_timeout, current_node
 from .pid import Pid, Ref
 from .process import Process, _answered, current_process
-from .registry import DEFAULT_TABLE, caller_pid, check_factory, check_key, check_table
+from .registry import (
+    DEFAULT_TABLE,
+    caller_pid,
+    check_factory,
+    check_key,
+    check_table,
+    spawn_for,
+)
 from .timers import Timer, start_timer
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "lookup",
     "members",
     "monitor",
+    "monitor_key",
     "monitor_nodes",
     "nodes",
     "publish",
@@ -65,7 +73,7 @@ def self() -> Pid:
         proc = current_process.get()
         if proc is None:
             raise NotInProcess("self() must be called from inside a process")
-    return proc.pid
+    return proc._procreg_pid
 
 
 def spawn(
@@ -122,7 +130,7 @@ def send(pid: Pid, msg: Any) -> None:
     if proc is None:
         node.send(pid, msg)
     else:
-        proc._info(msg)
+        proc._procreg_info(msg)
 
 
 def cast(pid: Pid, msg: Any) -> None:
@@ -134,7 +142,7 @@ def cast(pid: Pid, msg: Any) -> None:
     if proc is None:
         node.cast(pid, msg)
     else:
-        proc._cast(msg)
+        proc._procreg_cast(msg)
 
 
 async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
@@ -156,7 +164,10 @@ def caller() -> Any:
 
 def reply(caller: Any, value: Any) -> None:
     """Answer a call. Replying to a caller that already got an answer, timed out or
-    went away does nothing."""
+    went away does nothing (the first answer wins). A reply given before the handler
+    ends its process (``raise Stop(...)``, a crash, ``exit(self(), ...)``) reaches the
+    caller, whether the call was dispatched directly or scheduled: OTP's
+    ``{stop, Reason, Reply, State}``."""
     if isinstance(caller, asyncio.Future):
         if not caller.done():
             caller.set_result(value)
@@ -205,7 +216,9 @@ def monitor(pid: Pid) -> Ref:
 
 
 def demonitor(ref: Ref, *, flush: bool = False) -> bool:
-    """Stop a monitor; ``flush=True`` also drops its `Down` if already delivered."""
+    """Stop a monitor (of a process, or of a key: `monitor_key`); True if it was
+    active. ``flush=True`` also drops its `Down` (or its `KeyEvent` messages) if
+    already delivered."""
     return current_node().demonitor(ref, flush=flush)
 
 
@@ -226,7 +239,7 @@ def monitor_nodes(on: bool = True) -> None:
     """The calling process gets ``NodeEvent("up" | "down", name)`` messages as nodes
     join and leave the cluster (``on=False`` stops them)."""
     node = current_node()
-    node.monitor_nodes(node._me_or_raise("monitor_nodes()").pid, on)
+    node.monitor_nodes(node._me_or_raise("monitor_nodes()")._procreg_pid, on)
 
 
 def is_alive(pid: Pid) -> bool:
@@ -325,12 +338,12 @@ async def get_or_spawn(
     stored with the entry (see `lookup`); `idle_timeout` ends the new process after
     that many seconds without a message (its entry goes with it).
     """
-    registry = current_node().registry
-    pid = registry.peek(key, table)
+    node = current_node()
+    pid = node.registry.peek(key, table)
     if pid.__class__ is Pid:
         return pid
     _check_spawn(key, factory, table, placement, idle_timeout)
-    pid, _ = await registry.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
+    pid, _ = await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
     return pid
 
 
@@ -346,9 +359,7 @@ async def spawn_unique(
     """Like `get_or_spawn`, but also says whether this call started the process:
     returns ``(pid, started)``."""
     _check_spawn(key, factory, table, placement, idle_timeout)
-    return await current_node().registry.get_or_spawn(
-        key, factory, args, table, placement, meta, idle_timeout
-    )
+    return await spawn_for(current_node(), key, factory, args, table, placement, meta, idle_timeout)
 
 
 async def register(
@@ -376,7 +387,7 @@ async def unregister(key: Hashable, table: str = DEFAULT_TABLE, *, pid: Pid | No
     node = current_node()
     if pid is None:
         me = node.me()
-        pid = me.pid if me is not None else None
+        pid = me._procreg_pid if me is not None else None
     return await node.registry.unregister(key, table, pid)
 
 
@@ -395,6 +406,26 @@ def count(table: str = DEFAULT_TABLE) -> int:
     return current_node().registry.count(table)
 
 
+async def monitor_key(key: Hashable, table: str = DEFAULT_TABLE) -> Ref:
+    """Watch `key` in `table` from the calling process (gproc's name monitor with
+    ``follow``): it gets ``KeyEvent(ref, table, key, event, pid)`` each time the key
+    is registered (``"registered"``, `pid` the new holder), unregistered
+    (``"unregistered"``) or its holder ends (``"ended"``), until
+    ``procreg.demonitor(ref)`` or its own end. The key need not be registered;
+    nothing is sent for the state at the time of the call (ask `whereis` after
+    monitoring). Returns the ref the events carry.
+
+    Raises `NotInProcess` outside a process, `TypeError` for an unhashable key or a
+    table that is not a str. The embedded registry reports every change; a
+    cluster's registry reports those it knows of (see its backend).
+    """
+    check_key(key)
+    check_table(table)
+    node = current_node()
+    me = node._me_or_raise("monitor_key()")
+    return await node.registry.monitor_key(key, table, me._procreg_pid)
+
+
 async def join(group: Hashable, pid: Pid | None = None) -> bool:
     """Add `pid` (default: the caller) to `group`; joining twice is a no-op (False).
     A process leaves its groups when it ends."""
@@ -411,7 +442,8 @@ async def leave(group: Hashable, pid: Pid | None = None) -> bool:
 
 
 async def members(group: Hashable) -> list[Pid]:
-    """The pids in `group` (empty for an unknown group)."""
+    """The pids in `group`, sorted by pid (node, creation, serial), whatever the
+    backend; empty for an unknown group (see `RegistryBackend.members`)."""
     check_key(group, "group")
     return await current_node().registry.members(group)
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from .pid import Pid, Ref
 
-__all__ = ["Call", "Down", "Exit", "NodeEvent"]
+__all__ = ["Call", "Down", "Exit", "KeyEvent", "NodeEvent"]
 
 
 class Down(NamedTuple):
@@ -26,6 +26,26 @@ class Exit(NamedTuple):
 
     pid: Pid | None
     reason: Any
+
+
+class KeyEvent(NamedTuple):
+    """Sent to a process that called `procreg.monitor_key` when the key it watches
+    changes (gproc's name monitors, ``gproc:monitor(Key, follow)``):
+
+    - ``event == "registered"``: `pid` now holds the key;
+    - ``event == "unregistered"``: `pid`, its holder, removed it (`procreg.unregister`);
+    - ``event == "ended"``: `pid`, its holder, ended, and its entry went with it.
+
+    After ``"unregistered"`` or ``"ended"`` the key is free. `ref` is the one
+    `monitor_key` returned; the monitor lasts until `procreg.demonitor(ref)` or the
+    end of the watching process.
+    """
+
+    ref: Ref
+    table: str
+    key: Any
+    event: str
+    pid: Pid
 
 
 class NodeEvent(NamedTuple):

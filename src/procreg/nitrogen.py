@@ -23,12 +23,20 @@ A node uses another handler with ``Node(registry_handler=MyHandler())``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from typing import Any
 
 from .node import current_node
 from .pid import Pid
-from .registry import DEFAULT_TABLE, check_factory, check_key
+from .registry import (
+    DEFAULT_TABLE,
+    HANDLER_LOCK,
+    check_factory,
+    check_key,
+    spawn_for,
+    waiting_on,
+)
 
 __all__ = ["NprocregHandler", "ProcessRegistryHandler", "get_pid"]
 
@@ -42,7 +50,17 @@ class ProcessRegistryHandler:
     looks up or spawns from `function` (an ``async def`` with no arguments, or a
     `Server` subclass). Subclasses override `lookup_pid` and `spawn_pid`, the two
     arities of ``get_pid`` under their own names; ``get_pid`` dispatches on arity.
+
+    `serialized` (default True): `procreg.nitrogen.get_pid` runs this handler's calls
+    one at a time, so that each sees the state the previous one returned. A call
+    made while another is running waits for it; one that could never get its turn
+    (``get_pid`` from inside the handler's own callback, or from the ``init`` of a
+    process a running ``get_pid`` is starting) raises `procreg.Deadlock` instead.
+    A handler that keeps no state (returns the state it is given) sets it False and
+    its calls run concurrently, never waiting on each other.
     """
+
+    serialized: bool = True
 
     async def init(self, config: dict[str, Any], state: Any) -> Any:
         """Set the handler up when its node starts; returns the new state."""
@@ -77,7 +95,14 @@ class ProcessRegistryHandler:
 
 
 class NprocregHandler(ProcessRegistryHandler):
-    """The default handler: the node's registry, table ``table`` (``"default"``)."""
+    """The default handler: the node's registry, table ``table`` (``"default"``).
+
+    It keeps no state, so its calls are not serialized: a ``get_pid/4`` that waits on
+    a process's ``init`` holds no other caller back, and an ``init`` may itself call
+    ``get_pid`` (its own key raises `procreg.Deadlock`, as `procreg.get_or_spawn`
+    does)."""
+
+    serialized = False
 
     def __init__(self, table: str = DEFAULT_TABLE) -> None:
         self.table = table
@@ -93,28 +118,37 @@ class NprocregHandler(ProcessRegistryHandler):
     ) -> tuple[Pid, Any]:
         check_key(key)
         check_factory(function)
-        pid, _ = await current_node().registry.get_or_spawn(key, function, (), self.table)
+        node = current_node()
+        pid, _ = await spawn_for(node, key, function, (), self.table, "local", None, None)
         return pid, state
 
 
 async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
     """Ask the current node's handler: ``get_pid(key)`` or ``get_pid(key, function)``.
 
-    The handler's state belongs to the node, so calls are serialised: each sees the
-    state the previous one returned."""
+    The handler's state belongs to the node: the calls of a `serialized` handler run
+    one at a time, each seeing the state the previous one returned, and a call that
+    could never get its turn raises `procreg.Deadlock` (see
+    `ProcessRegistryHandler`). No lock is held for the default handler, which keeps
+    no state: its calls run concurrently."""
     node = current_node()
-    async with node._handler_lock:
+    if not getattr(node.handler, "serialized", True):
         return await _get_pid(node, key, function)
+    with waiting_on(node, HANDLER_LOCK):
+        await node._handler_lock.acquire()
+    try:
+        node._handler_holder = asyncio.current_task()
+        return await _get_pid(node, key, function)
+    finally:
+        node._handler_holder = None
+        node._handler_lock.release()
 
 
 async def _get_pid(node: Any, key: Hashable, function: Any) -> Pid | None:
     handler: ProcessRegistryHandler = node.handler
+    config = dict(node.handler_config)  # the handler's to change, not the node's
     if function is None:
-        pid, node._handler_state = await handler.get_pid(
-            key, node.handler_config, node._handler_state
-        )
+        pid, node._handler_state = await handler.get_pid(key, config, node._handler_state)
         return pid
-    pid, node._handler_state = await handler.get_pid(
-        key, function, node.handler_config, node._handler_state
-    )
+    pid, node._handler_state = await handler.get_pid(key, function, config, node._handler_state)
     return pid

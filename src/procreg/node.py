@@ -21,7 +21,8 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
 from .gcpolicy import GcPolicy
@@ -39,7 +40,15 @@ from .process import (
 if TYPE_CHECKING:
     from .registry import RegistryBackend
 
-__all__ = ["Node", "current_node"]
+__all__ = [
+    "HANDLER_LOCK",
+    "Node",
+    "check_wait",
+    "current_node",
+    "serving_task",
+    "started_for",
+    "waiting_on",
+]
 
 log = logging.getLogger("procreg")
 
@@ -52,6 +61,134 @@ _make_pid = tuple.__new__  # Pid(...) without a Python-level __new__ call
 INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
 _LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
+
+
+# -- waits that could never end ----------------------------------------------------
+#
+# A task that awaits a get_or_spawn attempt of another caller, the node's
+# registry-handler lock, or a process's start waits on another task: the async
+# ``init`` of the process being started for that key (``node._starting``), the task
+# holding the lock (``node._handler_holder``), or the starting process's init (or,
+# for a supervisor, its body). ``node._waiting`` records, for each task waiting so,
+# on what. Before a task waits, or calls a process whose serving task (a coroutine
+# process's body, a server's running handler) is waiting, it follows that chain;
+# reaching itself means the wait could never end (an init waiting on its own key,
+# directly or through other keys or the handler lock; a child's init calling the
+# supervisor or process waiting for it), and `Deadlock` is raised instead, as for a
+# process calling itself. Tasks, not processes, are the unit: two tasks of one
+# process (``gather``) may wait on each other's lock, and a helper task may wait on
+# a start while the process's body still answers calls. A wait made through a
+# helper task (``asyncio.wait_for`` around it) is not linked to the task awaiting
+# the helper, so such a cycle is not detected.
+
+HANDLER_LOCK: Final = "handler lock"
+"""What ``node._waiting`` records for a task waiting on the registry-handler lock."""
+
+
+def _next_task(node: Node, waits_on: Any) -> asyncio.Task[Any] | None:
+    if waits_on is HANDLER_LOCK:
+        return node._handler_holder
+    if isinstance(waits_on, asyncio.Task):
+        return waits_on
+    return node._starting.get(waits_on)
+
+
+def check_wait(node: Node, waits_on: Any) -> None:
+    """Raise `Deadlock` if the calling task waiting on `waits_on` (a ``(table, key)``,
+    `HANDLER_LOCK` or a task) would wait, through any chain of waits, on itself."""
+    me = asyncio.current_task()
+    if me is None:
+        return
+    seen: set[asyncio.Task[Any]] = set()
+    task = _next_task(node, waits_on)
+    while task is not None and task not in seen:
+        if task is me:
+            if waits_on is HANDLER_LOCK:
+                what = "the registry handler"
+            elif isinstance(waits_on, asyncio.Task):
+                what = "that process"
+            else:
+                what = repr(waits_on[1])
+            raise Deadlock(
+                f"waiting on {what} would wait on this process itself (its own init, a "
+                "get_pid/get_or_spawn or a start it is inside of): the wait could never end"
+            )
+        seen.add(task)
+        nxt = node._waiting.get(task)
+        task = _next_task(node, nxt) if nxt is not None else None
+
+
+class waiting_on:
+    """Record that the calling task waits on `waits_on`, after `check_wait`."""
+
+    __slots__ = ("_node", "_prev", "_task", "_what")
+
+    def __init__(self, node: Node, waits_on: Any) -> None:
+        check_wait(node, waits_on)
+        self._node = node
+        self._what = waits_on
+        self._task = asyncio.current_task()
+        self._prev: Any = None
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._prev = self._node._waiting.get(self._task)
+            self._node._waiting[self._task] = self._what
+
+    def __exit__(self, *exc: object) -> None:
+        task = self._task
+        if task is not None:
+            if self._prev is None:
+                self._node._waiting.pop(task, None)
+            else:
+                self._node._waiting[task] = self._prev
+
+
+def serving_task(proc: _Proc) -> asyncio.Task[Any] | None:
+    """The task running `proc`'s code now: a coroutine process's body, a server's
+    async init or handler (None for an idle server)."""
+    task: asyncio.Task[Any] | None = getattr(proc, "_task", None)
+    if task is None:
+        ext = proc._procreg_ext
+        task = ext.task if ext is not None else None
+    return task
+
+
+class started_for:
+    """While `proc`'s async ``init`` runs for the key ``(table, key)``: a wait on
+    that key waits on that init. A backend that starts a process with an async
+    ``init`` for a key wraps its wait for that init in this (`Node.start_with_pid`
+    does it when given ``key=``)."""
+
+    __slots__ = ("_key", "_node", "_task")
+
+    def __init__(self, node: Node, key: tuple[str, Any], proc: _Proc) -> None:
+        self._node = node
+        self._key = key
+        self._task = serving_task(proc)
+
+    def __enter__(self) -> None:
+        if self._task is not None:
+            self._node._starting[self._key] = self._task
+
+    def __exit__(self, *exc: object) -> None:
+        if self._node._starting.get(self._key) is self._task:
+            del self._node._starting[self._key]
+
+
+def _check_call(node: Node, proc: _Proc) -> None:
+    """Raise `Deadlock` if the task that would answer a call to `proc` waits,
+    through any chain of waits, on the caller (a child's ``init`` calling the
+    supervisor that waits for it)."""
+    task = serving_task(proc)
+    if task is not None and task in node._waiting:
+        check_wait(node, task)
+
+
+def _terminate_done(proc: _Proc, pending: Coroutine[Any, Any, Any], _task: Any) -> None:
+    pending.close()
+    ext = proc._procreg_ext
+    proc._procreg_finish(ext.exit_reason if ext is not None else "kill")
 
 
 def current_node() -> Node:
@@ -192,6 +329,10 @@ class Node:
         self.handler_config: dict[str, Any] = dict(handler_config or {})
         self._handler_state: Any = None
         self._handler_lock = asyncio.Lock()
+        self._handler_holder: asyncio.Task[Any] | None = None  # the task holding it
+        # who waits on whom, to raise Deadlock instead of waiting forever (check_wait)
+        self._starting: dict[tuple[str, Any], asyncio.Task[Any]] = {}  # key -> init task
+        self._waiting: dict[asyncio.Task[Any], Any] = {}  # task -> key, task or HANDLER_LOCK
         self._root_sup: asyncio.Future[Pid] | None = None
         self._supervisors: dict[Pid, Pid | None] = {}  # supervisor -> its parent
         self._node_watchers: set[Pid] = set()  # processes that get NodeEvent messages
@@ -272,7 +413,7 @@ class Node:
             self._registry_handler if self._registry_handler is not None else NprocregHandler()
         )
         self.handler = handler
-        self._handler_state = await handler.init(self.handler_config, None)
+        self._handler_state = await handler.init(dict(self.handler_config), None)
         if self._gc_policy:
             GcPolicy.acquire()
             self._next_freeze = GcPolicy.next_freeze()
@@ -312,8 +453,8 @@ class Node:
         for task in list(self._terminating):
             task.cancel()
         for proc in list(self._procs.values()):  # stragglers: terminate timed out
-            proc._stop_task()
-            proc._finish("shutdown")
+            proc._procreg_stop_task()
+            proc._procreg_finish("shutdown")
         await asyncio.sleep(0)
         self._runq.clear()
         if self._cluster is not None:
@@ -324,7 +465,7 @@ class Node:
         self._deadlines.close()
         try:
             self._handler_state = await self.handler.finish(
-                self.handler_config, self._handler_state
+                dict(self.handler_config), self._handler_state
             )
         finally:
             self._running = False
@@ -346,10 +487,10 @@ class Node:
 
     def _add(self, proc: _Proc) -> None:
         procs = self._procs
-        procs[proc.pid] = proc
+        procs[proc._procreg_pid] = proc
         self.spawned += 1
-        if not proc.pid[2] & 1023:
-            self._marks.append((proc.pid[2], self._loop.time()))
+        if not proc._procreg_pid[2] & 1023:
+            self._marks.append((proc._procreg_pid[2], self._loop.time()))
         if len(procs) >= self._next_freeze:
             GcPolicy.grew(len(procs))
             self._next_freeze = GcPolicy.next_freeze()
@@ -357,7 +498,7 @@ class Node:
 
     def _forget(self, proc: _Proc) -> None:
         procs = self._procs
-        if procs.pop(proc.pid, None) is not None:
+        if procs.pop(proc._procreg_pid, None) is not None:
             self.exited += 1
             if len(procs) < self._unfreeze_below:
                 GcPolicy.shrank(len(procs))
@@ -392,9 +533,9 @@ class Node:
         proc = self._procs.get(pid)
         if proc is None:
             return None
-        reg = proc._reg
+        reg = proc._procreg_reg
         keys = sorted(map(repr, reg)) if type(reg) is set else ([repr(reg)] if reg else [])
-        ext = proc._ext
+        ext = proc._procreg_ext
         index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
         born = self._marks[max(index, 0)][1]
         return {
@@ -402,10 +543,10 @@ class Node:
             "kind": "Supervisor" if pid in self._supervisors else type(proc).__name__,
             "keys": keys,
             "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
-            "mailbox": len(proc._mail) if proc._mail else 0,
-            "handled": proc._handled,
+            "mailbox": len(proc._procreg_mail) if proc._procreg_mail else 0,
+            "handled": proc._procreg_handled,
             "age": self._loop.time() - born,
-            "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._st],
+            "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._procreg_st],
             "links": len(ext.links) if ext is not None and ext.links else 0,
             "monitors": len(ext.monitors) if ext is not None and ext.monitors else 0,
         }
@@ -447,7 +588,7 @@ class Node:
             if proc is None:
                 self._node_watchers.discard(pid)
             else:
-                proc._info(event)
+                proc._procreg_info(event)
 
     def process_count(self) -> int:
         """How many processes are alive on this node."""
@@ -484,7 +625,7 @@ class Node:
             while n:
                 n -= 1
                 proc = runq.popleft()
-                proc._run()
+                proc._procreg_run()
         finally:  # even if KeyboardInterrupt escapes a handler, the queue keeps going
             if runq:
                 self._loop.call_soon(self._drain, context=self._ctx)
@@ -519,7 +660,7 @@ class Node:
             )
         proc = self._start_body(self._new_pid(), fn, args)
         self.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-        return proc.pid
+        return proc._procreg_pid
 
     def _start_body(
         self,
@@ -546,21 +687,32 @@ class Node:
         (and a crash is not logged as a crash report, since `run` re-raises it)."""
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"run() needs an `async def` function, got {fn!r}")
-        return self._start_body(self._new_pid(), fn, args, result).pid
+        return self._start_body(self._new_pid(), fn, args, result)._procreg_pid
 
     async def start_with_pid(
-        self, pid: Pid, factory: Any, args: tuple[Any, ...], idle_timeout: float | None
+        self,
+        pid: Pid,
+        factory: Any,
+        args: tuple[Any, ...],
+        idle_timeout: float | None,
+        key: tuple[str, Any] | None = None,
     ) -> _Proc:
         """Start `factory` (a `Server` subclass or an ``async def`` body) as the process
         `pid`, taken earlier from this node's serials: the cluster registry claims a
         key for a pid before its process exists, so a losing claim starts nothing.
-        Returns once ``init`` has completed (raising its error)."""
+        Returns once ``init`` has completed (raising its error). `key`, the
+        ``(table, key)`` the process is started for, lets an ``async init`` that
+        waits on its own key raise `Deadlock` (see `registry.started_for`)."""
         if self.starts_now(factory):
             return self.start_now(pid, factory, args, idle_timeout)
         server: Any = factory
         ready: asyncio.Future[Pid] = self._loop.create_future()
-        proc, _ = server._start(args, False, False, False, idle_timeout, ready, pid)
-        await ready
+        proc, _ = server._procreg_start(args, False, False, False, idle_timeout, ready, pid)
+        if key is None:
+            await ready
+        else:
+            with started_for(self, key, proc):
+                await ready
         return cast(_Proc, proc)
 
     @staticmethod
@@ -568,7 +720,7 @@ class Node:
         """Whether `start_now` can start `factory`: anything but a server with an
         ``async def init``."""
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            return not cast(Any, factory)._async_mask & 8
+            return not cast(Any, factory)._procreg_async_mask & 8
         return True
 
     def start_now(
@@ -577,7 +729,9 @@ class Node:
         """`start_with_pid` without awaiting, for a factory `starts_now` accepts: a
         server's ``init`` has run when this returns (its error raised here)."""
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            proc, _ = cast(Any, factory)._start(args, False, False, False, idle_timeout, None, pid)
+            proc, _ = cast(Any, factory)._procreg_start(
+                args, False, False, False, idle_timeout, None, pid
+            )
             return cast(_Proc, proc)
         check_timeout(idle_timeout, "idle_timeout")
         body = self._start_body(pid, factory, args)
@@ -596,12 +750,14 @@ class Node:
         """Apply spawn options to a new process (used by `spawn` and `Server.start`)."""
         ref = None
         if trap_exits:
-            proc.ext().trap = True
+            proc._procreg_extra().trap = True
         if idle_timeout is not None:
-            ext = proc.ext()
+            ext = proc._procreg_extra()
             ext.idle_timeout = idle_timeout
             ext.idle_last = self._loop.time()
-            ext.idle_handle = self._loop.call_at(ext.idle_last + idle_timeout, proc._idle_check)
+            ext.idle_handle = self._loop.call_at(
+                ext.idle_last + idle_timeout, proc._procreg_idle_check
+            )
         if parent is not None:
             if link:
                 self._add_link(parent, proc)
@@ -617,7 +773,7 @@ class Node:
             if self.foreign(pid):
                 self._remote.send(pid, msg)
             return
-        proc._info(msg)
+        proc._procreg_info(msg)
 
     def cast(self, pid: Pid, msg: Any) -> None:
         """Send `msg` as a cast (``handle_cast`` for a server)."""
@@ -626,26 +782,28 @@ class Node:
             if self.foreign(pid):
                 self._remote.cast(pid, msg)
             return
-        proc._cast(msg)
+        proc._procreg_cast(msg)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` and wait for the reply; see `procreg.call`."""
         if timeout.__class__ is not float or not timeout >= 0:  # (NaN fails >= too)
             check_timeout(timeout)
         proc = self._procs.get(pid)
-        if proc is None or proc._st >= EXITING or pid.__class__ is not Pid:
+        if proc is None or proc._procreg_st >= EXITING or pid.__class__ is not Pid:
             if self.foreign(pid):
                 return await self._remote.call(pid, request, timeout)
             raise NoProcess(f"no process {pid!r}")
         if proc is self._current or proc is current_process.get():
             raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
-        if proc._st == IDLE and proc._direct_call:
+        if proc._procreg_st == IDLE and proc._procreg_direct_call:
             self._inline -= 1
             if self._inline:
-                return await proc._call_direct(request, timeout)
+                return await proc._procreg_call_direct(request, timeout)
             self._inline = INLINE_BUDGET  # take the scheduled path: the caller yields
+        if self._waiting:  # someone waits on a start: is it this caller, via `proc`?
+            _check_call(self, proc)
         fut = self._loop.create_future()
-        proc._call(fut, request)
+        proc._procreg_call(fut, request)
         if timeout is not None:
             self._deadlines.add(timeout, fut)
         return await fut
@@ -673,28 +831,31 @@ class Node:
         try:
             while endq:
                 p, r = endq.popleft()
-                if p._st >= EXITING:
+                if p._procreg_st >= EXITING:
                     continue
-                p._st = EXITING
-                if p._ext is not None:
-                    p._ext.exit_reason = r
-                if r != "kill" and p._unwinds():
+                p._procreg_st = EXITING
+                if p._procreg_ext is not None:
+                    p._procreg_ext.exit_reason = r
+                if r != "kill" and p._procreg_unwinds():
                     # a running coroutine body: cancel it; it finishes the exit once
                     # it has unwound (its finally blocks run before Down is sent)
-                    p.ext().exit_reason = r
-                    p._stop_task()
+                    p._procreg_extra().exit_reason = r
+                    p._procreg_stop_task()
                     continue
-                p._stop_task()
-                pending = None if r == "kill" else p._terminate(r)
+                p._procreg_stop_task()
+                pending = None if r == "kill" else p._procreg_terminate(r)
                 if pending is None:
-                    p._finish(r)
+                    p._procreg_finish(r)
                 else:
                     task = self._loop.create_task(self._finish_after(p, pending, r))
-                    ext = p.ext()
+                    ext = p._procreg_extra()
                     ext.exit_reason = r
                     ext.task = task  # so that a "kill" can cut terminate short
                     self._terminating.add(task)
                     task.add_done_callback(self._terminating.discard)
+                    # cancelled (a "kill") before its first step, the task neither
+                    # awaited terminate nor finished the exit: both are done here
+                    task.add_done_callback(partial(_terminate_done, p, pending))
         finally:
             self._ending = False
 
@@ -707,13 +868,13 @@ class Node:
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("terminate() of %r raised", proc.pid)
+            log.exception("terminate() of %r raised", proc._procreg_pid)
         finally:
-            ext = proc._ext
+            ext = proc._procreg_ext
             if ext is not None:
                 ext.task = None
                 reason = ext.exit_reason  # "kill" if it was killed meanwhile
-            proc._finish(reason)
+            proc._procreg_finish(reason)
 
     def _fail(self, proc: _Proc, exc: BaseException, last: Any, report: bool = True) -> Any:
         """End `proc` because its code raised `exc`; returns the exit reason.
@@ -721,7 +882,7 @@ class Node:
         `Stop(reason)` ends it with that reason quietly; any other exception is the
         reason itself, with a crash report (unless `report` is False)."""
         reason: Any = exc.reason if isinstance(exc, Stop) else exc
-        if proc._st < EXITING:
+        if proc._procreg_st < EXITING:
             if report and reason is exc:
                 self._crash_report(proc, exc, last)
             self._end(proc, reason)
@@ -731,8 +892,8 @@ class Node:
         self.crashed += 1
         log.error(
             "process %r (%s) crashed: %r; last message: %r",
-            proc.pid,
-            proc.kind,
+            proc._procreg_pid,
+            proc._procreg_kind,
             exc,
             last,
             exc_info=exc,
@@ -744,26 +905,26 @@ class Node:
         if proc is None:
             if self.foreign(pid):
                 me = self.me()
-                self._remote.exit(me.pid if me is not None else None, pid, reason)
+                self._remote.exit(me._procreg_pid if me is not None else None, pid, reason)
             return
         me = self.me()
-        sender = me.pid if me is not None else None
+        sender = me._procreg_pid if me is not None else None
         if proc is me and reason == "normal":
             self._end(proc, "normal")
             return
         self._exit_signal(proc, sender, reason, linked=False)
 
     def _exit_signal(self, target: _Proc, sender: Pid | None, reason: Any, linked: bool) -> None:
-        if target._st >= EXITING:
-            if reason == "kill" and not linked and target._st == EXITING:
-                target._kill_exiting()  # cut a running terminate / unwinding short
+        if target._procreg_st >= EXITING:
+            if reason == "kill" and not linked and target._procreg_st == EXITING:
+                target._procreg_kill_exiting()  # cut a running terminate / unwinding short
             return
         if reason == "kill" and not linked:
             self._end(target, "kill")
             return
-        ext = target._ext
+        ext = target._procreg_ext
         if ext is not None and ext.trap:
-            target._info(Exit(sender, reason))
+            target._procreg_info(Exit(sender, reason))
         elif reason != "normal":
             self._end(target, reason)
 
@@ -773,19 +934,19 @@ class Node:
             if self._remote is not None and other[0] != self.name:
                 self._remote.link_exit(sender, other, reason)
             return
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.links is not None:
             ext.links.discard(sender)
         self._exit_signal(proc, sender, reason, linked=True)
 
     def _add_link(self, a: _Proc, b: _Proc) -> None:
-        ea, eb = a.ext(), b.ext()
+        ea, eb = a._procreg_extra(), b._procreg_extra()
         if ea.links is None:
             ea.links = set()
         if eb.links is None:
             eb.links = set()
-        ea.links.add(b.pid)
-        eb.links.add(a.pid)
+        ea.links.add(b._procreg_pid)
+        eb.links.add(a._procreg_pid)
 
     def link(self, pid: Pid) -> None:
         """Link the calling process and `pid`; see `procreg.link`."""
@@ -794,10 +955,10 @@ class Node:
         if proc is None and self.foreign(pid):
             self._remote.link(me, pid)
             return
-        if proc is None or proc._st >= EXITING:
-            ext = me._ext
+        if proc is None or proc._procreg_st >= EXITING:
+            ext = me._procreg_ext
             if ext is not None and ext.trap:
-                me._info(Exit(pid, "noproc"))
+                me._procreg_info(Exit(pid, "noproc"))
                 return
             raise NoProcess(f"cannot link to {pid!r}: no such process")
         if proc is me:
@@ -807,25 +968,25 @@ class Node:
     def unlink(self, pid: Pid) -> None:
         """Remove the link between the calling process and `pid`, if any."""
         me = self._me_or_raise("unlink()")
-        if me._ext is not None and me._ext.links:
-            me._ext.links.discard(pid)
+        if me._procreg_ext is not None and me._procreg_ext.links:
+            me._procreg_ext.links.discard(pid)
         proc = self._procs.get(pid)
         if proc is None:
             if self.foreign(pid):
                 self._remote.unlink(me, pid)
             return
-        if proc._ext is not None and proc._ext.links:
-            proc._ext.links.discard(me.pid)
+        if proc._procreg_ext is not None and proc._procreg_ext.links:
+            proc._procreg_ext.links.discard(me._procreg_pid)
 
     def _add_monitor(self, watcher: _Proc, target: _Proc) -> Ref:
         ref = Ref(self.name)
-        et, ew = target.ext(), watcher.ext()
+        et, ew = target._procreg_extra(), watcher._procreg_extra()
         if et.monitors is None:
             et.monitors = {}
         if ew.watching is None:
             ew.watching = {}
-        et.monitors[ref] = watcher.pid
-        ew.watching[ref] = target.pid
+        et.monitors[ref] = watcher._procreg_pid
+        ew.watching[ref] = target._procreg_pid
         return ref
 
     def monitor(self, pid: Pid) -> Ref:
@@ -835,22 +996,28 @@ class Node:
         if proc is None and self.foreign(pid):
             ref: Ref = self._remote.monitor(me, pid)
             return ref
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             ref = Ref(self.name)
-            me._info(Down(ref, pid, "noproc"))
+            me._procreg_info(Down(ref, pid, "noproc"))
             return ref
         return self._add_monitor(me, proc)
 
     def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
-        """Stop a monitor; True if it was active. ``flush=True`` also removes a
-        `Down` for it already in the caller's mailbox."""
+        """Stop a monitor (of a process, or of a key: `procreg.monitor_key`); True if
+        it was active. ``flush=True`` also removes a `Down` for it (the `KeyEvent`
+        messages of a key monitor) already in the caller's mailbox."""
         me = self._me_or_raise("demonitor()")
-        ext = me._ext
+        ext = me._procreg_ext
+        if ext is not None and ext.key_monitors and ref in ext.key_monitors:
+            removed = self.registry.demonitor_key(ref, me._procreg_pid)
+            if flush and me._procreg_mail:
+                me._procreg_flush_key_events(ref)
+            return removed
         target = ext.watching.pop(ref, None) if ext is not None and ext.watching else None
         if target is not None:
             self._drop_monitor(target, ref)
-        if flush and me._mail:
-            me._flush_down(ref)
+        if flush and me._procreg_mail:
+            me._procreg_flush_down(ref)
         return target is not None
 
     def _drop_monitor(self, target: Pid, ref: Ref) -> None:
@@ -858,8 +1025,8 @@ class Node:
         if proc is None and self._remote is not None and target[0] != self.name:
             self._remote.demonitor(ref, target)
             return
-        if proc is not None and proc._ext is not None and proc._ext.monitors:
-            proc._ext.monitors.pop(ref, None)
+        if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.monitors:
+            proc._procreg_ext.monitors.pop(ref, None)
 
     def _down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
         proc = self._procs.get(watcher)
@@ -867,15 +1034,15 @@ class Node:
             if self._remote is not None and watcher[0] != self.name:
                 self._remote.down(watcher, ref, pid, reason)
             return
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.watching:
             ext.watching.pop(ref, None)
-        proc._info(Down(ref, pid, reason))
+        proc._procreg_info(Down(ref, pid, reason))
 
     def is_alive(self, pid: Pid) -> bool:
         """True while `pid` is a live local process."""
         proc = self._procs.get(pid)
-        return proc is not None and proc._st < EXITING
+        return proc is not None and proc._procreg_st < EXITING
 
     # -- registry hook ------------------------------------------------------------
     def _drop_registrations(self, proc: _Proc) -> None:

@@ -17,10 +17,11 @@ import asyncio
 import contextvars
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import ProcessExited
-from .messages import Call, Down
+from .messages import Call, Down, KeyEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class _Ext:
         "idle_handle",
         "idle_last",
         "idle_timeout",
+        "key_monitors",
         "links",
         "monitors",
         "task",
@@ -80,6 +82,7 @@ class _Ext:
         self.exit_reason: Any = None
         self.task: asyncio.Task[Any] | None = None  # running async handler (servers)
         self.groups: set[Any] | None = None  # groups joined (kept by the registry)
+        self.key_monitors: dict[Ref, Any] | None = None  # ref -> (table, key) watched
 
 
 def fail_caller(caller: Any, exc: BaseException) -> None:
@@ -91,39 +94,101 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
         caller.fail(exc)
 
 
+COMPAT_NAMES: Final = ("_st", "_reg", "_ext", "_info", "_cast", "_call", "ext")
+"""Old runtime names that `procreg.cluster` still reads, kept as read-only aliases of
+the ``_procreg_*`` ones until it is renamed; a `Server` subclass may not use them
+meanwhile."""
+
+
+def _read_only_pid(proc: Any, value: Any) -> None:
+    raise AttributeError(
+        f"{type(proc).__name__}.pid is the process's own pid and cannot be assigned: "
+        "store other pids under another name"
+    )
+
+
 class _Proc:
-    """What every process has. Subclasses: `Process` (coroutine) and `Server`."""
+    """What every process has. Subclasses: `Process` (coroutine) and `Server`.
 
-    __slots__ = ("_ext", "_handled", "_mail", "_node", "_reg", "_st", "pid")
+    Every runtime attribute and method is named ``_procreg_*`` (the one reserved
+    prefix: `Server.__init_subclass__` refuses a subclass that defines such a name),
+    so whatever a `Server` subclass stores on ``self`` lives beside the runtime's
+    state and never in it. ``pid`` is the one public, read-only attribute.
+    """
 
-    pid: Pid
-    _node: Node
-    _mail: deque[Any] | None
-    _st: int
-    _ext: _Ext | None
-    _reg: Any  # registry entries held: None, one (table, key) or a set of them
+    __slots__ = (
+        "_procreg_ext",
+        "_procreg_handled",
+        "_procreg_mail",
+        "_procreg_node",
+        "_procreg_pid",
+        "_procreg_reg",
+        "_procreg_st",
+    )
 
-    kind = "process"
-    _direct_call = False  # True for servers whose handle_call may run in the caller's turn
+    _procreg_pid: Pid
+    _procreg_node: Node
+    _procreg_mail: deque[Any] | None
+    _procreg_st: int
+    _procreg_ext: _Ext | None
+    _procreg_reg: Any  # registry entries held: None, one (table, key) or a set of them
 
-    def _init_proc(self, node: Node, pid: Pid) -> None:
-        self.pid = pid
-        self._node = node
-        self._mail = None
-        self._st = IDLE
-        self._ext = None
-        self._reg = None
-        self._handled = 0  # messages handled (counted per batch)
+    _procreg_kind = "process"
+    _procreg_direct_call = False  # True for servers whose handle_call may run in the caller's turn
 
-    def ext(self) -> _Ext:
-        e = self._ext
+    if TYPE_CHECKING:
+
+        @property
+        def pid(self) -> Pid:
+            """The process's pid (read-only)."""
+
+        # the names cluster/ still uses (read-only): delete once it uses _procreg_*;
+        # refused in Server subclasses meanwhile (see COMPAT_NAMES)
+        @property
+        def _st(self) -> int: ...
+        @property
+        def _reg(self) -> Any: ...
+        @property
+        def _ext(self) -> _Ext | None: ...
+
+    else:
+        pid = property(
+            attrgetter("_procreg_pid"), _read_only_pid, doc="The process's pid (read-only)."
+        )
+        _st = property(attrgetter("_procreg_st"))
+        _reg = property(attrgetter("_procreg_reg"))
+        _ext = property(attrgetter("_procreg_ext"))
+
+    def ext(self) -> _Ext:  # compat, see COMPAT_NAMES
+        return self._procreg_extra()
+
+    def _info(self, msg: Any) -> None:
+        self._procreg_info(msg)
+
+    def _cast(self, msg: Any) -> None:
+        self._procreg_cast(msg)
+
+    def _call(self, caller: Any, request: Any) -> None:
+        self._procreg_call(caller, request)
+
+    def _procreg_setup(self, node: Node, pid: Pid) -> None:
+        self._procreg_pid = pid
+        self._procreg_node = node
+        self._procreg_mail = None
+        self._procreg_st = IDLE
+        self._procreg_ext = None
+        self._procreg_reg = None
+        self._procreg_handled = 0  # messages handled (counted per batch)
+
+    def _procreg_extra(self) -> _Ext:
+        e = self._procreg_ext
         if e is None:
-            e = self._ext = _Ext()
+            e = self._procreg_ext = _Ext()
         return e
 
-    def _owe(self, caller: Any) -> None:
+    def _procreg_owe(self, caller: Any) -> None:
         """Remember a caller this process must still answer (or fail when it ends)."""
-        ext = self.ext()
+        ext = self._procreg_extra()
         if ext.deferred is None:
             ext.deferred = set()
         elif len(ext.deferred) > 64:  # drop the answered ones now and then
@@ -131,58 +196,58 @@ class _Proc:
         ext.deferred.add(caller)
 
     # -- delivery (overridden) ----------------------------------------------------
-    def _info(self, msg: Any) -> None:
+    def _procreg_info(self, msg: Any) -> None:
         raise NotImplementedError
 
-    def _cast(self, msg: Any) -> None:
+    def _procreg_cast(self, msg: Any) -> None:
         raise NotImplementedError
 
-    def _call(self, caller: Any, request: Any) -> None:
+    def _procreg_call(self, caller: Any, request: Any) -> None:
         raise NotImplementedError
 
-    async def _call_direct(self, request: Any, timeout: float | None) -> Any:
+    async def _procreg_call_direct(self, request: Any, timeout: float | None) -> Any:
         """Handle a call in the caller's turn (servers with a sync handle_call)."""
         raise NotImplementedError
 
     # -- exit ---------------------------------------------------------------------
-    def _pending_callers(self, mail: deque[Any]) -> list[Any]:
+    def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         """Callers whose request is still in the mailbox (not yet handled)."""
         raise NotImplementedError
 
-    def _stop_task(self) -> None:
+    def _procreg_stop_task(self) -> None:
         """Cancel the task running this process's code, unless it is the caller."""
         raise NotImplementedError
 
-    def _terminate(self, reason: Any) -> Coroutine[Any, Any, Any] | None:
+    def _procreg_terminate(self, reason: Any) -> Coroutine[Any, Any, Any] | None:
         """Run the ``terminate`` callback; a coroutine if it must be awaited."""
         return None
 
-    def _unwinds(self) -> bool:
+    def _procreg_unwinds(self) -> bool:
         """True if the process's own task must unwind before the exit completes."""
         return False
 
-    def _kill_exiting(self) -> None:
+    def _procreg_kill_exiting(self) -> None:
         """``"kill"`` while the exit waits on an async ``terminate``: cut it short."""
-        ext = self._ext
+        ext = self._procreg_ext
         if ext is not None and ext.task is not None:
             ext.exit_reason = "kill"
             ext.task.cancel()
 
-    def _finish(self, reason: Any) -> None:
+    def _procreg_finish(self, reason: Any) -> None:
         """Steps 2-6 of the exit sequence. Runs once."""
-        if self._st == DEAD:
+        if self._procreg_st == DEAD:
             return
-        self._st = DEAD
-        node = self._node
-        pid = self.pid
+        self._procreg_st = DEAD
+        node = self._procreg_node
+        pid = self._procreg_pid
         node._forget(self)
-        ext = self._ext
-        if self._reg is not None or (ext is not None and ext.groups):
+        ext = self._procreg_ext
+        if self._procreg_reg is not None or (ext is not None and (ext.groups or ext.key_monitors)):
             node._drop_registrations(self)
-        mail = self._mail
-        self._mail = None
+        mail = self._procreg_mail
+        self._procreg_mail = None
         if mail:
-            for caller in self._pending_callers(mail):
+            for caller in self._procreg_pending_callers(mail):
                 fail_caller(caller, ProcessExited(reason, pid))
         if ext is None:
             return
@@ -214,40 +279,52 @@ class _Proc:
             ext.idle_handle.cancel()
             ext.idle_handle = None
 
-    def _run(self) -> None:
+    def _procreg_run(self) -> None:
         """Handle a batch of mail (servers); coroutine processes run as tasks."""
 
-    def _message(self, item: Any) -> Any:
+    def _procreg_message(self, item: Any) -> Any:
         """The plain message a mailbox item holds (servers tag theirs), else None."""
         return item
 
-    def _flush_down(self, ref: Ref) -> None:
-        mail = self._mail
+    def _procreg_flush_down(self, ref: Ref) -> None:
+        mail = self._procreg_mail
         if not mail:
             return
         for i, item in enumerate(mail):
-            msg = self._message(item)
+            msg = self._procreg_message(item)
             if type(msg) is Down and msg.ref == ref:
                 del mail[i]
                 return
 
-    def _idle_check(self) -> None:
-        ext = self._ext
-        if ext is None or ext.idle_timeout is None or self._st >= EXITING:
+    def _procreg_flush_key_events(self, ref: Ref) -> None:
+        mail = self._procreg_mail
+        if not mail:
             return
-        loop = self._node._loop
+        keep = [
+            item
+            for item in mail
+            if not (type(msg := self._procreg_message(item)) is KeyEvent and msg.ref == ref)
+        ]
+        mail.clear()
+        mail.extend(keep)
+
+    def _procreg_idle_check(self) -> None:
+        ext = self._procreg_ext
+        if ext is None or ext.idle_timeout is None or self._procreg_st >= EXITING:
+            return
+        loop = self._procreg_node._loop
         now = loop.time()
         due = ext.idle_last + ext.idle_timeout
-        if now >= due and self._is_idle():
+        if now >= due and self._procreg_is_idle():
             ext.idle_handle = None
-            self._node._end(self, "idle")
+            self._procreg_node._end(self, "idle")
             return
         if now >= due:  # busy right now: count from now
             ext.idle_last = now
             due = now + ext.idle_timeout
-        ext.idle_handle = loop.call_at(due, self._idle_check)
+        ext.idle_handle = loop.call_at(due, self._procreg_idle_check)
 
-    def _is_idle(self) -> bool:
+    def _procreg_is_idle(self) -> bool:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -265,7 +342,7 @@ class Process(_Proc):
     _match: Callable[[Any], bool] | None
 
     def __init__(self, node: Node, pid: Pid) -> None:
-        self._init_proc(node, pid)
+        self._procreg_setup(node, pid)
         self._task = None
         self._waiter = None
         self._match = None
@@ -273,8 +350,8 @@ class Process(_Proc):
         self._last: Any = None  # the last message received, for crash reports
         self._began = False  # the body has started running
 
-    def _info(self, msg: Any) -> None:
-        if self._st >= EXITING:
+    def _procreg_info(self, msg: Any) -> None:
+        if self._procreg_st >= EXITING:
             return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -290,56 +367,56 @@ class Process(_Proc):
             if ok:
                 waiter.set_result(msg)
                 return
-        mail = self._mail
+        mail = self._procreg_mail
         if mail is None:
-            self._mail = mail = deque()
+            self._procreg_mail = mail = deque()
         mail.append(msg)
 
-    _cast = _info
+    _procreg_cast = _procreg_info
 
-    def _call(self, caller: Any, request: Any) -> None:
-        self._info(Call(request, caller))
+    def _procreg_call(self, caller: Any, request: Any) -> None:
+        self._procreg_info(Call(request, caller))
 
-    def _pending_callers(self, mail: deque[Any]) -> list[Any]:
+    def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [m.caller for m in mail if type(m) is Call]
 
-    def _stop_task(self) -> None:
+    def _procreg_stop_task(self) -> None:
         task = self._task
         if task is not None and not task.done():
             task.cancel()
 
-    def _unwinds(self) -> bool:
+    def _procreg_unwinds(self) -> bool:
         task = self._task
         return (
             self._began  # a task cancelled before its first step never runs the body
             and task is not None
             and not task.done()
-            and task is not asyncio.current_task(self._node._loop)
+            and task is not asyncio.current_task(self._procreg_node._loop)
         )
 
-    def _kill_exiting(self) -> None:
+    def _procreg_kill_exiting(self) -> None:
         """A body that has not unwound yet (it may have swallowed the cancellation)
         is finished now; its task is cancelled again."""
-        ext = self.ext()
+        ext = self._procreg_extra()
         ext.exit_reason = "kill"
-        self._finish("kill")
-        self._stop_task()
+        self._procreg_finish("kill")
+        self._procreg_stop_task()
 
-    def _is_idle(self) -> bool:
+    def _procreg_is_idle(self) -> bool:
         return self._waiter is not None and not self._waiter.done()
 
     async def _main(
         self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
     ) -> None:
         current_process.set(self)
-        node = self._node
+        node = self._procreg_node
         result = self._result
         self._began = True
         try:
             value = await fn(*args)
         except asyncio.CancelledError:
             self._task = None
-            if self._st < EXITING:  # cancelled from outside procreg
+            if self._procreg_st < EXITING:  # cancelled from outside procreg
                 node._end(self, "shutdown")
             if result is not None and not result.done():
                 result.cancel()
@@ -353,26 +430,26 @@ class Process(_Proc):
                 elif reason == "normal":
                     result.set_result(None)
                 else:
-                    result.set_exception(ProcessExited(reason, self.pid))
+                    result.set_exception(ProcessExited(reason, self._procreg_pid))
             if not isinstance(exc, Exception):
                 raise
             return
         else:
             self._task = None
-            if self._st < EXITING:
+            if self._procreg_st < EXITING:
                 node._end(self, "normal")
             if result is not None and not result.done():
                 result.set_result(value)
         finally:
-            if self._st == EXITING:  # an exit signal ended it: it has unwound now
-                ext = self._ext
-                self._finish(ext.exit_reason if ext is not None else "shutdown")
+            if self._procreg_st == EXITING:  # an exit signal ended it: it has unwound now
+                ext = self._procreg_ext
+                self._procreg_finish(ext.exit_reason if ext is not None else "shutdown")
 
     async def _receive(self, timeout: float | None, match: Callable[[Any], bool] | None) -> Any:
-        if self._st >= EXITING:
+        if self._procreg_st >= EXITING:
             # the process has ended but its body swallowed the cancellation: stop it here
             raise asyncio.CancelledError
-        mail = self._mail
+        mail = self._procreg_mail
         if mail:
             if match is None:
                 return self._took(mail.popleft())
@@ -382,7 +459,7 @@ class Process(_Proc):
                     return self._took(msg)
         if timeout is not None and timeout <= 0:
             raise TimeoutError("receive timed out")
-        loop = self._node._loop
+        loop = self._procreg_node._loop
         waiter = loop.create_future()
         self._waiter = waiter
         self._match = match
@@ -400,13 +477,13 @@ class Process(_Proc):
 
     def _took(self, msg: Any) -> Any:
         """Bookkeeping for a message `receive` hands out."""
-        self._handled += 1
-        self._node.handled += 1
+        self._procreg_handled += 1
+        self._procreg_node.handled += 1
         if type(msg) is Call:
-            self._owe(msg.caller)
-        ext = self._ext
+            self._procreg_owe(msg.caller)
+        ext = self._procreg_ext
         if ext is not None and ext.idle_timeout is not None:
-            ext.idle_last = self._node._loop.time()
+            ext.idle_last = self._procreg_node._loop.time()
         self._last = msg
         return msg
 

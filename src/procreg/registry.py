@@ -20,12 +20,15 @@ Guarantees of every backend:
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
-from .pid import Pid
+from .messages import KeyEvent
+from .node import HANDLER_LOCK, check_wait, started_for, waiting_on
+from .pid import Pid, Ref
 from .process import EXITING, _Proc
 
 if TYPE_CHECKING:
@@ -33,12 +36,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TABLE",
+    "HANDLER_LOCK",
     "MISS",
     "LocalBackend",
     "NotOwner",
     "RegistryBackend",
     "check_factory",
     "check_key",
+    "check_wait",
+    "spawn_for",
+    "started_for",
+    "waiting_on",
 ]
 
 DEFAULT_TABLE: Final = "default"
@@ -79,6 +87,15 @@ def _safe_repr(value: Any) -> str:
     return object.__repr__(value) if isinstance(value, _Proc) else repr(value)
 
 
+def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of entry metadata, as a store-backed registry's (JSON) gives: what
+    the caller changes, before registering or after a lookup, is not the entry's."""
+    try:
+        return copy.deepcopy(meta)
+    except Exception:  # something that cannot be copied: the dict at least
+        return dict(meta)
+
+
 def check_factory(factory: Any) -> None:
     """A factory is a `Server` subclass or an ``async def`` function."""
     if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
@@ -91,6 +108,26 @@ def check_factory(factory: Any) -> None:
     )
 
 
+async def spawn_for(
+    node: Node,
+    key: Hashable,
+    factory: Any,
+    args: tuple[Any, ...],
+    table: str,
+    placement: str,
+    meta: dict[str, Any] | None,
+    idle_timeout: float | None,
+) -> tuple[Pid, bool]:
+    """``node.registry.get_or_spawn(...)`` for every caller (the `procreg` functions
+    and the Nitrogen handler), whatever the backend: raises `Deadlock` when the
+    caller would wait on its own start (an async ``init`` that waits on its own key,
+    directly or through other keys), instead of waiting forever."""
+    with waiting_on(node, (table, key)):
+        return await node.registry.get_or_spawn(
+            key, factory, args, table, placement, meta, idle_timeout
+        )
+
+
 def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
     """`pid`, or the calling process's pid when `pid` is None."""
     if pid is not None:
@@ -98,7 +135,7 @@ def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
     me = node.me()
     if me is None:
         raise NotInProcess(f"{what} without a pid must be called from inside a process")
-    return me.pid
+    return me._procreg_pid
 
 
 class RegistryBackend:
@@ -177,6 +214,18 @@ class RegistryBackend:
         """Number of entries of `table` known locally, in O(1)."""
         raise NotImplementedError
 
+    # -- key monitors -----------------------------------------------------------
+    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
+        """Watch `key` for the process `watcher` (see `procreg.monitor_key`): from now
+        on it gets a `KeyEvent` each time the key is registered, unregistered, or its
+        holder ends, until `demonitor_key` or the end of `watcher` (`process_ended`
+        must drop its monitors). Returns the monitor's ref."""
+        raise NotImplementedError
+
+    def demonitor_key(self, ref: Ref, watcher: Pid) -> bool:
+        """Stop the key monitor `ref` of `watcher`; True if it was active."""
+        raise NotImplementedError
+
     # -- groups -----------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:
         """Add `pid` to `group`; False if it was already a member."""
@@ -187,7 +236,15 @@ class RegistryBackend:
         raise NotImplementedError
 
     async def members(self, group: Hashable) -> list[Pid]:
-        """The members of `group`, in joining order (empty for an unknown group)."""
+        """The members of `group`, sorted by pid (node name, creation, serial);
+        empty for an unknown group.
+
+        Every backend gives this one order. Sorted by pid, not by joining order,
+        because a store-backed backend keeps a group as a set (a Redis set has no
+        order; keeping joining order would need a join counter and an ordered
+        structure updated on every join and leave): sorting on read costs nothing
+        stored, and every node gives the same list for the same membership. Within
+        one node incarnation, pids sort in spawn order."""
         raise NotImplementedError
 
     async def publish(self, group: Hashable, msg: Any) -> int:
@@ -218,6 +275,9 @@ class LocalBackend(RegistryBackend):
         self._meta: dict[str, dict[Hashable, dict[str, Any]]] = {}
         self._groups: dict[Hashable, dict[Pid, _Proc]] = {}
         self._inflight: dict[tuple[str, Hashable], asyncio.Task[tuple[Pid, bool]]] = {}
+        # key monitors: (table, key) -> {ref: watcher}; each watcher's refs are in its
+        # _Ext.key_monitors, so that its end drops them
+        self._key_monitors: dict[tuple[str, Hashable], dict[Ref, _Proc]] = {}
 
     # -- keys -----------------------------------------------------------------
     def _holder(self, key: Hashable, table: str) -> _Proc | None:
@@ -227,7 +287,7 @@ class LocalBackend(RegistryBackend):
         if tab is None:
             return None
         proc = tab.get(key)
-        if proc is not None and proc._st >= EXITING:
+        if proc is not None and proc._procreg_st >= EXITING:
             return None
         return proc
 
@@ -236,9 +296,9 @@ class LocalBackend(RegistryBackend):
         if tab is None:
             return None
         proc = tab.get(key)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             return None
-        return proc.pid
+        return proc._procreg_pid
 
     async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
         return self.peek(key, table)
@@ -249,24 +309,28 @@ class LocalBackend(RegistryBackend):
         proc = self._holder(key, table)
         if proc is None:
             return None
-        meta = self._meta.get(table)
-        return proc.pid, (meta.get(key) if meta is not None else None)
+        metas = self._meta.get(table)
+        meta = metas.get(key) if metas is not None else None
+        # a copy: what the caller changes is not the registry's
+        return proc._procreg_pid, (_copy_meta(meta) if meta is not None else None)
 
     def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
         tab = self._tables.get(table)
         if tab is None:
             tab = self._tables[table] = {}
+        if self._key_monitors and tab.get(key) is not proc:
+            self.notify_key(table, key, "registered", proc._procreg_pid)
         tab[key] = proc
         entry = (table, key)
-        reg = proc._reg
+        reg = proc._procreg_reg
         if reg is None:
-            proc._reg = entry
+            proc._procreg_reg = entry
         elif type(reg) is set:
             reg.add(entry)
         elif reg != entry:
-            proc._reg = {reg, entry}
+            proc._procreg_reg = {reg, entry}
         if meta is not None:
-            self._meta.setdefault(table, {})[key] = dict(meta)
+            self._meta.setdefault(table, {})[key] = _copy_meta(meta)
         elif table in self._meta:
             self._drop_meta(table, key)
 
@@ -281,16 +345,18 @@ class LocalBackend(RegistryBackend):
         if not tab:
             del self._tables[table]
         self._drop_meta(table, key)
+        if self._key_monitors:
+            self.notify_key(table, key, "unregistered", proc._procreg_pid)
         entry = (table, key)
-        reg = proc._reg
+        reg = proc._procreg_reg
         if type(reg) is set:
             reg.discard(entry)
             if len(reg) == 1:
-                proc._reg = next(iter(reg))
+                proc._procreg_reg = next(iter(reg))
             elif not reg:
-                proc._reg = None
+                proc._procreg_reg = None
         elif reg == entry:
-            proc._reg = None
+            proc._procreg_reg = None
 
     def register_now(
         self,
@@ -302,7 +368,7 @@ class LocalBackend(RegistryBackend):
         """Synchronous `register` of a live local process."""
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
-            raise AlreadyRegistered(key, holder.pid)
+            raise AlreadyRegistered(key, holder._procreg_pid)
         self._add(table, key, proc, meta)
 
     async def register(
@@ -313,7 +379,7 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
     ) -> None:
         proc = self.node._lookup(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
         self.register_now(key, proc, table, meta)
 
@@ -324,8 +390,10 @@ class LocalBackend(RegistryBackend):
         holder = tab.get(key) if tab is not None else None
         if holder is None:
             return False
-        if pid is not None and holder.pid != pid:
-            raise NotOwner(f"{key!r} in table {table!r} is held by {holder.pid!r}, not {pid!r}")
+        if pid is not None and holder._procreg_pid != pid:
+            raise NotOwner(
+                f"{key!r} in table {table!r} is held by {holder._procreg_pid!r}, not {pid!r}"
+            )
         self._remove(table, key, holder)
         return True
 
@@ -341,7 +409,7 @@ class LocalBackend(RegistryBackend):
     ) -> tuple[Pid, bool]:
         proc = self._holder(key, table)
         if proc is not None:
-            return proc.pid, False
+            return proc._procreg_pid, False
         flight = self._inflight.get((table, key))
         if flight is not None:
             pid, _ = await asyncio.shield(flight)
@@ -349,10 +417,10 @@ class LocalBackend(RegistryBackend):
         node = self.node
         if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
             factory = cast(Any, factory)
-            if not factory._async_mask & 8:  # sync init: start and register in one step
-                proc, _ = factory._start(args, False, False, False, idle_timeout, None)
+            if not factory._procreg_async_mask & 8:  # sync init: start and register in one step
+                proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None)
                 self._add(table, key, proc, meta)
-                return proc.pid, True
+                return proc._procreg_pid, True
             # async init: one attempt per key, in a task of its own so that a caller
             # giving up (cancelled) neither fails the others nor orphans the process
             flight = node._loop.create_task(
@@ -379,15 +447,16 @@ class LocalBackend(RegistryBackend):
         is registered once init succeeds, and stays free if it fails."""
         node = self.node
         ready: asyncio.Future[Pid] = node._loop.create_future()
-        proc, _ = factory._start(args, False, False, False, idle_timeout, ready)
-        pid = await ready
-        if proc._st >= EXITING:
+        proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, ready)
+        with started_for(node, (table, key), proc):
+            pid = await ready
+        if proc._procreg_st >= EXITING:
             raise NoProcess(f"{pid!r} ended right after its init")
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
             # registered by someone else meanwhile: theirs wins, ours goes
             node._end(proc, "shutdown")
-            return holder.pid, False
+            return holder._procreg_pid, False
         self._add(table, key, proc, meta)
         return pid, True
 
@@ -395,7 +464,7 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         if tab is None:
             return []
-        return [(key, proc.pid) for key, proc in tab.items()]
+        return [(key, proc._procreg_pid) for key, proc in tab.items()]
 
     def tables(self) -> list[str]:
         return list(self._tables)
@@ -404,10 +473,59 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         return len(tab) if tab is not None else 0
 
+    # -- key monitors -----------------------------------------------------------
+    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
+        proc = self.node._lookup(watcher)
+        if proc is None or proc._procreg_st >= EXITING:
+            raise NoProcess(f"cannot monitor {key!r}: {watcher!r} is not alive")
+        ref = Ref(self.node.name)
+        entry = (table, key)
+        watchers = self._key_monitors.get(entry)
+        if watchers is None:
+            watchers = self._key_monitors[entry] = {}
+        watchers[ref] = proc
+        ext = proc._procreg_extra()
+        if ext.key_monitors is None:
+            ext.key_monitors = {}
+        ext.key_monitors[ref] = entry
+        return ref
+
+    def demonitor_key(self, ref: Ref, watcher: Pid) -> bool:
+        proc = self.node._procs.get(watcher)
+        ext = proc._procreg_ext if proc is not None else None
+        if ext is None or not ext.key_monitors:
+            return False
+        entry = ext.key_monitors.pop(ref, None)
+        if entry is None:
+            return False
+        if not ext.key_monitors:
+            ext.key_monitors = None
+        self._drop_key_monitor(ref, entry)
+        return True
+
+    def _drop_key_monitor(self, ref: Ref, entry: tuple[str, Hashable]) -> None:
+        watchers = self._key_monitors.get(entry)
+        if watchers is not None:
+            watchers.pop(ref, None)
+            if not watchers:
+                del self._key_monitors[entry]
+
+    def notify_key(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        """The hook for key monitors: send ``KeyEvent(ref, table, key, event, pid)``
+        to every local process watching `key` in `table`. `LocalBackend` calls it
+        when its own view changes (``"registered"``, ``"unregistered"``,
+        ``"ended"``); a store-backed subclass also calls it for the changes it learns
+        of from other nodes."""
+        watchers = self._key_monitors.get((table, key))
+        if not watchers:
+            return
+        for ref, proc in list(watchers.items()):
+            proc._procreg_info(KeyEvent(ref, table, key, event, pid))
+
     # -- groups -----------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:
         proc = self.node._lookup(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             raise NoProcess(f"cannot join {group!r}: {pid!r} is not alive")
         members = self._groups.get(group)
         if members is None:
@@ -415,7 +533,7 @@ class LocalBackend(RegistryBackend):
         elif pid in members:
             return False
         members[pid] = proc
-        ext = proc.ext()
+        ext = proc._procreg_extra()
         if ext.groups is None:
             ext.groups = set()
         ext.groups.add(group)
@@ -430,21 +548,21 @@ class LocalBackend(RegistryBackend):
             return False
         if not members:
             del self._groups[group]
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.groups is not None:
             ext.groups.discard(group)
         return True
 
     async def members(self, group: Hashable) -> list[Pid]:
         members = self._groups.get(group)
-        return list(members) if members is not None else []
+        return sorted(members) if members is not None else []
 
     async def publish(self, group: Hashable, msg: Any) -> int:
         members = self._groups.get(group)
         if not members:
             return 0
         for proc in list(members.values()):
-            proc._info(msg)
+            proc._procreg_info(msg)
         return len(members)
 
     def groups(self) -> list[Hashable]:
@@ -452,9 +570,9 @@ class LocalBackend(RegistryBackend):
 
     # -- lifecycle --------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        reg = proc._reg
+        reg = proc._procreg_reg
         if reg is not None:
-            proc._reg = None
+            proc._procreg_reg = None
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
                 if tab is not None and tab.get(key) is proc:
@@ -462,9 +580,11 @@ class LocalBackend(RegistryBackend):
                     if not tab:
                         del self._tables[table]
                     self._drop_meta(table, key)
-        ext = proc._ext
+                    if self._key_monitors:
+                        self.notify_key(table, key, "ended", proc._procreg_pid)
+        ext = proc._procreg_ext
         if ext is not None and ext.groups:
-            pid = proc.pid
+            pid = proc._procreg_pid
             for group in ext.groups:
                 members = self._groups.get(group)
                 if members is not None:
@@ -472,3 +592,7 @@ class LocalBackend(RegistryBackend):
                     if not members:
                         del self._groups[group]
             ext.groups = None
+        if ext is not None and ext.key_monitors:
+            for ref, entry in ext.key_monitors.items():
+                self._drop_key_monitor(ref, entry)
+            ext.key_monitors = None

@@ -28,15 +28,17 @@ import asyncio
 import inspect
 import logging
 from collections import deque
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .node import _LAZY, check_timeout, current_node
+from .node import _LAZY, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import (
     BUSY,
     CALL,
     CAST,
+    COMPAT_NAMES,
     EXITING,
     IDLE,
     INFO,
@@ -70,6 +72,10 @@ NOREPLY: Final = _NoReply()
 
 S = TypeVar("S", bound="Server")
 
+RESERVED: Final = "_procreg_"
+"""The name prefix of the runtime's own attributes and methods on a process object.
+A `Server` subclass may use any other name (``_node``, ``_state``, ``_mail``, ...)."""
+
 
 class Server(_Proc):
     """Base class of server processes. Override the callbacks you need:
@@ -83,18 +89,31 @@ class Server(_Proc):
     - ``terminate(reason)``: called when the process ends, except on ``"kill"``.
 
     Any callback may be ``async def``. Start one with ``MyServer.start(*args)``.
+
+    Attributes are the subclass's own: the runtime keeps its state under names that
+    start with ``_procreg_`` (`RESERVED`) and defining such a name, or ``pid`` (the
+    read-only pid of the process), in a subclass raises `TypeError` (as Pykka
+    reserves ``actor_*``). Assigning ``self.pid`` raises `AttributeError`.
     """
 
     __slots__ = ()
     _procreg_server: Final = True
-    _async_mask = 0
-    kind = "server"
+    _procreg_async_mask = 0
+    _procreg_kind = "server"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             raise TypeError(
                 f"{cls.__name__}: a Server sets up its state in init(*args), not __init__"
+            )
+        reserved = sorted(
+            n for n in cls.__dict__ if n == "pid" or n.startswith(RESERVED) or n in COMPAT_NAMES
+        )
+        if reserved:
+            raise TypeError(
+                f"{cls.__name__} defines {', '.join(reserved)}: `pid` and names starting "
+                f"with {RESERVED!r} belong to the procreg runtime"
             )
         mask = 0
         for bit, name in (
@@ -106,8 +125,8 @@ class Server(_Proc):
         ):
             if inspect.iscoroutinefunction(getattr(cls, name)):
                 mask |= bit
-        cls._async_mask = mask
-        cls._direct_call = not mask & _ASYNC_CALL
+        cls._procreg_async_mask = mask
+        cls._procreg_direct_call = not mask & _ASYNC_CALL
 
     # -- callbacks ----------------------------------------------------------------
     def init(self, *args: Any) -> Any:
@@ -121,11 +140,11 @@ class Server(_Proc):
 
     def handle_cast(self, msg: Any) -> Any:
         """Handle a `procreg.cast`; the default logs and ignores it."""
-        log.warning("%r: unexpected cast %r", self.pid, msg)
+        log.warning("%r: unexpected cast %r", self._procreg_pid, msg)
 
     def handle_info(self, msg: Any) -> Any:
         """Handle any other message; the default logs and ignores it."""
-        log.warning("%r: unexpected message %r", self.pid, msg)
+        log.warning("%r: unexpected message %r", self._procreg_pid, msg)
 
     def terminate(self, reason: Any) -> Any:
         """Clean up when the process ends (not called on ``"kill"``)."""
@@ -146,8 +165,8 @@ class Server(_Proc):
         and no process remains. An ``async`` init runs as the process's first step
         (its mail waits); use `start_ready` to wait for it and see its errors.
         """
-        proc, _ = cls._start(args, link, monitor, trap_exits, idle_timeout, None)
-        return proc.pid
+        proc, _ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, None)
+        return proc._procreg_pid
 
     @classmethod
     async def start_ready(
@@ -162,13 +181,18 @@ class Server(_Proc):
         and raises its exception if it failed."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
-        proc, ready_ = cls._start(args, link, monitor, trap_exits, idle_timeout, ready)
+        proc, ready_ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, ready)
         if ready_ is None:
-            return proc.pid
-        return await ready_
+            return proc._procreg_pid
+        task = serving_task(proc)
+        if task is None:
+            return await ready_
+        # recorded, so that an init calling the caller raises Deadlock (node.py)
+        with waiting_on(proc._procreg_node, task):
+            return await ready_
 
     @classmethod
-    def _start(
+    def _procreg_start(
         cls,
         args: tuple[Any, ...],
         link: bool,
@@ -187,17 +211,23 @@ class Server(_Proc):
                 "start(link=True / monitor=True) must be called from inside a process"
             )
         proc = cls.__new__(cls)
-        proc._init_proc(node, pid if pid is not None else node._new_pid())
+        proc._procreg_setup(node, pid if pid is not None else node._new_pid())
         node._add(proc)
-        if cls._async_mask & _ASYNC_INIT:
-            proc._st = BUSY
+        if cls._procreg_async_mask & _ASYNC_INIT:
+            proc._procreg_st = BUSY
             if ready is None:  # nobody waits for init: link now, so a failure is seen
                 node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-                task = node._loop.create_task(proc._init_async(args, None, None, False, False))
+                task = node._loop.create_task(
+                    proc._procreg_init_async(args, None, None, False, False)
+                )
             else:  # start_ready: link once init succeeded, as a sync init does
                 node.setup(proc, None, False, False, trap_exits, idle_timeout)
-                task = node._loop.create_task(proc._init_async(args, ready, parent, link, monitor))
-            proc.ext().task = task
+                task = node._loop.create_task(
+                    proc._procreg_init_async(args, ready, parent, link, monitor)
+                )
+                # ended before init's first step: the starter must still hear of it
+                task.add_done_callback(partial(_init_cut, proc, ready))
+            proc._procreg_extra().task = task
             return proc, ready
         prev = node._current
         node._current = proc
@@ -205,14 +235,14 @@ class Server(_Proc):
             proc.init(*args)
         except BaseException as exc:
             node._current = prev
-            proc._st = EXITING
-            proc._finish(exc)
+            proc._procreg_st = EXITING
+            proc._procreg_finish(exc)
             raise
         node._current = prev
         node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
         return proc, None
 
-    async def _init_async(
+    async def _procreg_init_async(
         self,
         args: tuple[Any, ...],
         ready: asyncio.Future[Pid] | None,
@@ -221,86 +251,88 @@ class Server(_Proc):
         monitor: bool,
     ) -> None:
         current_process.set(self)
-        node = self._node
+        node = self._procreg_node
         try:
             await self.init(*args)
         except asyncio.CancelledError:
             if ready is not None and not ready.done():
-                reason = self._ext.exit_reason if self._ext is not None else "killed"
-                ready.set_exception(ProcessExited(reason, self.pid))
+                reason = (
+                    self._procreg_ext.exit_reason if self._procreg_ext is not None else "killed"
+                )
+                ready.set_exception(ProcessExited(reason, self._procreg_pid))
             return
         except BaseException as exc:
-            self.ext().task = None
+            self._procreg_extra().task = None
             waited = ready is not None and not ready.done()
             if waited:
                 assert ready is not None
                 ready.set_exception(exc)
-            if self._st < EXITING:
+            if self._procreg_st < EXITING:
                 if not waited and not isinstance(exc, Stop):
                     node._crash_report(self, exc, ("init", args))
-                self._st = EXITING  # init failed: no terminate
-                self._finish(exc.reason if isinstance(exc, Stop) else exc)
+                self._procreg_st = EXITING  # init failed: no terminate
+                self._procreg_finish(exc.reason if isinstance(exc, Stop) else exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        self.ext().task = None
+        self._procreg_extra().task = None
         if parent is not None:
-            if parent._st >= EXITING:  # the starter is gone: nobody to link or report to
+            if parent._procreg_st >= EXITING:  # the starter is gone: nobody to link or report to
                 node._end(self, "shutdown")
                 return
             node.setup(self, parent, link, monitor, False, None)
         if ready is not None and not ready.done():
-            ready.set_result(self.pid)
-        self._resume()
+            ready.set_result(self._procreg_pid)
+        self._procreg_resume()
 
-    def _resume(self) -> None:
+    def _procreg_resume(self) -> None:
         """After an async step: back to idle, or to the run queue if mail waits."""
-        if self._st != BUSY:
+        if self._procreg_st != BUSY:
             return
-        if self._mail:
-            self._st = SCHEDULED
-            self._node._schedule(self)
+        if self._procreg_mail:
+            self._procreg_st = SCHEDULED
+            self._procreg_node._schedule(self)
         else:
-            self._st = IDLE
-            self._mail = None
+            self._procreg_st = IDLE
+            self._procreg_mail = None
 
     # -- delivery -----------------------------------------------------------------
-    def _cast(self, msg: Any) -> None:
-        st = self._st
+    def _procreg_cast(self, msg: Any) -> None:
+        st = self._procreg_st
         if st >= EXITING:
             return
-        mail = self._mail
+        mail = self._procreg_mail
         if mail is None:
-            self._mail = mail = deque()
+            self._procreg_mail = mail = deque()
         mail.append((CAST, msg))
         if st == IDLE:
-            self._st = SCHEDULED
-            self._node._schedule(self)
+            self._procreg_st = SCHEDULED
+            self._procreg_node._schedule(self)
 
-    def _info(self, msg: Any) -> None:
-        st = self._st
+    def _procreg_info(self, msg: Any) -> None:
+        st = self._procreg_st
         if st >= EXITING:
             return
-        mail = self._mail
+        mail = self._procreg_mail
         if mail is None:
-            self._mail = mail = deque()
+            self._procreg_mail = mail = deque()
         mail.append((INFO, msg))
         if st == IDLE:
-            self._st = SCHEDULED
-            self._node._schedule(self)
+            self._procreg_st = SCHEDULED
+            self._procreg_node._schedule(self)
 
-    def _call(self, caller: Any, request: Any) -> None:
-        st = self._st
-        mail = self._mail
+    def _procreg_call(self, caller: Any, request: Any) -> None:
+        st = self._procreg_st
+        mail = self._procreg_mail
         if mail is None:
-            self._mail = mail = deque()
+            self._procreg_mail = mail = deque()
         mail.append((CALL, caller, request))
         if st == IDLE:
-            self._st = SCHEDULED
-            self._node._schedule(self)
+            self._procreg_st = SCHEDULED
+            self._procreg_node._schedule(self)
 
     # -- dispatch -----------------------------------------------------------------
-    async def _call_direct(self, request: Any, timeout: float | None) -> Any:
+    async def _procreg_call_direct(self, request: Any, timeout: float | None) -> Any:
         """Handle a call in the caller's turn (direct dispatch).
 
         Only for an idle server (no mail, no handler running) with a sync
@@ -308,57 +340,64 @@ class Server(_Proc):
         handler now is indistinguishable from scheduling it, and saves two event
         loop iterations. The node makes callers yield every `INLINE_BUDGET` calls.
         """
-        node = self._node
+        node = self._procreg_node
         node._current = self
         node._caller = _LAZY
-        self._st = SCHEDULED  # mail sent to us meanwhile queues without scheduling
+        self._procreg_st = SCHEDULED  # mail sent to us meanwhile queues without scheduling
         try:
             reply = self.handle_call(request)
         except BaseException as exc:
             node._current = None
+            caller = node._caller
             node._caller = None
             reason = node._fail(self, exc, request)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             me = current_process.get()
-            if me is not None and me._st >= EXITING:
+            if me is not None and me._procreg_st >= EXITING:
                 # the caller itself was ended by the crash (linked): stop here
                 raise asyncio.CancelledError from exc
-            raise ProcessExited(reason, self.pid) from exc
+            if caller is not _LAZY and caller.done():
+                # replied, then ended (OTP's {stop, Reason, Reply, State}): the reply
+                # was given before the end, as on the scheduled path
+                return caller.result()
+            raise ProcessExited(reason, self._procreg_pid) from exc
         node._current = None
         caller = node._caller
         node._caller = None
-        self._handled += 1
+        self._procreg_handled += 1
         node.handled += 1
-        if self._st == SCHEDULED:
-            if self._mail:
+        if self._procreg_st == SCHEDULED:
+            if self._procreg_mail:
                 node._schedule(self)
             else:
-                self._st = IDLE
-                self._mail = None
-            ext = self._ext
+                self._procreg_st = IDLE
+                self._procreg_mail = None
+            ext = self._procreg_ext
             if ext is not None and ext.idle_timeout is not None:
                 ext.idle_last = node._loop.time()
         if reply is not NOREPLY:
+            if caller is not _LAZY and caller.done():
+                return caller.result()  # replied already: the first answer wins
             return reply
         # answered later with reply(caller, value): wait like a scheduled call
         if caller is _LAZY:
             caller = node._loop.create_future()
-        if self._st < EXITING:
-            self._owe(caller)
+        if self._procreg_st < EXITING:
+            self._procreg_owe(caller)
         elif not caller.done():
-            caller.set_exception(ProcessExited("ended without replying", self.pid))
+            caller.set_exception(ProcessExited("ended without replying", self._procreg_pid))
         if timeout is not None:
             node._deadlines.add(timeout, caller)
         return await caller
 
-    def _run(self) -> None:
-        if self._st != SCHEDULED:
+    def _procreg_run(self) -> None:
+        if self._procreg_st != SCHEDULED:
             return
-        node = self._node
-        mail = self._mail
+        node = self._procreg_node
+        mail = self._procreg_mail
         assert mail is not None
-        amask = self._async_mask
+        amask = self._procreg_async_mask
         n = node._batch
         item: Any = None
         node._current = self
@@ -368,22 +407,24 @@ class Server(_Proc):
                 tag = item[0]
                 if tag == CAST:
                     if amask & _ASYNC_CAST:
-                        self._go_async(self.handle_cast(item[1]), None, item[1])
+                        self._procreg_go_async(self.handle_cast(item[1]), None, item[1])
                         return
                     self.handle_cast(item[1])
                 elif tag == CALL:
                     caller = item[1]
                     node._caller = caller
                     if amask & _ASYNC_CALL:
-                        self._go_async(self.handle_call(item[2]), caller, item[2])
+                        self._procreg_go_async(self.handle_call(item[2]), caller, item[2])
                         return
                     reply = self.handle_call(item[2])
                     node._caller = None
                     if reply is NOREPLY:
-                        if self._st < EXITING:
-                            self._owe(caller)
+                        if self._procreg_st < EXITING:
+                            self._procreg_owe(caller)
                         else:  # it ended itself while handling: it can never reply
-                            fail_caller(caller, ProcessExited("ended without replying", self.pid))
+                            fail_caller(
+                                caller, ProcessExited("ended without replying", self._procreg_pid)
+                            )
                     elif caller.__class__ is asyncio.Future:
                         if not caller.done():
                             caller.set_result(reply)
@@ -391,56 +432,58 @@ class Server(_Proc):
                         _reply_any(caller, reply)
                 else:
                     if amask & _ASYNC_INFO:
-                        self._go_async(self.handle_info(item[1]), None, item[1])
+                        self._procreg_go_async(self.handle_info(item[1]), None, item[1])
                         return
                     self.handle_info(item[1])
                 n -= 1
-                if not n or not mail or self._st != SCHEDULED:
+                if not n or not mail or self._procreg_st != SCHEDULED:
                     break
         except BaseException as exc:
             node._current = None
             node._caller = None
             if item is not None and item[0] == CALL:
-                self._owe(item[1])
+                self._procreg_owe(item[1])
             node._fail(self, exc, item[-1] if item is not None else None)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
         node._current = None
         done = node._batch - n
-        self._handled += done
+        self._procreg_handled += done
         node.handled += done
-        if self._st == SCHEDULED:
+        if self._procreg_st == SCHEDULED:
             if mail:
                 node._runq.append(self)
             else:
-                self._st = IDLE
-                self._mail = None
-            ext = self._ext
+                self._procreg_st = IDLE
+                self._procreg_mail = None
+            ext = self._procreg_ext
             if ext is not None and ext.idle_timeout is not None:
                 ext.idle_last = node._loop.time()
 
-    def _go_async(self, coro: Any, caller: Any, msg: Any) -> None:
-        node = self._node
+    def _procreg_go_async(self, coro: Any, caller: Any, msg: Any) -> None:
+        node = self._procreg_node
         node._current = None
-        self._handled += 1
+        self._procreg_handled += 1
         node.handled += 1
-        self._st = BUSY
+        self._procreg_st = BUSY
         if caller is not None:
-            self._owe(caller)
-        ext = self.ext()
+            self._procreg_owe(caller)
+        ext = self._procreg_extra()
         if ext.idle_timeout is not None:
             ext.idle_last = node._loop.time()
-        ext.task = node._loop.create_task(self._async_step(coro, caller, msg))
-        if self._mail is not None and not self._mail:
-            self._mail = None
+        task = ext.task = node._loop.create_task(self._procreg_async_step(coro, caller, msg))
+        # a task cancelled before its first step never awaits `coro`: close it then
+        task.add_done_callback(partial(_close, coro))
+        if self._procreg_mail is not None and not self._procreg_mail:
+            self._procreg_mail = None
 
-    async def _async_step(self, coro: Any, caller: Any, msg: Any) -> None:
+    async def _procreg_async_step(self, coro: Any, caller: Any, msg: Any) -> None:
         current_process.set(self)
         if caller is not None:
             current_caller.set(caller)
-        node = self._node
-        ext = self.ext()
+        node = self._procreg_node
+        ext = self._procreg_extra()
         me = asyncio.current_task()
 
         def release() -> None:
@@ -451,7 +494,7 @@ class Server(_Proc):
             result = await coro
         except asyncio.CancelledError:
             release()
-            if self._st < EXITING:  # cancelled from outside procreg
+            if self._procreg_st < EXITING:  # cancelled from outside procreg
                 node._end(self, "shutdown")
             return
         except BaseException as exc:
@@ -461,7 +504,7 @@ class Server(_Proc):
                 raise
             return
         release()
-        if self._st >= EXITING:
+        if self._procreg_st >= EXITING:
             if caller is not None and result is not NOREPLY:
                 _reply_any(caller, result)
             return
@@ -469,43 +512,54 @@ class Server(_Proc):
             if ext.deferred is not None:
                 ext.deferred.discard(caller)
             _reply_any(caller, result)
-        self._resume()
+        self._procreg_resume()
 
     # -- exit -----------------------------------------------------------------
-    def _pending_callers(self, mail: deque[Any]) -> list[Any]:
+    def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [item[1] for item in mail if item[0] == CALL]
 
-    def _stop_task(self) -> None:
-        ext = self._ext
+    def _procreg_stop_task(self) -> None:
+        ext = self._procreg_ext
         if ext is None or ext.task is None:
             return
         task = ext.task
-        if not task.done() and task is not asyncio.current_task(self._node._loop):
+        if not task.done() and task is not asyncio.current_task(self._procreg_node._loop):
             task.cancel()
         ext.task = None
 
-    def _terminate(self, reason: Any) -> Any:
+    def _procreg_terminate(self, reason: Any) -> Any:
         if type(self).terminate is Server.terminate:
             return None
-        node = self._node
+        node = self._procreg_node
         prev = node._current
         node._current = self
         try:
             result = self.terminate(reason)
         except Exception:
-            log.exception("terminate() of %r raised", self.pid)
+            log.exception("terminate() of %r raised", self._procreg_pid)
             return None
         finally:
             node._current = prev
-        if self._async_mask & _ASYNC_TERMINATE:
+        if self._procreg_async_mask & _ASYNC_TERMINATE:
             return result
         return None
 
-    def _is_idle(self) -> bool:
-        return self._st == IDLE
+    def _procreg_is_idle(self) -> bool:
+        return self._procreg_st == IDLE
 
-    def _message(self, item: Any) -> Any:
+    def _procreg_message(self, item: Any) -> Any:
         return item[1] if item[0] == INFO else None
+
+
+def _close(coro: Any, _task: Any) -> None:
+    coro.close()
+
+
+def _init_cut(proc: Server, ready: asyncio.Future[Pid], _task: Any) -> None:
+    if not ready.done():
+        ext = proc._procreg_ext
+        reason = ext.exit_reason if ext is not None and ext.exit_reason is not None else "killed"
+        ready.set_exception(ProcessExited(reason, proc._procreg_pid))
 
 
 def _reply_any(caller: Any, value: Any) -> None:

@@ -38,12 +38,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, NamedTuple
 
 from .errors import AlreadyRegistered, NoProcess, ProcregError, Stop
 from .messages import Call, Down, Exit
-from .node import Node, current_node
+from .node import Node, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import EXITING, _Proc, current_process
 from .registry import DEFAULT_TABLE, LocalBackend, check_factory, check_key
@@ -220,6 +220,13 @@ class _Child:
             self._by_pid[pid] = self
 
 
+class _StopRequest(NamedTuple):
+    """`Supervisor.stop`'s request (OTP's ``sys:terminate``): stop the children in
+    reverse order, then end with `reason`."""
+
+    reason: Any
+
+
 class _Stop(Exception):
     """Raised inside the supervisor loop to end it with a reason."""
 
@@ -262,15 +269,21 @@ class Supervisor:
         sup.intensity = intensity if intensity is not None else cls.intensity
         sup.period = period if period is not None else cls.period
         specs = list(children) if children is not None else list(sup.children())
-        sup._validate(specs)
+        _validate(sup.strategy, sup.intensity, sup.period, specs)
         if name is not None:
             check_key(name, "supervisor name")
         node = current_node()
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
-        pid = node.spawn(sup._main, specs, name, ready, link=link, trap_exits=True)
+        run = _Running(sup.strategy, sup.intensity, sup.period)
+        pid = node.spawn(run.main, specs, name, ready, link=link, trap_exits=True)
         try:
-            return await ready
+            # recorded, so that a child's init calling the caller raises Deadlock
+            task = serving_task(node._procs[pid])
+            if task is None:
+                return await ready
+            with waiting_on(node, task):
+                return await ready
         except BaseException:
             if node.is_alive(pid):
                 node.exit(pid, "kill")
@@ -279,18 +292,108 @@ class Supervisor:
                 _flush_exit(pid)  # not by an exit signal to the starter
             raise
 
-    def _validate(self, specs: list[ChildSpec]) -> None:
-        _check_flags(self.strategy, self.intensity, self.period)
-        seen: set[Hashable] = set()
-        for spec in specs:
-            if not isinstance(spec, ChildSpec):
-                raise TypeError(f"children must be child(...) specs, got {spec!r}")
-            if spec.id in seen:
-                raise ValueError(f"duplicate child id {spec.id!r}")
-            seen.add(spec.id)
+    # -- the API for a running supervisor -------------------------------------------
+    @staticmethod
+    async def start_child(sup: Pid | Hashable, spec: ChildSpec) -> Pid:
+        """Start a new child under `sup`. If it fails to start, its error is raised and
+        the tree is left as it was."""
+        return await _request(sup, "start_child", spec)  # type: ignore[no-any-return]
 
-    # -- the process ------------------------------------------------------------
-    async def _main(
+    @staticmethod
+    async def terminate_child(sup: Pid | Hashable, child_id: Hashable) -> None:
+        """Stop a child (its spec stays, except for temporary children)."""
+        await _request(sup, "terminate_child", child_id)
+
+    @staticmethod
+    async def restart_child(sup: Pid | Hashable, child_id: Hashable) -> Pid:
+        """Start again a child that was terminated."""
+        return await _request(sup, "restart_child", child_id)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def delete_child(sup: Pid | Hashable, child_id: Hashable) -> None:
+        """Forget a terminated child's spec."""
+        await _request(sup, "delete_child", child_id)
+
+    @staticmethod
+    async def which_children(sup: Pid | Hashable) -> list[ChildStatus]:
+        """The children, in start order, with their current pid (None if not running)."""
+        return await _request(sup, "which_children")  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def count_children(sup: Pid | Hashable) -> dict[str, int]:
+        """Counts: ``specs``, ``active``, ``supervisors``, ``workers``."""
+        return await _request(sup, "count_children")  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def stop(
+        sup: Pid | Hashable, reason: Any = "shutdown", timeout: float | None = None
+    ) -> None:
+        """Stop `sup` with `reason` (any reason, ``"normal"`` included) as OTP's
+        ``gen_server:stop/3`` does: the supervisor stops its children in reverse
+        start order, then ends with `reason`; returns once it has ended. Returns at
+        once if it is not alive.
+
+        Raises `TimeoutError` if it has not ended within `timeout` seconds (None: wait
+        as long as it takes); the stop goes on regardless. `NoProcess` for an unknown
+        name. A pid that is not a supervisor gets ``exit(pid, reason)``.
+        """
+        check_timeout(timeout)
+        pid = await _resolve(sup)
+        node = current_node()
+        if not node.is_alive(pid):
+            return
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Any] = loop.create_future()
+        is_sup = pid in node._supervisors
+
+        async def watch() -> None:
+            # a process of its own monitors the end, from outside a process too, and
+            # no Down is left in the caller's mailbox after a timeout
+            ref = node.monitor(pid)
+            if is_sup:
+                node.send(pid, _StopRequest(reason))
+            else:
+                node.exit(pid, reason)
+            down = await _receive(match=lambda m: type(m) is Down and m.ref == ref)
+            if not ended.done():
+                ended.set_result(down.reason)
+
+        watcher = node.spawn(watch)
+        try:
+            await asyncio.wait_for(asyncio.shield(ended), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"supervisor {pid!r} did not stop within {timeout} s") from None
+        finally:
+            node.exit(watcher, "kill")
+
+    @staticmethod
+    async def get_child_spec(sup: Pid | Hashable, child_id: Hashable) -> ChildSpec:
+        """The spec of a child."""
+        return await _request(sup, "get_spec", child_id)  # type: ignore[no-any-return]
+
+
+def _validate(strategy: Any, intensity: Any, period: Any, specs: list[ChildSpec]) -> None:
+    _check_flags(strategy, intensity, period)
+    seen: set[Hashable] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"children must be child(...) specs, got {spec!r}")
+        if spec.id in seen:
+            raise ValueError(f"duplicate child id {spec.id!r}")
+        seen.add(spec.id)
+
+
+class _Running:
+    """The supervisor process's state and loop. Kept apart from the `Supervisor`
+    (sub)class instance, whose namespace is the user's: a subclass may define any
+    name without touching the running supervisor."""
+
+    def __init__(self, strategy: str, intensity: int, period: float) -> None:
+        self.strategy = strategy
+        self.intensity = intensity
+        self.period = period
+
+    async def main(
         self,
         specs: list[ChildSpec],
         name: Hashable | None,
@@ -299,9 +402,9 @@ class Supervisor:
         node = current_node()
         me = current_process.get()
         assert me is not None
-        self._me = me.pid
+        self._me = me._procreg_pid
         self._parent: Pid | None = None
-        links = me._ext.links if me._ext is not None else None
+        links = me._procreg_ext.links if me._procreg_ext is not None else None
         if links:
             self._parent = next(iter(links))
         self._kids: list[_Child] = []  # in start order
@@ -328,7 +431,7 @@ class Supervisor:
                 if isinstance(registry, LocalBackend):
                     registry.register_now(name, me, SUPERVISORS)
                 else:
-                    await registry.register(name, me.pid, SUPERVISORS)
+                    await registry.register(name, me._procreg_pid, SUPERVISORS)
             for spec in specs:
                 kid = _Child(spec, self._by_pid)
                 kid.pid = await self._start_child(spec)
@@ -346,6 +449,8 @@ class Supervisor:
                     await self._on_exit(msg.pid, msg.reason)
                 elif type(msg) is Call:
                     await self._on_call(msg)
+                elif type(msg) is _StopRequest:
+                    raise _Stop(msg.reason)
         except _Stop as stop:
             await self._stop_all()
             raise Stop(stop.reason) from None
@@ -442,31 +547,37 @@ class Supervisor:
             )
             raise _Stop("shutdown")
 
-    async def _restart(self, kid: _Child) -> None:
+    def _group(self, kid: _Child) -> list[_Child]:
+        """The children a restart of `kid` stops and starts again, in start order."""
         if self.strategy == "one_for_one":
-            group = [kid]
-        elif self.strategy == "one_for_all":
-            group = list(self._kids)
-        else:
-            group = self._kids[self._kids.index(kid) :]
+            return [kid]
+        if self.strategy == "one_for_all":
+            return list(self._kids)
+        return self._kids[self._kids.index(kid) :]
+
+    async def _restart(self, kid: _Child) -> None:
+        """Restart `kid` by the strategy, as OTP's supervisor does: stop the rest of
+        its group in reverse order, then start the group in order. If a start fails,
+        the restart is tried again from the start with the same group (OTP's
+        ``try_again``): the members already restarted in the failed try are stopped
+        and started again, so ``one_for_all`` restarts the whole group and
+        ``rest_for_one`` `kid` and those after it. Each try counts as a restart."""
         self._count_restart()  # one exit, one restart, however many children it takes
-        for other in reversed(group):
-            if other is not kid:
+        while True:
+            for other in reversed(self._group(kid)):
                 await self._stop_child(other)
-                if other.spec.restart == "temporary":  # stopped, never restarted (OTP)
-                    self._remove_kid(other)
-        for member in group:
-            first = True
-            while member.pid is None and self._by_id.get(member.spec.id) is member:
-                if not first:
-                    self._count_restart()  # a failed start counts as another restart
-                first = False
-                try:
+                if other is not kid and other.spec.restart == "temporary":
+                    self._remove_kid(other)  # stopped, never restarted (OTP)
+            member = kid
+            try:
+                for member in self._group(kid):
                     member.pid = await self._start_child(member.spec)
-                except Exception as exc:
-                    log.error(
-                        "supervisor %r: restarting %r failed: %r", self._me, member.spec.id, exc
-                    )
+                return
+            except Exception as exc:
+                log.error("supervisor %r: restarting %r failed: %r", self._me, member.spec.id, exc)
+            if current_node().stopping:
+                return
+            self._count_restart()  # a failed try counts as another restart
 
     # -- requests -------------------------------------------------------------------
     async def _on_call(self, msg: Call) -> None:
@@ -549,62 +660,8 @@ class Supervisor:
         }
 
     async def _do_get_spec(self, child_id: Hashable) -> ChildSpec:
-        return self._find(child_id).spec
-
-    # -- the API for a running supervisor -------------------------------------------
-    @staticmethod
-    async def start_child(sup: Pid | Hashable, spec: ChildSpec) -> Pid:
-        """Start a new child under `sup`. If it fails to start, its error is raised and
-        the tree is left as it was."""
-        return await _request(sup, "start_child", spec)  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def terminate_child(sup: Pid | Hashable, child_id: Hashable) -> None:
-        """Stop a child (its spec stays, except for temporary children)."""
-        await _request(sup, "terminate_child", child_id)
-
-    @staticmethod
-    async def restart_child(sup: Pid | Hashable, child_id: Hashable) -> Pid:
-        """Start again a child that was terminated."""
-        return await _request(sup, "restart_child", child_id)  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def delete_child(sup: Pid | Hashable, child_id: Hashable) -> None:
-        """Forget a terminated child's spec."""
-        await _request(sup, "delete_child", child_id)
-
-    @staticmethod
-    async def which_children(sup: Pid | Hashable) -> list[ChildStatus]:
-        """The children, in start order, with their current pid (None if not running)."""
-        return await _request(sup, "which_children")  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def count_children(sup: Pid | Hashable) -> dict[str, int]:
-        """Counts: ``specs``, ``active``, ``supervisors``, ``workers``."""
-        return await _request(sup, "count_children")  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def stop(
-        sup: Pid | Hashable, reason: Any = "shutdown", timeout: float | None = None
-    ) -> None:
-        """Stop `sup`: its children in reverse order, then itself; returns when it
-        has ended."""
-        pid = await _resolve(sup)
-        node = current_node()
-        if not node.is_alive(pid):
-            return
-        ref = node.monitor(pid) if node.me() is not None else None
-        node.exit(pid, reason)
-        if ref is not None:
-            await _receive(timeout, lambda m: type(m) is Down and m.ref == ref)
-        else:
-            while node.is_alive(pid):
-                await asyncio.sleep(0.001)
-
-    @staticmethod
-    async def get_child_spec(sup: Pid | Hashable, child_id: Hashable) -> ChildSpec:
-        """The spec of a child."""
-        return await _request(sup, "get_spec", child_id)  # type: ignore[no-any-return]
+        spec = self._find(child_id).spec
+        return replace(spec, kwargs=dict(spec.kwargs))  # the kept spec stays as it is
 
 
 def _is_normal_end(reason: Any) -> bool:
@@ -650,7 +707,7 @@ async def _receive(timeout: float | None = None, match: Any = None) -> Any:
 def _flush_exit(pid: Pid) -> None:
     """Drop an `Exit` from `pid` already in the calling supervisor's mailbox."""
     me = current_process.get()
-    mail = me._mail if me is not None else None
+    mail = me._procreg_mail if me is not None else None
     if not mail:
         return
     for i, msg in enumerate(mail):

@@ -51,7 +51,7 @@ class Timer:
 
     def _detach(self) -> None:
         for proc in self._owners:
-            ext = proc._ext
+            ext = proc._procreg_ext
             if ext is not None and ext.timers is not None:
                 ext.timers.discard(self)
         self._owners = ()
@@ -94,13 +94,13 @@ def start_timer(node: Node, delay: float, dest: Pid, msg: Any, interval: float |
             raise NotImplementedError("a timer to a remote pid must be set from a process")
     else:
         target = node._procs.get(dest)
-        if target is None or target._st >= EXITING:
+        if target is None or target._procreg_st >= EXITING:
             return timer  # a dead target: the timer is born cancelled
         owners.append(target)
     if me is not None and me not in owners:
         owners.append(me)
     for proc in owners:
-        ext = proc.ext()
+        ext = proc._procreg_extra()
         if ext.timers is None:
             ext.timers = set()
         ext.timers.add(timer)
