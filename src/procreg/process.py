@@ -94,7 +94,7 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
         caller.fail(exc)
 
 
-COMPAT_NAMES: Final = ("_st", "_reg", "_ext", "_info", "_cast", "_call", "ext")
+COMPAT_NAMES: Final = ()
 """Old runtime names that `procreg.cluster` still reads, kept as read-only aliases of
 the ``_procreg_*`` ones until it is renamed; a `Server` subclass may not use them
 meanwhile."""
@@ -142,34 +142,10 @@ class _Proc:
         def pid(self) -> Pid:
             """The process's pid (read-only)."""
 
-        # the names cluster/ still uses (read-only): delete once it uses _procreg_*;
-        # refused in Server subclasses meanwhile (see COMPAT_NAMES)
-        @property
-        def _st(self) -> int: ...
-        @property
-        def _reg(self) -> Any: ...
-        @property
-        def _ext(self) -> _Ext | None: ...
-
     else:
         pid = property(
             attrgetter("_procreg_pid"), _read_only_pid, doc="The process's pid (read-only)."
         )
-        _st = property(attrgetter("_procreg_st"))
-        _reg = property(attrgetter("_procreg_reg"))
-        _ext = property(attrgetter("_procreg_ext"))
-
-    def ext(self) -> _Ext:  # compat, see COMPAT_NAMES
-        return self._procreg_extra()
-
-    def _info(self, msg: Any) -> None:
-        self._procreg_info(msg)
-
-    def _cast(self, msg: Any) -> None:
-        self._procreg_cast(msg)
-
-    def _call(self, caller: Any, request: Any) -> None:
-        self._procreg_call(caller, request)
 
     def _procreg_setup(self, node: Node, pid: Pid) -> None:
         self._procreg_pid = pid

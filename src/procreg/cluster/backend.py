@@ -175,7 +175,7 @@ class _Spawn:
                 return
             if holder[0] == b.node.name:
                 proc = b.node._procs.get(holder)
-                if proc is None or proc._st >= EXITING:
+                if proc is None or proc._procreg_st >= EXITING:
                     self._general()  # one of ours that ended: its release may be queued
                     return
             elif self.gen == b._gen:
@@ -276,7 +276,7 @@ class RedisBackend(LocalBackend):
             return None  # fenced (or past our lease deadline): we hand out nothing
         proc = self._holder(key, table)
         if proc is not None:
-            return proc.pid
+            return proc._procreg_pid
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
@@ -360,7 +360,7 @@ class RedisBackend(LocalBackend):
                 continue
             if holder[0] == self.node.name:
                 proc = self.node._procs.get(holder)
-                if (proc is None or proc._st >= EXITING) and stale_tries < 3:
+                if (proc is None or proc._procreg_st >= EXITING) and stale_tries < 3:
                     # one of ours that ended: its release may still be queued
                     stale_tries += 1
                     self._queue_release(table, key, holder, False)
@@ -499,11 +499,11 @@ class RedisBackend(LocalBackend):
         if pid[0] != self.node.name:
             raise ValueError(f"register {pid!r} on its own node ({pid[0]!r})")
         proc = self.node._lookup(pid)
-        if proc is None or proc._st >= EXITING:
+        if proc is None or proc._procreg_st >= EXITING:
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
-            raise AlreadyRegistered(key, holder.pid)
+            raise AlreadyRegistered(key, holder._procreg_pid)
         other = await self._claim(key, table, pid, meta)
         if other is not None:
             raise AlreadyRegistered(key, other)
@@ -518,7 +518,7 @@ class RedisBackend(LocalBackend):
         holder = tab.get(key) if tab is not None else None
         if holder is not None:
             removed = await super().unregister(key, table, pid)
-            self._queue_release(table, key, holder.pid, False)
+            self._queue_release(table, key, holder._procreg_pid, False)
             await self._flush_releases()
             return removed
         found = await self._fetch(key, table)
@@ -606,7 +606,7 @@ class RedisBackend(LocalBackend):
             return holder, False
         fences = self.cluster.fenced
         try:
-            proc = await node.start_with_pid(pid, factory, args, idle_timeout)
+            proc = await node.start_with_pid(pid, factory, args, idle_timeout, key=(table, key))
         except BaseException:
             self._queue_release(table, key, pid, False)
             raise
@@ -623,9 +623,9 @@ class RedisBackend(LocalBackend):
     ) -> None:
         """Add a process whose claim on `key` won to the local view; if it has ended
         meanwhile, give the key back and raise `NoProcess` (`why` it is not alive)."""
-        if proc._st >= EXITING:
-            self._queue_release(table, key, proc.pid, False)
-            raise NoProcess(f"{proc.pid!r} {why}")
+        if proc._procreg_st >= EXITING:
+            self._queue_release(table, key, proc._procreg_pid, False)
+            raise NoProcess(f"{proc._procreg_pid!r} {why}")
         self._add(table, key, proc, meta)
 
     def _triple(
@@ -683,14 +683,14 @@ class RedisBackend(LocalBackend):
                     return
 
     def process_ended(self, proc: _Proc) -> None:
-        reg = proc._reg
-        pid = proc.pid
+        reg = proc._procreg_reg
+        pid = proc._procreg_pid
         if reg is not None:
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
                 if tab is not None and tab.get(key) is proc:
                     self._queue_release(table, key, pid, False)
-        ext = proc._ext
+        ext = proc._procreg_ext
         if ext is not None and ext.groups:
             for group in ext.groups:
                 self._queue_release("", group, pid, True)
@@ -742,7 +742,7 @@ class RedisBackend(LocalBackend):
                 for pid in members:
                     proc = self.node._procs.get(pid)
                     if proc is not None:
-                        proc._info(msg)
+                        proc._procreg_info(msg)
                         reached += 1
             else:
                 self.cluster.remote.group_send(name, members, msg)
@@ -792,22 +792,22 @@ class RedisBackend(LocalBackend):
         """Claim again every local registration and group membership (after a data
         loss or on rejoining); a key now held by another live process is a conflict:
         `Cluster.conflict` decides. Returns how many conflicts there were."""
-        entries = [(t, k, p) for t, k, p in self.local_entries() if p._st < EXITING]
+        entries = [(t, k, p) for t, k, p in self.local_entries() if p._procreg_st < EXITING]
 
         async def one(table: str, key: Hashable, proc: _Proc) -> Pid | None:
             meta = self._meta.get(table, {}).get(key)
-            return await self._claim(key, table, proc.pid, meta, mode=mode)
+            return await self._claim(key, table, proc._procreg_pid, meta, mode=mode)
 
         # concurrently, so that the claims go in batches (one script call per loop turn)
         holders = await asyncio.gather(*(one(t, k, p) for t, k, p in entries))
         conflicts = 0
         for (table, key, proc), holder in zip(entries, holders, strict=True):
-            if holder is not None and holder != proc.pid:
+            if holder is not None and holder != proc._procreg_pid:
                 conflicts += 1
                 self.conflicts += 1
                 await self.cluster.conflict(table, key, proc, holder)
-            elif proc._st >= EXITING:  # ended while we claimed: give it back
-                self._queue_release(table, key, proc.pid, False)
+            elif proc._procreg_st >= EXITING:  # ended while we claimed: give it back
+                self._queue_release(table, key, proc._procreg_pid, False)
         store = self.store
         owned = self._owned()
         for group, members in list(self._groups.items()):

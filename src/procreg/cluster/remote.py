@@ -217,7 +217,7 @@ class Remote:
         if not self._check(pid):
             self.node._exit_signal(me, pid, "noconnection", linked=True)
             return
-        ext = me.ext()
+        ext = me._procreg_extra()
         if ext.links is None:
             ext.links = set()
         ext.links.add(pid)
@@ -236,9 +236,9 @@ class Remote:
         if not self._check(pid):
             from ..messages import Down
 
-            me._info(Down(ref, pid, "noconnection"))
+            me._procreg_info(Down(ref, pid, "noconnection"))
             return ref
-        ext = me.ext()
+        ext = me._procreg_extra()
         if ext.watching is None:
             ext.watching = {}
         ext.watching[ref] = pid
@@ -310,17 +310,17 @@ class Remote:
             proc = procs.get(item[1])
             if proc is not None:
                 if op == SEND:
-                    proc._info(item[2])
+                    proc._procreg_info(item[2])
                 else:
-                    proc._cast(item[2])
+                    proc._procreg_cast(item[2])
         elif op == CALL:
             _, call_id, pid, request = item
             caller = RemoteCaller(self, sender, call_id)
             proc = procs.get(pid)
-            if proc is None or proc._st >= EXITING:
+            if proc is None or proc._procreg_st >= EXITING:
                 caller.fail(NoProcess(f"no process {pid!r}"))
             else:
-                proc._call(caller, request)
+                proc._procreg_call(caller, request)
         elif op == REPLY:
             self._answer(sender, item[1], item[2], None)
         elif op == FAIL:
@@ -334,10 +334,10 @@ class Remote:
         elif op == LINK:
             _, from_pid, pid = item
             proc = procs.get(pid)
-            if proc is None or proc._st >= EXITING:
+            if proc is None or proc._procreg_st >= EXITING:
                 self.link_exit(pid, from_pid, "noproc")
                 return
-            ext = proc.ext()
+            ext = proc._procreg_extra()
             if ext.links is None:
                 ext.links = set()
             ext.links.add(from_pid)
@@ -346,24 +346,28 @@ class Remote:
             _, from_pid, pid = item
             self._peer(sender).links.discard((pid, from_pid))
             proc = procs.get(pid)
-            if proc is not None and proc._ext is not None and proc._ext.links:
-                proc._ext.links.discard(from_pid)
+            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.links:
+                proc._procreg_ext.links.discard(from_pid)
         elif op == LINK_EXIT:
             _, from_pid, pid, reason = item
             self.on_dead(from_pid)  # before anyone runs: no lookup may return it now
             self._peer(sender).links.discard((pid, from_pid))
             proc = procs.get(pid)
-            links = proc._ext.links if proc is not None and proc._ext is not None else None
+            links = (
+                proc._procreg_ext.links
+                if proc is not None and proc._procreg_ext is not None
+                else None
+            )
             if proc is not None and links and from_pid in links:
                 links.discard(from_pid)  # (an exit after unlink is ignored)
                 node._exit_signal(proc, from_pid, reason, linked=True)
         elif op == MONITOR:
             _, ref, watcher, pid = item
             proc = procs.get(pid)
-            if proc is None or proc._st >= EXITING:
+            if proc is None or proc._procreg_st >= EXITING:
                 self.down(watcher, ref, pid, "noproc")
                 return
-            ext = proc.ext()
+            ext = proc._procreg_extra()
             if ext.monitors is None:
                 ext.monitors = {}
             ext.monitors[ref] = watcher
@@ -372,8 +376,8 @@ class Remote:
             _, ref, pid = item
             self._peer(sender).watch_in.pop(ref, None)
             proc = procs.get(pid)
-            if proc is not None and proc._ext is not None and proc._ext.monitors:
-                proc._ext.monitors.pop(ref, None)
+            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.monitors:
+                proc._procreg_ext.monitors.pop(ref, None)
         elif op == DOWN:
             _, ref, pid, watcher, reason = item
             self.on_dead(pid)  # before anyone runs: no lookup may return it now
@@ -381,7 +385,11 @@ class Remote:
             if peer is not None:
                 peer.watch_out.pop(ref, None)
             proc = procs.get(watcher)
-            watching = proc._ext.watching if proc is not None and proc._ext is not None else None
+            watching = (
+                proc._procreg_ext.watching
+                if proc is not None and proc._procreg_ext is not None
+                else None
+            )
             if watching and ref in watching:  # still watched (not demonitored meanwhile)
                 node._down(watcher, ref, pid, reason)
         elif op == GROUP_SEND:
@@ -389,7 +397,7 @@ class Remote:
             for pid in pids:
                 proc = procs.get(pid)
                 if proc is not None:
-                    proc._info(msg)
+                    proc._procreg_info(msg)
         elif op == SPAWN:
             node._loop.create_task(self._spawn_here(sender, item))
         else:
@@ -502,8 +510,8 @@ class Remote:
             node._down(watcher, ref, target, "noconnection")
         for ref, (pid, _) in watch_in.items():
             proc = procs.get(pid)
-            if proc is not None and proc._ext is not None and proc._ext.monitors:
-                proc._ext.monitors.pop(ref, None)
+            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.monitors:
+                proc._procreg_ext.monitors.pop(ref, None)
         for call_id, (fut, _) in calls.items():
             if not fut.done():
                 fut.set_exception(NodeDown(f"node {name!r} went down (call {call_id})"))
@@ -511,8 +519,8 @@ class Remote:
             proc = procs.get(ours)
             if proc is None:
                 continue
-            if proc._ext is not None and proc._ext.links:
-                proc._ext.links.discard(theirs)
+            if proc._procreg_ext is not None and proc._procreg_ext.links:
+                proc._procreg_ext.links.discard(theirs)
             node._exit_signal(proc, theirs, "noconnection", linked=True)
 
     def all_down(self) -> None:
