@@ -461,6 +461,8 @@ class Store:
         primary's run id."""
         script = self._scripts[name]
         wait, wait_ms = self.wait, max(1, int(self.wait_timeout * 1000))
+        if not wait and not info:  # the common case: no pipeline
+            return await self.run(lambda r: script(keys=keys, args=args, client=r)), 0, None
 
         async def run(r: Any) -> list[Any]:
             async with r.pipeline(transaction=False) as pipe:
