@@ -254,7 +254,7 @@ class Cluster:
             return
         self.fencing = True  # no claims, no lookups until we have rejoined
         self.fenced += 1
-        self.membership.disarm()
+        self.membership.disarm()  # (its fast check now fails)
         node = self.node
         log.error("node %s fences itself: %s", node.name, why)
         # its registered processes and group members: others may serve them soon
@@ -289,6 +289,7 @@ class Cluster:
         old = self.membership.creation
         await self.membership.rejoin()
         self.fencing = False
+        self.membership._set_deadline()
         log.warning(
             "node %s rejoined the cluster: creation %d -> %d", self.node.name, old, self.creation
         )

@@ -238,6 +238,7 @@ class RedisBackend(LocalBackend):
     def __init__(self, node: Node, cluster: Cluster) -> None:
         super().__init__(node)
         self.cluster = cluster
+        self._membership = cluster.membership
         self.store = cluster.store
         self._cache: dict[tuple[str, Hashable], Pid] = {}
         self._gen = 0  # bumped on every invalidation
@@ -272,7 +273,8 @@ class RedisBackend(LocalBackend):
 
     # -- lookups ------------------------------------------------------------------------
     def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | _Miss | None:  # type: ignore[override]
-        if not self.cluster.membership.check():
+        m = self._membership
+        if m.time() >= m.deadline and not m.check():
             return None  # fenced (or past our lease deadline): we hand out nothing
         proc = self._holder(key, table)
         if proc is not None:

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +86,8 @@ class Membership:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_warning = 0.0
         self.joined = False  # the deadline counts from the first lease we took
+        self.deadline = math.inf  # see `_set_deadline`
+        self.time: Callable[[], float] = time.monotonic  # the loop's clock, once known
 
     @property
     def lease_ms(self) -> int:
@@ -94,6 +98,16 @@ class Membership:
         """Loop time at which the node fences itself unless a renewal succeeds first."""
         return self.valid_until - FENCE_LEAD * self.lease
 
+    def _set_deadline(self) -> None:
+        """`deadline`, the one figure `check`'s fast path compares with: +inf before
+        the first lease, -inf while fenced, else `fence_at`."""
+        if not self.joined:
+            self.deadline = math.inf
+        elif self.cluster.fencing or self.valid_until == 0.0:
+            self.deadline = -math.inf
+        else:
+            self.deadline = self.fence_at
+
     def lease_key(self, name: str) -> str:
         return self.store.key("lease", name)
 
@@ -101,6 +115,7 @@ class Membership:
     def _now(self) -> float:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self.time = self._loop.time
         return self._loop.time()
 
     def _extend(self, sent: float) -> None:
@@ -110,6 +125,7 @@ class Membership:
         if until <= self.valid_until:
             return
         self.valid_until = until
+        self._set_deadline()
         if self._watchdog is not None:
             self._watchdog.cancel()
         loop = self._loop or asyncio.get_running_loop()
@@ -118,6 +134,7 @@ class Membership:
     def disarm(self) -> None:
         """Forget the deadline (fenced, or leaving): nothing holds until a rejoin."""
         self.valid_until = 0.0
+        self._set_deadline()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -127,9 +144,11 @@ class Membership:
         overdue: the store is unreachable, the network cut, a socket half-open, or
         the node was paused), the node fences itself now, before anything else runs,
         and this returns False; False also while fenced and not yet rejoined."""
+        if self.time() < self.deadline:  # the fast path: one call, one comparison
+            return True
         if self.cluster.fencing:
             return False
-        if self._now() < self.fence_at or not self.joined:
+        if not self.joined or self._now() < self.fence_at:
             return True
         if not self._closing:
             self.cluster.fence_now(
@@ -188,6 +207,7 @@ class Membership:
                 )
             await asyncio.sleep(self.lease / 10)
         self.joined = True
+        self._set_deadline()
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
         await self.poll()
         return self.creation
