@@ -343,6 +343,11 @@ async def get_or_spawn(
     if pid.__class__ is Pid:
         return pid
     _check_spawn(key, factory, table, placement, idle_timeout)
+    if not node._starting and node._handler_holder is None:  # (`spawn_for`'s fast path)
+        pid, _ = await node.registry.get_or_spawn(
+            key, factory, args, table, placement, meta, idle_timeout
+        )
+        return pid
     pid, _ = await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
     return pid
 
