@@ -53,7 +53,7 @@ def sentinel_setup(redis, redis_binary, tmp_path):
             made.append(replica.start())
         workdir = tmp_path / "sentinel"
         workdir.mkdir()
-        sentinel = SentinelServer(redis.port, binary=redis_binary, workdir=workdir)
+        sentinel = SentinelServer(redis.port, binary=redis_binary, workdir=workdir, down_after=1.0)
         made.append(sentinel.start())
         wait_for(
             lambda: len([r for r in sentinel.replicas() if "s_down" not in r["flags"]]) == 2,
@@ -119,6 +119,18 @@ def test_failover_to_a_lagging_replica_loses_no_granted_claim(
     )
     noticed = time.time() - killed
     live = pids[5:]
+    # a machine so busy that the sentinel (down-after 1 s) flaps makes a second
+    # failover, to a replica that may lack what the nodes re-registered, and the
+    # nodes may fence: then only the safety checks below apply
+    switches = sentinel.logfile.read_text(errors="replace").count("+switch-master")
+    if switches > 1:
+        print(f"NOTE: the sentinel failed over {switches} times; liveness checks skipped")
+        for node in (a, b):
+            node.quit()
+        procs = traces(trace_dir)
+        assert not any(e["key"].startswith("r") for e in procs.values())
+        assert max(overlaps(procs, time.time()), default=-1.0) < 0
+        return
     # the ended processes' entries (their releases were lost with the old primary)
     # are reconciled away; the granted, live ones are found where they were
     wait_for(

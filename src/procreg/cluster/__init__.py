@@ -319,7 +319,16 @@ class Cluster:
             lambda r: r.set(store.key("grace"), 1, px=max(1, int(self.grace * 1000)), nx=True)
         )
         self.backend.clear_cache()
-        await self.backend.reconcile()
+        # in a task of its own: re-registering a million keys takes seconds, and the
+        # membership step that noticed the change must go on renewing our lease
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.backend.reconcile()
+        except Exception:
+            log.exception("re-registering after the primary changed failed")
 
     async def recover_lost_data(self) -> None:
         """The store lost its data: new epoch with a grace period, our lease back, then
