@@ -30,6 +30,7 @@ from .pid import Pid, Ref
 from .process import (
     EXITING,
     IDLE,
+    OVERFLOWS,
     Process,
     _Proc,
     current_caller,
@@ -68,6 +69,19 @@ def current_node() -> Node:
     if not _running:
         raise NoNode("no procreg node is running: use `async with procreg.Node()` or procreg.run")
     raise NoNode("several procreg nodes are running and none is current in this context")
+
+
+def check_bound(max_mailbox: Any, overflow: Any) -> None:
+    """Raise a clear error for a bad ``max_mailbox`` (None, 0 or a positive int) or
+    ``overflow`` (None, ``"drop"`` or ``"exit"``)."""
+    if max_mailbox is not None and (
+        isinstance(max_mailbox, bool) or not isinstance(max_mailbox, int) or max_mailbox < 0
+    ):
+        raise ValueError(
+            f"max_mailbox must be None, 0 (no bound) or a positive int, got {max_mailbox!r}"
+        )
+    if overflow is not None and overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be 'drop' or 'exit', got {overflow!r}")
 
 
 def check_timeout(timeout: Any, what: str = "timeout") -> None:
@@ -144,6 +158,10 @@ class Node:
     on; env ``PROCREG_GC_POLICY=0`` turns it off) tunes Python's cyclic GC for many
     long-lived processes: see `procreg.gcpolicy`.
     ``batch`` is how many messages a server handles before others get a turn.
+    ``max_mailbox`` (default None: unbounded) bounds the mailbox of every process
+    started on this node that sets no bound of its own, and ``overflow`` (``"drop"``,
+    the default, or ``"exit"``) is the default policy when a bounded mailbox is full;
+    see `procreg.spawn`.
 
     >>> import asyncio, procreg
     >>> async def main():
@@ -165,6 +183,8 @@ class Node:
         handler_config: dict[str, Any] | None = None,
         lease: float = 3.0,
         on_conflict: Any = None,
+        max_mailbox: int | None = None,
+        overflow: str = "drop",
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "\t" in name):
             raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
@@ -172,6 +192,9 @@ class Node:
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         check_timeout(lease, "lease")
+        check_bound(max_mailbox, overflow)
+        self._max_mailbox: int | None = max_mailbox or None  # read by every new process
+        self._overflow = overflow
         if cluster is not None:
             from .cluster import default_node_name
 
@@ -213,6 +236,8 @@ class Node:
         self.exited = 0
         self.crashed = 0
         self.handled = 0  # messages handled by all processes
+        self.dropped = 0  # messages refused by full mailboxes
+        self.overloaded = 0  # processes ended with reason "overload"
         self.started_at = 0.0
         self._marks: list[tuple[int, float]] = []  # (serial, loop time) every 1024 spawns
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -386,9 +411,12 @@ class Node:
     def info(self, pid: Pid) -> dict[str, Any] | None:
         """What the node knows of a live local process, for observers: ``pid``,
         ``kind`` (its class), ``keys`` (registry ``(table, key)`` pairs), ``groups``,
-        ``mailbox`` (messages waiting), ``handled`` (messages handled), ``age``
-        (seconds, to within the time between 1,024 spawns), ``status``, ``links``,
-        ``monitors``. None if it is not alive."""
+        ``mailbox`` (messages waiting), ``mailbox_peak`` (the most messages that
+        waited at once), ``max_mailbox`` (its bound, None if unbounded),
+        ``overflow`` (its policy when full), ``dropped`` (messages its full mailbox
+        refused), ``handled`` (messages handled), ``age`` (seconds, to within the
+        time between 1,024 spawns), ``status``, ``links``, ``monitors``. None if it
+        is not alive."""
         proc = self._procs.get(pid)
         if proc is None:
             return None
@@ -397,12 +425,17 @@ class Node:
         ext = proc._ext
         index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
         born = self._marks[max(index, 0)][1]
+        waiting = len(proc._mail) if proc._mail else 0
         return {
             "pid": pid,
             "kind": "Supervisor" if pid in self._supervisors else type(proc).__name__,
             "keys": keys,
             "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
-            "mailbox": len(proc._mail) if proc._mail else 0,
+            "mailbox": waiting,
+            "mailbox_peak": max(proc._peak, waiting),
+            "max_mailbox": proc._max,
+            "overflow": (ext.overflow if ext is not None else None) or self._overflow,
+            "dropped": ext.dropped if ext is not None else 0,
             "handled": proc._handled,
             "age": self._loop.time() - born,
             "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._st],
@@ -412,7 +445,9 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         """Counters for observers: processes alive, spawned, exited, crashed, messages
-        handled, run-queue length, uptime."""
+        handled, ``dropped`` (messages refused by full mailboxes), ``overloaded``
+        (processes ended with reason ``"overload"``), ``max_mailbox`` (the node's
+        default bound), run-queue length, uptime."""
         return {
             "node": self.name,
             "creation": self.creation,
@@ -421,6 +456,9 @@ class Node:
             "exited": self.exited,
             "crashed": self.crashed,
             "handled": self.handled,
+            "dropped": self.dropped,
+            "overloaded": self.overloaded,
+            "max_mailbox": self._max_mailbox,
             "runq": len(self._runq),
             "uptime": self._loop.time() - self.started_at,
         }
@@ -500,11 +538,19 @@ class Node:
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Start a process running ``await fn(*args)``; see `procreg.spawn`."""
         if isinstance(fn, type) and hasattr(fn, "_procreg_server"):
             pid: Pid = cast(Any, fn).start(
-                *args, link=link, monitor=monitor, trap_exits=trap_exits, idle_timeout=idle_timeout
+                *args,
+                link=link,
+                monitor=monitor,
+                trap_exits=trap_exits,
+                idle_timeout=idle_timeout,
+                max_mailbox=max_mailbox,
+                overflow=overflow,
             )
             return pid
         if not inspect.iscoroutinefunction(fn):
@@ -512,6 +558,7 @@ class Node:
                 f"spawn() needs an `async def` function or a Server subclass, got {fn!r}"
             )
         check_timeout(idle_timeout, "idle_timeout")
+        check_bound(max_mailbox, overflow)
         parent = self.me() if (link or monitor) else None
         if (link or monitor) and parent is None:
             raise NotInProcess(
@@ -519,6 +566,8 @@ class Node:
             )
         proc = self._start_body(self._new_pid(), fn, args)
         self.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+        if max_mailbox is not None or overflow is not None:
+            self.bound(proc, max_mailbox, overflow)
         return proc.pid
 
     def _start_body(
@@ -609,24 +658,35 @@ class Node:
                 ref = self._add_monitor(parent, proc)
         return ref
 
+    def bound(self, proc: _Proc, max_mailbox: int | None, overflow: str | None) -> None:
+        """Set the mailbox bound of `proc` (``0``: none; None: keep the node's default)
+        and its overflow policy (None: the node's default)."""
+        if max_mailbox is not None:
+            proc._max = max_mailbox or None
+        if overflow is not None:
+            proc.ext().overflow = overflow
+
     # -- messaging ----------------------------------------------------------------
-    def send(self, pid: Pid, msg: Any) -> None:
-        """Put `msg` in the mailbox of `pid` (``handle_info`` for a server)."""
+    def send(self, pid: Pid, msg: Any) -> bool:
+        """Put `msg` in the mailbox of `pid` (``handle_info`` for a server); see
+        `procreg.send` for what the result means."""
         proc = self._procs.get(pid)
         if proc is None:
             if self.foreign(pid):
                 self._remote.send(pid, msg)
-            return
-        proc._info(msg)
+                return True
+            return False
+        return proc._info(msg)
 
-    def cast(self, pid: Pid, msg: Any) -> None:
-        """Send `msg` as a cast (``handle_cast`` for a server)."""
+    def cast(self, pid: Pid, msg: Any) -> bool:
+        """Send `msg` as a cast (``handle_cast`` for a server); see `procreg.cast`."""
         proc = self._procs.get(pid)
         if proc is None:
             if self.foreign(pid):
                 self._remote.cast(pid, msg)
-            return
-        proc._cast(msg)
+                return True
+            return False
+        return proc._cast(msg)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` and wait for the reply; see `procreg.call`."""
@@ -645,8 +705,7 @@ class Node:
                 return await proc._call_direct(request, timeout)
             self._inline = INLINE_BUDGET  # take the scheduled path: the caller yields
         fut = self._loop.create_future()
-        proc._call(fut, request)
-        if timeout is not None:
+        if proc._call(fut, request) and timeout is not None:  # (a full mailbox: failed)
             self._deadlines.add(timeout, fut)
         return await fut
 

@@ -5,6 +5,11 @@ dropped when empty). Rarely used state (links, monitors, timers, deferred caller
 trap-exit flag, idle timeout) lives in a lazily created `_Ext`, so an idle process
 costs a few machine words.
 
+A process may have a mailbox bound (``max_mailbox``, in the `_max` slot; None is
+unbounded): delivery checks it only when the mailbox already exists, and the slow
+path (`_Proc._refuse`) counts the refused message and applies the overflow policy.
+Runtime signals (`Down`, `Exit`, `NodeEvent`) are never refused.
+
 The exit sequence, run once per process however it ends (see `Node._end`):
 ``terminate`` (servers only, not on ``"kill"``) → removed from the node's table and
 its registrations dropped → callers waiting on it fail with `ProcessExited` →
@@ -15,19 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .errors import ProcessExited
-from .messages import Call, Down
+from .errors import Overloaded, ProcessExited
+from .messages import Call, Down, Exit, NodeEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
     from .node import Node
     from .timers import Timer
 
-__all__ = ["IDLE", "SCHEDULED", "BUSY", "EXITING", "DEAD", "Process"]
+__all__ = ["IDLE", "SCHEDULED", "BUSY", "EXITING", "DEAD", "OVERFLOWS", "Process"]
+
+log = logging.getLogger("procreg")
 
 # Process states (`_st`). Ordered: every state >= EXITING refuses new work.
 IDLE = 0  # no mail, not in the run queue
@@ -35,6 +43,15 @@ SCHEDULED = 1  # in the node's run queue (servers) / running (coroutine processe
 BUSY = 2  # an async handler is running; mail waits
 EXITING = 3  # exit sequence started (an async terminate may be running)
 DEAD = 4
+
+# Overflow policies of a bounded mailbox: refuse the new message, or end the process.
+DROP = "drop"
+EXIT = "exit"
+OVERFLOWS = (DROP, EXIT)
+OVERLOAD = "overload"  # the exit reason of a process ended by the "exit" policy
+# Messages a full mailbox still takes: the runtime's own signals, bounded in number
+# by links and monitors, which supervision must never lose.
+_SIGNALS = frozenset({Down, Exit, NodeEvent})
 
 # Mailbox tags for server processes.
 CAST = 0
@@ -54,6 +71,7 @@ class _Ext:
 
     __slots__ = (
         "deferred",
+        "dropped",
         "exit_reason",
         "groups",
         "idle_handle",
@@ -61,6 +79,7 @@ class _Ext:
         "idle_timeout",
         "links",
         "monitors",
+        "overflow",
         "task",
         "timers",
         "trap",
@@ -80,6 +99,8 @@ class _Ext:
         self.exit_reason: Any = None
         self.task: asyncio.Task[Any] | None = None  # running async handler (servers)
         self.groups: set[Any] | None = None  # groups joined (kept by the registry)
+        self.overflow: str | None = None  # overflow policy; None: the node's default
+        self.dropped = 0  # messages its full mailbox refused
 
 
 def fail_caller(caller: Any, exc: BaseException) -> None:
@@ -94,7 +115,7 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
 class _Proc:
     """What every process has. Subclasses: `Process` (coroutine) and `Server`."""
 
-    __slots__ = ("_ext", "_handled", "_mail", "_node", "_reg", "_st", "pid")
+    __slots__ = ("_ext", "_handled", "_mail", "_max", "_node", "_peak", "_reg", "_st", "pid")
 
     pid: Pid
     _node: Node
@@ -102,6 +123,8 @@ class _Proc:
     _st: int
     _ext: _Ext | None
     _reg: Any  # registry entries held: None, one (table, key) or a set of them
+    _max: int | None  # mailbox bound (None: unbounded)
+    _peak: int  # mailbox high-water mark, sampled when the process takes its mail
 
     kind = "process"
     _direct_call = False  # True for servers whose handle_call may run in the caller's turn
@@ -114,6 +137,8 @@ class _Proc:
         self._ext = None
         self._reg = None
         self._handled = 0  # messages handled (counted per batch)
+        self._max = node._max_mailbox
+        self._peak = 0
 
     def ext(self) -> _Ext:
         e = self._ext
@@ -131,14 +156,50 @@ class _Proc:
         ext.deferred.add(caller)
 
     # -- delivery (overridden) ----------------------------------------------------
-    def _info(self, msg: Any) -> None:
+    # Each returns True if the message was queued (or handed to a waiting receive),
+    # False if it was not: the process is ending, or its mailbox is full. A refused
+    # call has already failed its caller (`Overloaded`).
+    def _info(self, msg: Any) -> bool:
         raise NotImplementedError
 
-    def _cast(self, msg: Any) -> None:
+    def _cast(self, msg: Any) -> bool:
         raise NotImplementedError
 
-    def _call(self, caller: Any, request: Any) -> None:
+    def _call(self, caller: Any, request: Any) -> bool:
         raise NotImplementedError
+
+    def _refuse(self, caller: Any) -> None:
+        """Delivery found the mailbox at its bound (the slow path): count the refused
+        message, fail `caller` (a call's) with `Overloaded`, and apply the overflow
+        policy: ``"drop"`` keeps the process, ``"exit"`` ends it with reason
+        ``"overload"``. Runtime signals never get here (see `_SIGNALS`)."""
+        node = self._node
+        bound = self._max
+        node.dropped += 1
+        ext = self.ext()
+        ext.dropped += 1
+        if bound is not None and bound > self._peak:
+            self._peak = bound
+        if caller is not None:
+            fail_caller(caller, Overloaded(self.pid, bound))
+        policy = ext.overflow or node._overflow
+        if policy == EXIT:
+            if self._st < EXITING:
+                log.warning(
+                    "process %r (%s): mailbox full (%s messages): ending it (overload)",
+                    self.pid,
+                    self.kind,
+                    bound,
+                )
+                node.overloaded += 1
+                node._end(self, OVERLOAD)
+        elif ext.dropped == 1:
+            log.warning(
+                "process %r (%s): mailbox full (%s messages): dropping new messages",
+                self.pid,
+                self.kind,
+                bound,
+            )
 
     async def _call_direct(self, request: Any, timeout: float | None) -> Any:
         """Handle a call in the caller's turn (servers with a sync handle_call)."""
@@ -273,15 +334,15 @@ class Process(_Proc):
         self._last: Any = None  # the last message received, for crash reports
         self._began = False  # the body has started running
 
-    def _info(self, msg: Any) -> None:
+    def _info(self, msg: Any) -> bool:
         if self._st >= EXITING:
-            return
+            return False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             match = self._match
             if match is None:
                 waiter.set_result(msg)
-                return
+                return True
             try:
                 ok = match(msg)
             except BaseException as exc:  # the receiver's predicate failed: its problem
@@ -289,16 +350,20 @@ class Process(_Proc):
                 ok = False
             if ok:
                 waiter.set_result(msg)
-                return
+                return True
         mail = self._mail
         if mail is None:
             self._mail = mail = deque()
+        elif self._max is not None and len(mail) >= self._max and type(msg) not in _SIGNALS:
+            self._refuse(msg.caller if type(msg) is Call else None)
+            return False
         mail.append(msg)
+        return True
 
     _cast = _info
 
-    def _call(self, caller: Any, request: Any) -> None:
-        self._info(Call(request, caller))
+    def _call(self, caller: Any, request: Any) -> bool:
+        return self._info(Call(request, caller))
 
     def _pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [m.caller for m in mail if type(m) is Call]
@@ -374,6 +439,8 @@ class Process(_Proc):
             raise asyncio.CancelledError
         mail = self._mail
         if mail:
+            if len(mail) > self._peak:
+                self._peak = len(mail)
             if match is None:
                 return self._took(mail.popleft())
             for i, msg in enumerate(mail):

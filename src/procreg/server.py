@@ -28,12 +28,13 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .node import _LAZY, check_timeout, current_node
+from .node import _LAZY, check_bound, check_timeout, current_node
 from .pid import Pid
 from .process import (
+    _SIGNALS,
     BUSY,
     CALL,
     CAST,
@@ -83,12 +84,20 @@ class Server(_Proc):
     - ``terminate(reason)``: called when the process ends, except on ``"kill"``.
 
     Any callback may be ``async def``. Start one with ``MyServer.start(*args)``.
+
+    Class attributes ``max_mailbox`` and ``overflow`` set a mailbox bound and its
+    policy for every process of the class, however it is started (`start`,
+    `procreg.get_or_spawn`, a supervisor); `start`'s own arguments override them.
     """
 
     __slots__ = ()
     _procreg_server: Final = True
     _async_mask = 0
     kind = "server"
+    max_mailbox: ClassVar[int | None] = None
+    """The mailbox bound of this class's processes (None: the node's default)."""
+    overflow: ClassVar[str | None] = None
+    """What a full mailbox does: ``"drop"`` or ``"exit"`` (None: the node's default)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,6 +117,7 @@ class Server(_Proc):
                 mask |= bit
         cls._async_mask = mask
         cls._direct_call = not mask & _ASYNC_CALL
+        check_bound(cls.max_mailbox, cls.overflow)
 
     # -- callbacks ----------------------------------------------------------------
     def init(self, *args: Any) -> Any:
@@ -139,14 +149,20 @@ class Server(_Proc):
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Start a process of this class with ``init(*args)`` and return its pid.
 
         A sync ``init`` runs before `start` returns; if it raises, `start` raises
         and no process remains. An ``async`` init runs as the process's first step
         (its mail waits); use `start_ready` to wait for it and see its errors.
+        The options are those of `procreg.spawn`; ``max_mailbox`` and ``overflow``
+        default to the class attributes of the same names.
         """
-        proc, _ = cls._start(args, link, monitor, trap_exits, idle_timeout, None)
+        proc, _ = cls._start(
+            args, link, monitor, trap_exits, idle_timeout, None, None, max_mailbox, overflow
+        )
         return proc.pid
 
     @classmethod
@@ -157,12 +173,16 @@ class Server(_Proc):
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Like `start`, but returns only once ``init`` (sync or async) has completed,
         and raises its exception if it failed."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
-        proc, ready_ = cls._start(args, link, monitor, trap_exits, idle_timeout, ready)
+        proc, ready_ = cls._start(
+            args, link, monitor, trap_exits, idle_timeout, ready, None, max_mailbox, overflow
+        )
         if ready_ is None:
             return proc.pid
         return await ready_
@@ -177,10 +197,18 @@ class Server(_Proc):
         idle_timeout: float | None,
         ready: asyncio.Future[Pid] | None,
         pid: Pid | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> tuple[Server, asyncio.Future[Pid] | None]:
         node = current_node()
         if idle_timeout is not None:
             check_timeout(idle_timeout, "idle_timeout")
+        if max_mailbox is not None or overflow is not None:
+            check_bound(max_mailbox, overflow)
+        if max_mailbox is None:
+            max_mailbox = cls.max_mailbox
+        if overflow is None:
+            overflow = cls.overflow
         parent = node.me() if (link or monitor) else None
         if (link or monitor) and parent is None:
             raise NotInProcess(
@@ -188,6 +216,8 @@ class Server(_Proc):
             )
         proc = cls.__new__(cls)
         proc._init_proc(node, pid if pid is not None else node._new_pid())
+        if max_mailbox is not None or overflow is not None:
+            node.bound(proc, max_mailbox, overflow)
         node._add(proc)
         if cls._async_mask & _ASYNC_INIT:
             proc._st = BUSY
@@ -265,39 +295,52 @@ class Server(_Proc):
             self._mail = None
 
     # -- delivery -----------------------------------------------------------------
-    def _cast(self, msg: Any) -> None:
+    # (The bound is checked only when the mailbox exists: an idle server has none.)
+    def _cast(self, msg: Any) -> bool:
         st = self._st
         if st >= EXITING:
-            return
+            return False
         mail = self._mail
         if mail is None:
             self._mail = mail = deque()
+        elif self._max is not None and len(mail) >= self._max:
+            self._refuse(None)
+            return False
         mail.append((CAST, msg))
         if st == IDLE:
             self._st = SCHEDULED
             self._node._schedule(self)
+        return True
 
-    def _info(self, msg: Any) -> None:
+    def _info(self, msg: Any) -> bool:
         st = self._st
         if st >= EXITING:
-            return
+            return False
         mail = self._mail
         if mail is None:
             self._mail = mail = deque()
+        elif self._max is not None and len(mail) >= self._max and type(msg) not in _SIGNALS:
+            self._refuse(None)
+            return False
         mail.append((INFO, msg))
         if st == IDLE:
             self._st = SCHEDULED
             self._node._schedule(self)
+        return True
 
-    def _call(self, caller: Any, request: Any) -> None:
+    def _call(self, caller: Any, request: Any) -> bool:
         st = self._st
         mail = self._mail
         if mail is None:
             self._mail = mail = deque()
+        elif self._max is not None and len(mail) >= self._max:
+            self._refuse(caller)
+            return False
         mail.append((CALL, caller, request))
         if st == IDLE:
             self._st = SCHEDULED
             self._node._schedule(self)
+        return True
 
     # -- dispatch -----------------------------------------------------------------
     async def _call_direct(self, request: Any, timeout: float | None) -> Any:
@@ -360,6 +403,8 @@ class Server(_Proc):
         assert mail is not None
         amask = self._async_mask
         n = node._batch
+        if len(mail) > self._peak:
+            self._peak = len(mail)
         item: Any = None
         node._current = self
         try:
