@@ -558,7 +558,8 @@ class Node:
                 f"spawn() needs an `async def` function or a Server subclass, got {fn!r}"
             )
         check_timeout(idle_timeout, "idle_timeout")
-        check_bound(max_mailbox, overflow)
+        if max_mailbox is not None or overflow is not None:
+            check_bound(max_mailbox, overflow)
         parent = self.me() if (link or monitor) else None
         if (link or monitor) and parent is None:
             raise NotInProcess(

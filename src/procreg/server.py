@@ -57,6 +57,8 @@ _ASYNC_CALL: Final = 2
 _ASYNC_INFO: Final = 4
 _ASYNC_INIT: Final = 8
 _ASYNC_TERMINATE: Final = 16
+_BOUNDED: Final = 32  # (not async: the class sets max_mailbox or overflow)
+_RARE: Final = _ASYNC_INIT | _BOUNDED
 
 
 class _NoReply:
@@ -115,9 +117,11 @@ class Server(_Proc):
         ):
             if inspect.iscoroutinefunction(getattr(cls, name)):
                 mask |= bit
-        cls._async_mask = mask
         cls._direct_call = not mask & _ASYNC_CALL
         check_bound(cls.max_mailbox, cls.overflow)
+        if cls.max_mailbox is not None or cls.overflow is not None:
+            mask |= _BOUNDED  # read by _start along with the async bits: no extra lookup
+        cls._async_mask = mask
 
     # -- callbacks ----------------------------------------------------------------
     def init(self, *args: Any) -> Any:
@@ -160,9 +164,12 @@ class Server(_Proc):
         The options are those of `procreg.spawn`; ``max_mailbox`` and ``overflow``
         default to the class attributes of the same names.
         """
-        proc, _ = cls._start(
-            args, link, monitor, trap_exits, idle_timeout, None, None, max_mailbox, overflow
-        )
+        if max_mailbox is None and overflow is None:
+            proc, _ = cls._start(args, link, monitor, trap_exits, idle_timeout, None)
+        else:
+            check_bound(max_mailbox, overflow)
+            bound = (max_mailbox, overflow)
+            proc, _ = cls._start(args, link, monitor, trap_exits, idle_timeout, None, None, bound)
         return proc.pid
 
     @classmethod
@@ -180,9 +187,11 @@ class Server(_Proc):
         and raises its exception if it failed."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
-        proc, ready_ = cls._start(
-            args, link, monitor, trap_exits, idle_timeout, ready, None, max_mailbox, overflow
-        )
+        bound = None
+        if max_mailbox is not None or overflow is not None:
+            check_bound(max_mailbox, overflow)
+            bound = (max_mailbox, overflow)
+        proc, ready_ = cls._start(args, link, monitor, trap_exits, idle_timeout, ready, None, bound)
         if ready_ is None:
             return proc.pid
         return await ready_
@@ -197,18 +206,11 @@ class Server(_Proc):
         idle_timeout: float | None,
         ready: asyncio.Future[Pid] | None,
         pid: Pid | None = None,
-        max_mailbox: int | None = None,
-        overflow: str | None = None,
+        bound: tuple[int | None, str | None] | None = None,
     ) -> tuple[Server, asyncio.Future[Pid] | None]:
         node = current_node()
         if idle_timeout is not None:
             check_timeout(idle_timeout, "idle_timeout")
-        if max_mailbox is not None or overflow is not None:
-            check_bound(max_mailbox, overflow)
-        if max_mailbox is None:
-            max_mailbox = cls.max_mailbox
-        if overflow is None:
-            overflow = cls.overflow
         parent = node.me() if (link or monitor) else None
         if (link or monitor) and parent is None:
             raise NotInProcess(
@@ -216,19 +218,28 @@ class Server(_Proc):
             )
         proc = cls.__new__(cls)
         proc._init_proc(node, pid if pid is not None else node._new_pid())
-        if max_mailbox is not None or overflow is not None:
-            node.bound(proc, max_mailbox, overflow)
         node._add(proc)
-        if cls._async_mask & _ASYNC_INIT:
-            proc._st = BUSY
-            if ready is None:  # nobody waits for init: link now, so a failure is seen
-                node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-                task = node._loop.create_task(proc._init_async(args, None, None, False, False))
-            else:  # start_ready: link once init succeeded, as a sync init does
-                node.setup(proc, None, False, False, trap_exits, idle_timeout)
-                task = node._loop.create_task(proc._init_async(args, ready, parent, link, monitor))
-            proc.ext().task = task
-            return proc, ready
+        mask = cls._async_mask
+        if mask & _RARE or bound is not None:  # (one test on the common path)
+            if bound is not None or mask & _BOUNDED:
+                max_mailbox, overflow = bound if bound is not None else (None, None)
+                node.bound(
+                    proc,
+                    cls.max_mailbox if max_mailbox is None else max_mailbox,
+                    cls.overflow if overflow is None else overflow,
+                )
+            if mask & _ASYNC_INIT:
+                proc._st = BUSY
+                if ready is None:  # nobody waits for init: link now, so a failure is seen
+                    node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+                    task = node._loop.create_task(proc._init_async(args, None, None, False, False))
+                else:  # start_ready: link once init succeeded, as a sync init does
+                    node.setup(proc, None, False, False, trap_exits, idle_timeout)
+                    task = node._loop.create_task(
+                        proc._init_async(args, ready, parent, link, monitor)
+                    )
+                proc.ext().task = task
+                return proc, ready
         prev = node._current
         node._current = proc
         try:
