@@ -207,7 +207,7 @@ async def receive(timeout: float | None = None, match: Callable[[Any], bool] | N
     gets its messages through its handlers.
     """
     proc = current_process.get()
-    if proc is None or type(proc) is not Process:
+    if proc is None or (type(proc) is not Process and not isinstance(proc, Process)):
         raise NotInProcess("receive() must be called from inside a coroutine process (spawn)")
     if timeout is not None:
         check_timeout(timeout)

@@ -577,10 +577,12 @@ class Node:
         fn: Callable[..., Coroutine[Any, Any, Any]],
         args: tuple[Any, ...],
         result: asyncio.Future[Any] | None = None,
+        cls: type[Process] = Process,
     ) -> Process:
         """A coroutine process `pid` running ``fn(*args)`` (its outcome also set on
-        `result`, if given); its body starts on the next loop turn."""
-        proc = Process(self, pid)
+        `result`, if given); its body starts on the next loop turn. `cls` may be a
+        subclass of `Process` with its own delivery (the web layer's connections)."""
+        proc = cls(self, pid)
         proc._result = result
         self._add(proc)
         proc._task = self._loop.create_task(proc._main(fn, args))

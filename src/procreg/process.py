@@ -127,6 +127,7 @@ class _Proc:
     _peak: int  # mailbox high-water mark, sampled when the process takes its mail
 
     kind = "process"
+    _log_overload = True  # log a warning when the mailbox bound first refuses a message
     _direct_call = False  # True for servers whose handle_call may run in the caller's turn
 
     def _init_proc(self, node: Node, pid: Pid) -> None:
@@ -184,16 +185,8 @@ class _Proc:
             fail_caller(caller, Overloaded(self.pid, bound))
         policy = ext.overflow or node._overflow
         if policy == EXIT:
-            if self._st < EXITING:
-                log.warning(
-                    "process %r (%s): mailbox full (%s messages): ending it (overload)",
-                    self.pid,
-                    self.kind,
-                    bound,
-                )
-                node.overloaded += 1
-                node._end(self, OVERLOAD)
-        elif ext.dropped == 1:
+            self._overload(f"mailbox full ({bound} messages)" if self._log_overload else None)
+        elif ext.dropped == 1 and self._log_overload:
             log.warning(
                 "process %r (%s): mailbox full (%s messages): dropping new messages",
                 self.pid,
@@ -204,6 +197,17 @@ class _Proc:
     async def _call_direct(self, request: Any, timeout: float | None) -> Any:
         """Handle a call in the caller's turn (servers with a sync handle_call)."""
         raise NotImplementedError
+
+    def _overload(self, why: str | None) -> None:
+        """End this process with reason ``"overload"`` and count it (`Node.stats`);
+        `why` is logged as a warning unless None."""
+        if self._st >= EXITING:
+            return
+        if why is not None:
+            log.warning("process %r (%s): %s: ending it (overload)", self.pid, self.kind, why)
+        node = self._node
+        node.overloaded += 1
+        node._end(self, OVERLOAD)
 
     # -- exit ---------------------------------------------------------------------
     def _pending_callers(self, mail: deque[Any]) -> list[Any]:
