@@ -301,7 +301,7 @@ def test_overflow_exit_kills_a_non_trapping_linked_process():
             box["pid"] = Gate.start(gate, max_mailbox=1, overflow="exit", link=True)
             await procreg.receive(match=lambda m: m == "never")
 
-        opid, oref = procreg.spawn_monitor(owner)
+        _, oref = procreg.spawn_monitor(owner)
         await _turns()
         procreg.cast(box["pid"], 0)
         await _turns()
