@@ -326,3 +326,34 @@ def test_frame_size_is_its_utf8_length() -> None:
     assert Frame('"é€"').size == 2 + 2 + 3
     assert Frame("x", 99).size == 99
     assert Frame("x") == Frame("x", 7)  # the size is not part of equality
+
+
+def test_a_connection_overloaded_before_its_body_runs_still_closes_with_1013() -> None:
+    """Frames published between the spawn and the body's first step can fill the
+    queue: the process then ends without its body ever running, and the endpoint
+    must still learn how to close."""
+    from procreg.web.comet import CometProcess, _connection_process
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.scope: dict[str, Any] = {}
+
+    async def main() -> tuple[bool, Any, Any]:
+        node = procreg.current_node()
+        conn = Connection(FakeSocket(), "p", "local", node)  # type: ignore[arg-type]
+        proc = node._start_body(
+            node._new_pid(), _connection_process, (conn, None, None), None, CometProcess
+        )
+        assert isinstance(proc, CometProcess)
+        proc._conn = conn
+        node.bound(proc, 2, "exit")
+        conn.pid = proc.pid
+        sent = [node.send(proc.pid, Frame(f'"{i}"')) for i in range(3)]
+        assert sent == [True, True, False]
+        close = await asyncio.wait_for(conn._done, 5.0)
+        return node.is_alive(proc.pid), close, node.stats()["overloaded"]
+
+    alive, close, overloaded = procreg.run(main)
+    assert not alive
+    assert close is not None and close.code == CLOSE_TRY_AGAIN_LATER
+    assert overloaded == 1

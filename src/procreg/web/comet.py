@@ -282,6 +282,23 @@ class CometProcess(Process):
         self.ext().dropped += 1
         self._overload(None)
 
+    def _finish(self, reason: Any) -> None:
+        Process._finish(self, reason)
+        conn = self._conn
+        if not conn._done.done():  # ended before its body ran: say how to close here
+            conn._finish(_ended(conn, reason))
+
+
+def _ended(conn: Connection, reason: Any) -> _Close:
+    """How to close the socket of a connection whose process was ended by a signal."""
+    if reason == OVERLOAD:  # fell behind: queue full or a write too slow
+        endpoint = conn._endpoint
+        if endpoint is not None:
+            endpoint.closed_slow += 1
+        log.info("%r: client too slow: dropped (close 1013)", conn)
+        return _TOO_SLOW
+    return _GOING_AWAY if conn.node.stopping else _PROCESS_ENDED
+
 
 def _exit_reason() -> Any:
     proc = current_process.get()
@@ -333,14 +350,7 @@ async def _connection_process(
             conn._since = 0.0
             conn._queued_bytes -= size
     except asyncio.CancelledError:  # ended by a signal: kill, shutdown, a linked exit
-        if _exit_reason() == OVERLOAD:  # fell behind: queue full or a write too slow
-            close = _TOO_SLOW
-            endpoint = conn._endpoint
-            if endpoint is not None:
-                endpoint.closed_slow += 1
-            log.info("%r: client too slow: dropped (close 1013)", conn)
-        else:
-            close = _GOING_AWAY if conn.node.stopping else _PROCESS_ENDED
+        close = _ended(conn, _exit_reason())  # (1013 for "overload")
         raise
     except BaseException:  # a crash in a callback: the runtime logs the crash report
         close = _PROCESS_ENDED
@@ -441,15 +451,15 @@ class CometEndpoint:
         self._live[conn] = send_timeout
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(send_timeout / 4, self._sweep, conn.node)
+            self._sweeper = loop.call_later(send_timeout / 4, self._sweep)
 
-    def _sweep(self, node: Node) -> None:
+    def _sweep(self) -> None:
         """Drop the clients whose write has been blocked for over `send_timeout`."""
         self._sweeper = None
         if not self._live:
             return
         now = asyncio.get_running_loop().time()
-        shortest = DEFAULT_SEND_TIMEOUT
+        shortest = float("inf")
         for conn, timeout in list(self._live.items()):
             shortest = min(shortest, timeout)
             since = conn._since
@@ -460,7 +470,7 @@ class CometEndpoint:
                     log.info("%r: a write blocked over %s s", conn, timeout)
                     proc._overload(None)
         if self._live:
-            self._sweeper = asyncio.get_running_loop().call_later(shortest / 4, self._sweep, node)
+            self._sweeper = asyncio.get_running_loop().call_later(shortest / 4, self._sweep)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
