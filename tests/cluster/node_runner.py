@@ -132,6 +132,14 @@ class Runner:
             "live": dict(cluster.membership.live),
         }
 
+    async def cmd_info(self, pid: list[Any]) -> Any:
+        """`Node.info` of a local process (None if it is gone)."""
+        return self.node.info(self.pid(pid))
+
+    async def cmd_node_stats(self) -> Any:
+        """`Node.stats` (the runtime's counters)."""
+        return self.node.stats()
+
     async def cmd_local_work(self, n: int = 50) -> Any:
         """Spawn, call, cast and look up a local key: nothing here needs the store."""
         procreg = self.procreg
