@@ -263,6 +263,15 @@ class Runner:
     async def cmd_publish(self, group: Any, msg: Any) -> Any:
         return await self.procreg.publish(group, msg)
 
+    async def cmd_join_pid(self, group: Any, pid: list[Any]) -> Any:
+        """Join a given local process (not a new Echo) to `group`."""
+        return await self.procreg.join(group, self.pid(pid))
+
+    async def cmd_publish_missed(self, group: Any, msg: Any) -> Any:
+        """`publish`, with what its `Published` says: ``[reached, missed]``."""
+        result = await self.procreg.publish(group, msg)
+        return [int(result), result.missed]
+
     # -- processes ------------------------------------------------------------------------
     async def cmd_spawn(self, factory: str = "Echo") -> Any:
         fac = self.factory(factory)
