@@ -86,10 +86,10 @@ class QueueNode:
         self._loop = asyncio.get_running_loop()
 
     # -- processes --------------------------------------------------------------
-    def spawn(self, cls: type[QueueServer], *args: Any) -> Handle:
+    def spawn(self, cls: type[QueueServer], *args: Any, maxsize: int = 0) -> Handle:
         server = cls()
         server.init(*args)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         task = self._loop.create_task(_body(server, queue))
         serial = next(self._serial)
         handle = (task, queue)

@@ -382,6 +382,16 @@ CAST_ONE = Figure(
     Target(">=", 2_000_000),
     "N casts back to back, then wait until the handler counted N",
 )
+CAST_ONE_BOUNDED = Figure(
+    "cast_one_bounded",
+    "cast to one process with a mailbox bound, handled",
+    "msg/s",
+    "higher",
+    BEST,
+    None,
+    "as cast_one, max_mailbox=N (never full: the cost of the check); "
+    "asyncio: Queue(maxsize=N); Pykka has no bound",
+)
 CAST_MANY = Figure(
     "cast_many",
     "cast round-robin to many processes, handled",
@@ -393,14 +403,17 @@ CAST_MANY = Figure(
 )
 
 
-def _cast_procreg(sizes: Sizes, uvloop: bool, nprocs: int, figure: Figure) -> Measurement:
+def _cast_procreg(
+    sizes: Sizes, uvloop: bool, nprocs: int, figure: Figure, bounded: bool = False
+) -> Measurement:
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         tally = Tally(0, _noop)
-        pids = [Counter.start(tally) for _ in range(nprocs)]
-        cast = procreg.cast
         rounds = max(1, sizes.casts // nprocs)
         total = rounds * nprocs
+        bound = {"max_mailbox": rounds} if bounded else {}
+        pids = [Counter.start(tally, **bound) for _ in range(nprocs)]
+        cast = procreg.cast
         out = []
         for rep in range(sizes.reps + 1):  # the first round is the warmup
             done = loop.create_future()
@@ -418,15 +431,18 @@ def _cast_procreg(sizes: Sizes, uvloop: bool, nprocs: int, figure: Figure) -> Me
     return {figure.name: max(procreg.run(main, uvloop=uvloop))}
 
 
-def _cast_asyncio(sizes: Sizes, uvloop: bool, nprocs: int, figure: Figure) -> Measurement:
+def _cast_asyncio(
+    sizes: Sizes, uvloop: bool, nprocs: int, figure: Figure, bounded: bool = False
+) -> Measurement:
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         node = QueueNode()
         tally = Tally(0, _noop)
-        handles = [node.spawn(QueueServer, tally) for _ in range(nprocs)]
-        cast = node.cast
         rounds = max(1, sizes.casts // nprocs)
         total = rounds * nprocs
+        maxsize = rounds if bounded else 0
+        handles = [node.spawn(QueueServer, tally, maxsize=maxsize) for _ in range(nprocs)]
+        cast = node.cast
         out = []
         for rep in range(sizes.reps + 1):
             done = loop.create_future()
@@ -481,6 +497,14 @@ def cast_one_asyncio(sizes: Sizes, uvloop: bool) -> Measurement:
 
 def cast_one_pykka(sizes: Sizes, uvloop: bool) -> Measurement:
     return _cast_pykka(sizes, 1, CAST_ONE)
+
+
+def cast_one_bounded_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
+    return _cast_procreg(sizes, uvloop, 1, CAST_ONE_BOUNDED, bounded=True)
+
+
+def cast_one_bounded_asyncio(sizes: Sizes, uvloop: bool) -> Measurement:
+    return _cast_asyncio(sizes, uvloop, 1, CAST_ONE_BOUNDED, bounded=True)
 
 
 def cast_many_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
@@ -694,6 +718,11 @@ BENCHMARKS = [
         "cast_one",
         [CAST_ONE],
         {"procreg": cast_one_procreg, "asyncio": cast_one_asyncio, "pykka": cast_one_pykka},
+    ),
+    Benchmark(
+        "cast_one_bounded",
+        [CAST_ONE_BOUNDED],
+        {"procreg": cast_one_bounded_procreg, "asyncio": cast_one_bounded_asyncio},
     ),
     Benchmark(
         "cast_many",

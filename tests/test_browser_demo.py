@@ -192,7 +192,7 @@ def test_observer_lists_the_demo_processes(new_page: Any, tmp_path: Path) -> Non
     page = new_page()
     page.goto("/observer/")
     processes = page.locator("#processes tbody")
-    for kind in ("SessionProcess", "AsyncPiServer", "Room", "Process"):
+    for kind in ("SessionProcess", "AsyncPiServer", "Room", "CometProcess"):
         expect(processes).to_contain_text(kind)
     expect(page.locator("#tree")).to_contain_text("('web', 'clock')")
     expect(page.locator("#tables")).to_contain_text("sessions")

@@ -28,6 +28,8 @@ def _runtime_names() -> list[str]:
 RUNTIME = _runtime_names()
 PUBLIC = {"pid", "init", "handle_call", "handle_cast", "handle_info", "terminate"}
 PUBLIC |= {"start", "start_ready"}
+# configuration a subclass sets (issue 13): read at start, never runtime state
+PUBLIC |= {"max_mailbox", "overflow"}
 # what a user could pick: each runtime name, and each without the reserved prefix
 # (the names the runtime used before: _node, _st, _mail, _reg, _ext, _run, ...)
 USER_NAMES = sorted(

@@ -143,7 +143,7 @@ def test_the_observer_is_mounted_and_shows_the_demo(client: TestClient) -> None:
         until(ws, "history")
         rows = client.get("/observer/api/processes", params={"limit": 100}).json()["rows"]
         kinds = {r["kind"] for r in rows}
-        assert {"AsyncPiServer", "SessionProcess", "Room", "Process"} <= kinds
+        assert {"AsyncPiServer", "SessionProcess", "Room", "CometProcess"} <= kinds
         tree = client.get("/observer/api/tree").json()["trees"][0]
         assert tree["children"][0]["id"] == "('web', 'clock')"
         assert client.post(f"/observer/api/processes/{rows[0]['pid']}/kill").status_code == 403

@@ -160,6 +160,33 @@ def test_process_detail(h: Harness) -> None:
     assert h.client.get("/observer/api/processes/obs.1.999999").status_code == 404
 
 
+def test_mailbox_bounds_drops_and_overloads_are_shown(h: Harness) -> None:
+    class Stuck(procreg.Server):
+        async def handle_cast(self, msg: object) -> None:
+            await asyncio.Event().wait()
+
+    async def setup() -> tuple[str, str]:
+        full = Stuck.start(max_mailbox=3)
+        gone = Stuck.start(max_mailbox=1, overflow="exit")
+        for pid in (full, gone):
+            for i in range(6):
+                procreg.cast(pid, i)
+            await asyncio.sleep(0)
+            for i in range(6):
+                procreg.cast(pid, i)
+        return str(full), str(gone)
+
+    full, gone = h.run(setup)
+    row = h.get(f"/api/processes/{full}")
+    assert (row["mailbox"], row["max_mailbox"], row["mailbox_peak"]) == (3, 3, 3)
+    assert row["dropped"] == 3 + 5  # 6 sent, 3 fit; then 1 taken, 1 fits, 5 refused
+    assert h.client.get(f"/observer/api/processes/{gone}").status_code == 404
+    node = h.get("/api/overview")["nodes"][0]
+    assert node["overloaded"] == 1
+    assert node["dropped"] == 8 + 1  # the "exit" one refused one message, then ended
+    assert "peak" in h.client.get("/observer/").text
+
+
 def test_supervision_tree(h: Harness) -> None:
     async def setup() -> None:
         root = await procreg.supervisor.root()

@@ -69,6 +69,7 @@ from .errors import (
     NoNode,
     NoProcess,
     NotInProcess,
+    Overloaded,
     ProcessExited,
     ProcregError,
     Stop,
@@ -76,7 +77,7 @@ from .errors import (
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .node import Node, current_node
 from .pid import Pid, Ref
-from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, RegistryBackend
+from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, Published, RegistryBackend
 from .server import NOREPLY, Server
 from .supervisor import ChildSpec, ChildStatus, Supervisor, SupervisorError, child
 from .timers import Timer
@@ -106,8 +107,10 @@ __all__ = [
     "NodeEvent",
     "NotInProcess",
     "NotOwner",
+    "Overloaded",
     "Pid",
     "ProcessExited",
+    "Published",
     "ProcregError",
     "Ref",
     "RegistryBackend",

@@ -15,6 +15,7 @@ from .pid import Pid, Ref
 from .process import Process, _answered, current_process
 from .registry import (
     DEFAULT_TABLE,
+    Published,
     caller_pid,
     check_factory,
     check_key,
@@ -83,6 +84,8 @@ def spawn(
     monitor: bool = False,
     trap_exits: bool = False,
     idle_timeout: float | None = None,
+    max_mailbox: int | None = None,
+    overflow: str | None = None,
 ) -> Pid:
     """Start a process that runs ``await fn(*args)`` and return its pid.
 
@@ -92,6 +95,14 @@ def spawn(
     pid; use `spawn_monitor` to get the ref), ``trap_exits=True`` turns exit signals
     into `Exit` messages, ``idle_timeout`` ends it with reason ``"idle"`` after that
     many seconds without a message.
+
+    ``max_mailbox`` bounds its mailbox to that many waiting messages (None: the
+    node's default, unbounded unless ``Node(max_mailbox=...)``; ``0``: no bound).
+    When it is full, a new message is refused (`send` and `cast` return False, a
+    `call` raises `Overloaded` at once) and ``overflow`` decides the rest:
+    ``"drop"`` (the node's default) keeps the process running, ``"exit"`` ends it
+    with reason ``"overload"``, which links, monitors and supervisors see like any
+    exit. Runtime signals (`Down`, `Exit`, `KeyEvent`, `NodeEvent`) are never refused.
 
     >>> import procreg
     >>> async def echo():
@@ -105,7 +116,14 @@ def spawn(
     'hi'
     """
     return current_node().spawn(
-        fn, *args, link=link, monitor=monitor, trap_exits=trap_exits, idle_timeout=idle_timeout
+        fn,
+        *args,
+        link=link,
+        monitor=monitor,
+        trap_exits=trap_exits,
+        idle_timeout=idle_timeout,
+        max_mailbox=max_mailbox,
+        overflow=overflow,
     )
 
 
@@ -119,38 +137,43 @@ def spawn_monitor(
     return pid, node._add_monitor(me, node._procs[pid])
 
 
-def send(pid: Pid, msg: Any) -> None:
+def send(pid: Pid, msg: Any) -> bool:
     """Send `msg` to `pid` (a server gets it in ``handle_info``). A message to a dead
     process is dropped silently, as in Erlang. Messages between one pair of
-    processes arrive in the order sent. Local sends do not copy `msg`."""
+    processes arrive in the order sent. Local sends do not copy `msg`.
+
+    Returns True if the message was queued, False if it was dropped here: `pid` is a
+    dead local process, or its mailbox is full (``max_mailbox``). A message to
+    another node's pid returns True once handed to the cluster transport (a full
+    mailbox there drops it and counts it on that node)."""
     node = _node_var.get()
     if node is None or not node._running:
         node = current_node()
     proc = node._procs.get(pid)
     if proc is None:
-        node.send(pid, msg)
-    else:
-        proc._procreg_info(msg)
+        return node.send(pid, msg)
+    return proc._procreg_info(msg)
 
 
-def cast(pid: Pid, msg: Any) -> None:
-    """Send `msg` as a cast (a server gets it in ``handle_cast``)."""
+def cast(pid: Pid, msg: Any) -> bool:
+    """Send `msg` as a cast (a server gets it in ``handle_cast``); returns what
+    `send` returns."""
     node = _node_var.get()
     if node is None or not node._running:
         node = current_node()
     proc = node._procs.get(pid)
     if proc is None:
-        node.cast(pid, msg)
-    else:
-        proc._procreg_cast(msg)
+        return node.cast(pid, msg)
+    return proc._procreg_cast(msg)
 
 
 async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
     """Send `request` to `pid` and return its reply.
 
-    Raises `NoProcess` at once if `pid` is dead or unknown, `ProcessExited` if it
-    ends before replying, `CallTimeout` after `timeout` seconds (None: wait forever),
-    and `Deadlock` if a process calls itself. A reply that comes after the timeout is
+    Raises `NoProcess` at once if `pid` is dead or unknown, `Overloaded` at once if
+    its mailbox is full (``max_mailbox``), `ProcessExited` if it ends before
+    replying, `CallTimeout` after `timeout` seconds (None: wait forever), and
+    `Deadlock` if a process calls itself. A reply that comes after the timeout is
     dropped. A coroutine process receives the call as a `Call` message.
     """
     return await current_node().call(pid, request, timeout)
@@ -189,7 +212,7 @@ async def receive(timeout: float | None = None, match: Callable[[Any], bool] | N
     gets its messages through its handlers.
     """
     proc = current_process.get()
-    if proc is None or type(proc) is not Process:
+    if proc is None or (type(proc) is not Process and not isinstance(proc, Process)):
         raise NotInProcess("receive() must be called from inside a coroutine process (spawn)")
     if timeout is not None:
         check_timeout(timeout)
@@ -453,7 +476,12 @@ async def members(group: Hashable) -> list[Pid]:
     return await current_node().registry.members(group)
 
 
-async def publish(group: Hashable, msg: Any) -> int:
-    """Send `msg` to every member of `group` (as with `send`); returns how many."""
+async def publish(group: Hashable, msg: Any) -> Published:
+    """Send `msg` to every member of `group` (as with `send`); returns how many
+    members it reached, as a `Published`: an int, with ``.missed`` the members it
+    could not reach (mailbox full, or ending)."""
     check_key(group, "group")
-    return await current_node().registry.publish(group, msg)
+    result = await current_node().registry.publish(group, msg)
+    if type(result) is Published:
+        return result
+    return Published(result, 0)

@@ -17,6 +17,7 @@ __all__ = [
     "NoProcess",
     "NodeDown",
     "NotInProcess",
+    "Overloaded",
     "ProcessExited",
     "ProcregError",
     "Stop",
@@ -61,6 +62,21 @@ class ProcessExited(ProcregError):
         super().__init__(f"process {pid!r} exited before replying: {reason!r}")
         self.reason = reason
         self.pid = pid
+
+
+class Overloaded(ProcregError):
+    """The callee's mailbox is full (it was started with a `max_mailbox` bound): the
+    call was refused at once and never queued. `pid` is the callee, `bound` its
+    mailbox bound. If the callee's ``overflow`` policy is ``"exit"`` it has also
+    been ended with reason ``"overload"``."""
+
+    def __init__(self, pid: Any = None, bound: int | None = None) -> None:
+        super().__init__(f"the mailbox of {pid!r} is full ({bound} messages): call refused")
+        self.pid = pid
+        self.bound = bound
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the same error after a pickle round trip
+        return (type(self), (self.pid, self.bound))
 
 
 class NodeDown(ProcregError):

@@ -31,6 +31,7 @@ from .pid import Pid, Ref
 from .process import (
     EXITING,
     IDLE,
+    OVERFLOWS,
     Process,
     _Proc,
     current_caller,
@@ -207,6 +208,19 @@ def current_node() -> Node:
     raise NoNode("several procreg nodes are running and none is current in this context")
 
 
+def check_bound(max_mailbox: Any, overflow: Any) -> None:
+    """Raise a clear error for a bad ``max_mailbox`` (None, 0 or a positive int) or
+    ``overflow`` (None, ``"drop"`` or ``"exit"``)."""
+    if max_mailbox is not None and (
+        isinstance(max_mailbox, bool) or not isinstance(max_mailbox, int) or max_mailbox < 0
+    ):
+        raise ValueError(
+            f"max_mailbox must be None, 0 (no bound) or a positive int, got {max_mailbox!r}"
+        )
+    if overflow is not None and overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be 'drop' or 'exit', got {overflow!r}")
+
+
 def check_timeout(timeout: Any, what: str = "timeout") -> None:
     """Raise a clear error for a timeout that is not a non-negative number (or None)."""
     if timeout is None:
@@ -281,6 +295,10 @@ class Node:
     on; env ``PROCREG_GC_POLICY=0`` turns it off) tunes Python's cyclic GC for many
     long-lived processes: see `procreg.gcpolicy`.
     ``batch`` is how many messages a server handles before others get a turn.
+    ``max_mailbox`` (default None: unbounded) bounds the mailbox of every process
+    started on this node that sets no bound of its own, and ``overflow`` (``"drop"``,
+    the default, or ``"exit"``) is the default policy when a bounded mailbox is full;
+    see `procreg.spawn`.
 
     >>> import asyncio, procreg
     >>> async def main():
@@ -302,6 +320,8 @@ class Node:
         handler_config: dict[str, Any] | None = None,
         lease: float = 3.0,
         on_conflict: Any = None,
+        max_mailbox: int | None = None,
+        overflow: str = "drop",
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "\t" in name):
             raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
@@ -309,6 +329,9 @@ class Node:
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         check_timeout(lease, "lease")
+        check_bound(max_mailbox, overflow)
+        self._max_mailbox: int | None = max_mailbox or None  # read by every new process
+        self._overflow = overflow
         if cluster is not None:
             from .cluster import default_node_name
 
@@ -354,6 +377,8 @@ class Node:
         self.exited = 0
         self.crashed = 0
         self.handled = 0  # messages handled by all processes
+        self.dropped = 0  # messages refused by full mailboxes
+        self.overloaded = 0  # processes ended with reason "overload"
         self.started_at = 0.0
         self._marks: list[tuple[int, float]] = []  # (serial, loop time) every 1024 spawns
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -527,9 +552,12 @@ class Node:
     def info(self, pid: Pid) -> dict[str, Any] | None:
         """What the node knows of a live local process, for observers: ``pid``,
         ``kind`` (its class), ``keys`` (registry ``(table, key)`` pairs), ``groups``,
-        ``mailbox`` (messages waiting), ``handled`` (messages handled), ``age``
-        (seconds, to within the time between 1,024 spawns), ``status``, ``links``,
-        ``monitors``. None if it is not alive."""
+        ``mailbox`` (messages waiting), ``mailbox_peak`` (the most messages that
+        waited at once), ``max_mailbox`` (its bound, None if unbounded),
+        ``overflow`` (its policy when full), ``dropped`` (messages its full mailbox
+        refused), ``handled`` (messages handled), ``age`` (seconds, to within the
+        time between 1,024 spawns), ``status``, ``links``, ``monitors``. None if it
+        is not alive."""
         proc = self._procs.get(pid)
         if proc is None:
             return None
@@ -538,12 +566,17 @@ class Node:
         ext = proc._procreg_ext
         index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
         born = self._marks[max(index, 0)][1]
+        waiting = len(proc._procreg_mail) if proc._procreg_mail else 0
         return {
             "pid": pid,
             "kind": "Supervisor" if pid in self._supervisors else type(proc).__name__,
             "keys": keys,
             "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
-            "mailbox": len(proc._procreg_mail) if proc._procreg_mail else 0,
+            "mailbox": waiting,
+            "mailbox_peak": max(proc._procreg_peak, waiting),
+            "max_mailbox": proc._procreg_max,
+            "overflow": (ext.overflow if ext is not None else None) or self._overflow,
+            "dropped": ext.dropped if ext is not None else 0,
             "handled": proc._procreg_handled,
             "age": self._loop.time() - born,
             "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._procreg_st],
@@ -553,7 +586,9 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         """Counters for observers: processes alive, spawned, exited, crashed, messages
-        handled, run-queue length, uptime."""
+        handled, ``dropped`` (messages refused by full mailboxes), ``overloaded``
+        (processes ended with reason ``"overload"``), ``max_mailbox`` (the node's
+        default bound), run-queue length, uptime."""
         return {
             "node": self.name,
             "creation": self.creation,
@@ -562,6 +597,9 @@ class Node:
             "exited": self.exited,
             "crashed": self.crashed,
             "handled": self.handled,
+            "dropped": self.dropped,
+            "overloaded": self.overloaded,
+            "max_mailbox": self._max_mailbox,
             "runq": len(self._runq),
             "uptime": self._loop.time() - self.started_at,
         }
@@ -641,11 +679,19 @@ class Node:
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Start a process running ``await fn(*args)``; see `procreg.spawn`."""
         if isinstance(fn, type) and hasattr(fn, "_procreg_server"):
             pid: Pid = cast(Any, fn).start(
-                *args, link=link, monitor=monitor, trap_exits=trap_exits, idle_timeout=idle_timeout
+                *args,
+                link=link,
+                monitor=monitor,
+                trap_exits=trap_exits,
+                idle_timeout=idle_timeout,
+                max_mailbox=max_mailbox,
+                overflow=overflow,
             )
             return pid
         if not inspect.iscoroutinefunction(fn):
@@ -653,6 +699,8 @@ class Node:
                 f"spawn() needs an `async def` function or a Server subclass, got {fn!r}"
             )
         check_timeout(idle_timeout, "idle_timeout")
+        if max_mailbox is not None or overflow is not None:
+            check_bound(max_mailbox, overflow)
         parent = self.me() if (link or monitor) else None
         if (link or monitor) and parent is None:
             raise NotInProcess(
@@ -660,6 +708,8 @@ class Node:
             )
         proc = self._start_body(self._new_pid(), fn, args)
         self.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+        if max_mailbox is not None or overflow is not None:
+            self.bound(proc, max_mailbox, overflow)
         return proc._procreg_pid
 
     def _start_body(
@@ -668,10 +718,12 @@ class Node:
         fn: Callable[..., Coroutine[Any, Any, Any]],
         args: tuple[Any, ...],
         result: asyncio.Future[Any] | None = None,
+        cls: type[Process] = Process,
     ) -> Process:
         """A coroutine process `pid` running ``fn(*args)`` (its outcome also set on
-        `result`, if given); its body starts on the next loop turn."""
-        proc = Process(self, pid)
+        `result`, if given); its body starts on the next loop turn. `cls` may be a
+        subclass of `Process` with its own delivery (the web layer's connections)."""
+        proc = cls(self, pid)
         proc._result = result
         self._add(proc)
         proc._task = self._loop.create_task(proc._main(fn, args))
@@ -765,24 +817,35 @@ class Node:
                 ref = self._add_monitor(parent, proc)
         return ref
 
+    def bound(self, proc: _Proc, max_mailbox: int | None, overflow: str | None) -> None:
+        """Set the mailbox bound of `proc` (``0``: none; None: keep the node's default)
+        and its overflow policy (None: the node's default)."""
+        if max_mailbox is not None:
+            proc._procreg_max = max_mailbox or None
+        if overflow is not None:
+            proc._procreg_extra().overflow = overflow
+
     # -- messaging ----------------------------------------------------------------
-    def send(self, pid: Pid, msg: Any) -> None:
-        """Put `msg` in the mailbox of `pid` (``handle_info`` for a server)."""
+    def send(self, pid: Pid, msg: Any) -> bool:
+        """Put `msg` in the mailbox of `pid` (``handle_info`` for a server); see
+        `procreg.send` for what the result means."""
         proc = self._procs.get(pid)
         if proc is None:
             if self.foreign(pid):
                 self._remote.send(pid, msg)
-            return
-        proc._procreg_info(msg)
+                return True
+            return False
+        return proc._procreg_info(msg)
 
-    def cast(self, pid: Pid, msg: Any) -> None:
-        """Send `msg` as a cast (``handle_cast`` for a server)."""
+    def cast(self, pid: Pid, msg: Any) -> bool:
+        """Send `msg` as a cast (``handle_cast`` for a server); see `procreg.cast`."""
         proc = self._procs.get(pid)
         if proc is None:
             if self.foreign(pid):
                 self._remote.cast(pid, msg)
-            return
-        proc._procreg_cast(msg)
+                return True
+            return False
+        return proc._procreg_cast(msg)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` and wait for the reply; see `procreg.call`."""
@@ -803,8 +866,7 @@ class Node:
         if self._waiting:  # someone waits on a start: is it this caller, via `proc`?
             _check_call(self, proc)
         fut = self._loop.create_future()
-        proc._procreg_call(fut, request)
-        if timeout is not None:
+        if proc._procreg_call(fut, request) and timeout is not None:  # (full mailbox: failed)
             self._deadlines.add(timeout, fut)
         return await fut
 

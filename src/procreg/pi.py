@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from .errors import AlreadyRegistered, NoProcess
-from .node import check_timeout, current_node
+from .node import check_bound, check_timeout, current_node
 from .pid import Pid
 from .registry import check_key, check_table
 from .server import Server
@@ -86,7 +86,13 @@ INIT: Final = _Init()
 
 @dataclass
 class Pi:
-    """An n2o_pi process record. `module` is any object with ``proc(msg, pi)``."""
+    """An n2o_pi process record. `module` is any object with ``proc(msg, pi)``.
+
+    `max_mailbox` and `overflow` (procreg's own, not n2o's) bound the process's
+    mailbox: see `procreg.spawn`. A full mailbox makes `cast` return
+    ``Error("overload")`` and `send` raise `procreg.Overloaded`; with
+    ``overflow="exit"`` the process ends with reason ``"overload"`` and its
+    supervisor restarts it as `restart` says."""
 
     name: Hashable
     table: str
@@ -95,6 +101,8 @@ class Pi:
     state: Any = None
     timeout: float = 5.0
     restart: str = "transient"
+    max_mailbox: int | None = None
+    overflow: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ def _check(p: Pi) -> None:
     if p.restart not in RESTARTS:
         raise ValueError(f"restart must be one of {RESTARTS}, got {p.restart!r}")
     check_timeout(p.timeout, "timeout")
+    check_bound(p.max_mailbox, p.overflow)
 
 
 def _take(result: Any, pi: Pi, msg: Any) -> tuple[Any, Pi]:
@@ -231,6 +240,8 @@ def _spec(p: Pi) -> Any:
         shutdown=p.timeout,
         key=p.name,
         table=p.table,
+        max_mailbox=p.max_mailbox,
+        overflow=p.overflow,
     )
 
 
@@ -296,11 +307,15 @@ async def send(table: str, name: Hashable, msg: Any, timeout: float | None = 5.0
 
 
 def cast(table: str, name: Hashable, msg: Any) -> Error | None:
-    """Cast to the process; ``Error("not_found")`` if the name is not running."""
+    """Cast to the process; ``Error("not_found")`` if the name is not running,
+    ``Error("overload")`` if its mailbox is full (the message was dropped)."""
     found = pid(table, name)
     if found is None:
         return Error("not_found")
-    current_node().cast(found, msg)
+    node = current_node()
+    alive = node.is_alive(found)
+    if not node.cast(found, msg):
+        return Error("overload") if alive else Error("not_found")
     return None
 
 

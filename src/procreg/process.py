@@ -5,6 +5,11 @@ dropped when empty). Rarely used state (links, monitors, timers, deferred caller
 trap-exit flag, idle timeout) lives in a lazily created `_Ext`, so an idle process
 costs a few machine words.
 
+A process may have a mailbox bound (``max_mailbox``, in the `_procreg_max` slot; None
+is unbounded): delivery checks it only when the mailbox already exists, and the slow
+path (`_Proc._procreg_refuse`) counts the refused message and applies the overflow
+policy. Runtime signals (`Down`, `Exit`, `KeyEvent`, `NodeEvent`) are never refused.
+
 The exit sequence, run once per process however it ends (see `Node._end`):
 ``terminate`` (servers only, not on ``"kill"``) → removed from the node's table and
 its registrations dropped → callers waiting on it fail with `ProcessExited` →
@@ -15,20 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import ProcessExited
-from .messages import Call, Down, KeyEvent
+from .errors import Overloaded, ProcessExited
+from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
     from .node import Node
     from .timers import Timer
 
-__all__ = ["IDLE", "SCHEDULED", "BUSY", "EXITING", "DEAD", "Process"]
+__all__ = ["IDLE", "SCHEDULED", "BUSY", "EXITING", "DEAD", "OVERFLOWS", "Process"]
+
+log = logging.getLogger("procreg")
 
 # Process states (`_st`). Ordered: every state >= EXITING refuses new work.
 IDLE = 0  # no mail, not in the run queue
@@ -36,6 +44,16 @@ SCHEDULED = 1  # in the node's run queue (servers) / running (coroutine processe
 BUSY = 2  # an async handler is running; mail waits
 EXITING = 3  # exit sequence started (an async terminate may be running)
 DEAD = 4
+
+# Overflow policies of a bounded mailbox: refuse the new message, or end the process.
+DROP = "drop"
+EXIT = "exit"
+OVERFLOWS = (DROP, EXIT)
+OVERLOAD = "overload"  # the exit reason of a process ended by the "exit" policy
+# Messages a full mailbox still takes: the runtime's own signals (exit signals, and
+# the notices of monitors: process, node and key monitors), which supervision and
+# watchers must never lose.
+_SIGNALS = frozenset({Down, Exit, KeyEvent, NodeEvent})
 
 # Mailbox tags for server processes.
 CAST = 0
@@ -55,6 +73,7 @@ class _Ext:
 
     __slots__ = (
         "deferred",
+        "dropped",
         "exit_reason",
         "groups",
         "idle_handle",
@@ -63,6 +82,7 @@ class _Ext:
         "key_monitors",
         "links",
         "monitors",
+        "overflow",
         "task",
         "timers",
         "trap",
@@ -83,6 +103,8 @@ class _Ext:
         self.task: asyncio.Task[Any] | None = None  # running async handler (servers)
         self.groups: set[Any] | None = None  # groups joined (kept by the registry)
         self.key_monitors: dict[Ref, Any] | None = None  # ref -> (table, key) watched
+        self.overflow: str | None = None  # overflow policy; None: the node's default
+        self.dropped = 0  # messages its full mailbox refused
 
 
 def fail_caller(caller: Any, exc: BaseException) -> None:
@@ -120,7 +142,9 @@ class _Proc:
         "_procreg_ext",
         "_procreg_handled",
         "_procreg_mail",
+        "_procreg_max",
         "_procreg_node",
+        "_procreg_peak",
         "_procreg_pid",
         "_procreg_reg",
         "_procreg_st",
@@ -132,8 +156,11 @@ class _Proc:
     _procreg_st: int
     _procreg_ext: _Ext | None
     _procreg_reg: Any  # registry entries held: None, one (table, key) or a set of them
+    _procreg_max: int | None  # mailbox bound (None: unbounded)
+    _procreg_peak: int  # mailbox high-water mark, sampled when the process takes its mail
 
     _procreg_kind = "process"
+    _procreg_log_overload = True  # log a warning when the bound first refuses a message
     _procreg_direct_call = False  # True for servers whose handle_call may run in the caller's turn
 
     if TYPE_CHECKING:
@@ -155,6 +182,8 @@ class _Proc:
         self._procreg_ext = None
         self._procreg_reg = None
         self._procreg_handled = 0  # messages handled (counted per batch)
+        self._procreg_max = node._max_mailbox
+        self._procreg_peak = 0
 
     def _procreg_extra(self) -> _Ext:
         e = self._procreg_ext
@@ -172,18 +201,63 @@ class _Proc:
         ext.deferred.add(caller)
 
     # -- delivery (overridden) ----------------------------------------------------
-    def _procreg_info(self, msg: Any) -> None:
+    # Each returns True if the message was queued (or handed to a waiting receive),
+    # False if it was not: the process is ending, or its mailbox is full. A refused
+    # call has already failed its caller (`Overloaded`).
+    def _procreg_info(self, msg: Any) -> bool:
         raise NotImplementedError
 
-    def _procreg_cast(self, msg: Any) -> None:
+    def _procreg_cast(self, msg: Any) -> bool:
         raise NotImplementedError
 
-    def _procreg_call(self, caller: Any, request: Any) -> None:
+    def _procreg_call(self, caller: Any, request: Any) -> bool:
         raise NotImplementedError
+
+    def _procreg_refuse(self, caller: Any) -> None:
+        """Delivery found the mailbox at its bound (the slow path): count the refused
+        message, fail `caller` (a call's) with `Overloaded`, and apply the overflow
+        policy: ``"drop"`` keeps the process, ``"exit"`` ends it with reason
+        ``"overload"``. Runtime signals never get here (see `_SIGNALS`)."""
+        node = self._procreg_node
+        bound = self._procreg_max
+        node.dropped += 1
+        ext = self._procreg_extra()
+        ext.dropped += 1
+        if bound is not None and bound > self._procreg_peak:
+            self._procreg_peak = bound
+        if caller is not None:
+            fail_caller(caller, Overloaded(self._procreg_pid, bound))
+        policy = ext.overflow or node._overflow
+        log_it = self._procreg_log_overload
+        if policy == EXIT:
+            self._procreg_overload(f"mailbox full ({bound} messages)" if log_it else None)
+        elif ext.dropped == 1 and log_it:
+            log.warning(
+                "process %r (%s): mailbox full (%s messages): dropping new messages",
+                self._procreg_pid,
+                self._procreg_kind,
+                bound,
+            )
 
     async def _procreg_call_direct(self, request: Any, timeout: float | None) -> Any:
         """Handle a call in the caller's turn (servers with a sync handle_call)."""
         raise NotImplementedError
+
+    def _procreg_overload(self, why: str | None) -> None:
+        """End this process with reason ``"overload"`` and count it (`Node.stats`);
+        `why` is logged as a warning unless None."""
+        if self._procreg_st >= EXITING:
+            return
+        if why is not None:
+            log.warning(
+                "process %r (%s): %s: ending it (overload)",
+                self._procreg_pid,
+                self._procreg_kind,
+                why,
+            )
+        node = self._procreg_node
+        node.overloaded += 1
+        node._end(self, OVERLOAD)
 
     # -- exit ---------------------------------------------------------------------
     def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
@@ -326,15 +400,15 @@ class Process(_Proc):
         self._last: Any = None  # the last message received, for crash reports
         self._began = False  # the body has started running
 
-    def _procreg_info(self, msg: Any) -> None:
+    def _procreg_info(self, msg: Any) -> bool:
         if self._procreg_st >= EXITING:
-            return
+            return False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             match = self._match
             if match is None:
                 waiter.set_result(msg)
-                return
+                return True
             try:
                 ok = match(msg)
             except BaseException as exc:  # the receiver's predicate failed: its problem
@@ -342,16 +416,24 @@ class Process(_Proc):
                 ok = False
             if ok:
                 waiter.set_result(msg)
-                return
+                return True
         mail = self._procreg_mail
         if mail is None:
             self._procreg_mail = mail = deque()
+        elif (
+            self._procreg_max is not None
+            and len(mail) >= self._procreg_max
+            and type(msg) not in _SIGNALS
+        ):
+            self._procreg_refuse(msg.caller if type(msg) is Call else None)
+            return False
         mail.append(msg)
+        return True
 
     _procreg_cast = _procreg_info
 
-    def _procreg_call(self, caller: Any, request: Any) -> None:
-        self._procreg_info(Call(request, caller))
+    def _procreg_call(self, caller: Any, request: Any) -> bool:
+        return self._procreg_info(Call(request, caller))
 
     def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [m.caller for m in mail if type(m) is Call]
@@ -427,6 +509,8 @@ class Process(_Proc):
             raise asyncio.CancelledError
         mail = self._procreg_mail
         if mail:
+            if len(mail) > self._procreg_peak:
+                self._procreg_peak = len(mail)
             if match is None:
                 return self._took(mail.popleft())
             for i, msg in enumerate(mail):

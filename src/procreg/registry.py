@@ -40,6 +40,7 @@ __all__ = [
     "MISS",
     "LocalBackend",
     "NotOwner",
+    "Published",
     "RegistryBackend",
     "check_factory",
     "check_key",
@@ -61,6 +62,39 @@ class _Miss:
 
 MISS: Final = _Miss()
 """Returned by `RegistryBackend.peek` when only the store can answer."""
+
+
+class Published(int):
+    """What `procreg.publish` returns: the number of members the message reached (it
+    *is* that int, so ``n = await publish(...)`` keeps working), and `missed`, the
+    members it could not reach: their mailbox was full (see ``max_mailbox``) or they
+    were ending. Members on other nodes count as reached once the message is handed
+    to the cluster transport.
+
+    >>> n = Published(3, missed=1)
+    >>> n == 3, n.reached, n.missed, n.members
+    (True, 3, 1, 4)
+    """
+
+    missed: int
+
+    def __new__(cls, reached: int = 0, missed: int = 0) -> Published:
+        self = super().__new__(cls, reached)
+        self.missed = missed
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (int(self), self.missed))
+
+    @property
+    def reached(self) -> int:
+        """Members the message was delivered to (the int value itself)."""
+        return int(self)
+
+    @property
+    def members(self) -> int:
+        """Members the message was addressed to: ``reached + missed``."""
+        return int(self) + self.missed
 
 
 class NotOwner(ProcregError):
@@ -259,7 +293,10 @@ class RegistryBackend:
         raise NotImplementedError
 
     async def publish(self, group: Hashable, msg: Any) -> int:
-        """Send `msg` to every member of `group`; the number of members reached."""
+        """Send `msg` to every member of `group`; the number of members reached, as a
+        `Published` (an int) whose ``missed`` counts the members whose delivery
+        returned False (mailbox full, or ending). A plain int is read as none
+        missed."""
         raise NotImplementedError
 
     def groups(self) -> list[Hashable]:
@@ -568,13 +605,16 @@ class LocalBackend(RegistryBackend):
         members = self._groups.get(group)
         return sorted(members) if members is not None else []
 
-    async def publish(self, group: Hashable, msg: Any) -> int:
+    async def publish(self, group: Hashable, msg: Any) -> int:  # a Published
         members = self._groups.get(group)
         if not members:
-            return 0
-        for proc in list(members.values()):
-            proc._procreg_info(msg)
-        return len(members)
+            return Published(0, 0)
+        procs = list(members.values())  # ("exit" overflow may end a member meanwhile)
+        reached = 0
+        for proc in procs:
+            if proc._procreg_info(msg):
+                reached += 1
+        return Published(reached, len(procs) - reached)
 
     def groups(self) -> list[Hashable]:
         return list(self._groups)

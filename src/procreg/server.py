@@ -29,12 +29,13 @@ import inspect
 import logging
 from collections import deque
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .node import _LAZY, check_timeout, current_node, serving_task, waiting_on
+from .node import _LAZY, check_bound, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import (
+    _SIGNALS,
     BUSY,
     CALL,
     CAST,
@@ -58,6 +59,8 @@ _ASYNC_CALL: Final = 2
 _ASYNC_INFO: Final = 4
 _ASYNC_INIT: Final = 8
 _ASYNC_TERMINATE: Final = 16
+_BOUNDED: Final = 32  # (not async: the class sets max_mailbox or overflow)
+_RARE: Final = _ASYNC_INIT | _BOUNDED
 
 
 class _NoReply:
@@ -94,12 +97,21 @@ class Server(_Proc):
     start with ``_procreg_`` (`RESERVED`) and defining such a name, or ``pid`` (the
     read-only pid of the process), in a subclass raises `TypeError` (as Pykka
     reserves ``actor_*``). Assigning ``self.pid`` raises `AttributeError`.
+
+    Class attributes ``max_mailbox`` and ``overflow`` set a mailbox bound and its
+    policy for every process of the class, however it is started (`start`,
+    `procreg.get_or_spawn`, a supervisor); `start`'s own arguments override them.
+    They are configuration the runtime reads at start, not runtime state.
     """
 
     __slots__ = ()
     _procreg_server: Final = True
     _procreg_async_mask = 0
     _procreg_kind = "server"
+    max_mailbox: ClassVar[int | None] = None
+    """The mailbox bound of this class's processes (None: the node's default)."""
+    overflow: ClassVar[str | None] = None
+    """What a full mailbox does: ``"drop"`` or ``"exit"`` (None: the node's default)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,8 +137,11 @@ class Server(_Proc):
         ):
             if inspect.iscoroutinefunction(getattr(cls, name)):
                 mask |= bit
-        cls._procreg_async_mask = mask
         cls._procreg_direct_call = not mask & _ASYNC_CALL
+        check_bound(cls.max_mailbox, cls.overflow)
+        if cls.max_mailbox is not None or cls.overflow is not None:
+            mask |= _BOUNDED  # read by _procreg_start with the async bits: no extra lookup
+        cls._procreg_async_mask = mask
 
     # -- callbacks ----------------------------------------------------------------
     def init(self, *args: Any) -> Any:
@@ -158,14 +173,25 @@ class Server(_Proc):
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Start a process of this class with ``init(*args)`` and return its pid.
 
         A sync ``init`` runs before `start` returns; if it raises, `start` raises
         and no process remains. An ``async`` init runs as the process's first step
         (its mail waits); use `start_ready` to wait for it and see its errors.
+        The options are those of `procreg.spawn`; ``max_mailbox`` and ``overflow``
+        default to the class attributes of the same names.
         """
-        proc, _ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, None)
+        if max_mailbox is None and overflow is None:
+            proc, _ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, None)
+        else:
+            check_bound(max_mailbox, overflow)
+            bound = (max_mailbox, overflow)
+            proc, _ = cls._procreg_start(
+                args, link, monitor, trap_exits, idle_timeout, None, None, bound
+            )
         return proc._procreg_pid
 
     @classmethod
@@ -176,12 +202,20 @@ class Server(_Proc):
         monitor: bool = False,
         trap_exits: bool = False,
         idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
     ) -> Pid:
         """Like `start`, but returns only once ``init`` (sync or async) has completed,
         and raises its exception if it failed."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
-        proc, ready_ = cls._procreg_start(args, link, monitor, trap_exits, idle_timeout, ready)
+        bound = None
+        if max_mailbox is not None or overflow is not None:
+            check_bound(max_mailbox, overflow)
+            bound = (max_mailbox, overflow)
+        proc, ready_ = cls._procreg_start(
+            args, link, monitor, trap_exits, idle_timeout, ready, None, bound
+        )
         if ready_ is None:
             return proc._procreg_pid
         task = serving_task(proc)
@@ -201,6 +235,7 @@ class Server(_Proc):
         idle_timeout: float | None,
         ready: asyncio.Future[Pid] | None,
         pid: Pid | None = None,
+        bound: tuple[int | None, str | None] | None = None,
     ) -> tuple[Server, asyncio.Future[Pid] | None]:
         node = current_node()
         if idle_timeout is not None:
@@ -213,22 +248,31 @@ class Server(_Proc):
         proc = cls.__new__(cls)
         proc._procreg_setup(node, pid if pid is not None else node._new_pid())
         node._add(proc)
-        if cls._procreg_async_mask & _ASYNC_INIT:
-            proc._procreg_st = BUSY
-            if ready is None:  # nobody waits for init: link now, so a failure is seen
-                node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
-                task = node._loop.create_task(
-                    proc._procreg_init_async(args, None, None, False, False)
+        mask = cls._procreg_async_mask
+        if mask & _RARE or bound is not None:  # (one test on the common path)
+            if bound is not None or mask & _BOUNDED:
+                max_mailbox, overflow = bound if bound is not None else (None, None)
+                node.bound(
+                    proc,
+                    cls.max_mailbox if max_mailbox is None else max_mailbox,
+                    cls.overflow if overflow is None else overflow,
                 )
-            else:  # start_ready: link once init succeeded, as a sync init does
-                node.setup(proc, None, False, False, trap_exits, idle_timeout)
-                task = node._loop.create_task(
-                    proc._procreg_init_async(args, ready, parent, link, monitor)
-                )
-                # ended before init's first step: the starter must still hear of it
-                task.add_done_callback(partial(_init_cut, proc, ready))
-            proc._procreg_extra().task = task
-            return proc, ready
+            if mask & _ASYNC_INIT:
+                proc._procreg_st = BUSY
+                if ready is None:  # nobody waits for init: link now, so a failure is seen
+                    node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
+                    task = node._loop.create_task(
+                        proc._procreg_init_async(args, None, None, False, False)
+                    )
+                else:  # start_ready: link once init succeeded, as a sync init does
+                    node.setup(proc, None, False, False, trap_exits, idle_timeout)
+                    task = node._loop.create_task(
+                        proc._procreg_init_async(args, ready, parent, link, monitor)
+                    )
+                    # ended before init's first step: the starter must still hear of it
+                    task.add_done_callback(partial(_init_cut, proc, ready))
+                proc._procreg_extra().task = task
+                return proc, ready
         prev = node._current
         node._current = proc
         try:
@@ -297,39 +341,56 @@ class Server(_Proc):
             self._procreg_mail = None
 
     # -- delivery -----------------------------------------------------------------
-    def _procreg_cast(self, msg: Any) -> None:
+    # (The bound is checked only when the mailbox exists: an idle server has none.)
+    def _procreg_cast(self, msg: Any) -> bool:
         st = self._procreg_st
         if st >= EXITING:
-            return
+            return False
         mail = self._procreg_mail
         if mail is None:
             self._procreg_mail = mail = deque()
+        elif self._procreg_max is not None and len(mail) >= self._procreg_max:
+            self._procreg_refuse(None)
+            return False
         mail.append((CAST, msg))
         if st == IDLE:
             self._procreg_st = SCHEDULED
             self._procreg_node._schedule(self)
+        return True
 
-    def _procreg_info(self, msg: Any) -> None:
+    def _procreg_info(self, msg: Any) -> bool:
         st = self._procreg_st
         if st >= EXITING:
-            return
+            return False
         mail = self._procreg_mail
         if mail is None:
             self._procreg_mail = mail = deque()
+        elif (
+            self._procreg_max is not None
+            and len(mail) >= self._procreg_max
+            and type(msg) not in _SIGNALS
+        ):
+            self._procreg_refuse(None)
+            return False
         mail.append((INFO, msg))
         if st == IDLE:
             self._procreg_st = SCHEDULED
             self._procreg_node._schedule(self)
+        return True
 
-    def _procreg_call(self, caller: Any, request: Any) -> None:
+    def _procreg_call(self, caller: Any, request: Any) -> bool:
         st = self._procreg_st
         mail = self._procreg_mail
         if mail is None:
             self._procreg_mail = mail = deque()
+        elif self._procreg_max is not None and len(mail) >= self._procreg_max:
+            self._procreg_refuse(caller)
+            return False
         mail.append((CALL, caller, request))
         if st == IDLE:
             self._procreg_st = SCHEDULED
             self._procreg_node._schedule(self)
+        return True
 
     # -- dispatch -----------------------------------------------------------------
     async def _procreg_call_direct(self, request: Any, timeout: float | None) -> Any:
@@ -399,6 +460,8 @@ class Server(_Proc):
         assert mail is not None
         amask = self._procreg_async_mask
         n = node._batch
+        if len(mail) > self._procreg_peak:
+            self._procreg_peak = len(mail)
         item: Any = None
         node._current = self
         try:

@@ -43,7 +43,7 @@ from typing import Any, Final, NamedTuple
 
 from .errors import AlreadyRegistered, NoProcess, ProcregError, Stop
 from .messages import Call, Down, Exit
-from .node import Node, check_timeout, current_node, serving_task, waiting_on
+from .node import Node, check_bound, check_timeout, current_node, serving_task, waiting_on
 from .pid import Pid
 from .process import EXITING, _Proc, current_process
 from .registry import DEFAULT_TABLE, LocalBackend, check_factory, check_key
@@ -127,6 +127,8 @@ class ChildSpec:
     key: Hashable | None = None
     table: str = DEFAULT_TABLE
     kwargs: dict[str, Any] = field(default_factory=dict)
+    max_mailbox: int | None = None
+    overflow: str | None = None
 
     @property
     def is_supervisor(self) -> bool:
@@ -141,13 +143,18 @@ def child(
     shutdown: float | str | None = None,
     key: Hashable | None = None,
     table: str = DEFAULT_TABLE,
+    max_mailbox: int | None = None,
+    overflow: str | None = None,
     **kwargs: Any,
 ) -> ChildSpec:
     """A child spec: start `factory` (a `Server` subclass, an ``async def`` body, or a
     `Supervisor` class) with `args`; `id` names it within its supervisor (required);
     `key`/`table`, if given, register every incarnation in the registry, so the
-    current pid is always found under the same key. Extra keyword arguments go to a
-    `Supervisor` factory (``strategy=``, ``intensity=``, ...).
+    current pid is always found under the same key. `max_mailbox` and `overflow`
+    bound each incarnation's mailbox (see `procreg.spawn`; a worker ended by a full
+    mailbox under ``overflow="exit"`` exits with ``"overload"`` and is restarted
+    as its `restart` says). Extra keyword arguments go to a `Supervisor` factory
+    (``strategy=``, ``intensity=``, ...).
 
     >>> child(lambda: None, id="x")
     Traceback (most recent call last):
@@ -158,7 +165,10 @@ def child(
         raise ValueError("a child spec needs an id: child(factory, ..., id=...)")
     check_key(id, "child id")
     is_sup = isinstance(factory, type) and issubclass(factory, Supervisor)
+    check_bound(max_mailbox, overflow)
     if is_sup:
+        if max_mailbox is not None or overflow is not None:
+            raise TypeError("a supervisor child takes no max_mailbox/overflow")
         unknown = set(kwargs) - _SUPERVISOR_OPTIONS
         if unknown:
             raise TypeError(f"unexpected supervisor options: {sorted(unknown)}")
@@ -184,7 +194,9 @@ def child(
     _check_shutdown(shutdown)
     if key is not None:
         check_key(key)
-    return ChildSpec(id, factory, tuple(args), restart, shutdown, key, table, dict(kwargs))
+    return ChildSpec(
+        id, factory, tuple(args), restart, shutdown, key, table, dict(kwargs), max_mailbox, overflow
+    )
 
 
 @dataclass
@@ -276,7 +288,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Pid] = loop.create_future()
         run = _Running(sup.strategy, sup.intensity, sup.period)
-        pid = node.spawn(run.main, specs, name, ready, link=link, trap_exits=True)
+        pid = node.spawn(  # unbounded whatever the node's default: it must see every call
+            run.main, specs, name, ready, link=link, trap_exits=True, max_mailbox=0
+        )
         try:
             # recorded, so that a child's init calling the caller raises Deadlock
             task = serving_task(node._procs[pid])
@@ -464,9 +478,17 @@ class _Running:
             children = list(spec.args[0]) if spec.args else None
             pid = await factory.start(children, link=True, **spec.kwargs)
         elif getattr(factory, "_procreg_server", False):
-            pid = await factory.start_ready(*spec.args, link=True)
+            pid = await factory.start_ready(
+                *spec.args, link=True, max_mailbox=spec.max_mailbox, overflow=spec.overflow
+            )
         else:
-            pid = node.spawn(factory, *spec.args, link=True)
+            pid = node.spawn(
+                factory,
+                *spec.args,
+                link=True,
+                max_mailbox=spec.max_mailbox,
+                overflow=spec.overflow,
+            )
         if spec.key is not None:
             try:
                 await node.registry.register(spec.key, pid, spec.table)

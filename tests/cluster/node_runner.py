@@ -132,6 +132,14 @@ class Runner:
             "live": dict(cluster.membership.live),
         }
 
+    async def cmd_info(self, pid: list[Any]) -> Any:
+        """`Node.info` of a local process (None if it is gone)."""
+        return self.node.info(self.pid(pid))
+
+    async def cmd_node_stats(self) -> Any:
+        """`Node.stats` (the runtime's counters)."""
+        return self.node.stats()
+
     async def cmd_local_work(self, n: int = 50) -> Any:
         """Spawn, call, cast and look up a local key: nothing here needs the store."""
         procreg = self.procreg
@@ -254,6 +262,15 @@ class Runner:
 
     async def cmd_publish(self, group: Any, msg: Any) -> Any:
         return await self.procreg.publish(group, msg)
+
+    async def cmd_join_pid(self, group: Any, pid: list[Any]) -> Any:
+        """Join a given local process (not a new Echo) to `group`."""
+        return await self.procreg.join(group, self.pid(pid))
+
+    async def cmd_publish_missed(self, group: Any, msg: Any) -> Any:
+        """`publish`, with what its `Published` says: ``[reached, missed]``."""
+        result = await self.procreg.publish(group, msg)
+        return [int(result), result.missed]
 
     # -- processes ------------------------------------------------------------------------
     async def cmd_spawn(self, factory: str = "Echo") -> Any:

@@ -10,10 +10,13 @@ factory's name, not the factory).
   detail is the node's creation at the start and the exit reason at the end), for
   the uniqueness checker.
 - `co_echo`: the same as `Echo` as a coroutine process.
+- `Stuck`: a `Server` with a mailbox bound of 3 whose casts never finish: the
+  first cast blocks it, three more fill its mailbox.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any, TextIO
@@ -183,6 +186,18 @@ async def co_echo() -> None:
             state.log.append(["info", msg])
 
 
+class Stuck(procreg.Server):
+    """``max_mailbox = 3``; a cast blocks it for good (its mail then waits)."""
+
+    max_mailbox = 3
+
+    async def handle_cast(self, msg: Any) -> None:
+        await asyncio.Event().wait()
+
+    def handle_call(self, request: Any) -> Any:
+        return _answer(self, request)
+
+
 class Failing(procreg.Server):
     """Its init always fails."""
 
@@ -204,4 +219,5 @@ FACTORIES: dict[str, Any] = {
     "Hidden": _hidden(),
     "Failing": Failing,
     "Unregisters": Unregisters,
+    "Stuck": Stuck,
 }

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
 from ..pid import Pid
 from ..process import EXITING, _Proc
-from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, _Miss
+from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, Published, _Miss
 from .codec import canon, pid_from_str, pid_str, uncanon
 from .remote import factory_name
 from .store import NotReplicated
@@ -733,23 +733,25 @@ class RedisBackend(LocalBackend):
         )
         return sorted(pid_from_str(_text(m)) for m in raw)
 
-    async def publish(self, group: Hashable, msg: Any) -> int:
+    async def publish(self, group: Hashable, msg: Any) -> int:  # a Published
         pids = await self.members(group)
         by_node: dict[str, list[Pid]] = {}
         for pid in pids:
             by_node.setdefault(pid[0], []).append(pid)
         reached = 0
+        missed = 0  # local members the message could not be queued to
         for name, members in by_node.items():
             if name == self.node.name:
                 for pid in members:
                     proc = self.node._procs.get(pid)
-                    if proc is not None:
-                        proc._procreg_info(msg)
+                    if proc is not None and proc._procreg_info(msg):
                         reached += 1
+                    else:  # mailbox full, ending, or already gone
+                        missed += 1
             else:
                 self.cluster.remote.group_send(name, members, msg)
                 reached += len(members)
-        return reached
+        return Published(reached, missed)
 
     # -- cache and recovery ---------------------------------------------------------------
     def invalidated(self, ctable: str, field: str) -> None:

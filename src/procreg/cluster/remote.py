@@ -26,6 +26,7 @@ from ..errors import (
     DecodeError,
     NodeDown,
     NoProcess,
+    Overloaded,
     ProcessExited,
     ProcregError,
 )
@@ -100,6 +101,8 @@ class RemoteCaller:
             item = _pack_lenient((FAIL, self.call_id, "exited", exc.reason))
         elif isinstance(exc, NoProcess):
             item = pack_item((FAIL, self.call_id, "noproc", str(exc)))
+        elif isinstance(exc, Overloaded):
+            item = pack_item((FAIL, self.call_id, "overload", (exc.pid, exc.bound)))
         else:  # the exception itself when it survives a pickle round trip, else its repr
             item = _pack_lenient((FAIL, self.call_id, "error", exc))
         self.remote.transport.enqueue(self.node, item)
@@ -459,6 +462,8 @@ class Remote:
         elif kind == "exited":
             self.on_dead(pid)
             fut.set_exception(ProcessExited(detail, pid))
+        elif kind == "overload":
+            fut.set_exception(Overloaded(*detail))
         elif isinstance(detail, BaseException):
             fut.set_exception(detail)  # the callee side's own error, same type
         else:

@@ -27,6 +27,15 @@ code 1003) and frames over `max_frame` bytes (1009), then ends the process. When
 client goes away the process is ended (reason ``"shutdown"``) and so leaves its pool;
 when the process ends first (killed, crashed, node stopping) the endpoint closes the
 socket (1011, or 1001 while the node stops). Bad input never touches the pool.
+
+Back-pressure (slow clients): the connection process's mailbox *is* the socket's
+outbound queue. It is bounded in messages (`max_queue`) and in bytes of encoded
+frames waiting (`max_queue_bytes`), and a write to the socket may block at most
+`send_timeout` seconds. A client that falls behind (a frame finds the queue full, or
+a write stays blocked) is dropped: its process ends with reason ``"overload"``
+(counted in ``Node.stats()["overloaded"]``), which takes it out of its pool at once,
+and the socket is closed with code 1013 (try again later). `publish` does not count
+a connection whose queue refused the message (see `procreg.Published`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -46,9 +55,10 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from ..api import publish as _publish
 from ..api import receive
-from ..node import Node
+from ..node import Node, check_timeout
 from ..pid import Pid
-from ..registry import check_key
+from ..process import EXITING, OVERLOAD, Process, current_process
+from ..registry import Published, check_key
 from .context import node_from_scope, use_node
 from .session import SESSION_SCOPE_KEY, Session
 
@@ -57,7 +67,11 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN_LATER",
     "CLOSE_UNSUPPORTED",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_QUEUE_BYTES",
+    "DEFAULT_SEND_TIMEOUT",
     "CometEndpoint",
     "Connection",
     "Frame",
@@ -74,8 +88,17 @@ CLOSE_UNSUPPORTED: Final = 1003  # a binary or non-JSON frame
 CLOSE_POLICY_VIOLATION: Final = 1008  # a cross-site handshake
 CLOSE_TOO_BIG: Final = 1009  # a frame over max_frame bytes
 CLOSE_INTERNAL_ERROR: Final = 1011  # the connection process crashed or was killed
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # a client too slow to keep up: dropped
 SCOPES: Final = ("local", "global")
 DEFAULT_MAX_FRAME: Final = 64 * 1024
+DEFAULT_MAX_QUEUE: Final = 1000
+"""Messages waiting for one socket before its client is dropped as too slow."""
+DEFAULT_MAX_QUEUE_BYTES: Final = 1024 * 1024
+"""Bytes of encoded frames waiting for one socket before its client is dropped."""
+DEFAULT_SEND_TIMEOUT: Final = 10.0
+"""Seconds one write to a socket may stay blocked before its client is dropped."""
+LIMITS_STATE_KEY: Final = "procreg_comet_limits"
+"""Where `procreg.web.install` keeps its comet defaults, in ``app.state``."""
 
 OnMessage = Callable[[WebSocket, Any, "Connection"], Awaitable[Any]]
 OnConnect = Callable[[WebSocket, "Connection"], Awaitable[Any]]
@@ -85,9 +108,17 @@ PoolOf = Callable[[WebSocket], Hashable | Awaitable[Hashable]]
 @dataclass(frozen=True, slots=True)
 class Frame:
     """A message already encoded as JSON text; `publish` sends these, so a message
-    fanned out to many sockets is encoded once."""
+    fanned out to many sockets is encoded once. `size` is its length in UTF-8 bytes
+    (computed once), what `max_queue_bytes` counts."""
 
     text: str
+    size: int = field(default=-1, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            text = self.text
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            object.__setattr__(self, "size", size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +134,7 @@ class _Close:
 
 _GOING_AWAY: Final = _Close(CLOSE_GOING_AWAY, "the server is stopping")
 _PROCESS_ENDED: Final = _Close(CLOSE_INTERNAL_ERROR, "the connection process ended")
+_TOO_SLOW: Final = _Close(CLOSE_TRY_AGAIN_LATER, "too slow: messages were piling up")
 
 
 def _no_constant(name: str) -> Any:
@@ -129,13 +161,17 @@ def pool_group(pool: Hashable, scope: str = "local") -> tuple[str, Hashable]:
     return ("pool", pool)
 
 
-async def publish(pool: Hashable, message: Any, *, scope: str = "local") -> int:
+async def publish(pool: Hashable, message: Any, *, scope: str = "local") -> Published:
     """Send `message` (JSON-encodable) to every connection in `pool`; returns how many
     connections it reached. Usable from anywhere code runs on the node: a request
     handler, a connection's ``on_message``, a timer or `pi` process.
 
     The message is encoded once (a `TypeError` here if it is not JSON), then fanned
-    out with `procreg.publish`. An empty or unknown pool reaches 0 connections.
+    out with `procreg.publish`. An empty or unknown pool reaches 0 connections. The
+    result is a `procreg.Published`, an int: its ``missed`` counts the connections
+    the message did not reach, because their client had fallen behind (the queue
+    was full: that client is being dropped with close code 1013) or the connection
+    was closing.
     """
     group = pool_group(pool, scope)
     check_key(pool, "pool")
@@ -156,6 +192,10 @@ class Connection:
         "_backlog",
         "_done",
         "_drained",
+        "_endpoint",
+        "_max_bytes",
+        "_queued_bytes",
+        "_since",
         "node",
         "pid",
         "pool",
@@ -176,6 +216,10 @@ class Connection:
         self._done: asyncio.Future[_Close | None] = loop.create_future()  # how to close
         self._drained: asyncio.Future[None] | None = None
         self._backlog = 0
+        self._endpoint: CometEndpoint | None = None
+        self._max_bytes = DEFAULT_MAX_QUEUE_BYTES
+        self._queued_bytes = 0  # bytes of frames accepted and not yet written
+        self._since = 0.0  # loop time the write in progress began; 0.0: none
 
     def __repr__(self) -> str:
         return f"<Connection {self.pid!r} pool={self.pool!r}>"
@@ -184,10 +228,12 @@ class Connection:
         """Publish `message` to this connection's pool (this socket included)."""
         return await publish(self.pool, message, scope=self.scope)
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Any) -> bool:
         """Send `message` (JSON-encodable) to this socket only, in order with the pool's
-        messages (it goes through the connection process's mailbox)."""
-        self.node.send(self.pid, Frame(encode(message)))
+        messages (it goes through the connection process's mailbox). False if it was
+        not queued: the client has fallen behind (it is being dropped) or the
+        connection is closing."""
+        return self.node.send(self.pid, Frame(encode(message)))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """End this connection: the process stops after the messages already queued,
@@ -201,11 +247,71 @@ class Connection:
             self._drained.set_result(None)
 
 
+class CometProcess(Process):
+    """A connection process: a coroutine process whose mailbox also counts the bytes
+    of the frames waiting for the socket (`Connection._queued_bytes`). A frame that
+    would take them over `max_queue_bytes` is refused like a message to a full
+    mailbox: counted, and (the connection's policy is ``"exit"``) the process ends
+    with reason ``"overload"``. A frame bigger than the budget still passes when
+    nothing else waits, so that it can be sent at all."""
+
+    __slots__ = ("_conn",)
+
+    _conn: Connection
+    _procreg_kind = "connection"
+    _procreg_log_overload = False  # the connection logs "client too slow" itself
+
+    def _procreg_info(self, msg: Any) -> bool:
+        if msg.__class__ is not Frame:
+            return Process._procreg_info(self, msg)
+        conn = self._conn
+        queued = conn._queued_bytes
+        if queued and queued + msg.size > conn._max_bytes and self._procreg_st < EXITING:
+            self._refuse_bytes()
+            return False
+        if Process._procreg_info(self, msg):
+            conn._queued_bytes = queued + msg.size
+            return True
+        return False
+
+    _procreg_cast = _procreg_info
+
+    def _refuse_bytes(self) -> None:
+        node = self._procreg_node
+        node.dropped += 1
+        self._procreg_extra().dropped += 1
+        self._procreg_overload(None)
+
+    def _procreg_finish(self, reason: Any) -> None:
+        Process._procreg_finish(self, reason)
+        conn = self._conn
+        if not conn._done.done():  # ended before its body ran: say how to close here
+            conn._finish(_ended(conn, reason))
+
+
+def _ended(conn: Connection, reason: Any) -> _Close:
+    """How to close the socket of a connection whose process was ended by a signal."""
+    if reason == OVERLOAD:  # fell behind: queue full or a write too slow
+        endpoint = conn._endpoint
+        if endpoint is not None:
+            endpoint.closed_slow += 1
+        log.info("%r: client too slow: dropped (close 1013)", conn)
+        return _TOO_SLOW
+    return _GOING_AWAY if conn.node.stopping else _PROCESS_ENDED
+
+
+def _exit_reason() -> Any:
+    proc = current_process.get()
+    ext = proc._procreg_ext if proc is not None else None
+    return ext.exit_reason if ext is not None else None
+
+
 async def _connection_process(
     conn: Connection, on_message: OnMessage | None, on_connect: OnConnect | None
 ) -> None:
     """The body of a connection process (see the module docstring)."""
     ws = conn.websocket
+    loop = asyncio.get_running_loop()
     close: _Close | None = _Close(1000, "")
     try:
         await conn._accepted
@@ -214,8 +320,10 @@ async def _connection_process(
         while True:
             msg = await receive()
             cls = type(msg)
+            size = 0
             if cls is Frame:
                 text = msg.text
+                size = msg.size
             elif cls is _Incoming:
                 conn._backlog -= 1
                 waiter = conn._drained
@@ -233,13 +341,16 @@ async def _connection_process(
                 except (TypeError, ValueError):
                     log.warning("%r: dropped a message that is not JSON: %r", conn, msg)
                     continue
+            conn._since = loop.time()  # (watched by the endpoint: see send_timeout)
             try:
                 await ws.send_text(text)
             except Exception:  # the socket is gone: nothing more to say
                 close = None
                 return
+            conn._since = 0.0
+            conn._queued_bytes -= size
     except asyncio.CancelledError:  # ended by a signal: kill, shutdown, a linked exit
-        close = _GOING_AWAY if conn.node.stopping else _PROCESS_ENDED
+        close = _ended(conn, _exit_reason())  # (1013 for "overload")
         raise
     except BaseException:  # a crash in a callback: the runtime logs the crash report
         close = _PROCESS_ENDED
@@ -264,6 +375,12 @@ class CometEndpoint:
       close the connection with code 1009.
     - `max_backlog`: client frames queued for `on_message` before the endpoint stops
       reading the socket (back-pressure).
+    - `max_queue`, `max_queue_bytes`, `send_timeout`: how far a client may fall
+      behind (messages and bytes waiting for its socket, seconds one write may stay
+      blocked) before it is dropped with close code 1013; None takes the value given
+      to `procreg.web.install`, else `DEFAULT_MAX_QUEUE` (1,000),
+      `DEFAULT_MAX_QUEUE_BYTES` (1 MiB), `DEFAULT_SEND_TIMEOUT` (10 s). A stuck write
+      is noticed within a quarter of `send_timeout` after it expires.
     - `scope`: ``"local"`` or ``"global"`` (see `pool_group`).
     - `allowed_origins`: origins allowed to open the socket from a browser; None (the
       default) allows only pages of the same host (or clients sending no Origin),
@@ -280,6 +397,9 @@ class CometEndpoint:
         max_backlog: int = 64,
         scope: str = "local",
         allowed_origins: Sequence[str] | None = None,
+        max_queue: int | None = None,
+        max_queue_bytes: int | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         for name, fn in (("on_message", on_message), ("on_connect", on_connect)):
             if fn is not None and not inspect.iscoroutinefunction(fn):
@@ -288,6 +408,7 @@ class CometEndpoint:
             raise ValueError(f"max_frame must be a positive int, got {max_frame!r}")
         if not isinstance(max_backlog, int) or max_backlog < 1:
             raise ValueError(f"max_backlog must be a positive int, got {max_backlog!r}")
+        check_limits(max_queue, max_queue_bytes, send_timeout)
         _check_scope(scope)
         self.pool = pool
         self.on_message = on_message
@@ -296,6 +417,60 @@ class CometEndpoint:
         self.max_backlog = max_backlog
         self.scope = scope
         self.allowed_origins = None if allowed_origins is None else list(allowed_origins)
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.send_timeout = send_timeout
+        self.closed_slow = 0  # clients dropped with 1013 (queue full or a write too slow)
+        self.send_timeouts = 0  # of which: a write blocked over send_timeout
+        self._live: dict[Connection, float] = {}  # open connections -> their send_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def stats(self) -> dict[str, int]:
+        """``connections`` open now, ``closed_slow`` (clients dropped with close code
+        1013 because they fell behind) and ``send_timeouts`` (of those, dropped
+        because one write stayed blocked over `send_timeout`)."""
+        return {
+            "connections": len(self._live),
+            "closed_slow": self.closed_slow,
+            "send_timeouts": self.send_timeouts,
+        }
+
+    def limits(self, websocket: WebSocket) -> tuple[int, int, float]:
+        """``(max_queue, max_queue_bytes, send_timeout)`` for a connection: this
+        endpoint's own, else those given to `procreg.web.install`, else the defaults."""
+        app = websocket.scope.get("app")
+        state = getattr(app, "state", None)
+        given: dict[str, Any] = getattr(state, LIMITS_STATE_KEY, None) or {}
+        return (
+            _pick(self.max_queue, given.get("max_queue"), DEFAULT_MAX_QUEUE),
+            _pick(self.max_queue_bytes, given.get("max_queue_bytes"), DEFAULT_MAX_QUEUE_BYTES),
+            _pick(self.send_timeout, given.get("send_timeout"), DEFAULT_SEND_TIMEOUT),
+        )
+
+    def _watch(self, conn: Connection, send_timeout: float) -> None:
+        self._live[conn] = send_timeout
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(send_timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Drop the clients whose write has been blocked for over `send_timeout`."""
+        self._sweeper = None
+        if not self._live:
+            return
+        now = asyncio.get_running_loop().time()
+        shortest = float("inf")
+        for conn, timeout in list(self._live.items()):
+            shortest = min(shortest, timeout)
+            since = conn._since
+            if since and now - since > timeout:
+                proc = conn.node._procs.get(conn.pid)
+                if proc is not None and proc._procreg_st < EXITING:
+                    self.send_timeouts += 1
+                    log.info("%r: a write blocked over %s s", conn, timeout)
+                    proc._procreg_overload(None)
+        if self._live:
+            self._sweeper = asyncio.get_running_loop().call_later(shortest / 4, self._sweep)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
@@ -329,16 +504,31 @@ class CometEndpoint:
         node = node_from_scope(websocket.scope)
         pool = await self._pool_name(websocket)
         conn = Connection(websocket, pool, self.scope, node)
+        max_queue, max_queue_bytes, send_timeout = self.limits(websocket)
+        conn._endpoint = self
+        conn._max_bytes = max_queue_bytes
         with use_node(node):
-            conn.pid = node.spawn(_connection_process, conn, self.on_message, self.on_connect)
+            proc = node._start_body(
+                node._new_pid(),
+                _connection_process,
+                (conn, self.on_message, self.on_connect),
+                None,
+                CometProcess,
+            )
+            assert isinstance(proc, CometProcess)
+            proc._conn = conn
+            node.bound(proc, max_queue, "exit")
+            conn.pid = proc.pid
+            self._watch(conn, send_timeout)
             try:
                 await node.registry.join(pool_group(pool, self.scope), conn.pid)
                 await websocket.accept()
                 conn._accepted.set_result(None)
                 close = await self._read(websocket, conn)
                 if close is not None:
-                    await _close(websocket, close)
+                    await _close(websocket, close, send_timeout)
             finally:
+                self._live.pop(conn, None)
                 if node.is_alive(conn.pid):
                     node.exit(conn.pid, "shutdown")
 
@@ -375,13 +565,36 @@ class CometEndpoint:
                 node.send(conn.pid, _Incoming(data))
 
 
-async def _close(websocket: WebSocket, close: _Close) -> None:
+async def _close(websocket: WebSocket, close: _Close, timeout: float) -> None:
+    """Close the socket with `close`'s code; give up after `timeout` seconds (a client
+    that does not read may never let the close frame through)."""
     if websocket.application_state is WebSocketState.DISCONNECTED:
         return
     try:
-        await websocket.close(code=close.code, reason=close.reason)
-    except Exception:  # the client is already gone
+        async with asyncio.timeout(timeout):
+            await websocket.close(code=close.code, reason=close.reason)
+    except Exception:  # the client is already gone, or does not read
         pass
+
+
+def _pick(own: Any, given: Any, default: Any) -> Any:
+    return own if own is not None else given if given is not None else default
+
+
+def check_limits(
+    max_queue: int | None, max_queue_bytes: int | None, send_timeout: float | None
+) -> None:
+    """Raise `ValueError` for a bad `max_queue`/`max_queue_bytes` (None or a positive
+    int) or `send_timeout` (None or seconds > 0)."""
+    for name, value in (("max_queue", max_queue), ("max_queue_bytes", max_queue_bytes)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if send_timeout is not None:
+        check_timeout(send_timeout, "send_timeout")
+        if not send_timeout > 0:
+            raise ValueError(f"send_timeout must be > 0, got {send_timeout!r}")
 
 
 def comet_route(
@@ -394,7 +607,7 @@ def comet_route(
 ) -> WebSocketRoute:
     """A Starlette `WebSocketRoute` serving a `CometEndpoint` at `path`; `options` are
     the endpoint's (`on_connect`, `max_frame`, `max_backlog`, `scope`,
-    `allowed_origins`).
+    `allowed_origins`, `max_queue`, `max_queue_bytes`, `send_timeout`).
 
     >>> import procreg.web
     >>> route = procreg.web.comet_route("/ws/{room}", pool=lambda ws: ws.path_params["room"])

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 
+from .comet import LIMITS_STATE_KEY, check_limits
 from .context import NodeMiddleware
 from .lifespan import NodeLifespan
 from .middleware import SessionMiddleware
@@ -35,6 +36,9 @@ def install(
     observer_path: str = "/observer",
     observer_writable: bool = False,
     observer_token: str | None = None,
+    comet_max_queue: int | None = None,
+    comet_max_queue_bytes: int | None = None,
+    comet_send_timeout: float | None = None,
     **node_options: Any,
 ) -> App:
     """Equip `app` (a `Starlette` or `FastAPI` application, before it starts) with:
@@ -45,7 +49,11 @@ def install(
       `NodeMiddleware` with ``sessions=False``; either way handlers run with the
       app's node as the current node;
     - with ``observer=True``, the `Observer` mounted at `observer_path`, read-only
-      unless ``observer_writable=True`` with an `observer_token`.
+      unless ``observer_writable=True`` with an `observer_token`;
+    - `comet_max_queue`, `comet_max_queue_bytes`, `comet_send_timeout`: the
+      back-pressure limits of the app's `CometEndpoint` s that set none of their own
+      (see `CometEndpoint`; None keeps the defaults). `node_options` may also bound
+      every process's mailbox (``max_mailbox=``, ``overflow=``: see `procreg.Node`).
 
     Returns `app`.
 
@@ -57,6 +65,7 @@ def install(
         raise TypeError(f"install() needs a Starlette or FastAPI application, got {app!r}")
     if getattr(app.state, "procreg_installed", False):
         raise RuntimeError("procreg.web.install() was already called on this application")
+    check_limits(comet_max_queue, comet_max_queue_bytes, comet_send_timeout)
     if sessions:
         app.add_middleware(
             SessionMiddleware,
@@ -70,5 +79,11 @@ def install(
     app.router.lifespan_context = NodeLifespan(app.router.lifespan_context, **node_options)
     if observer:
         app.mount(observer_path, Observer(writable=observer_writable, token=observer_token))
+    limits = {
+        "max_queue": comet_max_queue,
+        "max_queue_bytes": comet_max_queue_bytes,
+        "send_timeout": comet_send_timeout,
+    }
+    setattr(app.state, LIMITS_STATE_KEY, {k: v for k, v in limits.items() if v is not None})
     app.state.procreg_installed = True
     return app

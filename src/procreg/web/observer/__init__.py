@@ -2,10 +2,11 @@
 
 `Observer` is an ASGI application, mountable anywhere (``app.mount("/observer",
 Observer())``), read-only unless told otherwise. It shows the live nodes with their
-counters and message/spawn rates (updated every second), the registry's tables with
-their sizes, pools and groups, the processes (pid, registered keys, kind, mailbox
-length, messages handled, age) with search and paging that stay fast with 100,000+
-processes, and the supervision tree.
+counters (messages dropped by full mailboxes, processes ended by overload included)
+and message/spawn rates (updated every second), the registry's tables with their
+sizes, pools and groups, the processes (pid, registered keys, kind, mailbox length
+and bound, mailbox high-water mark, messages dropped, messages handled, age) with
+search and paging that stay fast with 100,000+ processes, and the supervision tree.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ INDEX_HTML: Final = """<!doctype html>
   <h2>Nodes</h2>
   <table id="nodes">
     <thead><tr><th>node</th><th>processes</th><th>spawned</th><th>exited</th>
-      <th>crashed</th><th>messages</th><th>run queue</th><th>uptime</th>
+      <th>crashed</th><th>messages</th><th title="messages refused by full mailboxes">dropped</th>
+      <th title="processes ended with reason overload">overloaded</th><th>run queue</th>
+      <th>uptime</th>
       <th>spawn/s</th><th>exit/s</th><th>messages/s</th></tr></thead>
     <tbody></tbody>
   </table>
@@ -58,7 +60,10 @@ INDEX_HTML: Final = """<!doctype html>
   </form>
   <p id="proc-info" class="muted"></p>
   <table id="processes">
-    <thead><tr><th>pid</th><th>kind</th><th>keys</th><th>groups</th><th>mailbox</th>
+    <thead><tr><th>pid</th><th>kind</th><th>keys</th><th>groups</th>
+      <th title="messages waiting (/ its bound)">mailbox</th>
+      <th title="most messages that waited at once">peak</th>
+      <th title="messages its full mailbox refused">dropped</th>
       <th>handled</th><th>age (s)</th><th>status</th><th></th></tr></thead>
     <tbody></tbody>
   </table>
@@ -154,7 +159,8 @@ SCRIPT: Final = r"""
     state.writable = data.writable;
     $("nodes").tBodies[0].replaceChildren(...data.nodes.map(n => tr([
       cell(n.node + "." + n.creation), num(n.processes), num(n.spawned), num(n.exited),
-      num(n.crashed), num(n.handled), num(n.runq), num(n.uptime.toFixed(0) + " s"),
+      num(n.crashed), num(n.handled), num(n.dropped), num(n.overloaded), num(n.runq),
+      num(n.uptime.toFixed(0) + " s"),
       num(n.rates.spawn), num(n.rates.exit), num(n.rates.messages),
     ])));
     $("tables").tBodies[0].replaceChildren(...data.tables.map(t => tr([
@@ -193,7 +199,9 @@ SCRIPT: Final = r"""
     state.total = data.total;
     $("processes").tBodies[0].replaceChildren(...data.rows.map(p => tr([
       cell(p.pid), cell(p.kind), cell(p.keys.join(", ")), cell(p.groups.join(", ")),
-      num(p.mailbox), num(p.handled), num(p.age.toFixed(1)), cell(p.status),
+      num(p.max_mailbox === null ? p.mailbox : p.mailbox + " / " + p.max_mailbox),
+      num(p.mailbox_peak), num(p.dropped),
+      num(p.handled), num(p.age.toFixed(1)), cell(p.status),
       cell(state.writable && token ? killButton(p.pid) : ""),
     ])));
     const info = $("proc-info");
