@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import procreg
-from procreg.cluster.devserver import RedisServer, find_server_binary
+from procreg.testing import RedisServer, find_server_binary
 
 from .measure import Benchmark, Figure, Measurement, Sizes, Target, latency_stats, run_loop
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from procreg.cluster.devserver import RedisServer, find_server_binary, free_port
+from procreg.testing import RedisServer, find_server_binary, free_port
 from test_browser_demo import CHROMIUM, CHROMIUM_ARGS, _join, _require_browser
 
 

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from procreg.cluster import devserver
+from procreg import testing
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "node_runner.py"
 HOST = "127.0.0.1"
-RedisServer = devserver.RedisServer  # the package's own throwaway server
-find_server_binary = devserver.find_server_binary
-free_port = devserver.free_port
+RedisServer = testing.RedisServer  # the package's own throwaway server
+find_server_binary = testing.find_server_binary
+free_port = testing.free_port
 
 
 def redis_py() -> Any:

@@ -21,8 +21,7 @@ import time
 
 import pytest
 
-from procreg.cluster.devserver import RedisServer, SentinelServer
-from procreg.testing import FaultProxy
+from procreg.testing import FaultProxy, RedisServer, SentinelServer
 
 from .harness import cluster_state, free_port, wait_for
 from .test_cluster_partitions import overlaps, traces
