@@ -101,7 +101,15 @@ def test_sigstop_of_a_busy_node_its_process_acts_after_the_new_owner_started(
             }
         )
     print("MEASURED busy-sigstop:", json.dumps(results))
-    late = [r for r in results if r["a's last message after b's start (ms)"] > 0]
+    # the handler running at the instant of SIGSTOP finishes after SIGCONT (nothing
+    # can stop that: a pause inside a callback is assumption 2 of the invariant); any
+    # further message handled after waking is a drain that ran before the fence
+    late = [
+        r
+        for r in results
+        if r["a's last message after b's start (ms)"] > 0
+        and r["messages a's process handled after waking"] > 1
+    ]
     assert late == [], late
 
 
