@@ -1,12 +1,14 @@
 """Adversarial tests (break-10) with the node in the test process.
 
-A primary change that a lease renewal notices (the renewal's ``INFO server`` shows a
-new run id: a Sentinel failover that redis-py's one retry on a new connection hides
-from the store's error path) runs `Cluster.primary_changed` -> `backend.reconcile`
-inside the membership step, under its lock: no renewal is sent until every key has
-been claimed again. With tens of thousands of keys that takes longer than the fence
-point, and the node fences itself: every registered process ends, on every node,
-because of a failover the design means to ride out.
+1. Re-registering many keys blocks the event loop: `backend.reconcile` walks the
+   owned set without yielding and `backend.reregister` starts one task per key in a
+   single `gather` (100,000 keys: the loop is blocked ~1.7 s in one stretch), so no
+   renewal runs and the node fences itself, ending every registered process. A
+   primary change that a renewal notices also runs it under the membership step's
+   lock (`Membership._step` awaits `Cluster.primary_changed`). Both must go.
+2. Bad input: a ``wait_timeout=`` at or above the socket timeout makes an
+   unconfirmed claim fail as a store failure (store marked down) instead of
+   `NotReplicated`; ``wait_timeout=inf`` and garbled Sentinel host lists parse.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ def test_a_primary_change_seen_by_a_renewal_does_not_fence_the_node(redis) -> No
                 timings.append(time.monotonic() - t)
 
         RedisBackend.reconcile = timed
+        stalls = [0.0]
+
+        async def lag_probe() -> None:  # the longest the loop was blocked
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                stalls[0] = max(stalls[0], time.monotonic() - t - 0.01)
+
+        probe = asyncio.ensure_future(lag_probe())
         try:
             cluster.store.run_id = "0" * 40  # the next renewal sees "another" primary
             deadline = time.monotonic() + 15
@@ -61,7 +72,9 @@ def test_a_primary_change_seen_by_a_renewal_does_not_fence_the_node(redis) -> No
             await asyncio.sleep(1.0)
         finally:
             RedisBackend.reconcile = original
+            probe.cancel()
         out.update(
+            longest_loop_stall=round(stalls[0], 3),
             keys=N_KEYS,
             failovers=cluster.failovers,
             reconcile_seconds=[round(t, 3) for t in timings],
