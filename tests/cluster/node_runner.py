@@ -431,6 +431,81 @@ class Runner:
             procreg.send(target, ["after", 1])
         return {"error": None}
 
+    # -- break-10 (adversarial tests) ---------------------------------------------------
+    async def cmd_hog(self, seconds: float, block: float = 0.015) -> Any:
+        """Keep the event loop busy for `seconds`: callbacks that block it `block` s
+        each (under FENCE_LEAD x lease), so that everything arriving meanwhile is
+        handled in the same loop turn."""
+        loop = asyncio.get_running_loop()
+        end = time.monotonic() + seconds
+
+        async def hog() -> None:
+            while time.monotonic() < end:
+                time.sleep(block)
+                await asyncio.sleep(0)
+
+        loop.create_task(hog())
+        return True
+
+    async def cmd_spin_call(
+        self, key: Any, table: str = "default", timeout: float = 5.0, how: str = "call"
+    ) -> Any:
+        """Look `key` up until it is found, then at once call (or monitor) the pid;
+        then look it up again. Returns what each step gave."""
+        procreg = self.procreg
+        deadline = time.monotonic() + timeout
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            pid = await procreg.whereis(key, table)
+        if pid is None:
+            return {"found": None}
+        out: dict[str, Any] = {"found": pid}
+        if how == "call":
+            try:
+                out["call"] = await procreg.call(pid, ["echo", 1], timeout=2.0)
+            except Exception as exc:
+                out["call"] = f"{type(exc).__name__}: {exc}"
+        else:
+            ref = procreg.monitor(pid)
+            try:
+                msg = await procreg.receive(
+                    timeout=0.5, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
+                )
+                out["down"] = self.servers.plain(msg.reason)
+            except Exception as exc:
+                out["down"] = f"none ({type(exc).__name__})"
+        out["whereis_after"] = await procreg.whereis(key, table)
+        return out
+
+    async def cmd_timed_gos(
+        self, key: Any, factory: str = "Echo", placement: str = "local", table: str = "default"
+    ) -> Any:
+        """One get_or_spawn, with its outcome and how long it took."""
+        start = time.monotonic()
+        try:
+            pid, started = await self.procreg.spawn_unique(
+                key, self.factory(factory), table=table, placement=placement
+            )
+            out: dict[str, Any] = {"pid": pid, "started": started}
+        except Exception as exc:
+            out = {"error": type(exc).__name__, "message": str(exc)[:200]}
+        out["elapsed"] = time.monotonic() - start
+        return out
+
+    async def cmd_home_keys(self, node: str, n: int = 5, prefix: str = "h") -> Any:
+        """`n` keys whose home node (placement="hash", over the live nodes) is `node`."""
+        from procreg.cluster.backend import home_node
+
+        live = self.node._cluster.live_nodes()
+        out = []
+        i = 0
+        while len(out) < n:
+            key = f"{prefix}{i}"
+            if home_node(key, live) == node:
+                out.append(key)
+            i += 1
+        return out
+
     async def cmd_watched(self, watcher: list[Any]) -> Any:
         return self.records[repr(self.pid(watcher))]
 

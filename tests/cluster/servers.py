@@ -165,6 +165,46 @@ class Tracked(procreg.Server):
         trace(self.key, self.pid, "end", plain(reason))
 
 
+class Ticker(procreg.Server):
+    """A busy registered server (break-10): it keeps sending itself ``"tick"`` so
+    that its node always has a drain of it pending, records the wall-clock time of
+    the last tick it handled, and puts that time in its ``end`` trace line
+    (``{"reason": ..., "last_tick": t, "ticks": n}``)."""
+
+    def init(self, key: Any) -> None:
+        self.key = key
+        self.ticks = 0
+        self.last_tick = time.time()
+        trace(key, self.pid, "start", None)
+        procreg.send(self.pid, "tick")
+
+    def handle_call(self, request: Any) -> Any:
+        return {"ticks": self.ticks, "last_tick": self.last_tick}
+
+    def handle_info(self, msg: Any) -> None:
+        if msg == "tick":
+            self.ticks += 1
+            now = time.time()
+            if now - self.last_tick > 0.2:  # the node was stopped: count from here
+                self.after_gap = 0
+            self.after_gap = getattr(self, "after_gap", 0) + 1
+            self.last_tick = now
+            procreg.send(self.pid, "tick")
+
+    def terminate(self, reason: Any) -> None:
+        trace(
+            self.key,
+            self.pid,
+            "end",
+            {
+                "reason": plain(reason),
+                "last_tick": self.last_tick,
+                "ticks": self.ticks,
+                "after_gap": getattr(self, "after_gap", 0),
+            },
+        )
+
+
 class _Log:
     def __init__(self) -> None:
         self.log: list[Any] = []
@@ -220,4 +260,5 @@ FACTORIES: dict[str, Any] = {
     "Failing": Failing,
     "Unregisters": Unregisters,
     "Stuck": Stuck,
+    "Ticker": Ticker,
 }
