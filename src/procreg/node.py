@@ -340,6 +340,10 @@ class Node:
         self._lease = lease
         self._on_conflict = on_conflict
         self._cluster: Any = None  # procreg.cluster.Cluster when clustered
+        # the cluster's lease check (`Membership.check`): a registered process calls it
+        # before it handles a message, so a node woken from a pause past its lease
+        # deadline fences itself before any registered process acts
+        self._lease_guard: Callable[[], bool] | None = None
         self._remote: Any = None  # its Remote: operations on other nodes' pids
         self.creation = next(_creations)
         self.cluster = cluster
@@ -431,6 +435,7 @@ class Node:
                 raise
             self._cluster = cluster
             self._remote = cluster.remote
+            self._lease_guard = cluster.membership.check
             self.registry = cluster.backend
         else:
             self.registry = LocalBackend(self)

@@ -504,8 +504,11 @@ class Process(_Proc):
                 self._procreg_finish(ext.exit_reason if ext is not None else "shutdown")
 
     async def _receive(self, timeout: float | None, match: Callable[[Any], bool] | None) -> Any:
-        if self._procreg_st >= EXITING:
-            # the process has ended but its body swallowed the cancellation: stop it here
+        if self._procreg_st >= EXITING or (
+            self._procreg_reg is not None and not self._procreg_lease_ok()
+        ):
+            # the process has ended (its body swallowed the cancellation, or the node
+            # has just fenced itself, ending it): stop it here
             raise asyncio.CancelledError
         mail = self._procreg_mail
         if mail:
@@ -533,7 +536,19 @@ class Process(_Proc):
             self._match = None
             if handle is not None:
                 handle.cancel()
+        if self._procreg_reg is not None and not self._procreg_lease_ok():
+            if type(msg) is Call:  # failed with ProcessExited as the process ends
+                self._procreg_owe(msg.caller)
+            raise asyncio.CancelledError
         return self._took(msg)
+
+    def _procreg_lease_ok(self) -> bool:
+        """For a registered process: False if the node's lease check fenced it (woken
+        past the deadline) or it has ended."""
+        guard = self._procreg_node._lease_guard
+        if guard is not None:
+            guard()  # (past the deadline it fences the node, which ends this process)
+        return self._procreg_st < EXITING
 
     def _took(self, msg: Any) -> Any:
         """Bookkeeping for a message `receive` hands out."""

@@ -463,9 +463,14 @@ class Server(_Proc):
         if len(mail) > self._procreg_peak:
             self._procreg_peak = len(mail)
         item: Any = None
+        # a registered server checks the node's lease before each message: woken from
+        # a pause past the deadline, the node fences (ending us) before we act
+        guard = node._lease_guard if self._procreg_reg is not None else None
         node._current = self
         try:
             while True:
+                if guard is not None and not guard() and self._procreg_st != SCHEDULED:
+                    break
                 item = mail.popleft()
                 tag = item[0]
                 if tag == CAST:

@@ -46,8 +46,9 @@ def test_latency_sweep(cluster, redis, proxy, tmp_path, delay):  # noqa: F811
     while time.time() - t0 < 4.0:
         rounds += 1
         for node in (a, b):
-            ans = node.req("gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True,
-                           wait=20)
+            ans = node.req(
+                "gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True, wait=20
+            )
             if not ans.get("ok"):
                 outcomes[ans.get("error", "?")] = outcomes.get(ans.get("error", "?"), 0) + 1
                 continue
@@ -106,16 +107,25 @@ def test_pause_near_the_fence_point(cluster, tmp_path, frac):
         fenced = a.ok("stats")["fenced"] - fenced0
         procs = traces(trace_dir)
         ends = [e["end"] for p, e in procs.items() if p[0] == "a" and e["key"] in keys and e["end"]]
-        runs.append({
-            "fenced": fenced,
-            "b took": took,
-            "a's processes ended after SIGCONT (ms)": round((max(ends) - resumed) * 1000, 1)
-            if ends else None,
-        })
+        runs.append(
+            {
+                "fenced": fenced,
+                "b took": took,
+                "a's processes ended after SIGCONT (ms)": round((max(ends) - resumed) * 1000, 1)
+                if ends
+                else None,
+            }
+        )
         for node in (a, b):
-            node.ok("cast_many", pids=[p for p in node.ok("entries", table=TABLE) and
-                                       [e[1] for e in node.ok("entries", table=TABLE)]],
-                    msg=["stop"])
+            node.ok(
+                "cast_many",
+                pids=[
+                    p
+                    for p in node.ok("entries", table=TABLE)
+                    and [e[1] for e in node.ok("entries", table=TABLE)]
+                ],
+                msg=["stop"],
+            )
         time.sleep(0.3)
     print(f"MEASURED pause {frac} x lease:", json.dumps(runs))
     for r in runs:
@@ -136,8 +146,10 @@ def test_redis_sigstopped(cluster, redis, tmp_path):
         b.ok("gos_many", keys=keys[5:], factory="Tracked", table=TABLE, key_arg=True)
         redis.pause()
         # both keep claiming all the keys while Redis is stopped (in flight at resume)
-        pend = [n.send("gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True)
-                for n in (a, b)]
+        pend = [
+            n.send("gos_many", keys=keys, factory="Tracked", table=TABLE, key_arg=True)
+            for n in (a, b)
+        ]
         time.sleep(length)
         resumed = time.time()
         redis.resume()
@@ -148,11 +160,20 @@ def test_redis_sigstopped(cluster, redis, tmp_path):
             return all(n.req("gos", key=k + n.name).get("ok") for n in (a, b))
 
         wait_for(both_claim, 10, interval=0.05, what="claims again")
-        out.append({"stopped (s)": length, "claims again after (s)": round(time.time() - resumed, 3),
-                    "fenced": [n.ok("stats")["fenced"] for n in (a, b)]})
+        out.append(
+            {
+                "stopped (s)": length,
+                "claims again after (s)": round(time.time() - resumed, 3),
+                "fenced": [n.ok("stats")["fenced"] for n in (a, b)],
+            }
+        )
     found = overlaps(traces(trace_dir), time.time())
-    print("MEASURED redis-sigstop:", json.dumps(out), "largest overlap",
-          round(max(found, default=-1), 3))
+    print(
+        "MEASURED redis-sigstop:",
+        json.dumps(out),
+        "largest overlap",
+        round(max(found, default=-1), 3),
+    )
     assert max(found, default=-1) < 0
 
 
@@ -197,15 +218,30 @@ def test_flapping_partitions(cluster, redis, proxy, tmp_path, pattern):  # noqa:
     stop.set()
     t.join(30)
     healed = time.time()
-    wait_for(lambda: (not (s := a.ok("stats"))["fencing"]) and "b" in s["live"] and
-             "a" in b.ok("stats")["live"], 10, what="a back")
+    wait_for(
+        lambda: (
+            (not (s := a.ok("stats"))["fencing"])
+            and "b" in s["live"]
+            and "a" in b.ok("stats")["live"]
+        ),
+        10,
+        what="a back",
+    )
     back = time.time() - healed
     views = [n.ok("whereis_many", keys=keys, table=TABLE) for n in (a, b)]
     found = overlaps(traces(trace_dir), time.time())
     stats = a.ok("stats")
-    print(f"MEASURED flapping {pattern}:", json.dumps({
-        "a fenced": stats["fenced"], "a back after (s)": round(back, 3),
-        "views agree": views[0] == views[1], "largest overlap": round(max(found, default=-1), 3),
-        "processes": len(traces(trace_dir))}))
+    print(
+        f"MEASURED flapping {pattern}:",
+        json.dumps(
+            {
+                "a fenced": stats["fenced"],
+                "a back after (s)": round(back, 3),
+                "views agree": views[0] == views[1],
+                "largest overlap": round(max(found, default=-1), 3),
+                "processes": len(traces(trace_dir)),
+            }
+        ),
+    )
     assert max(found, default=-1) < 0
     assert views[0] == views[1]

@@ -52,9 +52,7 @@ def _trace_lines(trace_dir: Path) -> list[list[Any]]:
     return out
 
 
-def test_sigstop_of_a_busy_node_its_process_acts_after_the_new_owner_started(
-    cluster, tmp_path
-):
+def test_sigstop_of_a_busy_node_its_process_acts_after_the_new_owner_started(cluster, tmp_path):
     """a holds key "busy" with a `Ticker` (always has mail: a drain of it is always
     pending). a is SIGSTOPped for 2.5 leases; b takes the key over meanwhile; a is
     resumed. a's Ticker must not handle any message after b's process for the key
@@ -170,8 +168,9 @@ def test_a_pid_handed_out_before_its_process_started_is_not_declared_dead(cluste
         time.sleep(0.05)
         alive = a.ok("alive", pid=pid)
         later = b.ok("whereis", key=key)
-        if alive and (later != pid or "NoProcess" in str(out.get("call")) or
-                      out.get("down") == "noproc"):
+        if alive and (
+            later != pid or "NoProcess" in str(out.get("call")) or out.get("down") == "noproc"
+        ):
             bad.append({"i": i, "pid": pid, "spin": out, "whereis later": later})
         time.sleep(hog + 0.1)  # (the hog ends)
     if bad:  # how long does b keep the live pid for dead?
@@ -214,7 +213,14 @@ def test_a_node_that_rejoined_gets_frames_or_reports_them_lost(cluster, proxy, r
     numsub = redis.client(timeout=1.0).pubsub_numsub("procreg:ch:a")
     print(
         "MEASURED rejoin-frames:",
-        json.dumps({"attempts": len(answers), "outcomes": errors, "slow": slow[:3],
-                    "subscribers of ch:a at the end": numsub}, default=repr),
+        json.dumps(
+            {
+                "attempts": len(answers),
+                "outcomes": errors,
+                "slow": slow[:3],
+                "subscribers of ch:a at the end": numsub,
+            },
+            default=repr,
+        ),
     )
     assert slow == [], slow

@@ -42,7 +42,9 @@ def test_a_primary_change_seen_by_a_renewal_does_not_fence_the_node(redis) -> No
         cluster = node._cluster
         keys = [f"k{i}" for i in range(N_KEYS)]
         for start in range(0, N_KEYS, 2000):
-            await asyncio.gather(*(procreg.get_or_spawn(k, Idle) for k in keys[start : start + 2000]))
+            await asyncio.gather(
+                *(procreg.get_or_spawn(k, Idle) for k in keys[start : start + 2000])
+            )
         assert cluster.fenced == 0
         timings = []
         original = RedisBackend.reconcile
@@ -164,7 +166,11 @@ def test_an_infinite_wait_timeout_is_refused_when_parsed() -> None:
 def test_a_sentinel_url_with_an_empty_host_is_refused() -> None:
     from procreg.cluster.url import parse_url
 
-    for url in ("redis+sentinel:///main", "redis+sentinel://h:1,,h2:2/main",
-                "redis+sentinel://::1/main", "redis+sentinel://h:99999/main"):
+    for url in (
+        "redis+sentinel:///main",
+        "redis+sentinel://h:1,,h2:2/main",
+        "redis+sentinel://::1/main",
+        "redis+sentinel://h:99999/main",
+    ):
         with pytest.raises(ValueError):
             print(url, "->", parse_url(url).sentinels)
