@@ -79,7 +79,7 @@ def test_sigstop_of_a_busy_node_its_process_acts_after_the_new_owner_started(clu
         )
         time.sleep(1.0)
         a.resume()
-        wait_for(lambda: a.ok("stats")["fenced"] > run, 3 * LEASE, what="a to fence")
+        wait_for(lambda r=run: a.ok("stats")["fenced"] > r, 3 * LEASE, what="a to fence")
         wait_for(lambda: not a.ok("stats")["fencing"], 5 * LEASE, what="a to rejoin")
         b.req("call", pid=new, request=["x"])
         b.ok("exit", pid=new, reason="kill")  # (stop ticking)
@@ -189,7 +189,7 @@ def test_a_node_that_rejoined_gets_frames_or_reports_them_lost(cluster, proxy, r
     each attempt must succeed or fail fast (NodeDown, ClusterUnavailable), never
     wait for the 5 s CallTimeout."""
     (b,) = cluster(["b"], lease=LEASE)
-    (a,) = cluster(["a"], lease=LEASE, url=proxy.url())
+    (_a,) = cluster(["a"], lease=LEASE, url=proxy.url())
     keys = b.ok("home_keys", node="a", n=200)
     proxy.blackhole()
     wait_for(lambda: "a" not in b.ok("nodes"), 3 * LEASE, what="b to see a down")
