@@ -287,6 +287,8 @@ class Cluster:
         if not self.fencing:
             return
         old = self.membership.creation
+        # frames sent to us once the others see our new creation must reach us
+        await self.transport.wait_subscribed(timeout=self.lease / 3)
         await self.membership.rejoin()
         self.fencing = False
         self.membership._set_deadline()

@@ -51,6 +51,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ClusterUnavailable
 from .codec import BadFrame, decode_frame, encode_frame, salvage
 from .store import stop_tasks
 from .wire import Wire
@@ -119,6 +120,9 @@ class Transport:
         self._mine = self.channel(name).encode()
         self._inval = store.key("inval").encode()
         self._lost = asyncio.Event()
+        self._sub_confirmed = asyncio.Event()  # the current subscribed connection's
+        self._sub_id: int | None = None  # its CLIENT ID
+        self._stale_ids: list[int] = []  # earlier ones, to kill once re-subscribed
         self._keeper: asyncio.Task[None] | None = None
 
     def channel(self, node: str) -> str:
@@ -154,7 +158,11 @@ class Transport:
             self._dests.clear()
         if self._sub is None:
             sub = await Wire.open(self.store, self._pushed, self._wire_lost)
-            sub.send(("SUBSCRIBE", self._mine, self._inval))
+            self._sub_confirmed.clear()
+            # its client id first: once a later connection's subscription is
+            # confirmed, this one is killed if the server still holds it (a half-open
+            # socket after a partition keeps counting as a receiver of our channel)
+            sub.send(("CLIENT", "ID"), ("SUBSCRIBE", self._mine, self._inval))
             self._sub = sub
 
     async def _keep(self) -> None:
@@ -219,6 +227,10 @@ class Transport:
             quiet = wire.outstanding == 0
         elif wire is self._sub:
             self._sub = None  # what was published to us meanwhile is lost
+            self._sub_confirmed.clear()
+            if self._sub_id is not None:
+                self._stale_ids.append(self._sub_id)
+                self._sub_id = None
             quiet = False
         else:
             return
@@ -339,8 +351,38 @@ class Transport:
                     # gone stale while we were not subscribed
                     self.on_resubscribe()
                 self._subscribed = True
+                self._sub_confirmed.set()
+                if self._stale_ids and self._loop is not None:
+                    stale, self._stale_ids = self._stale_ids, []
+                    self._loop.create_task(self._kill_clients(stale))
+        elif isinstance(reply, int) and self._sub_id is None:
+            self._sub_id = reply  # CLIENT ID of this subscribed connection
         elif isinstance(reply, Exception):
             self._reject("subscribe_error", repr(reply))
+
+    async def _kill_clients(self, ids: list[int]) -> None:
+        """Close our earlier subscribed connections that the server may still hold
+        (``CLIENT KILL ID``), so that a frame for us that reaches none of our live
+        connections is reported as undeliverable instead of counted as received."""
+        for client_id in ids:
+
+            async def kill(r: Any, client_id: int = client_id) -> Any:
+                return await r.execute_command("CLIENT", "KILL", "ID", client_id)
+
+            try:
+                await self.store.run(kill)
+            except Exception as exc:  # long gone ("No such client"), or the store failed
+                log.debug("CLIENT KILL ID %s: %r", client_id, exc)
+
+    async def wait_subscribed(self, timeout: float) -> None:
+        """Return once our current subscribed connection is confirmed by the store;
+        `ClusterUnavailable` after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._sub_confirmed.wait(), timeout)
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"{self.name}: not subscribed to the cluster store yet"
+            ) from None
 
     def receive(self, frame: Any) -> bool:
         """Check one frame and deliver its items; False (and counted) if rejected."""
