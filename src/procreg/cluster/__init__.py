@@ -93,6 +93,8 @@ class Cluster:
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
         self.remote.on_dead = self.backend.pid_ended
+        self.remote.on_alive = self.backend.pid_answered
+        self.remote.park = self.backend.park
         self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []
@@ -371,11 +373,13 @@ class Cluster:
         we fenced ourselves meanwhile), reconcile. Frames were dropped meanwhile (ours
         and maybe others'), so links and monitors across nodes end with
         ``noconnection``, as after a network partition."""
-        self.remote.all_down()
+        peers = self.remote.all_down()
         self.backend.clear_cache()  # invalidations may have been missed
         await self.membership.step()
         if self.fencing:  # the rejoin failed: the next step tries again
             raise ClusterUnavailable("rejoining the cluster failed")
+        # the peers may never have seen the frames we lost: tell them we ended our side
+        self.remote.reset(peers)
         if self.store.changed_primary is not None:
             await self.primary_changed()  # (it reconciles)
         else:

@@ -142,6 +142,7 @@ class _Spawn:
             raise fenced
         self.gen = b._gen
         self.fences = b.cluster.fenced  # a fence while the claim is in flight voids it
+        b._parked[pid] = []
         # the process starts in the answer's callback, but under its caller's context
         # variables, as it would locally (request ids, tenants, tracing)
         self.ctx = contextvars.copy_context()
@@ -203,6 +204,7 @@ class _Spawn:
         key = (self.table, self.key)
         if claims.get(key) is self:
             del claims[key]
+        self.backend.unpark(self.pid)
         for fut in self.waiters:
             if fut.done():  # that caller was cancelled
                 continue
@@ -253,6 +255,11 @@ class RedisBackend(LocalBackend):
         # noproc), with when: no lookup hands them out, even before the owner's
         # release reaches the store (causality: Down, then whereis, never the dead pid)
         self._dead: dict[Pid, float] = {}
+        # pids allocated for a claim whose process does not exist yet: what other
+        # nodes send them meanwhile (they may have found the pid in the store before
+        # our claim's answer came back) waits here, and is delivered once the process
+        # has started, or answered noproc if it never does
+        self._parked: dict[Pid, list[tuple[str, int, Any]]] = {}
         self._tkeys: dict[str, tuple[str, str]] = {}
         # claims waiting for a script call, by mode ("new", "resync")
         self._pending_claims: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
@@ -603,15 +610,19 @@ class RedisBackend(LocalBackend):
                     self._cache[(table, key)] = result[0]
                 return result
         pid = node._new_pid()
-        holder = await self._claim(key, table, pid, meta)
-        if holder is not None:
-            return holder, False
-        fences = self.cluster.fenced
+        self._parked[pid] = []
         try:
-            proc = await node.start_with_pid(pid, factory, args, idle_timeout, key=(table, key))
-        except BaseException:
-            self._queue_release(table, key, pid, False)
-            raise
+            holder = await self._claim(key, table, pid, meta)
+            if holder is not None:
+                return holder, False
+            fences = self.cluster.fenced
+            try:
+                proc = await node.start_with_pid(pid, factory, args, idle_timeout, key=(table, key))
+            except BaseException:
+                self._queue_release(table, key, pid, False)
+                raise
+        finally:
+            self.unpark(pid)
         self.cluster.membership.check()  # past our lease deadline: fence first
         if self.cluster.fenced != fences:  # fenced during an async init: it must not live on
             node._end(proc, "fenced")
@@ -769,14 +780,41 @@ class RedisBackend(LocalBackend):
 
     def pid_ended(self, pid: Pid) -> None:
         """A remote process is known to have ended (we delivered its Down, its exit
-        signal, or a noproc for it): lookups on this node never return it again."""
+        signal, or a noproc for it): lookups on this node never return it again
+        (for 2 x lease: by then its owner's release has surely reached the store)."""
         now = self.node._loop.time()
         dead = self._dead
-        if len(dead) >= 4096:  # forget what the store surely knows by now
-            horizon = now - 2 * self.cluster.lease
-            for old in [p for p, t in dead.items() if t < horizon]:
-                del dead[old]
+        horizon = now - 2 * self.cluster.lease
+        while dead:  # oldest first (insertion order)
+            first = next(iter(dead))
+            if dead[first] >= horizon:
+                break
+            del dead[first]
+        dead.pop(pid, None)
         dead[pid] = now  # (`peek` drops a cache entry that names it)
+
+    def pid_answered(self, pid: Pid) -> None:
+        """A remote process answered a call: it is alive."""
+        if self._dead:
+            self._dead.pop(pid, None)
+
+    def park(self, sender: str, creation: int, item: Any, pid: Pid) -> bool:
+        """Keep an item for one of our pids whose claim is in flight (True), to
+        deliver once its process has started (`unpark`)."""
+        parked = self._parked.get(pid)
+        if parked is None:
+            return False
+        parked.append((sender, creation, item))
+        return True
+
+    def unpark(self, pid: Pid) -> None:
+        """The claim for `pid` settled: deliver what waited for it, in order (to the
+        process, or answered noproc if it never started)."""
+        parked = self._parked.pop(pid, None)
+        if parked:
+            deliver = self.cluster.remote.deliver
+            for sender, creation, item in parked:
+                deliver(sender, creation, item)
 
     def node_down(self, name: str) -> None:
         """Forget cached entries of a node that went down."""

@@ -56,6 +56,7 @@ DEMONITOR: Final = 11
 DOWN: Final = 12
 GROUP_SEND: Final = 13
 SPAWN: Final = 14
+RESET: Final = 15  # "I dropped our links, monitors and calls": treat me as disconnected
 
 
 def _pack_lenient(item: tuple[Any, ...]) -> bytes:
@@ -158,6 +159,10 @@ class Remote:
         self.downs: dict[str, int] = {}  # node -> the newest creation known to be down
         # called with a remote pid we learned is dead (a Down, an exit signal, a noproc)
         self.on_dead: Callable[[Pid], None] = lambda pid: None
+        self.on_alive: Callable[[Pid], None] = lambda pid: None  # it answered a call
+        # (sender, creation, item, pid) for an item to a pid of ours with no process:
+        # True if kept until a claim in flight for that pid settles
+        self.park: Callable[[str, int, Any, Pid], bool] = lambda *_: False
         self._ids = itertools.count(1)
         self._last_warning = 0.0
 
@@ -311,15 +316,19 @@ class Remote:
         procs = node._procs
         if op in (SEND, CAST):
             proc = procs.get(item[1])
-            if proc is not None:
+            if proc is None:
+                self.park(sender, creation, item, item[1])
+            else:
                 if op == SEND:
                     proc._procreg_info(item[2])
                 else:
                     proc._procreg_cast(item[2])
         elif op == CALL:
             _, call_id, pid, request = item
-            caller = RemoteCaller(self, sender, call_id)
             proc = procs.get(pid)
+            if proc is None and self.park(sender, creation, item, pid):
+                return
+            caller = RemoteCaller(self, sender, call_id)
             if proc is None or proc._procreg_st >= EXITING:
                 caller.fail(NoProcess(f"no process {pid!r}"))
             else:
@@ -334,9 +343,13 @@ class Remote:
             proc = procs.get(pid)
             if proc is not None:
                 node._exit_signal(proc, from_pid, reason, linked=False)
+            else:
+                self.park(sender, creation, item, pid)
         elif op == LINK:
             _, from_pid, pid = item
             proc = procs.get(pid)
+            if proc is None and self.park(sender, creation, item, pid):
+                return
             if proc is None or proc._procreg_st >= EXITING:
                 self.link_exit(pid, from_pid, "noproc")
                 return
@@ -367,6 +380,8 @@ class Remote:
         elif op == MONITOR:
             _, ref, watcher, pid = item
             proc = procs.get(pid)
+            if proc is None and self.park(sender, creation, item, pid):
+                return
             if proc is None or proc._procreg_st >= EXITING:
                 self.down(watcher, ref, pid, "noproc")
                 return
@@ -403,6 +418,10 @@ class Remote:
                     proc._procreg_info(msg)
         elif op == SPAWN:
             node._loop.create_task(self._spawn_here(sender, item))
+        elif op == RESET:
+            # the sender lost frames (a store outage) and ended its side of our links
+            # and monitors: end ours, as when an Erlang distribution connection drops
+            self.node_down(sender)
         else:
             log.warning("unknown item %r from %s", op, sender)
 
@@ -453,6 +472,7 @@ class Remote:
         if fut.done():
             return
         if failure is None:
+            self.on_alive(pid)
             fut.set_result(value)
             return
         kind, detail = failure
@@ -528,7 +548,17 @@ class Remote:
                 proc._procreg_ext.links.discard(theirs)
             node._exit_signal(proc, theirs, "noconnection", linked=True)
 
-    def all_down(self) -> None:
-        """Every peer is gone for us (after we were fenced, or lost frames)."""
-        for name in list(self.peers):
+    def all_down(self) -> list[str]:
+        """Every peer is gone for us (after we were fenced, or lost frames). Returns
+        the names of the peers we had links, monitors or calls with."""
+        names = list(self.peers)
+        for name in names:
             self.node_down(name)
+        return names
+
+    def reset(self, names: list[str]) -> None:
+        """Tell these nodes we ended our side of their links and monitors (`RESET`)."""
+        item = pack_item((RESET,))
+        for name in names:
+            if name in self.live:
+                self.transport.enqueue(name, item)
