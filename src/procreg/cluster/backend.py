@@ -840,8 +840,15 @@ class RedisBackend(LocalBackend):
             meta = self._meta.get(table, {}).get(key)
             return await self._claim(key, table, proc._procreg_pid, meta, mode=mode)
 
-        # concurrently, so that the claims go in batches (one script call per loop turn)
-        holders = await asyncio.gather(*(one(t, k, p) for t, k, p in entries))
+        # concurrently, so that the claims go in batches (one script call per loop
+        # turn), a bounded number at a time: a million at once would stall the event
+        # loop for seconds (creating the tasks) and the node would miss its renewals
+        holders: list[Pid | None] = []
+        step = CLAIM_BATCH * CLAIM_CALLS
+        for start in range(0, len(entries), step):
+            holders += await asyncio.gather(
+                *(one(t, k, p) for t, k, p in entries[start : start + step])
+            )
         conflicts = 0
         for (table, key, proc), holder in zip(entries, holders, strict=True):
             if holder is not None and holder != proc._procreg_pid:
@@ -880,7 +887,9 @@ class RedisBackend(LocalBackend):
         joined = {
             (canon(g), pid_str(pid)) for g, members in self._groups.items() for pid in members
         }
-        for raw in owned:
+        for i, raw in enumerate(owned):
+            if i % 2048 == 2047:
+                await asyncio.sleep(0)  # a large owned set: let renewals run
             kind, ckey, field = _text(raw).split(SEP, 2)
             try:
                 name, item = uncanon(ckey), uncanon(field) if kind == "t" else field

@@ -75,6 +75,8 @@ class Membership:
         self.epoch = ""
         self.live: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._poll_lock = asyncio.Lock()
         self._closing = False
         self._step_lock = asyncio.Lock()
         self.renewals = 0
@@ -235,7 +237,7 @@ class Membership:
     async def stop(self) -> None:
         """Stop renewing and give the lease back, so others see us down at once."""
         self._closing = True
-        await stop_tasks(self._task)
+        await stop_tasks(self._task, self._poll_task)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.store.up and not self.cluster.fencing:
@@ -311,11 +313,30 @@ class Membership:
             self._extend(sent)
             self.renew_seconds = self._now() - sent
         if run_id and store.note_run_id(run_id):
-            await cluster.primary_changed()
-        await self.poll()
+            await cluster.primary_changed()  # (quick: the re-registering is a task)
+        self._start_poll()
+
+    def _start_poll(self) -> None:
+        """Poll in a task of its own: the next renewal must not wait for the poll's
+        three round trips (with 100 ms of latency, renewals spaced by a whole step
+        drifted past the fence point)."""
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_quietly())
+
+    async def _poll_quietly(self) -> None:
+        try:
+            await self.poll()
+        except ClusterUnavailable as exc:
+            self._warn(f"membership poll failed: {exc}")
+        except Exception:
+            log.exception("membership poll failed")
 
     async def poll(self) -> None:
-        """Refresh the live-node list and report changes."""
+        """Refresh the live-node list and report changes (one poll at a time)."""
+        async with self._poll_lock:
+            await self._poll()
+
+    async def _poll(self) -> None:
         store = self.store
         nodes = await store.run(lambda r: r.hgetall(store.key("nodes")))
         names = [_text(n) or "" for n in nodes]

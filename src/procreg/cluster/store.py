@@ -259,6 +259,11 @@ class Store:
         self.prefix = self.config.prefix
         self.wait = self.config.wait
         self.wait_timeout = self.config.wait_timeout or min(0.5, timeout / 2)
+        if self.wait_timeout >= timeout:  # the socket would time out first
+            raise ValueError(
+                f"wait_timeout={self.wait_timeout} in the cluster URL must be below the "
+                f"store's socket timeout of {timeout:.3g} s (min(1 s, lease / 3))"
+            )
         self._aioredis = aioredis
         self._rexc = rexc
         self._errors: tuple[type[BaseException], ...] = (

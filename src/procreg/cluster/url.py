@@ -28,6 +28,7 @@ procreg's own query options (removed before the URL reaches redis-py):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse, urlunparse
 
@@ -82,6 +83,30 @@ def _int_option(query: dict[str, list[str]], name: str, default: int) -> int:
     return value
 
 
+def _sentinel_address(hostport: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; the port defaults to 26379), checked."""
+    text = hostport.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("26379" if not rest else "")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" not in text:
+        host, port = text, "26379"
+    else:
+        host, port = "", ""  # an IPv6 address must be in brackets
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not host or not 0 < number < 65536:
+        raise ValueError(
+            f"bad sentinel address {hostport!r} in the cluster URL: use host:port, "
+            "[ipv6]:port, comma-separated"
+        )
+    return host, number
+
+
 def parse_url(url: str) -> StoreURL:
     """Parse a cluster URL (forms above); `ValueError` for a malformed one."""
     parts = urlparse(url)
@@ -102,8 +127,10 @@ def parse_url(url: str) -> StoreURL:
             wait_timeout = float(timeout_raw[0])
         except ValueError:
             raise ValueError(f"wait_timeout= must be a number, got {timeout_raw[0]!r}") from None
-        if not wait_timeout > 0:
-            raise ValueError(f"wait_timeout= must be > 0 seconds, got {wait_timeout}")
+        if not (wait_timeout > 0 and math.isfinite(wait_timeout)):
+            raise ValueError(
+                f"wait_timeout= must be a finite number of seconds > 0, got {timeout_raw[0]!r}"
+            )
     rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
     if not sentinel:
         return StoreURL(
@@ -120,20 +147,12 @@ def parse_url(url: str) -> StoreURL:
         user, _, pw = auth.partition(":")
         username = unquote(user) or None
         password = unquote(pw) or None
-    sentinels: list[tuple[str, int]] = []
-    for hostport in netloc.split(","):
-        host, _, port = hostport.strip().rpartition(":")
-        if not host:
-            host, port = port, "26379"
-        try:
-            sentinels.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise ValueError(f"bad sentinel address {hostport!r} in the cluster URL") from None
+    sentinels = [_sentinel_address(hostport) for hostport in netloc.split(",")]
     path = [p for p in parts.path.split("/") if p]
-    if not path:
+    if not path or len(path) > 2:
         raise ValueError(
-            "a Sentinel cluster URL names the service: "
-            "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+            "a Sentinel cluster URL names the service (and optionally the database): "
+            f"redis+sentinel://host:port[,host:port...]/service_name[/db], got {url!r}"
         )
     try:
         db = int(path[1]) if len(path) > 1 else 0
