@@ -55,6 +55,7 @@ class _Link:
         self.server = server
         self.frozen = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.pending: dict[int, asyncio.Task[None]] = {}  # last delayed write per writer
 
     def reset(self) -> None:
         for writer in (self.client, self.server):
@@ -233,6 +234,23 @@ class FaultProxy:
             loop.create_task(self._pump(link, up_reader, writer)),
         ]
 
+    def _delayed(self, link: _Link, writer: asyncio.StreamWriter, due: float, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        # chunks of one direction share one writer: keep their order with a chain
+        previous = link.pending.get(id(writer))
+
+        async def later() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if link.frozen or self.mode != "pass" or writer.is_closing():
+                self.dropped += len(data)
+                return
+            writer.write(data)
+            self.forwarded += len(data)
+
+        link.pending[id(writer)] = loop.create_task(later())
+
     async def _pump(
         self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -245,10 +263,13 @@ class FaultProxy:
                     self.dropped += len(data)
                     continue
                 if self.latency:
-                    await asyncio.sleep(self.latency)
-                    if link.frozen or self.mode != "pass":
-                        self.dropped += len(data)
-                        continue
+                    # latency, not a throughput limit: each chunk leaves `latency`
+                    # after it arrived, in order (a chunk behind a slow one waits only
+                    # for what is left of its own delay)
+                    loop = asyncio.get_running_loop()
+                    due = loop.time() + self.latency
+                    self._delayed(link, writer, due, data)
+                    continue
                 writer.write(data)
                 self.forwarded += len(data)
                 await writer.drain()
