@@ -37,9 +37,11 @@ from .process import (
     current_caller,
     current_process,
 )
+from .surface import NodeRuntime
 
 if TYPE_CHECKING:
     from .registry import RegistryBackend
+    from .seams import Distribution
 
 __all__ = [
     "HANDLER_LOCK",
@@ -344,7 +346,8 @@ class Node:
         # before it handles a message, so a node woken from a pause past its lease
         # deadline fences itself before any registered process acts
         self._lease_guard: Callable[[], bool] | None = None
-        self._remote: Any = None  # its Remote: operations on other nodes' pids
+        self._remote: Distribution | None = None  # operations on other nodes' pids
+        self.runtime = NodeRuntime(self)  # what backends may do to local processes
         self.creation = next(_creations)
         self.cluster = cluster
         self._secret = secret
@@ -534,6 +537,12 @@ class Node:
                 GcPolicy.shrank(len(procs))
                 self._next_freeze = GcPolicy.next_freeze()
                 self._unfreeze_below = GcPolicy.unfreeze_below()
+
+    def _dist(self, pid: Pid) -> Distribution | None:
+        """The distribution layer if `pid` is another node's (`foreign`), else None."""
+        if self.foreign(pid):
+            return self._remote
+        return None
 
     def foreign(self, pid: Pid) -> bool:
         """True if `pid` belongs to another node of the cluster; `TypeError` if it is
@@ -836,8 +845,9 @@ class Node:
         `procreg.send` for what the result means."""
         proc = self._procs.get(pid)
         if proc is None:
-            if self.foreign(pid):
-                self._remote.send(pid, msg)
+            remote = self._dist(pid)
+            if remote is not None:
+                remote.send(pid, msg)
                 return True
             return False
         return proc._procreg_info(msg)
@@ -846,8 +856,9 @@ class Node:
         """Send `msg` as a cast (``handle_cast`` for a server); see `procreg.cast`."""
         proc = self._procs.get(pid)
         if proc is None:
-            if self.foreign(pid):
-                self._remote.cast(pid, msg)
+            remote = self._dist(pid)
+            if remote is not None:
+                remote.cast(pid, msg)
                 return True
             return False
         return proc._procreg_cast(msg)
@@ -858,8 +869,9 @@ class Node:
             check_timeout(timeout)
         proc = self._procs.get(pid)
         if proc is None or proc._procreg_st >= EXITING or pid.__class__ is not Pid:
-            if self.foreign(pid):
-                return await self._remote.call(pid, request, timeout)
+            remote = self._dist(pid)
+            if remote is not None:
+                return await remote.call(pid, request, timeout)
             raise NoProcess(f"no process {pid!r}")
         if proc is self._current or proc is current_process.get():
             raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
@@ -970,9 +982,10 @@ class Node:
         """Send an exit signal to `pid`; see `procreg.exit`."""
         proc = self._procs.get(pid)
         if proc is None:
-            if self.foreign(pid):
+            remote = self._dist(pid)
+            if remote is not None:
                 me = self.me()
-                self._remote.exit(me._procreg_pid if me is not None else None, pid, reason)
+                remote.exit(me._procreg_pid if me is not None else None, pid, reason)
             return
         me = self.me()
         sender = me._procreg_pid if me is not None else None
@@ -1019,8 +1032,13 @@ class Node:
         """Link the calling process and `pid`; see `procreg.link`."""
         me = self._me_or_raise("link()")
         proc = self._lookup(pid)
-        if proc is None and self.foreign(pid):
-            self._remote.link(me, pid)
+        remote = self._dist(pid) if proc is None else None
+        if remote is not None:
+            if not remote.reachable(pid):
+                self._exit_signal(me, pid, "noconnection", linked=True)
+                return
+            self.runtime.attach_link(me._procreg_pid, pid)
+            remote.link(me._procreg_pid, pid)
             return
         if proc is None or proc._procreg_st >= EXITING:
             ext = me._procreg_ext
@@ -1039,8 +1057,9 @@ class Node:
             me._procreg_ext.links.discard(pid)
         proc = self._procs.get(pid)
         if proc is None:
-            if self.foreign(pid):
-                self._remote.unlink(me, pid)
+            remote = self._dist(pid)
+            if remote is not None:
+                remote.unlink(me._procreg_pid, pid)
             return
         if proc._procreg_ext is not None and proc._procreg_ext.links:
             proc._procreg_ext.links.discard(me._procreg_pid)
@@ -1060,8 +1079,14 @@ class Node:
         """Monitor `pid` from the calling process; see `procreg.monitor`."""
         me = self._me_or_raise("monitor()")
         proc = self._lookup(pid)
-        if proc is None and self.foreign(pid):
-            ref: Ref = self._remote.monitor(me, pid)
+        remote = self._dist(pid) if proc is None else None
+        if remote is not None:
+            ref = Ref(self.name)
+            if not remote.reachable(pid):
+                me._procreg_info(Down(ref, pid, "noconnection"))
+                return ref
+            self.runtime.attach_watch(me._procreg_pid, ref, pid)
+            remote.monitor(me._procreg_pid, ref, pid)
             return ref
         if proc is None or proc._procreg_st >= EXITING:
             ref = Ref(self.name)

@@ -89,12 +89,13 @@ class Cluster:
         self.transport.on_inval = self._invalidated
         self.transport.on_undeliverable = self._undeliverable
         self.transport.guard = self.membership.check
-        self.remote = Remote(node, self.transport)
+        self.remote = Remote(node.runtime, self.transport)
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
         self.remote.on_dead = self.backend.pid_ended
         self.remote.on_alive = self.backend.pid_answered
         self.remote.park = self.backend.park
+        self.remote.get_or_spawn = self.backend.get_or_spawn
         self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []

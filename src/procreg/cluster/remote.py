@@ -18,7 +18,7 @@ import itertools
 import logging
 import pickle
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import (
@@ -31,11 +31,10 @@ from ..errors import (
     ProcregError,
 )
 from ..pid import Pid, Ref
-from ..process import EXITING, _Proc
 from .codec import pack_item
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import Runtime
     from .transport import Transport
 
 __all__ = ["Peer", "Remote", "RemoteCaller", "factory_name", "resolve_factory"]
@@ -150,9 +149,12 @@ def resolve_factory(name: str) -> Any:
 class Remote:
     """Operations on remote pids, and the handling of items from other nodes."""
 
-    def __init__(self, node: Node, transport: Transport) -> None:
-        self.node = node
+    def __init__(self, runtime: Runtime, transport: Transport) -> None:
+        self.runtime = runtime
         self.transport = transport
+        # get_or_spawn on this node, for a remote spawn (placement="hash"): the
+        # registry backend's, set by the cluster
+        self.get_or_spawn: Callable[..., Awaitable[tuple[Pid, bool]]] | None = None
         self.peers: dict[str, Peer] = {}
         self.live: dict[str, int] = {}  # node -> creation, kept by membership
         self.seen: set[str] = set()  # every node name ever live
@@ -172,7 +174,7 @@ class Remote:
             peer = self.peers[name] = Peer(name)
         return peer
 
-    def _check(self, pid: Pid) -> bool:
+    def reachable(self, pid: Pid) -> bool:
         """True if `pid`'s node may be live: its incarnation is the live one we know,
         or one our membership poll has not seen yet (a node that has just joined or
         restarted is reachable before our next poll: a frame that reaches nobody is
@@ -189,12 +191,12 @@ class Remote:
     # -- outgoing -------------------------------------------------------------------
     def send(self, pid: Pid, msg: Any) -> None:
         item = pack_item((SEND, pid, msg))
-        if self._check(pid):
+        if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     def cast(self, pid: Pid, msg: Any) -> None:
         item = pack_item((CAST, pid, msg))
-        if self._check(pid):
+        if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None) -> Any:
@@ -202,63 +204,45 @@ class Remote:
         item = pack_item((CALL, call_id, pid, request))
         if not self.transport.store.up:  # the frame could not leave: fail at once
             raise ClusterUnavailable(f"cannot call {pid!r}: the cluster store is unreachable")
-        if not self._check(pid):
+        if not self.reachable(pid):
             if pid[0] in self.live:
                 raise NoProcess(f"no process {pid!r} (an earlier incarnation of its node)")
             raise NodeDown(f"node {pid[0]!r} of {pid!r} is down")
-        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
         peer = self._peer(pid[0])
         peer.calls[call_id] = (fut, pid)
         self.transport.enqueue(pid[0], item)
         if timeout is not None:
-            self.node._deadlines.add(timeout, fut)
+            self.runtime.add_deadline(timeout, fut)
         try:
             return await fut
         finally:
             peer.calls.pop(call_id, None)
 
     def exit(self, sender: Pid | None, pid: Pid, reason: Any) -> None:
-        if self._check(pid):
+        if self.reachable(pid):
             self.transport.enqueue(pid[0], _pack_lenient((EXIT, sender, pid, reason)))
 
-    def link(self, me: _Proc, pid: Pid) -> None:
-        if not self._check(pid):
-            self.node._exit_signal(me, pid, "noconnection", linked=True)
-            return
-        ext = me._procreg_extra()
-        if ext.links is None:
-            ext.links = set()
-        ext.links.add(pid)
-        self._peer(pid[0]).links.add((me.pid, pid))
-        self.transport.enqueue(pid[0], pack_item((LINK, me.pid, pid)))
+    def link(self, ours: Pid, theirs: Pid) -> None:
+        self._peer(theirs[0]).links.add((ours, theirs))
+        self.transport.enqueue(theirs[0], pack_item((LINK, ours, theirs)))
 
-    def unlink(self, me: _Proc, pid: Pid) -> None:
-        peer = self.peers.get(pid[0])
+    def unlink(self, ours: Pid, theirs: Pid) -> None:
+        peer = self.peers.get(theirs[0])
         if peer is not None:
-            peer.links.discard((me.pid, pid))
-        if self._check(pid):
-            self.transport.enqueue(pid[0], pack_item((UNLINK, me.pid, pid)))
+            peer.links.discard((ours, theirs))
+        if self.reachable(theirs):
+            self.transport.enqueue(theirs[0], pack_item((UNLINK, ours, theirs)))
 
-    def monitor(self, me: _Proc, pid: Pid) -> Ref:
-        ref = Ref(self.node.name)
-        if not self._check(pid):
-            from ..messages import Down
-
-            me._procreg_info(Down(ref, pid, "noconnection"))
-            return ref
-        ext = me._procreg_extra()
-        if ext.watching is None:
-            ext.watching = {}
-        ext.watching[ref] = pid
-        self._peer(pid[0]).watch_out[ref] = (me.pid, pid)
-        self.transport.enqueue(pid[0], pack_item((MONITOR, ref, me.pid, pid)))
-        return ref
+    def monitor(self, watcher: Pid, ref: Ref, target: Pid) -> None:
+        self._peer(target[0]).watch_out[ref] = (watcher, target)
+        self.transport.enqueue(target[0], pack_item((MONITOR, ref, watcher, target)))
 
     def demonitor(self, ref: Ref, target: Pid) -> None:
         peer = self.peers.get(target[0])
         if peer is not None:
             peer.watch_out.pop(ref, None)
-        if self._check(target):
+        if self.reachable(target):
             self.transport.enqueue(target[0], pack_item((DEMONITOR, ref, target)))
 
     def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
@@ -266,7 +250,7 @@ class Remote:
         peer = self.peers.get(watcher[0])
         if peer is not None:
             peer.watch_in.pop(ref, None)
-        if self._check(watcher):  # (a node that just joined is reachable before our poll)
+        if self.reachable(watcher):  # (a node that just joined is reachable before our poll)
             self.transport.enqueue(watcher[0], _pack_lenient((DOWN, ref, pid, watcher, reason)))
 
     def link_exit(self, sender: Pid, other: Pid, reason: Any) -> None:
@@ -274,7 +258,7 @@ class Remote:
         peer = self.peers.get(other[0])
         if peer is not None:
             peer.links.discard((sender, other))
-        if self._check(other):  # (a node that just joined is reachable before our poll)
+        if self.reachable(other):  # (a node that just joined is reachable before our poll)
             self.transport.enqueue(other[0], _pack_lenient((LINK_EXIT, sender, other, reason)))
 
     def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
@@ -297,11 +281,11 @@ class Remote:
         item = pack_item((SPAWN, call_id, table, key, name, args, meta, idle_timeout))
         if node not in self.live:
             raise NodeDown(f"node {node!r} is down")
-        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
         peer = self._peer(node)
         peer.calls[call_id] = (fut, Pid(node, self.live[node], 0))
         self.transport.enqueue(node, item)
-        self.node._deadlines.add(timeout, fut)
+        self.runtime.add_deadline(timeout, fut)
         try:
             result: tuple[Pid, bool] = await fut
         finally:
@@ -312,27 +296,18 @@ class Remote:
     def deliver(self, sender: str, creation: int, item: Any) -> None:
         """Handle one item from `sender` (called by the transport, in order)."""
         op = item[0]
-        node = self.node
-        procs = node._procs
+        rt = self.runtime
         if op in (SEND, CAST):
-            proc = procs.get(item[1])
-            if proc is None:
-                self.park(sender, creation, item, item[1])
-            else:
-                if op == SEND:
-                    proc._procreg_info(item[2])
-                else:
-                    proc._procreg_cast(item[2])
+            pid = item[1]
+            if not rt.deliver(pid, item[2], "send" if op == SEND else "cast") and not rt.alive(pid):
+                self.park(sender, creation, item, pid)
         elif op == CALL:
             _, call_id, pid, request = item
-            proc = procs.get(pid)
-            if proc is None and self.park(sender, creation, item, pid):
+            if not rt.alive(pid) and self.park(sender, creation, item, pid):
                 return
             caller = RemoteCaller(self, sender, call_id)
-            if proc is None or proc._procreg_st >= EXITING:
+            if not rt.deliver_call(pid, caller, request):
                 caller.fail(NoProcess(f"no process {pid!r}"))
-            else:
-                proc._procreg_call(caller, request)
         elif op == REPLY:
             self._answer(sender, item[1], item[2], None)
         elif op == FAIL:
@@ -340,84 +315,54 @@ class Remote:
             self._answer(sender, call_id, None, (kind, detail))
         elif op == EXIT:
             _, from_pid, pid, reason = item
-            proc = procs.get(pid)
-            if proc is not None:
-                node._exit_signal(proc, from_pid, reason, linked=False)
+            if rt.alive(pid):
+                rt.exit_signal(pid, from_pid, reason, linked=False)
             else:
                 self.park(sender, creation, item, pid)
         elif op == LINK:
             _, from_pid, pid = item
-            proc = procs.get(pid)
-            if proc is None and self.park(sender, creation, item, pid):
+            if not rt.alive(pid) and self.park(sender, creation, item, pid):
                 return
-            if proc is None or proc._procreg_st >= EXITING:
+            if not rt.attach_link(pid, from_pid):
                 self.link_exit(pid, from_pid, "noproc")
                 return
-            ext = proc._procreg_extra()
-            if ext.links is None:
-                ext.links = set()
-            ext.links.add(from_pid)
             self._peer(sender).links.add((pid, from_pid))
         elif op == UNLINK:
             _, from_pid, pid = item
             self._peer(sender).links.discard((pid, from_pid))
-            proc = procs.get(pid)
-            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.links:
-                proc._procreg_ext.links.discard(from_pid)
+            rt.detach_link(pid, from_pid)
         elif op == LINK_EXIT:
             _, from_pid, pid, reason = item
             self.on_dead(from_pid)  # before anyone runs: no lookup may return it now
             self._peer(sender).links.discard((pid, from_pid))
-            proc = procs.get(pid)
-            links = (
-                proc._procreg_ext.links
-                if proc is not None and proc._procreg_ext is not None
-                else None
-            )
-            if proc is not None and links and from_pid in links:
-                links.discard(from_pid)  # (an exit after unlink is ignored)
-                node._exit_signal(proc, from_pid, reason, linked=True)
+            if rt.detach_link(pid, from_pid):  # (an exit after unlink is ignored)
+                rt.exit_signal(pid, from_pid, reason, linked=True)
         elif op == MONITOR:
             _, ref, watcher, pid = item
-            proc = procs.get(pid)
-            if proc is None and self.park(sender, creation, item, pid):
+            if not rt.alive(pid) and self.park(sender, creation, item, pid):
                 return
-            if proc is None or proc._procreg_st >= EXITING:
+            if not rt.attach_monitor(pid, ref, watcher):
                 self.down(watcher, ref, pid, "noproc")
                 return
-            ext = proc._procreg_extra()
-            if ext.monitors is None:
-                ext.monitors = {}
-            ext.monitors[ref] = watcher
             self._peer(sender).watch_in[ref] = (pid, watcher)
         elif op == DEMONITOR:
             _, ref, pid = item
             self._peer(sender).watch_in.pop(ref, None)
-            proc = procs.get(pid)
-            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.monitors:
-                proc._procreg_ext.monitors.pop(ref, None)
+            rt.detach_monitor(pid, ref)
         elif op == DOWN:
             _, ref, pid, watcher, reason = item
             self.on_dead(pid)  # before anyone runs: no lookup may return it now
             peer = self.peers.get(sender)
             if peer is not None:
                 peer.watch_out.pop(ref, None)
-            proc = procs.get(watcher)
-            watching = (
-                proc._procreg_ext.watching
-                if proc is not None and proc._procreg_ext is not None
-                else None
-            )
-            if watching and ref in watching:  # still watched (not demonitored meanwhile)
-                node._down(watcher, ref, pid, reason)
+            if rt.watching(watcher, ref):  # still watched (not demonitored meanwhile)
+                rt.down(watcher, ref, pid, reason)
         elif op == GROUP_SEND:
             _, pids, msg = item
             for pid in pids:
-                proc = procs.get(pid)
-                if proc is not None:
-                    proc._procreg_info(msg)
+                rt.deliver(pid, msg, "send")
         elif op == SPAWN:
-            node._loop.create_task(self._spawn_here(sender, item))
+            rt.loop.create_task(self._spawn_here(sender, item))
         elif op == RESET:
             # the sender lost frames (a store outage) and ended its side of our links
             # and monitors: end ours, as when an Erlang distribution connection drops
@@ -433,7 +378,7 @@ class Remote:
         and a message is dropped and logged with the reason."""
         why = f"{type(exc).__name__}: {exc}"
         op = item[0] if isinstance(item, tuple) and item else None
-        me = self.node.name
+        me = self.runtime.name
         if op == CALL:
             RemoteCaller(self, sender, item[1]).fail(
                 DecodeError(
@@ -459,7 +404,7 @@ class Remote:
         now = time.monotonic()
         if now - self._last_warning >= 1.0:
             self._last_warning = now
-            log.warning("%s (node %s)", text, self.node.name)
+            log.warning("%s (node %s)", text, self.runtime.name)
 
     def _answer(
         self, sender: str, call_id: int, value: Any, failure: tuple[str, Any] | None
@@ -493,8 +438,10 @@ class Remote:
         _, call_id, table, key, name, args, meta, idle_timeout = item
         caller = RemoteCaller(self, sender, call_id)
         try:
+            if self.get_or_spawn is None:
+                raise NodeDown(f"node {self.runtime.name!r} takes no remote spawns")
             factory = resolve_factory(name)
-            result = await self.node.registry.get_or_spawn(
+            result = await self.get_or_spawn(
                 key, factory, tuple(args), table, "local", meta, idle_timeout
             )
         except Exception as exc:
@@ -516,8 +463,7 @@ class Remote:
         def gone(pid: Pid) -> bool:
             return creation is None or pid[1] <= creation
 
-        node = self.node
-        procs = node._procs
+        rt = self.runtime
         watch_out = {r: v for r, v in peer.watch_out.items() if gone(v[1])}
         watch_in = {r: v for r, v in peer.watch_in.items() if gone(v[1])}
         calls = {c: v for c, v in peer.calls.items() if gone(v[1])}
@@ -532,21 +478,16 @@ class Remote:
         if not (peer.watch_out or peer.watch_in or peer.calls or peer.links):
             del self.peers[name]
         for ref, (watcher, target) in watch_out.items():
-            node._down(watcher, ref, target, "noconnection")
+            if rt.watching(watcher, ref):
+                rt.down(watcher, ref, target, "noconnection")
         for ref, (pid, _) in watch_in.items():
-            proc = procs.get(pid)
-            if proc is not None and proc._procreg_ext is not None and proc._procreg_ext.monitors:
-                proc._procreg_ext.monitors.pop(ref, None)
+            rt.detach_monitor(pid, ref)
         for call_id, (fut, _) in calls.items():
             if not fut.done():
                 fut.set_exception(NodeDown(f"node {name!r} went down (call {call_id})"))
         for ours, theirs in links:
-            proc = procs.get(ours)
-            if proc is None:
-                continue
-            if proc._procreg_ext is not None and proc._procreg_ext.links:
-                proc._procreg_ext.links.discard(theirs)
-            node._exit_signal(proc, theirs, "noconnection", linked=True)
+            if rt.detach_link(ours, theirs):
+                rt.exit_signal(ours, theirs, "noconnection", linked=True)
 
     def all_down(self) -> list[str]:
         """Every peer is gone for us (after we were fenced, or lost frames). Returns
