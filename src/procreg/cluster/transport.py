@@ -1,8 +1,8 @@
 """Frames between nodes over Redis pub/sub: one channel per node.
 
 The transport holds two raw connections of its own (`wire.Wire`): one publishes
-frames, one is subscribed to this node's channel and to the registry's ``inval``
-channel.
+frames, one is subscribed to this node's channel and to the registry's ``inval`` and
+``kev`` (key events, `keywatch`) channels.
 
 Sending: items for a node are queued (already pickled, so errors surface at the call
 site); at the end of the loop turn (`call_soon`) each destination's items become one
@@ -16,7 +16,8 @@ callback, with no task in between: each frame is checked (`codec.decode_frame`:
 signature, shape, destination) and then against the sender's last sequence number
 and current creation, and only then are its items unpickled and handed, in order,
 to the `Remote` dispatcher. Rejected frames are dropped and counted by reason in
-`dropped`, and logged at most once per second. Invalidations go to `on_inval`.
+`dropped`, and logged at most once per second. Invalidations go to `on_inval`, key
+events to `on_kev`.
 
 A lost connection marks the store down (cluster operations fail fast, the store
 reconnects and the node re-syncs); a keeper task opens it again with backoff and,
@@ -89,6 +90,7 @@ class Transport:
         self.creation = 0
         self._deliver = deliver  # (sender, creation, item) for each item, in order
         self.on_inval: Callable[[bytes], None] = _ignore  # an ``inval`` message
+        self.on_kev: Callable[[bytes], None] = _ignore  # a ``kev`` message (key events)
         self.on_resubscribe: Callable[[], None] = _ignore  # after re-subscribing
         self.on_undeliverable: Callable[[str], None] = _ignore  # a frame reached nobody
         self.guard: Callable[[], object] = _ignore  # runs before anything received
@@ -118,6 +120,7 @@ class Transport:
         self._channels: dict[str, str] = {}
         self._mine = self.channel(name).encode()
         self._inval = store.key("inval").encode()
+        self._kev = store.key("kev").encode()
         self._lost = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -154,7 +157,8 @@ class Transport:
             self._dests.clear()
         if self._sub is None:
             sub = await Wire.open(self.store, self._pushed, self._wire_lost)
-            sub.send(("SUBSCRIBE", self._mine, self._inval))
+            # ``inval`` last: its confirmation (below) confirms the others too
+            sub.send(("SUBSCRIBE", self._mine, self._kev, self._inval))
             self._sub = sub
 
     async def _keep(self) -> None:
@@ -331,6 +335,8 @@ class Transport:
                         self.receive(reply[2])
                 elif channel == self._inval:
                     self.on_inval(reply[2])
+                elif channel == self._kev:
+                    self.on_kev(reply[2])
             elif kind == b"subscribe" and channel == self._inval:
                 if self._confirmed is not None and not self._confirmed.done():
                     self._confirmed.set_result(None)
