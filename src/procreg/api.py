@@ -444,8 +444,10 @@ async def monitor_key(key: Hashable, table: str = DEFAULT_TABLE) -> Ref:
     monitoring). Returns the ref the events carry.
 
     Raises `NotInProcess` outside a process, `TypeError` for an unhashable key or a
-    table that is not a str. The embedded registry reports every change; a
-    cluster's registry reports those it knows of (see its backend).
+    table that is not a str. On a cluster node the changes made on every node are
+    reported; it raises `ClusterUnavailable` while the store is unreachable, and
+    after a gap in the node's link to the store the watcher gets the difference, not
+    every change in between (docs/INTERNALS.md, "Key monitors across the cluster").
     """
     check_key(key)
     check_table(table)

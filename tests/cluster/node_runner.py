@@ -60,6 +60,7 @@ class Runner:
         self.servers = servers
         self.node = procreg.current_node()
         self.records: dict[str, dict[str, Any]] = {}
+        self.key_records: dict[str, dict[str, Any]] = {}
         self.node_events: list[dict[str, Any]] = []
 
     # -- helpers ------------------------------------------------------------------
@@ -508,6 +509,68 @@ class Runner:
 
     async def cmd_watched(self, watcher: list[Any]) -> Any:
         return self.records[repr(self.pid(watcher))]
+
+    # -- key monitors ------------------------------------------------------------------------
+    async def cmd_monitor_key(self, key: Any, table: str = "default") -> Any:
+        """A process that monitors `key` and records every `KeyEvent` it gets (as
+        ``{"event", "pid", "key", "table", "t"}``); it answers calls: ``["monitor",
+        key, table]`` (one more key), ``["demonitor"]`` (all its key monitors)."""
+        procreg = self.procreg
+        plain = self.servers.plain
+        rec: dict[str, Any] = {"events": [], "refs": [], "error": None}
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def watcher() -> None:
+            try:
+                rec["refs"].append(await procreg.monitor_key(key, table))
+            except Exception as exc:
+                rec["error"] = plain(exc)
+                ready.set_result(None)
+                return
+            ready.set_result(None)
+            while True:
+                msg = await procreg.receive()
+                if isinstance(msg, procreg.KeyEvent):
+                    event = plain(msg)
+                    event["t"] = time.time()
+                    event["ref"] = rec["refs"].index(msg.ref)
+                    rec["events"].append(event)
+                elif isinstance(msg, procreg.Call):
+                    op = msg.request[0]
+                    if op == "monitor":
+                        ref = await procreg.monitor_key(msg.request[1], msg.request[2])
+                        rec["refs"].append(ref)
+                        procreg.reply(msg.caller, len(rec["refs"]) - 1)
+                    elif op == "demonitor":
+                        done = [procreg.demonitor(ref) for ref in rec["refs"]]
+                        procreg.reply(msg.caller, done)
+
+        wpid = procreg.spawn(watcher)
+        self.key_records[repr(wpid)] = rec
+        await asyncio.wait_for(ready, 10)
+        if rec["error"] is not None:
+            raise RuntimeError(rec["error"])
+        return wpid
+
+    async def cmd_key_events(self, watcher: list[Any]) -> Any:
+        """What the `cmd_monitor_key` watcher recorded: its events, oldest first."""
+        return self.key_records[repr(self.pid(watcher))]["events"]
+
+    async def cmd_watcher_call(self, watcher: list[Any], request: Any) -> Any:
+        return await self.procreg.call(self.pid(watcher), request, timeout=5.0)
+
+    async def cmd_keywatch(self) -> Any:
+        """The node's key-monitor counters and the keys it watches in the store."""
+        from procreg.cluster.keywatch import PENDING
+
+        kw = self.node._cluster.backend.keywatch
+        return {
+            "events": kw.events,
+            "delivered": kw.delivered,
+            "rechecks": kw.rechecks,
+            "watched": sorted(repr(entry) for entry in kw.known),
+            "pending": sorted(repr(e) for e, v in kw.known.items() if v is PENDING),
+        }
 
 
 async def node_main(runner_box: list[Any]) -> None:

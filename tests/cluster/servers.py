@@ -49,6 +49,14 @@ def plain(value: Any) -> Any:
         return {"type": "Exit", "pid": plain(value.pid), "reason": plain(value.reason)}
     if isinstance(value, procreg.NodeEvent):
         return {"type": "NodeEvent", "kind": value.kind, "node": value.node}
+    if isinstance(value, procreg.KeyEvent):
+        return {
+            "type": "KeyEvent",
+            "table": value.table,
+            "key": plain(value.key),
+            "event": value.event,
+            "pid": plain(value.pid),
+        }
     if isinstance(value, BaseException):
         return f"{type(value).__name__}: {value}"
     if isinstance(value, (list, tuple)):

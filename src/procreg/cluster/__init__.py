@@ -22,7 +22,9 @@ Failure handling (docs/INTERNALS.md has the protocol step by step):
   `conflict` (by default: the registered one stays, ours ends with ``"conflict"``);
 - while the store is unreachable, local work goes on and cluster operations raise
   `ClusterUnavailable` at once; on reconnection the node re-checks its lease and
-  the epoch and reconciles its registrations.
+  the epoch and reconciles its registrations;
+- key monitors (`keywatch`) re-check their keys whenever events may have been
+  missed: re-subscribed, re-synced, rejoined, after a data loss or a failover.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class Cluster:
         self.remote.on_alive = self.backend.pid_answered
         self.remote.park = self.backend.park
         self.remote.get_or_spawn = self.backend.get_or_spawn
-        self.transport.on_resubscribe = self.backend.clear_cache  # some may be missed
+        self.transport.on_resubscribe = self._resubscribed
+        self.transport.on_kev = self.backend.keywatch.on_message
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []
         self.down_events: list[Callable[[str], Any]] = []
@@ -135,6 +138,7 @@ class Cluster:
             await self.backend._flush_releases()
         except Exception:
             pass
+        await self.backend.keywatch.close()
         await self.membership.stop()
         await stop_tasks(*self._purges.values())
         await self.transport.close()
@@ -232,6 +236,12 @@ class Cluster:
         log.warning("frames to node %s reach no subscriber: treating it as disconnected", name)
         self.remote.node_down(name)
 
+    def _resubscribed(self) -> None:
+        """Subscribed again after a lost connection: invalidations and key events
+        published meanwhile are lost."""
+        self.backend.clear_cache()
+        self.backend.keywatch.recheck()
+
     def _invalidated(self, data: bytes) -> None:
         """An ``inval`` message: ``table\\nkey`` pairs, newline-separated (canonical
         names hold no newlines)."""
@@ -301,6 +311,7 @@ class Cluster:
         self.start_purge(self.node.name, old)
         await self.membership.poll()
         self._set_live(self.membership.live)
+        self.backend.keywatch.recheck()  # our watches were the old incarnation's
 
     async def primary_changed(self) -> None:
         """Another server answers as the primary (a failover or a restart): writes the
@@ -324,6 +335,7 @@ class Cluster:
             lambda r: r.set(store.key("grace"), 1, px=max(1, int(self.grace * 1000)), nx=True)
         )
         self.backend.clear_cache()
+        self.backend.keywatch.recheck()  # (it waits out the grace period)
         # in a task of its own: re-registering a million keys takes seconds, and the
         # membership step that noticed the change must go on renewing our lease
         if self._recovery is None or self._recovery.done():
@@ -345,6 +357,7 @@ class Cluster:
         await self.membership.reestablish(self.grace)
         self.remote.all_down()
         self.backend.clear_cache()
+        self.backend.keywatch.recheck()  # (it waits out the grace period)
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.get_running_loop().create_task(self._reregister())
 
@@ -385,3 +398,4 @@ class Cluster:
             await self.primary_changed()  # (it reconciles)
         else:
             await self.backend.reconcile()
+        self.backend.keywatch.recheck()  # key events may have been missed

@@ -20,6 +20,8 @@ mirrors them into the store:
   store at the end of the loop turn, `RELEASE_BATCH` to a script call.
 - **Groups** are sets of pids; `publish` reads the live members once and sends one
   transport item per node.
+- **Key monitors** of this node's processes hear of other nodes' changes through
+  `keywatch.KeyWatch` (watched keys recorded in the store, key events on ``kev``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
-from ..pid import Pid
+from ..pid import Pid, Ref
 from ..process import EXITING, _Proc
 from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, Published, _Miss
 from .codec import canon, pid_from_str, pid_str, uncanon
+from .keywatch import KeyWatch
 from .remote import factory_name
 from .store import NotReplicated
 
@@ -244,7 +247,8 @@ class RedisBackend(LocalBackend):
         self.store = cluster.store
         self._cache: dict[tuple[str, Hashable], Pid] = {}
         self._gen = 0  # bumped on every invalidation
-        self._releases: list[tuple[str, Hashable, Pid, bool]] = []  # (table, key, pid, group?)
+        # (table, key, pid, kind): kind "t" (ended), "u" (unregistered) or "g" (group)
+        self._releases: list[tuple[str, Hashable, Pid, str]] = []
         self._release_pending = False
         self._release_lock = asyncio.Lock()
         # get_or_spawn attempts under way: joined by later callers of the same key
@@ -265,6 +269,7 @@ class RedisBackend(LocalBackend):
         self._pending_claims: dict[str, list[tuple[tuple[str, str, str], _Answer]]] = {}
         self._claims_scheduled = False
         self._claims_in_flight = 0
+        self.keywatch = KeyWatch(self)
 
     # -- names in the store -----------------------------------------------------------
     def _tkey(self, table: str) -> tuple[str, str]:
@@ -471,7 +476,14 @@ class RedisBackend(LocalBackend):
         owned = self._owned()
         result, acked, _ = await store.durable_script(
             "claim",
-            [owned, store.key("epoch"), store.key("lease", self.node.name), store.key("grace")],
+            [
+                owned,
+                store.key("epoch"),
+                store.key("lease", self.node.name),
+                store.key("grace"),
+                store.key("kw"),
+                store.key("kev"),
+            ],
             args,
         )
         if not isinstance(result, list):
@@ -527,7 +539,7 @@ class RedisBackend(LocalBackend):
         holder = tab.get(key) if tab is not None else None
         if holder is not None:
             removed = await super().unregister(key, table, pid)
-            self._queue_release(table, key, holder._procreg_pid, False)
+            self._queue_release(table, key, holder._procreg_pid, False, unregistered=True)
             await self._flush_releases()
             return removed
         found = await self._fetch(key, table)
@@ -662,8 +674,11 @@ class RedisBackend(LocalBackend):
         return None
 
     # -- releases ------------------------------------------------------------------------
-    def _queue_release(self, table: str, key: Hashable, pid: Pid, group: bool) -> None:
-        self._releases.append((table, key, pid, group))
+    def _queue_release(
+        self, table: str, key: Hashable, pid: Pid, group: bool, unregistered: bool = False
+    ) -> None:
+        kind = "g" if group else "u" if unregistered else "t"
+        self._releases.append((table, key, pid, kind))
         if not self._release_pending:
             self._release_pending = True
             self.node._loop.call_soon(self._start_flush)
@@ -685,11 +700,11 @@ class RedisBackend(LocalBackend):
             head = [store.key("inval"), store.prefix]
             for start in range(0, len(batch), RELEASE_BATCH):
                 args = list(head)
-                for table, key, pid, group in batch[start : start + RELEASE_BATCH]:
-                    if group:
+                for table, key, pid, kind in batch[start : start + RELEASE_BATCH]:
+                    if kind == "g":
                         args += ("g", canon(key), "", pid_str(pid))
                     else:
-                        args += ("t", self._tkey(table)[1], canon(key), pid_str(pid))
+                        args += (kind, self._tkey(table)[1], canon(key), pid_str(pid))
                 try:
                     await store.script("release", [owned], args)
                 except ClusterUnavailable:
@@ -708,6 +723,27 @@ class RedisBackend(LocalBackend):
             for group in ext.groups:
                 self._queue_release("", group, pid, True)
         super().process_ended(proc)
+
+    # -- key monitors ------------------------------------------------------------------------
+    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
+        canon(key)  # a key that cannot cross the cluster: TypeError before anything
+        self._tkey(table)
+        ref = await super().monitor_key(key, table, watcher)
+        try:
+            await self.keywatch.watch(table, key)
+        except BaseException:
+            self.demonitor_key(ref, watcher)
+            raise
+        return ref
+
+    def _drop_key_monitor(self, ref: Ref, entry: tuple[str, Hashable]) -> None:
+        super()._drop_key_monitor(ref, entry)
+        if entry not in self._key_monitors:  # its last local watcher is gone
+            self.keywatch.unwatch(entry)
+
+    def notify_key(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        self.keywatch.local(table, key, event, pid)
+        super().notify_key(table, key, event, pid)
 
     # -- groups ----------------------------------------------------------------------------
     async def join(self, group: Hashable, pid: Pid) -> bool:

@@ -1,8 +1,8 @@
 """Frames between nodes over Redis pub/sub: one channel per node.
 
 The transport holds two raw connections of its own (`wire.Wire`): one publishes
-frames, one is subscribed to this node's channel and to the registry's ``inval``
-channel.
+frames, one is subscribed to this node's channel and to the registry's ``inval`` and
+``kev`` (key events, `keywatch`) channels.
 
 Sending: items for a node are queued (already pickled, so errors surface at the call
 site); at the end of the loop turn (`call_soon`) each destination's items become one
@@ -16,7 +16,8 @@ callback, with no task in between: each frame is checked (`codec.decode_frame`:
 signature, shape, destination) and then against the sender's last sequence number
 and current creation, and only then are its items unpickled and handed, in order,
 to the `Remote` dispatcher. Rejected frames are dropped and counted by reason in
-`dropped`, and logged at most once per second. Invalidations go to `on_inval`.
+`dropped`, and logged at most once per second. Invalidations go to `on_inval`, key
+events to `on_kev`.
 
 A lost connection marks the store down (cluster operations fail fast, the store
 reconnects and the node re-syncs); a keeper task opens it again with backoff and,
@@ -90,6 +91,7 @@ class Transport:
         self.creation = 0
         self._deliver = deliver  # (sender, creation, item) for each item, in order
         self.on_inval: Callable[[bytes], None] = _ignore  # an ``inval`` message
+        self.on_kev: Callable[[bytes], None] = _ignore  # a ``kev`` message (key events)
         self.on_resubscribe: Callable[[], None] = _ignore  # after re-subscribing
         self.on_undeliverable: Callable[[str], None] = _ignore  # a frame reached nobody
         self.guard: Callable[[], object] = _ignore  # runs before anything received
@@ -119,6 +121,7 @@ class Transport:
         self._channels: dict[str, str] = {}
         self._mine = self.channel(name).encode()
         self._inval = store.key("inval").encode()
+        self._kev = store.key("kev").encode()
         self._lost = asyncio.Event()
         self._sub_confirmed = asyncio.Event()  # the current subscribed connection's
         self._sub_id: int | None = None  # its CLIENT ID
@@ -161,8 +164,9 @@ class Transport:
             self._sub_confirmed.clear()
             # its client id first: once a later connection's subscription is
             # confirmed, this one is killed if the server still holds it (a half-open
-            # socket after a partition keeps counting as a receiver of our channel)
-            sub.send(("CLIENT", "ID"), ("SUBSCRIBE", self._mine, self._inval))
+            # socket after a partition keeps counting as a receiver of our channel);
+            # ``inval`` last: its confirmation (below) confirms the others too
+            sub.send(("CLIENT", "ID"), ("SUBSCRIBE", self._mine, self._kev, self._inval))
             self._sub = sub
 
     async def _keep(self) -> None:
@@ -343,6 +347,8 @@ class Transport:
                         self.receive(reply[2])
                 elif channel == self._inval:
                     self.on_inval(reply[2])
+                elif channel == self._kev:
+                    self.on_kev(reply[2])
             elif kind == b"subscribe" and channel == self._inval:
                 if self._confirmed is not None and not self._confirmed.done():
                     self._confirmed.set_result(None)
