@@ -215,16 +215,16 @@ def test_half_open_connections_are_detected_and_reopened(cluster, redis, proxy):
 
 
 def test_latency_below_the_fence_margin_fences_nobody(cluster, redis, proxy):
-    """50 ms added each way between a and the store: slower, but no fence, and
-    the cluster works."""
-    (b,) = cluster(["b"], lease=LEASE)
-    (a,) = cluster(["a"], lease=LEASE, url=proxy.url())
+    """50 ms added each way between a and the store (lease 2 s: renewals every
+    0.67 s, fence margin 0.22 s): slower, but no fence, and the cluster works."""
+    (b,) = cluster(["b"], lease=2 * LEASE)
+    (a,) = cluster(["a"], lease=2 * LEASE, url=proxy.url())
     proxy.delay(0.05)
     server = b.ok("spawn", factory="Echo")
     for i in range(10):
         assert a.ok("call", pid=server, request=["echo", i]) == i
     pid = a.ok("gos", key="slow")["pid"]
     assert b.ok("whereis", key="slow") == pid
-    time.sleep(3 * LEASE)
+    time.sleep(6 * LEASE)
     assert a.ok("stats")["fenced"] == 0
     proxy.heal()
