@@ -92,6 +92,11 @@ def test_gunicorn_arbiter_count_wins_over_its_uvicorn_worker() -> None:
     four = _obj("gunicorn.arbiter", num_workers=4)
     assert arbiter(four, worker, uv_worker, _check()) == "gunicorn with 4 workers"
     assert arbiter(one, worker, uv_worker, _check()) is None
+    # gunicorn -w 1 with WEB_CONCURRENCY=3: the uvicorn worker's config echoes the 3,
+    # the arbiter (the outermost server frame) decides
+    echoing = _obj("uvicorn.workers", config=_obj("uvicorn.config", workers=3, reload=False))
+    assert arbiter(one, worker, echoing, _check()) is None
+    assert arbiter(four, worker, echoing, _check()) == "gunicorn with 4 workers"
 
 
 def test_gunicorn_worker_config_and_hypercorn() -> None:

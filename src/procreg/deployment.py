@@ -17,8 +17,9 @@ The detection (`several_workers`), in this order:
    a single process whatever ``--workers`` says), gunicorn's arbiter in the forked
    worker (``num_workers``, which ``-w``, ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``
    and config files all set) and its worker object (``cfg.workers``), hypercorn's
-   worker function (``config.workers``). When such frames are found, the largest
-   count decides: more than one worker warns, exactly one does not.
+   worker function (``config.workers``). When such frames are found, the outermost
+   one's count decides (the process's own server: gunicorn's arbiter rather than the
+   uvicorn worker class it runs): more than one worker warns, exactly one does not.
 2. **Otherwise, ``WEB_CONCURRENCY``** (the worker count that uvicorn and gunicorn
    default to, and that platforms such as Heroku set) above 1 warns, but only if a
    server (uvicorn, gunicorn or hypercorn) is imported in this process: a script
@@ -80,19 +81,19 @@ def _counts(obj: Any) -> list[int]:
 
 
 def _from_stack(frame: FrameType | None) -> tuple[str, int] | None:
-    """``(server, workers)``: the largest worker count carried by the objects that the
-    frames of known servers' code below `frame` work on (their ``self``, ``config``,
-    ``cfg``), or None if there is no such frame."""
+    """``(server, workers)`` from the outermost frame of a known server's code below
+    `frame` whose objects (``self``, ``config``, ``cfg``) carry a worker count: the
+    outermost is the process's own server (gunicorn's arbiter, not the uvicorn
+    worker class it runs, whose config only echoes ``WEB_CONCURRENCY``)."""
     found: tuple[str, int] | None = None
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         server = module.partition(".")[0] if isinstance(module, str) else ""
         if server in SERVERS:
             scope = frame.f_locals
-            for name in ("self", "config", "cfg"):
-                for count in _counts(scope.get(name)):
-                    if found is None or count > found[1]:
-                        found = (server, count)
+            counts = [c for name in ("self", "config", "cfg") for c in _counts(scope.get(name))]
+            if counts:
+                found = (server, max(counts))
         frame = frame.f_back
     return found
 
