@@ -46,10 +46,10 @@ test: lint docs dist-check
 
 # the site with the API reference, into site/ (offline; warnings are errors)
 docs: $(DEV_STAMP)
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 docs-serve: $(DEV_STAMP)
-	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8002
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8002
 
 # sdist and wheel without warnings, twine's metadata check, and the wheel's commands
 dist-check: $(DEV_STAMP)
