@@ -1,6 +1,6 @@
 """procreg's benchmark suite: ``procreg bench`` (or ``python -m bench``).
 
-Every figure of DESIGN.md's "Performance" table is measured in the same run as its
+Every figure of the README's "Performance" table is measured in the same run as its
 baselines:
 
 - ``procreg``: the library itself (`bench.runtime`, `bench.registry`);

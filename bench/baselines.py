@@ -1,6 +1,6 @@
 """The designs procreg is measured against.
 
-`QueueNode` is the plain asyncio design DESIGN.md names as the baseline: each
+`QueueNode` is the plain asyncio design that serves as the baseline: each
 process is a task reading its own `asyncio.Queue`; a call puts a Future in the
 queue and awaits it; a cast puts the message; the node keeps ``serial -> process``
 and the registry ``key -> (task, queue)``, each entry removed by a done-callback

@@ -338,7 +338,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"Python {report['environment']['python']}, {report['environment']['cpus']} CPUs"
     )
     lines.append(
-        "target: DESIGN.md (* implied by a stricter DESIGN figure); "
+        "target: the project's performance target (* implied by a stricter target); "
         "vs asyncio: how many times better procreg is than the asyncio baseline"
     )
     for key, why in report["skipped"].items():
@@ -366,7 +366,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="procreg bench",
         description=(
             "Measure procreg against a plain asyncio design and Pykka, print a table "
-            "and write JSON. Figures and targets: DESIGN.md, 'Performance'."
+            "and write JSON. Each figure is shown with its target, where it has one "
+            "(README, 'Performance')."
         ),
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")

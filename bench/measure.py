@@ -117,8 +117,8 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Target:
-    """A DESIGN.md target: ``value`` with ``op`` (``">="`` or ``"<="``). `implied`
-    marks a target DESIGN.md sets for a stricter figure (a registered process, say)
+    """A performance target: ``value`` with ``op`` (``">="`` or ``"<="``). `implied`
+    marks a target set for a stricter figure (a registered process, say)
     that this one must meet a fortiori."""
 
     op: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 
 import procreg
 from procreg import pi
@@ -20,7 +21,7 @@ async def main() -> None:
         sessions.put(("session", i), {"user": f"user{i}"}, ttl=0.25 * (i + 1))
     sessions.put("config", {"theme": "dark"})  # never expires
 
-    def report(gone: list[object]) -> None:
+    def report(gone: list[Hashable]) -> None:
         print(f"  sweep: removed {gone or 'nothing'}; {len(sessions)} entries left")
 
     started = await start_cache_timer(interval=0.3, on_sweep=report)

@@ -1,5 +1,5 @@
 """The registry layer: tables, register/unregister/whereis/lookup, get_or_spawn,
-spawn_unique, groups and bad input (DESIGN.md "Registry", issue 3)."""
+spawn_unique, groups and bad input (issue 3)."""
 
 from __future__ import annotations
 

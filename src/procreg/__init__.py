@@ -20,7 +20,7 @@ A process registry in the Erlang tradition (Nitrogen's nprocreg, N2O's n2o_pi)::
 
 from __future__ import annotations
 
-from . import cache, nitrogen, pi
+from . import cache, nitrogen, pi, typed
 from .api import (
     answered,
     call,
@@ -81,6 +81,7 @@ from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, Published, Registry
 from .server import NOREPLY, Server
 from .supervisor import ChildSpec, ChildStatus, Supervisor, SupervisorError, child
 from .timers import Timer
+from .typed import Returns
 
 __version__ = "0.1.0"
 
@@ -114,6 +115,7 @@ __all__ = [
     "ProcregError",
     "Ref",
     "RegistryBackend",
+    "Returns",
     "Server",
     "Stop",
     "Supervisor",
@@ -156,6 +158,7 @@ __all__ = [
     "spawn_monitor",
     "spawn_unique",
     "tables",
+    "typed",
     "unlink",
     "unregister",
     "whereis",

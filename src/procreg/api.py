@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, overload
 
 from .errors import NotInProcess
 from .node import Node, _node_var, check_timeout, current_node
@@ -23,6 +23,10 @@ from .registry import (
     spawn_for,
 )
 from .timers import Timer, start_timer
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .typed import Returns
 
 __all__ = [
     "call",
@@ -62,6 +66,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# The overloads below are for type checkers: they check the arguments given for an
+# ``async def`` body against its parameters, and type `call`'s reply for a request
+# deriving from `procreg.Returns` (see `procreg.typed`). The implementations are the
+# same functions as before, unchanged at run time. (The ``type: ignore[misc]`` on each
+# implementation works around mypy's check of implementations against overloads that
+# use a TypeVarTuple.)
 
 # -- processes -------------------------------------------------------------------
 
@@ -77,7 +89,25 @@ def self() -> Pid:
     return proc._procreg_pid
 
 
+@overload
 def spawn(
+    fn: type[Server],
+    *args: Any,
+    link: bool = False,
+    monitor: bool = False,
+    trap_exits: bool = False,
+    idle_timeout: float | None = None,
+) -> Pid: ...
+@overload
+def spawn(
+    fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, Any]],
+    *args: *Ts,
+    link: bool = False,
+    monitor: bool = False,
+    trap_exits: bool = False,
+    idle_timeout: float | None = None,
+) -> Pid: ...
+def spawn(  # type: ignore[misc, unused-ignore]
     fn: Callable[..., Coroutine[Any, Any, Any]] | type,
     *args: Any,
     link: bool = False,
@@ -127,7 +157,13 @@ def spawn(
     )
 
 
+@overload
+def spawn_monitor(fn: type[Server], *args: Any) -> tuple[Pid, Ref]: ...
+@overload
 def spawn_monitor(
+    fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, Any]], *args: *Ts
+) -> tuple[Pid, Ref]: ...
+def spawn_monitor(  # type: ignore[misc, unused-ignore]
     fn: Callable[..., Coroutine[Any, Any, Any]] | type, *args: Any
 ) -> tuple[Pid, Ref]:
     """Spawn and monitor in one step; returns ``(pid, ref)``."""
@@ -167,8 +203,13 @@ def cast(pid: Pid, msg: Any) -> bool:
     return proc._procreg_cast(msg)
 
 
+@overload
+async def call(pid: Pid, request: Returns[T], timeout: float | None = 5.0) -> T: ...
+@overload
+async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any: ...
 async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
-    """Send `request` to `pid` and return its reply.
+    """Send `request` to `pid` and return its reply (typed ``T`` for a request
+    deriving from `procreg.Returns` ``[T]``, else ``Any``).
 
     Raises `NoProcess` at once if `pid` is dead or unknown, `Overloaded` at once if
     its mailbox is full (``max_mailbox``), `ProcessExited` if it ends before
@@ -284,8 +325,8 @@ def send_interval(interval: float, pid: Pid, msg: Any, *, first: float | None = 
 
 
 def run(
-    main: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
+    main: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]],
+    *args: *Ts,
     uvloop: bool = False,
     **node_options: Any,
 ) -> T:
@@ -342,7 +383,27 @@ def _check_spawn(
         raise ValueError(f"placement must be 'local' or 'hash', got {placement!r}")
 
 
+@overload
 async def get_or_spawn(
+    key: Hashable,
+    factory: type[Server],
+    *args: Any,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
+) -> Pid: ...
+@overload
+async def get_or_spawn(
+    key: Hashable,
+    factory: Callable[[Unpack[Ts]], Coroutine[Any, Any, Any]],
+    *args: *Ts,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
+) -> Pid: ...
+async def get_or_spawn(  # type: ignore[misc, unused-ignore]
     key: Hashable,
     factory: Any,
     *args: Any,
@@ -375,7 +436,27 @@ async def get_or_spawn(
     return pid
 
 
+@overload
 async def spawn_unique(
+    key: Hashable,
+    factory: type[Server],
+    *args: Any,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
+) -> tuple[Pid, bool]: ...
+@overload
+async def spawn_unique(
+    key: Hashable,
+    factory: Callable[[Unpack[Ts]], Coroutine[Any, Any, Any]],
+    *args: *Ts,
+    table: str = DEFAULT_TABLE,
+    placement: str = "local",
+    meta: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
+) -> tuple[Pid, bool]: ...
+async def spawn_unique(  # type: ignore[misc, unused-ignore]
     key: Hashable,
     factory: Any,
     *args: Any,

@@ -3,11 +3,14 @@
 ``procreg bench [--quick] [--only NAME[,NAME]] [--json PATH] [--uvloop]`` runs the
 benchmark suite. The suite lives in ``bench/`` at the root of a procreg source
 checkout, not inside the installed package; the command finds it next to this
-package's ``src/`` directory (an editable install) or in the current directory.
+package's ``src/`` directory (an editable install) or in the current directory and
+its parents. Installed from a wheel, outside a checkout, it says so and exits with
+status 2.
 
 ``procreg demo [--port 8000] [--host 127.0.0.1] [--cluster URL]`` serves the web demo
 (chat rooms, a session visit counter, a server clock, the observer at ``/observer/``);
-``procreg demo --console`` runs ``examples/console_demo.py`` of the checkout instead.
+``procreg demo --console`` runs the console tour (`procreg.console_demo`, part of the
+package) instead.
 ``procreg observer [--port 8001] [--host 127.0.0.1] [--cluster URL]`` serves only the
 observer. Both need the ``web`` extra (``pip install 'procreg[web]'``).
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,10 +69,12 @@ def load_bench() -> ModuleType:
         if exc.name not in ("bench", "bench.harness"):
             raise
     raise CheckoutMissing(
-        "procreg bench: the benchmark suite (bench/) is not installed with the package; "
-        "it lives in the procreg source repository. Run it from a checkout:\n"
-        "    git clone <procreg repository> && cd procreg && pip install -e '.[bench]'\n"
-        "    procreg bench"
+        "procreg bench: the benchmark suite is not part of the installed package; it "
+        "lives in bench/ of the procreg source repository (or its sdist). Run it from "
+        "there:\n"
+        "    cd <procreg checkout> && pip install -e '.[bench]' && procreg bench\n"
+        "(`make bench` does the same). `procreg bench` looks for bench/harness.py next to "
+        "the installed package and in the current directory and its parents."
     )
 
 
@@ -146,16 +150,13 @@ def _demo(args: Sequence[str]) -> int:
 
 
 def _console_demo(args: Sequence[str]) -> int:
-    root = find_checkout("examples/console_demo.py")
-    if root is None:
-        print(
-            "procreg demo: the console demo is not available "
-            "(examples/console_demo.py of a procreg checkout not found)",
-            file=sys.stderr,
-        )
+    if args:
+        print(f"procreg demo --console: unexpected arguments {list(args)}", file=sys.stderr)
         return 2
-    script = root / "examples" / "console_demo.py"
-    return subprocess.call([sys.executable, str(script), *args], cwd=root)
+    from .console_demo import run
+
+    run()
+    return 0
 
 
 def _observer(args: Sequence[str]) -> int:

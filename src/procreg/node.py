@@ -410,6 +410,7 @@ class Node:
         """Start the node on the running loop (``async with`` does this for you)."""
         if self._running:
             raise RuntimeError(f"{self!r} is already running")
+        from .deployment import warn_if_several_workers
         from .nitrogen import NprocregHandler  # the registry layer sits above this one
         from .registry import LocalBackend
 
@@ -442,6 +443,7 @@ class Node:
             self.registry = cluster.backend
         else:
             self.registry = LocalBackend(self)
+            warn_if_several_workers(self.name)  # one of several server workers? (once)
         handler = (
             self._registry_handler if self._registry_handler is not None else NprocregHandler()
         )

@@ -29,7 +29,7 @@ import inspect
 import logging
 from collections import deque
 from functools import partial
-from typing import Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
 from .node import _LAZY, check_bound, check_timeout, current_node, serving_task, waiting_on
@@ -144,24 +144,38 @@ class Server(_Proc):
         cls._procreg_async_mask = mask
 
     # -- callbacks ----------------------------------------------------------------
-    def init(self, *args: Any) -> Any:
-        """Set up the process's state from the arguments given to `start`."""
-        if args:
-            raise TypeError(f"{type(self).__name__}.init() takes no arguments, got {args!r}")
+    # Type checkers see ``init(*args, **kwargs)`` (a gradual signature), so that a
+    # subclass may declare the parameters it takes (``def init(self, name: str)``)
+    # without an "incompatible override" error under mypy or pyright; the runtime
+    # definition is the one below, unchanged. The other callbacks' parameters are
+    # positional-only, so a subclass may name them as it likes.
+    if TYPE_CHECKING:
 
-    def handle_call(self, request: Any) -> Any:
+        def init(self, *args: Any, **kwargs: Any) -> Any:
+            """Set up the process's state from the arguments given to `start`
+            (positional; the default takes none)."""
+
+    else:
+
+        def init(self, *args):
+            """Set up the process's state from the arguments given to `start`
+            (positional; the default takes none)."""
+            if args:
+                raise TypeError(f"{type(self).__name__}.init() takes no arguments, got {args!r}")
+
+    def handle_call(self, request: Any, /) -> Any:
         """Answer a `procreg.call`; the default crashes the process."""
         raise NotImplementedError(f"{type(self).__name__} does not handle calls: {request!r}")
 
-    def handle_cast(self, msg: Any) -> Any:
+    def handle_cast(self, msg: Any, /) -> Any:
         """Handle a `procreg.cast`; the default logs and ignores it."""
         log.warning("%r: unexpected cast %r", self._procreg_pid, msg)
 
-    def handle_info(self, msg: Any) -> Any:
+    def handle_info(self, msg: Any, /) -> Any:
         """Handle any other message; the default logs and ignores it."""
         log.warning("%r: unexpected message %r", self._procreg_pid, msg)
 
-    def terminate(self, reason: Any) -> Any:
+    def terminate(self, reason: Any, /) -> Any:
         """Clean up when the process ends (not called on ``"kill"``)."""
 
     # -- starting -----------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Failures: a node killed, a node paused past its lease (fencing), Redis restarted
 empty, Redis down mid-run, Redis down when a node starts.
 
-Bounds come from DESIGN.md ("Cluster (Redis backend)") and `procreg.cluster.membership`:
-a node renews its lease every lease/3 and polls the others at the same pace, so a
-killed node is seen down within lease + lease/3 of its last renewal, under 2 x lease.
+Bounds come from the cluster's guarantee (README, docs/INTERNALS.md) and
+`procreg.cluster.membership`: a node renews its lease every lease/3 and polls the
+others at the same pace, so a killed node is seen down within lease + lease/3 of its
+last renewal, under 2 x lease.
 `MARGIN` is scheduling slack for five busy processes on a small machine, not a
 performance figure.
 """

@@ -154,8 +154,8 @@ def _check_scope(scope: str) -> None:
 def pool_group(pool: Hashable, scope: str = "local") -> tuple[str, Hashable]:
     """The registry group of pool `pool`: ``("pool", pool)``.
 
-    Both scopes use this group today. Once the cluster backend lands, ``"global"``
-    pools will span every node of the cluster and ``"local"`` ones stay on one node.
+    Both scopes use this group today, and a group spans the cluster on a clustered
+    node, so both scopes do.
     """
     _check_scope(scope)
     return ("pool", pool)

@@ -24,13 +24,16 @@ its startup code may spawn processes::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from ..node import Node
 from .context import NODE_STATE_KEY
 
-__all__ = ["NodeLifespan", "lifespan"]
+__all__ = ["NodeLifespan", "describe_registry", "lifespan"]
+
+log = logging.getLogger("procreg.web")
 
 AppLifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """A Starlette-style lifespan: ``app -> async context manager`` yielding state or None."""
@@ -56,6 +59,7 @@ class NodeLifespan:
     async def _run(self, app: Any) -> AsyncIterator[dict[str, Any]]:
         node = Node(**self.node_options)
         async with node:
+            log.info("procreg.web: node %r uses %s", node.name, describe_registry(node))
             self.node = node
             try:
                 state: dict[str, Any] = {NODE_STATE_KEY: node}
@@ -68,6 +72,24 @@ class NodeLifespan:
                     yield state
             finally:
                 self.node = None
+
+
+def describe_registry(node: Node) -> str:
+    """Which registry `node` uses, for the startup log line (a cluster URL without
+    its password).
+
+    >>> describe_registry(Node("web1"))
+    'the embedded registry (this process only: no cluster URL)'
+    """
+    if node.cluster is None:
+        return "the embedded registry (this process only: no cluster URL)"
+    from ..cluster.url import parse_url
+
+    try:
+        where = parse_url(node.cluster).describe()
+    except ValueError:
+        where = "(an unparsable URL)"
+    return f"the cluster registry at {where}"
 
 
 def lifespan(inner: AppLifespan | None = None, **node_options: Any) -> NodeLifespan:

@@ -212,7 +212,7 @@ def create_observer_app(
     *, writable: bool = False, token: str | None = None, **node_options: Any
 ) -> Starlette:
     """A stand-alone application serving only the observer at ``/``, with a node of its
-    own (``procreg observer``); `node_options` go to `procreg.Node` (``cluster=`` to
-    watch a cluster once the cluster backend lands)."""
+    own (``procreg observer``); `node_options` go to `procreg.Node` (``cluster=`` joins
+    the cluster; the observer shows this node's processes and the cluster's nodes)."""
     observer = Observer(writable=writable, token=token)
     return Starlette(routes=[Mount("/", observer)], lifespan=lifespan(**node_options))
