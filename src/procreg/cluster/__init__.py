@@ -169,7 +169,7 @@ class Cluster:
     def node_up(self, name: str, creation: int) -> None:
         self._set_live(self.membership.live)
         log.info("node up: %s (creation %d)", name, creation)
-        self.node._node_event("up", name)
+        self.node.runtime.node_event("up", name)
         for hook in list(self.up_events):
             hook(name)
 
@@ -183,7 +183,7 @@ class Cluster:
         self.remote.node_down(name, creation)
         self.backend.node_down(name)
         self.start_purge(name, creation)
-        self.node._node_event("down", name)
+        self.node.runtime.node_event("down", name)
         for hook in list(self.down_events):
             hook(name)
 
@@ -274,7 +274,7 @@ class Cluster:
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
         procs += [p for members in self.backend._groups.values() for p in members.values()]
         for proc in {id(p): p for p in procs}.values():
-            node._end(proc, "fenced")
+            node.runtime.end(proc.pid, "fenced")
         self.remote.all_down()
         self.backend.clear_cache()
         if self.store.up and not self.membership._closing:
@@ -380,7 +380,7 @@ class Cluster:
                 await result
             return
         log.warning("conflict on %r in %r: keeping %r, ending %r", key, table, theirs, ours.pid)
-        self.node._end(ours, "conflict")
+        self.node.runtime.end(ours.pid, "conflict")
 
     async def _resync(self) -> None:
         """Back in touch with the store: check the epoch and our lease (or rejoin, if

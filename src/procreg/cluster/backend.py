@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
 from ..pid import Pid, Ref
-from ..process import EXITING, _Proc
+from ..process import _Proc
 from ..registry import DEFAULT_TABLE, MISS, LocalBackend, NotOwner, Published, _Miss
 from .codec import canon, pid_from_str, pid_str, uncanon
 from .keywatch import KeyWatch
@@ -132,14 +132,14 @@ class _Spawn:
 
     def wait(self) -> asyncio.Future[tuple[Pid, bool]]:
         """A future for one more caller."""
-        fut: asyncio.Future[tuple[Pid, bool]] = self.backend.node._loop.create_future()
+        fut: asyncio.Future[tuple[Pid, bool]] = self.backend.runtime.loop.create_future()
         self.waiters.append(fut)
         return fut
 
     def claim(self) -> None:
         """Queue the claim (raises at once if this node is being fenced)."""
         b = self.backend
-        self.pid = pid = b.node._new_pid()
+        self.pid = pid = b.runtime.new_pid()
         fenced = b._fenced_error(self.key, pid)
         if fenced is not None:
             raise fenced
@@ -178,8 +178,7 @@ class _Spawn:
                 self._general()  # it ended: its owner's release is on its way
                 return
             if holder[0] == b.node.name:
-                proc = b.node._procs.get(holder)
-                if proc is None or proc._procreg_st >= EXITING:
+                if not b.runtime.alive(holder):
                     self._general()  # one of ours that ended: its release may be queued
                     return
             elif self.gen == b._gen:
@@ -221,7 +220,7 @@ class _Spawn:
 
     def _general(self) -> None:
         b = self.backend
-        task = b.node._loop.create_task(
+        task = b.runtime.loop.create_task(
             b._spawn(
                 self.key, self.factory, self.args, self.table, "local", self.meta, self.idle_timeout
             ),
@@ -242,6 +241,7 @@ class RedisBackend(LocalBackend):
 
     def __init__(self, node: Node, cluster: Cluster) -> None:
         super().__init__(node)
+        self.runtime = node.runtime
         self.cluster = cluster
         self._membership = cluster.membership
         self.store = cluster.store
@@ -290,7 +290,7 @@ class RedisBackend(LocalBackend):
             return None  # fenced (or past our lease deadline): we hand out nothing
         proc = self._holder(key, table)
         if proc is not None:
-            return proc._procreg_pid
+            return proc.pid
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
@@ -373,8 +373,7 @@ class RedisBackend(LocalBackend):
                 await asyncio.sleep(0.005)
                 continue
             if holder[0] == self.node.name:
-                proc = self.node._procs.get(holder)
-                if (proc is None or proc._procreg_st >= EXITING) and stale_tries < 3:
+                if not self.runtime.alive(holder) and stale_tries < 3:
                     # one of ours that ended: its release may still be queued
                     stale_tries += 1
                     self._queue_release(table, key, holder, False)
@@ -386,7 +385,7 @@ class RedisBackend(LocalBackend):
 
     async def _claims_batched(self, mode: str, triple: tuple[str, str, str]) -> Any:
         """Claim one key (see `_queue_claim`) and wait for the answer."""
-        fut: asyncio.Future[Any] = self.node._loop.create_future()
+        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
 
         def answer(result: Any, error: BaseException | None) -> None:
             if fut.done():
@@ -520,11 +519,11 @@ class RedisBackend(LocalBackend):
         if pid[0] != self.node.name:
             raise ValueError(f"register {pid!r} on its own node ({pid[0]!r})")
         proc = self.node._lookup(pid)
-        if proc is None or proc._procreg_st >= EXITING:
+        if proc is None or not self.runtime.alive(pid):
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
         holder = self._holder(key, table)
         if holder is not None and holder is not proc:
-            raise AlreadyRegistered(key, holder._procreg_pid)
+            raise AlreadyRegistered(key, holder.pid)
         other = await self._claim(key, table, pid, meta)
         if other is not None:
             raise AlreadyRegistered(key, other)
@@ -587,7 +586,7 @@ class RedisBackend(LocalBackend):
             attempt.claim()
             self._claims[(table, key)] = attempt
             return await attempt.wait()
-        task = node._loop.create_task(
+        task = self.runtime.loop.create_task(
             self._spawn(key, factory, args, table, placement, meta, idle_timeout)
         )
         self._claims[(table, key)] = task
@@ -621,7 +620,7 @@ class RedisBackend(LocalBackend):
                 if result[0][0] != node.name and gen == self._gen:
                     self._cache[(table, key)] = result[0]
                 return result
-        pid = node._new_pid()
+        pid = self.runtime.new_pid()
         self._parked[pid] = []
         try:
             holder = await self._claim(key, table, pid, meta)
@@ -637,7 +636,7 @@ class RedisBackend(LocalBackend):
             self.unpark(pid)
         self.cluster.membership.check()  # past our lease deadline: fence first
         if self.cluster.fenced != fences:  # fenced during an async init: it must not live on
-            node._end(proc, "fenced")
+            self.runtime.end(pid, "fenced")
             self._queue_release(table, key, pid, False)
             raise ClusterUnavailable(f"cannot start {key!r}: this node was fenced")
         self._adopt(table, key, proc, meta, "ended right after it started")
@@ -648,9 +647,9 @@ class RedisBackend(LocalBackend):
     ) -> None:
         """Add a process whose claim on `key` won to the local view; if it has ended
         meanwhile, give the key back and raise `NoProcess` (`why` it is not alive)."""
-        if proc._procreg_st >= EXITING:
-            self._queue_release(table, key, proc._procreg_pid, False)
-            raise NoProcess(f"{proc._procreg_pid!r} {why}")
+        if not self.runtime.alive(proc.pid):
+            self._queue_release(table, key, proc.pid, False)
+            raise NoProcess(f"{proc.pid!r} {why}")
         self._add(table, key, proc, meta)
 
     def _triple(
@@ -790,8 +789,7 @@ class RedisBackend(LocalBackend):
         for name, members in by_node.items():
             if name == self.node.name:
                 for pid in members:
-                    proc = self.node._procs.get(pid)
-                    if proc is not None and proc._procreg_info(msg):
+                    if self.runtime.deliver(pid, msg, "send"):
                         reached += 1
                     else:  # mailbox full, ending, or already gone
                         missed += 1
@@ -818,7 +816,7 @@ class RedisBackend(LocalBackend):
         """A remote process is known to have ended (we delivered its Down, its exit
         signal, or a noproc for it): lookups on this node never return it again
         (for 2 x lease: by then its owner's release has surely reached the store)."""
-        now = self.node._loop.time()
+        now = self.runtime.loop.time()
         dead = self._dead
         horizon = now - 2 * self.cluster.lease
         while dead:  # oldest first (insertion order)
@@ -870,7 +868,7 @@ class RedisBackend(LocalBackend):
         """Claim again every local registration and group membership (after a data
         loss or on rejoining); a key now held by another live process is a conflict:
         `Cluster.conflict` decides. Returns how many conflicts there were."""
-        entries = [(t, k, p) for t, k, p in self.local_entries() if p._procreg_st < EXITING]
+        entries = [(t, k, p) for t, k, p in self.local_entries() if self.runtime.alive(p.pid)]
 
         async def one(table: str, key: Hashable, proc: _Proc) -> Pid | None:
             meta = self._meta.get(table, {}).get(key)
@@ -887,11 +885,11 @@ class RedisBackend(LocalBackend):
             )
         conflicts = 0
         for (table, key, proc), holder in zip(entries, holders, strict=True):
-            if holder is not None and holder != proc._procreg_pid:
+            if holder is not None and holder != proc.pid:
                 conflicts += 1
                 self.conflicts += 1
                 await self.cluster.conflict(table, key, proc, holder)
-            elif proc._procreg_st >= EXITING:  # ended while we claimed: give it back
+            elif not self.runtime.alive(proc.pid):  # ended while we claimed: give it back
                 self._queue_release(table, key, proc._procreg_pid, False)
         store = self.store
         owned = self._owned()
@@ -937,7 +935,7 @@ class RedisBackend(LocalBackend):
             elif kind == "t" and (ckey, field) not in mine and isinstance(name, str):
                 cur = await self._fetch(item, name)
                 ours = cur is not None and cur[0][0] == self.node.name
-                if cur is not None and ours and cur[0] not in self.node._procs:
+                if cur is not None and ours and self.node._lookup(cur[0]) is None:
                     self._queue_release(name, item, cur[0], False)
         await self._flush_releases()
         await self.reregister("resync")

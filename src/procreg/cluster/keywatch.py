@@ -124,7 +124,7 @@ class KeyWatch:
             if done is None or done is not self._batch_done:
                 done = self._batch_done
                 if done is None:
-                    loop = self.node._loop
+                    loop = self.node.runtime.loop
                     done = self._batch_done = loop.create_future()
                     loop.call_soon(self._send_batch)
                 self._batch.append(entry)
@@ -137,7 +137,7 @@ class KeyWatch:
         done, batch = self._batch_done, self._batch
         self._batch_done, self._batch = None, []
         assert done is not None
-        task = self.node._loop.create_task(self._watch_first(batch))
+        task = self.node.runtime.loop.create_task(self._watch_first(batch))
 
         def finished(task: asyncio.Task[None]) -> None:
             for entry in batch:
@@ -203,7 +203,7 @@ class KeyWatch:
         self._unwatch.add(entry)
         if not self._unwatch_pending and not self.closed:
             self._unwatch_pending = True
-            loop = self.node._loop
+            loop = self.node.runtime.loop
             loop.call_soon(lambda: loop.create_task(self.flush()))
 
     async def flush(self) -> None:
@@ -339,7 +339,7 @@ class KeyWatch:
         tab = backend._tables.get(table)
         proc = tab.get(key) if tab is not None else None
         if proc is not None:
-            return proc._procreg_pid
+            return proc.pid
         if not text:
             return None
         pid = pid_from_str(text)
