@@ -1,4 +1,5 @@
-"""Fixtures: `redis` (a private server per test) and `cluster` (starts node processes).
+"""Fixtures: `redis` (a private server per test), `proxy` (the fault proxy in front of
+it) and `cluster` (starts node processes).
 
 Both clean up whatever they started, by process id, even when the test fails.
 """
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from procreg.testing import FaultProxy
 
 from .harness import NodeProc, RedisServer, find_server_binary, wait_for
 
@@ -55,6 +58,16 @@ def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def proxy(redis: RedisServer) -> Iterator[FaultProxy]:
+    """The suite's fault proxy in front of the test's `redis` (``proxy.url()``)."""
+    p = FaultProxy(redis.port).start()
+    try:
+        yield p
+    finally:
+        p.stop()
 
 
 def wait_mesh(nodes: list[NodeProc], timeout: float = 10.0) -> None:

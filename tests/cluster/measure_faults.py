@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from .test_cluster_partitions import partition, proxy  # noqa: F401 (fixture)
+from .test_cluster_partitions import partition
 
 pytestmark = pytest.mark.timeout(200)
 
 
 @pytest.mark.parametrize("seconds", [6.0, 20.0])
 @pytest.mark.parametrize("fault", ["blackhole", "reset"])
-def test_long_partition(cluster, redis, proxy, tmp_path, fault, seconds):  # noqa: F811
+def test_long_partition(cluster, redis, proxy, tmp_path, fault, seconds):
     partition(cluster, proxy, redis, tmp_path, fault, seconds=seconds)
 
 
@@ -28,7 +28,7 @@ from .test_cluster_partitions import LEASE, TABLE, overlaps, traces  # noqa: E40
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3])
-def test_latency_sweep(cluster, redis, proxy, tmp_path, delay):  # noqa: F811
+def test_latency_sweep(cluster, redis, proxy, tmp_path, delay):
     """`delay` s added to every chunk a's connections carry (each way): for 4 s, a
     and b keep get_or_spawning 20 keys each (a's with Tracked, traced); what fails,
     whether a fences, and whether any key ever had two live processes."""
@@ -178,7 +178,7 @@ def test_redis_sigstopped(cluster, redis, tmp_path):
 
 
 @pytest.mark.parametrize("pattern", ["short-resets", "flap-during-rejoin"])
-def test_flapping_partitions(cluster, redis, proxy, tmp_path, pattern):  # noqa: F811
+def test_flapping_partitions(cluster, redis, proxy, tmp_path, pattern):
     """a holds 20 Tracked keys; b keeps get_or_spawning them. short-resets: 6 resets
     of 0.3 s, 0.7 s apart; flap-during-rejoin: blackhole 2 s, heal 0.05-0.3 s (a is
     rejoining), blackhole 2 s, x3. No overlap; a comes back and hands out b's pids."""

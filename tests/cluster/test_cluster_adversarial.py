@@ -25,22 +25,11 @@ from typing import Any
 
 import pytest
 
-from procreg.testing import FaultProxy
-
 from .harness import cluster_state, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 LEASE = 1.0
-
-
-@pytest.fixture
-def proxy(redis):
-    p = FaultProxy(redis.port).start()
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def _trace_lines(trace_dir: Path) -> list[list[Any]]:

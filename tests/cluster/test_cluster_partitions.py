@@ -23,8 +23,6 @@ from typing import Any
 
 import pytest
 
-from procreg.testing import FaultProxy
-
 from .harness import NodeProc, cluster_state, wait_back, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,15 +30,6 @@ pytestmark = pytest.mark.timeout(120)
 LEASE = 1.0
 TABLE = "part"
 N_KEYS = 20
-
-
-@pytest.fixture
-def proxy(redis):
-    p = FaultProxy(redis.port).start()
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def traces(trace_dir: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
