@@ -129,6 +129,7 @@ class Runner:
             "conflicts": cluster.backend.conflicts,
             "renewals": cluster.membership.renewals,
             "store_up": cluster.store.up,
+            "store_failures": cluster.store.failures,
             "processes": self.node.process_count(),
             "live": dict(cluster.membership.live),
         }
@@ -326,6 +327,16 @@ class Runner:
                 await asyncio.sleep(pace)
             self.procreg.cast(self.pid(pid), msg)
         return len(pids)
+
+    async def cmd_flood(self, pid: list[Any], n: int, size: int) -> Any:
+        """Cast `n` messages of `size` bytes to `pid`, 20 a loop turn."""
+        target = self.pid(pid)
+        blob = b"x" * size
+        for i in range(n):
+            if i and i % 20 == 0:
+                await asyncio.sleep(0)
+            self.procreg.cast(target, ["blob", i, blob])
+        return n
 
     async def cmd_exit(self, pid: list[Any], reason: Any) -> Any:
         self.procreg.exit(self.pid(pid), reason)

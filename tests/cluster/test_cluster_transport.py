@@ -92,3 +92,33 @@ def test_an_idle_publishing_connection_closed_by_the_server_is_reopened_quietly(
     assert not same, "the server did not close the idle connection: the test proves nothing"
     assert failures == 0
     assert fenced == 0
+
+
+def test_a_slow_subscriber_closed_by_the_server_recovers(cluster, redis):
+    """Redis closes a subscriber that falls behind (``client-output-buffer-limit
+    pubsub``): that is a lost subscribed connection like any other. The node re-opens
+    it, subscribes again and drops its cache; messaging works again, nothing fences.
+    (Per destination, this server-side limit is what bounds a slow node's backlog.)"""
+    client = redis.client()
+    client.config_set("client-output-buffer-limit", "pubsub 256kb 128kb 1")
+    n1, n2 = cluster(["n1", "n2"], lease=3.0)
+    server = n2.ok("spawn", factory="Echo")
+    assert n1.ok("call", pid=server, request=["echo", 1]) == 1
+    before = n2.ok("stats")["store_failures"]
+    n2.pause()  # n2 stops reading: Redis buffers what is published to it
+    try:
+        assert n1.ok("flood", pid=server, n=400, size=8192) == 400  # ~3 MB
+        wait_for(
+            lambda: "output buffer limits" in redis.log_tail(50),
+            5,
+            what="Redis to close n2's subscribed connection",
+        )
+    finally:
+        n2.resume()
+    wait_for(
+        lambda: n2.ok("stats")["store_failures"] > before,
+        10,
+        what="n2 to notice the server closed its subscribed connection",
+    )
+    _works_again(n1, server, "a remote call to the node whose subscription was closed")
+    assert n2.ok("stats")["fenced"] == 0
