@@ -89,7 +89,10 @@ class Membership:
         self._last_warning = 0.0
         self.joined = False  # the deadline counts from the first lease we took
         self.deadline = math.inf  # see `_set_deadline`
-        self.time: Callable[[], float] = time.monotonic  # the loop's clock, once known
+        # the fast check's clock: CLOCK_MONOTONIC, as the loop's (asyncio's is
+        # time.monotonic; uvloop's lags it by at most one loop turn, so comparing the
+        # later reading with a deadline in loop time only fences that much earlier)
+        self.time: Callable[[], float] = time.monotonic
 
     @property
     def lease_ms(self) -> int:
@@ -117,7 +120,6 @@ class Membership:
     def _now(self) -> float:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self.time = self._loop.time
         return self._loop.time()
 
     def _extend(self, sent: float) -> None:
