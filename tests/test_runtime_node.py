@@ -26,6 +26,55 @@ def test_node_defaults():
     assert "local" in text
 
 
+class _Holder(procreg.Server):
+    def init(self):
+        self.seen = []
+
+    def handle_cast(self, msg):
+        self.seen.append(msg)
+
+
+def test_info_stats_local_process_and_running():
+    async def scenario():
+        node = procreg.Node("introspect")
+        before = node.running
+        async with node:
+            pid = _Holder.start(max_mailbox=5)
+            await procreg.register("h", pid)
+            procreg.cast(pid, "hi")
+            await asyncio.sleep(0)
+            info, stats = node.info(pid), node.stats()
+            holder = node.local_process(pid)
+            seen = list(holder.seen)
+            procreg.exit(pid, "kill")
+            await asyncio.sleep(0)
+            gone = node.info(pid), node.local_process(pid)
+            return before, node.running, info, stats, holder, seen, gone, pid
+
+    before, during, info, stats, holder, seen, gone, pid = asyncio.run(scenario())
+    assert (before, during) == (False, True)
+    assert isinstance(info, procreg.ProcessInfo) and isinstance(stats, procreg.NodeStats)
+    assert info.pid == pid and info.kind == "_Holder" and info.status == "idle"
+    assert info.keys == ("('default', 'h')",) and info.groups == ()
+    assert (info.mailbox, info.max_mailbox, info.overflow, info.handled) == (0, 5, "drop", 1)
+    assert info.age >= 0 and info.as_dict()["keys"] == ["('default', 'h')"]
+    assert set(info.as_dict()) == set(procreg.ProcessInfo.__slots__)
+    assert (stats.node, stats.processes, stats.spawned, stats.max_mailbox) == (
+        "introspect",
+        1,  # no main process: asyncio.run, not procreg.run
+        1,
+        None,
+    )
+    assert set(stats.as_dict()) == set(procreg.NodeStats.__slots__)
+    # the node's fast constructors make ordinary records
+    assert type(info) is procreg.ProcessInfo and type(stats) is procreg.NodeStats
+    same = {**info.as_dict(), "keys": info.keys, "groups": info.groups}
+    assert procreg.ProcessInfo(**same) == info and hash(procreg.ProcessInfo(**same)) == hash(info)
+    assert procreg.NodeStats(**stats.as_dict()) == stats
+    assert isinstance(holder, _Holder) and seen == ["hi"]
+    assert gone == (None, None)
+
+
 def test_named_node_pids():
     async def scenario():
         async with procreg.Node("web1") as node:

@@ -110,7 +110,7 @@ def _cluster_name(name: str) -> str:
 async def _through_cluster_names(pid: procreg.Pid) -> None:
     """What procreg.cluster does with a local process."""
     node = procreg.current_node()
-    proc = node._procs[pid]
+    proc = node.local_process(pid)
 
     def get(name):
         return getattr(proc, _cluster_name(name))
