@@ -3,7 +3,7 @@ dropped with close code 1013 and leaves its pool, the others keep receiving
 everything, and `publish` says whom it did not reach.
 
 Two kinds of tests: real ones (uvicorn on a free 127.0.0.1 port, `websockets`
-clients, as `procreg.web.bench` does) for a client that never reads, and in-process
+clients, as `bench/web.py` does) for a client that never reads, and in-process
 ones (Starlette's TestClient) where the connection process is held busy on purpose.
 No timing thresholds: loops are bounded in count, waits only guard against hangs.
 """
