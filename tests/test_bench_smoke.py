@@ -14,13 +14,10 @@ import pytest
 
 from procreg import cli
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _figures() -> dict[str, str]:
-    """figure name -> benchmark name, from the bench package of this checkout."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """figure name -> benchmark name, from the bench package of this checkout (on
+    sys.path from conftest)."""
     from bench.harness import all_benchmarks
 
     return {f.name: b.name for b in all_benchmarks() for f in b.figures}

@@ -8,10 +8,7 @@ import gc
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
+from conftest import idle
 
 
 def test_node_defaults():
@@ -78,7 +75,7 @@ def test_info_stats_local_process_and_running():
 def test_named_node_pids():
     async def scenario():
         async with procreg.Node("web1") as node:
-            pid = procreg.spawn(_idle)
+            pid = procreg.spawn(idle)
             return node, pid
 
     node, pid = asyncio.run(scenario())
@@ -101,7 +98,7 @@ def test_stop_ends_processes_with_shutdown_and_calls_terminate():
 
     async def body():
         try:
-            await _idle()
+            await idle()
         finally:
             events.append(("coroutine finally", None))
 
@@ -214,7 +211,7 @@ def test_stop_with_linked_and_trapping_processes():
     async def main():
         for _ in range(10):
             procreg.spawn(trapper, link=True, trap_exits=True)
-            procreg.spawn(_idle, link=True)
+            procreg.spawn(idle, link=True)
         return "done"
 
     assert procreg.run(main) == "done"
@@ -244,7 +241,7 @@ def test_run_stops_the_node_after_main():
 
     async def main():
         box["node"] = procreg.current_node()
-        box["pid"] = procreg.spawn(_idle)
+        box["pid"] = procreg.spawn(idle)
 
     procreg.run(main)
     assert box["node"].process_count() == 0
@@ -266,13 +263,13 @@ def test_run_with_uvloop():
 
 def test_sequential_nodes_have_different_creations_and_stale_pids_are_dead():
     async def first():
-        return procreg.current_node().creation, procreg.self(), procreg.spawn(_idle)
+        return procreg.current_node().creation, procreg.self(), procreg.spawn(idle)
 
     c1, main1, other1 = procreg.run(first)
 
     async def second():
         node = procreg.current_node()
-        new = procreg.spawn(_idle)
+        new = procreg.spawn(idle)
         alive = procreg.is_alive(other1), procreg.is_alive(main1)
         procreg.send(other1, "dropped")  # silently dropped
         with pytest.raises(procreg.NoProcess):
@@ -289,7 +286,7 @@ def test_sequential_nodes_have_different_creations_and_stale_pids_are_dead():
 def test_two_nodes_running_side_by_side():
     async def one(name):
         async with procreg.Node(name) as node:
-            pid = procreg.spawn(_idle)
+            pid = procreg.spawn(idle)
             await asyncio.sleep(0.01)
             assert procreg.current_node() is node
             return pid.node, node.process_count()
@@ -313,7 +310,7 @@ def test_current_node_in_a_task_that_outlives_the_node_raises_no_node():
             except procreg.NoNode:
                 outcomes.append("NoNode")
             try:
-                procreg.spawn(_idle)
+                procreg.spawn(idle)
                 outcomes.append("spawned")
             except procreg.NoNode:
                 outcomes.append("NoNode")
@@ -359,7 +356,7 @@ def test_gc_policy_off_leaves_thresholds_alone(monkeypatch):
 
     async def main():
         for _ in range(100):
-            procreg.spawn(_idle)
+            procreg.spawn(idle)
         return gc.get_threshold()
 
     during = procreg.run(main, gc_policy=False)

@@ -3,18 +3,13 @@ their figures. No timing thresholds: benchmarks report, tests assert behaviour."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 pytest.importorskip("httpx")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bench/
-
-from bench import web as bench
+from bench import web as bench  # the checkout's bench/, on sys.path from conftest
 
 
 @pytest.mark.parametrize("variant", ["procreg", "plain"])
