@@ -194,9 +194,9 @@ def test_assigning_pid_raises_and_reading_it_works():
 
 
 def _supervisor_runtime_names() -> list[str]:
-    from procreg.supervisor import _Running
+    from procreg.supervisor.engine import _Running
 
-    names = {n for n in vars(_Running) if not n.startswith("__")}
+    names = {n for cls in _Running.__mro__[:-1] for n in vars(cls) if not n.startswith("__")}
     names |= {"_me", "_parent", "_kids", "_by_id", "_by_pid", "_restarts", "_validate"}
     return sorted(names)
 
