@@ -32,6 +32,7 @@ lint: $(DEV_STAMP) typecheck
 	$(VENV)/bin/ruff check src tests bench examples tools
 	$(VENV)/bin/ruff format --check src tests bench examples tools
 	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/lint-imports
 
 # what users' code sees: the examples (the README's quick start is examples/quickstart.py)
 # under mypy --strict and pyright in its basic and strict modes

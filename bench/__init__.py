@@ -3,9 +3,12 @@
 Every figure of the README's "Performance" table is measured in the same run as its
 baselines:
 
-- ``procreg``: the library itself (`bench.runtime`, `bench.registry`);
+- ``procreg``: the library itself (`bench.runtime`, `bench.registry`,
+  `bench.supervision`, `bench.cluster`, `bench.web`);
 - ``asyncio``: the plain asyncio design, a task reading an `asyncio.Queue` per
-  process and a dict registry (`bench.baselines`);
+  process and a dict registry (`bench.baselines`); for the cluster, raw redis-py;
+  for the web figures, plain Starlette (`bench.web`, with its load generators in
+  `bench.loadgen`);
 - ``pykka``: Pykka's ``ThreadingActor``, where the comparison means something
   (spawn, call, tell, memory, stop).
 

@@ -4,8 +4,9 @@ By default (full mode) every measurement, that is one benchmark for one
 implementation, runs in a fresh interpreter, so that no figure inherits another's
 heap, threads, GC state or event loop; ``--quick`` runs in-process unless
 ``--isolate`` is given, except the benchmarks that report RSS (memory, a million
-processes), which always get a fresh interpreter. Inside a measurement each
-implementation starts its own event loop (and procreg node).
+processes, the WebSocket fan-out) or serve HTTP, which always get a fresh
+interpreter. Inside a measurement each implementation starts its own event loop (and
+procreg node).
 
 Usage: ``procreg bench [--quick] [--only NAME[,NAME]] [--json PATH] [--uvloop]``.
 """
@@ -39,13 +40,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def all_benchmarks() -> list[Benchmark]:
     """Every benchmark, in table order."""
-    from . import cluster, registry, runtime, supervision
+    from . import cluster, registry, runtime, supervision, web
 
     return [
         *runtime.BENCHMARKS,
         *registry.BENCHMARKS,
         *supervision.BENCHMARKS,
         *cluster.BENCHMARKS,
+        *web.BENCHMARKS,
     ]
 
 
@@ -86,7 +88,9 @@ def measure_here(bench: Benchmark, impl: str, sizes: Sizes, uvloop: bool) -> dic
         gc.collect()
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child interpreter: this checkout's ``bench`` and the
+    ``procreg`` this one runs are importable there."""
     import procreg
 
     paths = [str(REPO_ROOT), str(Path(procreg.__file__).resolve().parent.parent)]
@@ -111,7 +115,7 @@ def measure_in_child(
         proc = subprocess.run(
             cmd,
             cwd=REPO_ROOT,
-            env=_child_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -211,6 +215,10 @@ def run(
     for i, (b, impl) in enumerate(jobs, 1):
         if b.needs_uvloop and not has_uvloop:
             skipped[b.name] = "uvloop is not installed"
+            continue
+        missing = [m for m in b.requires if not available(m)]
+        if missing:
+            skipped[b.name] = f"{', '.join(missing)} not installed"
             continue
         if impl == "pykka" and not has_pykka:
             skipped[f"{b.name}/pykka"] = "pykka is not installed"

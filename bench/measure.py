@@ -65,6 +65,10 @@ class Sizes:
     lookups: int  # whereis calls per repetition
     members: int  # group members for publish fan-out
     publishes: int  # publishes per repetition
+    web_clients: int  # WebSocket clients in the fan-out pool
+    web_messages: int  # messages published to them
+    web_requests: int  # HTTP requests for the session figure
+    web_lookups: int  # in-process session lookups
 
     @classmethod
     def full(cls) -> Sizes:
@@ -88,6 +92,10 @@ class Sizes:
             lookups=1_000_000,
             members=10_000,
             publishes=20,
+            web_clients=1_000,
+            web_messages=20,
+            web_requests=4_000,
+            web_lookups=200_000,
         )
 
     @classmethod
@@ -112,6 +120,10 @@ class Sizes:
             lookups=20_000,
             members=1_000,
             publishes=3,
+            web_clients=50,
+            web_messages=5,
+            web_requests=300,
+            web_lookups=5_000,
         )
 
 
@@ -152,6 +164,7 @@ class Benchmark:
     impls: dict[str, Callable[[Sizes, bool], Measurement]] = field(default_factory=dict)
     needs_uvloop: bool = False  # measured on uvloop whatever the --uvloop option says
     isolated: bool = False  # always in a fresh interpreter (RSS figures), even in-process
+    requires: tuple[str, ...] = ()  # modules it needs; skipped (and said so) without them
 
 
 # -- running ---------------------------------------------------------------------

@@ -70,8 +70,8 @@ async def casts(n: int, bound: int) -> None:
     info = node.info(pid)
     assert info is not None
     print(
-        f"bound={bound or None} sent={n} accepted={accepted} waiting={info['mailbox']} "
-        f"peak={info['mailbox_peak']} dropped={node.stats()['dropped']} "
+        f"bound={bound or None} sent={n} accepted={accepted} waiting={info.mailbox} "
+        f"peak={info.mailbox_peak} dropped={node.stats().dropped} "
         f"rss_before={r0 / 1e6:.1f}MB rss_after={rss() / 1e6:.1f}MB"
     )
     procreg.exit(pid, "kill")
@@ -131,7 +131,7 @@ async def websocket(seconds: float, rate: float, pad: int, unbounded: bool) -> N
                 await asyncio.sleep(0)
                 if time.monotonic() >= report:
                     info = node.info(pid)
-                    box = info["mailbox"] if info is not None else "gone"
+                    box = info.mailbox if info is not None else "gone"
                     print(
                         f"t={time.monotonic() - t0:5.1f}s rss={rss() / 1e6:7.1f}MB "
                         f"mailbox={box} published={published} reached={reached} "

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import FrozenInstanceError
 from typing import Any
+
+import pytest
 
 import procreg
 from procreg import Supervisor, child, nitrogen
@@ -89,22 +92,28 @@ def test_node_views_are_copies():
         procreg.link(pid)
         procreg.monitor(pid)
         info = node.info(pid)
-        for value in info.values():
+        with pytest.raises(FrozenInstanceError):
+            info.links = 99  # records are frozen
+        as_dict = info.as_dict()
+        for value in as_dict.values():
             if isinstance(value, list):
                 value.append("junk")
-        info["links"] = 99
-        info.clear()
+        as_dict["links"] = 99
+        as_dict.clear()
         stats = node.stats()
-        stats["processes"] = -1
+        with pytest.raises(FrozenInstanceError):
+            stats.processes = -1
+        stats.as_dict()["processes"] = -1
         for view in (node.processes(), node.nodes(), procreg.nodes()):
             view.append("junk")
             view.clear()
         again = node.info(pid)
-        return again, node.stats()["processes"], node.processes(), procreg.nodes(), pid
+        return again, node.stats().processes, node.processes(), procreg.nodes(), pid
 
     info, count, processes, nodes, pid = procreg.run(main)
-    assert info["keys"] == ["('default', 'k')"] and info["groups"] == ["'g'"]
-    assert info["links"] == 1 and info["monitors"] == 1
+    assert info.keys == ("('default', 'k')",) and info.groups == ("'g'",)
+    assert info.as_dict()["keys"] == ["('default', 'k')"]
+    assert info.links == 1 and info.monitors == 1
     assert count == 2 and processes[-1] == pid and len(processes) == 2
     assert nodes == ["local"]
 

@@ -74,6 +74,7 @@ from .errors import (
     ProcregError,
     Stop,
 )
+from .introspection import NodeStats, ProcessInfo, ProcessStatus
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .node import Node, current_node
 from .pid import Pid, Ref
@@ -106,11 +107,14 @@ __all__ = [
     "Node",
     "NodeDown",
     "NodeEvent",
+    "NodeStats",
     "NotInProcess",
     "NotOwner",
     "Overloaded",
     "Pid",
     "ProcessExited",
+    "ProcessInfo",
+    "ProcessStatus",
     "Published",
     "ProcregError",
     "Ref",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from .errors import CallTimeout, Deadlock, NodeDown, NoNode, NoProcess, NotInProcess, Stop
 from .gcpolicy import GcPolicy
+from .introspection import NodeStats, ProcessInfo, ProcessStatus, new_node_stats, new_process_info
 from .messages import Down, Exit, NodeEvent
 from .pid import Pid, Ref
 from .process import (
@@ -64,6 +65,7 @@ _make_pid = tuple.__new__  # Pid(...) without a Python-level __new__ call
 INLINE_BUDGET = 64  # direct-dispatched calls in a row before a caller must yield
 _LAZY = object()  # node._caller during a direct call, until caller() asks for a future
 _creations = itertools.count(1)
+_STATUS: tuple[ProcessStatus, ...] = ("idle", "runnable", "busy", "exiting", "dead")  # by _st
 
 
 # -- waits that could never end ----------------------------------------------------
@@ -565,60 +567,52 @@ class Node:
             return None
         return self._procs.get(pid)
 
-    def info(self, pid: Pid) -> dict[str, Any] | None:
-        """What the node knows of a live local process, for observers: ``pid``,
-        ``kind`` (its class), ``keys`` (registry ``(table, key)`` pairs), ``groups``,
-        ``mailbox`` (messages waiting), ``mailbox_peak`` (the most messages that
-        waited at once), ``max_mailbox`` (its bound, None if unbounded),
-        ``overflow`` (its policy when full), ``dropped`` (messages its full mailbox
-        refused), ``handled`` (messages handled), ``age`` (seconds, to within the
-        time between 1,024 spawns), ``status``, ``links``, ``monitors``. None if it
-        is not alive."""
+    def info(self, pid: Pid) -> ProcessInfo | None:
+        """What the node knows of a live local process, for observers (see
+        `ProcessInfo` for each field); None if it is not alive."""
         proc = self._procs.get(pid)
         if proc is None:
             return None
         reg = proc._procreg_reg
-        keys = sorted(map(repr, reg)) if type(reg) is set else ([repr(reg)] if reg else [])
+        keys = tuple(sorted(map(repr, reg))) if type(reg) is set else ((repr(reg),) if reg else ())
         ext = proc._procreg_ext
         index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
         born = self._marks[max(index, 0)][1]
+        groups = tuple(sorted(map(repr, ext.groups))) if ext is not None and ext.groups else ()
         waiting = len(proc._procreg_mail) if proc._procreg_mail else 0
-        return {
-            "pid": pid,
-            "kind": "Supervisor" if pid in self._supervisors else type(proc).__name__,
-            "keys": keys,
-            "groups": sorted(map(repr, ext.groups)) if ext is not None and ext.groups else [],
-            "mailbox": waiting,
-            "mailbox_peak": max(proc._procreg_peak, waiting),
-            "max_mailbox": proc._procreg_max,
-            "overflow": (ext.overflow if ext is not None else None) or self._overflow,
-            "dropped": ext.dropped if ext is not None else 0,
-            "handled": proc._procreg_handled,
-            "age": self._loop.time() - born,
-            "status": ("idle", "runnable", "busy", "exiting", "dead")[proc._procreg_st],
-            "links": len(ext.links) if ext is not None and ext.links else 0,
-            "monitors": len(ext.monitors) if ext is not None and ext.monitors else 0,
-        }
+        return new_process_info(  # positional: the fields in order, for speed
+            pid,  # pid
+            "Supervisor" if pid in self._supervisors else type(proc).__name__,  # kind
+            keys,  # keys
+            groups,  # groups
+            waiting,  # mailbox
+            max(proc._procreg_peak, waiting),  # mailbox_peak
+            proc._procreg_max,  # max_mailbox
+            (ext.overflow if ext is not None else None) or self._overflow,  # overflow
+            ext.dropped if ext is not None else 0,  # dropped
+            proc._procreg_handled,  # handled
+            self._loop.time() - born,  # age
+            _STATUS[proc._procreg_st],  # status
+            len(ext.links) if ext is not None and ext.links else 0,  # links
+            len(ext.monitors) if ext is not None and ext.monitors else 0,  # monitors
+        )
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for observers: processes alive, spawned, exited, crashed, messages
-        handled, ``dropped`` (messages refused by full mailboxes), ``overloaded``
-        (processes ended with reason ``"overload"``), ``max_mailbox`` (the node's
-        default bound), run-queue length, uptime."""
-        return {
-            "node": self.name,
-            "creation": self.creation,
-            "processes": len(self._procs),
-            "spawned": self.spawned,
-            "exited": self.exited,
-            "crashed": self.crashed,
-            "handled": self.handled,
-            "dropped": self.dropped,
-            "overloaded": self.overloaded,
-            "max_mailbox": self._max_mailbox,
-            "runq": len(self._runq),
-            "uptime": self._loop.time() - self.started_at,
-        }
+    def stats(self) -> NodeStats:
+        """The node's counters, for observers (see `NodeStats` for each field)."""
+        return new_node_stats(  # positional: the fields in order, for speed
+            self.name,  # node
+            self.creation,  # creation
+            len(self._procs),  # processes
+            self.spawned,  # spawned
+            self.exited,  # exited
+            self.crashed,  # crashed
+            self.handled,  # handled
+            self.dropped,  # dropped
+            self.overloaded,  # overloaded
+            self._max_mailbox,  # max_mailbox
+            len(self._runq),  # runq
+            self._loop.time() - self.started_at,  # uptime
+        )
 
     def nodes(self) -> list[str]:
         """The live nodes of the cluster (this one included), sorted; just this one
@@ -651,6 +645,17 @@ class Node:
     def processes(self) -> list[Pid]:
         """The pids of the live processes, oldest first."""
         return list(self._procs)
+
+    def local_process(self, pid: Pid) -> _Proc | None:
+        """The object of the live process `pid` of this node (its `Server` instance,
+        say), None if there is none; for tests and debugging: talk to a process with
+        messages, not through its object."""
+        return self._procs.get(pid)
+
+    @property
+    def running(self) -> bool:
+        """True from `start` until `stop` has finished."""
+        return self._running
 
     def me(self) -> _Proc | None:
         """The calling process, if the caller is one."""

@@ -136,11 +136,12 @@ class Runner:
 
     async def cmd_info(self, pid: list[Any]) -> Any:
         """`Node.info` of a local process (None if it is gone)."""
-        return self.node.info(self.pid(pid))
+        info = self.node.info(self.pid(pid))
+        return info.as_dict() if info is not None else None
 
     async def cmd_node_stats(self) -> Any:
         """`Node.stats` (the runtime's counters)."""
-        return self.node.stats()
+        return self.node.stats().as_dict()
 
     async def cmd_local_work(self, n: int = 50) -> Any:
         """Spawn, call, cast and look up a local key: nothing here needs the store."""

@@ -33,7 +33,7 @@ outbound queue. It is bounded in messages (`max_queue`) and in bytes of encoded
 frames waiting (`max_queue_bytes`), and a write to the socket may block at most
 `send_timeout` seconds. A client that falls behind (a frame finds the queue full, or
 a write stays blocked) is dropped: its process ends with reason ``"overload"``
-(counted in ``Node.stats()["overloaded"]``), which takes it out of its pool at once,
+(counted in ``Node.stats().overloaded``), which takes it out of its pool at once,
 and the socket is closed with code 1013 (try again later). `publish` does not count
 a connection whose queue refused the message (see `procreg.Published`).
 """

@@ -155,7 +155,7 @@ class Observer:
         stats = node.stats()
         rates = self.meter.sample(stats)
         body: dict[str, Any] = {
-            "nodes": [{**stats, "rates": rates, "self": True}],
+            "nodes": [{**stats.as_dict(), "rates": rates, "self": True}],
             "history": self.meter.history(),
             "tables": tables(node),
             "pools": await pools(node),

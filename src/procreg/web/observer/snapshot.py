@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any, Final
 
+from ...introspection import NodeStats
 from ...node import Node
 from ...pid import Pid
 
@@ -67,18 +68,18 @@ def process_row(node: Node, pid: Pid) -> dict[str, Any] | None:
         return None
     return {
         "pid": str(pid),
-        "kind": info["kind"],
-        "keys": [mask_key(k) for k in info["keys"]],
-        "groups": [mask_key(g) for g in info["groups"]],
-        "mailbox": info["mailbox"],
-        "mailbox_peak": info["mailbox_peak"],
-        "max_mailbox": info["max_mailbox"],
-        "dropped": info["dropped"],
-        "handled": info["handled"],
-        "age": round(info["age"], 3),
-        "status": info["status"],
-        "links": info["links"],
-        "monitors": info["monitors"],
+        "kind": info.kind,
+        "keys": [mask_key(k) for k in info.keys],
+        "groups": [mask_key(g) for g in info.groups],
+        "mailbox": info.mailbox,
+        "mailbox_peak": info.mailbox_peak,
+        "max_mailbox": info.max_mailbox,
+        "dropped": info.dropped,
+        "handled": info.handled,
+        "age": round(info.age, 3),
+        "status": info.status,
+        "links": info.links,
+        "monitors": info.monitors,
     }
 
 
@@ -168,13 +169,13 @@ class RateMeter:
         self.keep = keep
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
 
-    def sample(self, stats: dict[str, Any], now: float | None = None) -> dict[str, float]:
+    def sample(self, stats: NodeStats, now: float | None = None) -> dict[str, float]:
         """Record `stats` (from `Node.stats()`) and return the current rates per
         second: ``spawn``, ``exit``, ``crash``, ``messages``."""
         now = time.monotonic() if now is None else now
         samples = self._samples
         if not samples or now - samples[-1][0] >= self.min_interval:
-            samples.append((now, {k: int(stats[k]) for k in self.COUNTERS}))
+            samples.append((now, {k: int(getattr(stats, k)) for k in self.COUNTERS}))
             while samples and now - samples[0][0] > self.keep:
                 samples.popleft()
         latest_t, latest = samples[-1]

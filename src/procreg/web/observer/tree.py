@@ -41,8 +41,8 @@ async def _describe(
         "pid": str(pid),
         "kind": "supervisor",
         "restart": restart,
-        "process_kind": info["kind"] if info else None,
-        "keys": [mask_key(k) for k in info["keys"]] if info else [],
+        "process_kind": info.kind if info else None,
+        "keys": [mask_key(k) for k in info.keys] if info else [],
         "children": [],
     }
     if depth >= MAX_DEPTH:
@@ -66,8 +66,8 @@ async def _describe(
                 "pid": str(kid.pid) if kid.pid is not None else None,
                 "kind": kid.kind,
                 "restart": kid.restart,
-                "process_kind": kid_info["kind"] if kid_info else None,
-                "keys": [mask_key(k) for k in kid_info["keys"]] if kid_info else [],
+                "process_kind": kid_info.kind if kid_info else None,
+                "keys": [mask_key(k) for k in kid_info.keys] if kid_info else [],
                 "children": [],
             }
         )

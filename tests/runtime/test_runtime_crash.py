@@ -8,6 +8,7 @@ import logging
 import pytest
 
 import procreg
+from conftest import idle
 
 
 def _error_records(caplog):
@@ -41,16 +42,12 @@ class AsyncFragile(procreg.Server):
             raise ZeroDivisionError("async poisoned")
 
 
-async def _idle():
-    await procreg.receive(timeout=5)
-
-
 def test_crashing_handler_ends_only_that_process(caplog):
     async def main():
         node = procreg.current_node()
         victim, ref = procreg.spawn_monitor(Fragile)
         bystander = Fragile.start()
-        proc = procreg.spawn(_idle)
+        proc = procreg.spawn(idle)
         procreg.cast(victim, "poison")
         down = await procreg.receive(timeout=1)
         procreg.cast(bystander, "ok")
@@ -95,7 +92,7 @@ def test_crashing_coroutine_process_does_not_touch_unlinked_processes():
 
     async def main():
         srv = Fragile.start()
-        other = procreg.spawn(_idle)
+        other = procreg.spawn(idle)
         procreg.spawn_monitor(crasher)
         down = await procreg.receive(timeout=1)
         return down, procreg.is_alive(srv), procreg.is_alive(other), await procreg.call(srv, "x")
@@ -285,7 +282,7 @@ def test_normal_exits_and_kills_are_not_crash_reports(caplog):
         procreg.spawn(quick)
         srv = Fragile.start()
         procreg.exit(srv, "kill")
-        other = procreg.spawn(_idle)
+        other = procreg.spawn(idle)
         procreg.exit(other, "shutdown")
         await asyncio.sleep(0.01)
 

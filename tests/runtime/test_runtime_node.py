@@ -8,10 +8,7 @@ import gc
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
+from conftest import idle
 
 
 def test_node_defaults():
@@ -26,10 +23,59 @@ def test_node_defaults():
     assert "local" in text
 
 
+class _Holder(procreg.Server):
+    def init(self):
+        self.seen = []
+
+    def handle_cast(self, msg):
+        self.seen.append(msg)
+
+
+def test_info_stats_local_process_and_running():
+    async def scenario():
+        node = procreg.Node("introspect")
+        before = node.running
+        async with node:
+            pid = _Holder.start(max_mailbox=5)
+            await procreg.register("h", pid)
+            procreg.cast(pid, "hi")
+            await asyncio.sleep(0)
+            info, stats = node.info(pid), node.stats()
+            holder = node.local_process(pid)
+            seen = list(holder.seen)
+            procreg.exit(pid, "kill")
+            await asyncio.sleep(0)
+            gone = node.info(pid), node.local_process(pid)
+            return before, node.running, info, stats, holder, seen, gone, pid
+
+    before, during, info, stats, holder, seen, gone, pid = asyncio.run(scenario())
+    assert (before, during) == (False, True)
+    assert isinstance(info, procreg.ProcessInfo) and isinstance(stats, procreg.NodeStats)
+    assert info.pid == pid and info.kind == "_Holder" and info.status == "idle"
+    assert info.keys == ("('default', 'h')",) and info.groups == ()
+    assert (info.mailbox, info.max_mailbox, info.overflow, info.handled) == (0, 5, "drop", 1)
+    assert info.age >= 0 and info.as_dict()["keys"] == ["('default', 'h')"]
+    assert set(info.as_dict()) == set(procreg.ProcessInfo.__slots__)
+    assert (stats.node, stats.processes, stats.spawned, stats.max_mailbox) == (
+        "introspect",
+        1,  # no main process: asyncio.run, not procreg.run
+        1,
+        None,
+    )
+    assert set(stats.as_dict()) == set(procreg.NodeStats.__slots__)
+    # the node's fast constructors make ordinary records
+    assert type(info) is procreg.ProcessInfo and type(stats) is procreg.NodeStats
+    same = {**info.as_dict(), "keys": info.keys, "groups": info.groups}
+    assert procreg.ProcessInfo(**same) == info and hash(procreg.ProcessInfo(**same)) == hash(info)
+    assert procreg.NodeStats(**stats.as_dict()) == stats
+    assert isinstance(holder, _Holder) and seen == ["hi"]
+    assert gone == (None, None)
+
+
 def test_named_node_pids():
     async def scenario():
         async with procreg.Node("web1") as node:
-            pid = procreg.spawn(_idle)
+            pid = procreg.spawn(idle)
             return node, pid
 
     node, pid = asyncio.run(scenario())
@@ -52,7 +98,7 @@ def test_stop_ends_processes_with_shutdown_and_calls_terminate():
 
     async def body():
         try:
-            await _idle()
+            await idle()
         finally:
             events.append(("coroutine finally", None))
 
@@ -165,7 +211,7 @@ def test_stop_with_linked_and_trapping_processes():
     async def main():
         for _ in range(10):
             procreg.spawn(trapper, link=True, trap_exits=True)
-            procreg.spawn(_idle, link=True)
+            procreg.spawn(idle, link=True)
         return "done"
 
     assert procreg.run(main) == "done"
@@ -195,7 +241,7 @@ def test_run_stops_the_node_after_main():
 
     async def main():
         box["node"] = procreg.current_node()
-        box["pid"] = procreg.spawn(_idle)
+        box["pid"] = procreg.spawn(idle)
 
     procreg.run(main)
     assert box["node"].process_count() == 0
@@ -217,13 +263,13 @@ def test_run_with_uvloop():
 
 def test_sequential_nodes_have_different_creations_and_stale_pids_are_dead():
     async def first():
-        return procreg.current_node().creation, procreg.self(), procreg.spawn(_idle)
+        return procreg.current_node().creation, procreg.self(), procreg.spawn(idle)
 
     c1, main1, other1 = procreg.run(first)
 
     async def second():
         node = procreg.current_node()
-        new = procreg.spawn(_idle)
+        new = procreg.spawn(idle)
         alive = procreg.is_alive(other1), procreg.is_alive(main1)
         procreg.send(other1, "dropped")  # silently dropped
         with pytest.raises(procreg.NoProcess):
@@ -240,7 +286,7 @@ def test_sequential_nodes_have_different_creations_and_stale_pids_are_dead():
 def test_two_nodes_running_side_by_side():
     async def one(name):
         async with procreg.Node(name) as node:
-            pid = procreg.spawn(_idle)
+            pid = procreg.spawn(idle)
             await asyncio.sleep(0.01)
             assert procreg.current_node() is node
             return pid.node, node.process_count()
@@ -264,7 +310,7 @@ def test_current_node_in_a_task_that_outlives_the_node_raises_no_node():
             except procreg.NoNode:
                 outcomes.append("NoNode")
             try:
-                procreg.spawn(_idle)
+                procreg.spawn(idle)
                 outcomes.append("spawned")
             except procreg.NoNode:
                 outcomes.append("NoNode")
@@ -310,7 +356,7 @@ def test_gc_policy_off_leaves_thresholds_alone(monkeypatch):
 
     async def main():
         for _ in range(100):
-            procreg.spawn(_idle)
+            procreg.spawn(idle)
         return gc.get_threshold()
 
     during = procreg.run(main, gc_policy=False)

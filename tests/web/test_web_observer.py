@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -275,12 +276,15 @@ def test_session_ids_are_masked() -> None:
 
 def test_rate_meter() -> None:
     meter = RateMeter(min_interval=0.5)
-    stats = {"spawned": 0, "exited": 0, "crashed": 0, "handled": 0}
+    zero = dict.fromkeys(["processes", "dropped", "overloaded", "runq", "uptime"], 0)
+    stats = procreg.NodeStats(
+        "n", 1, spawned=0, exited=0, crashed=0, handled=0, max_mailbox=None, **zero
+    )
     assert meter.sample(stats, now=100.0) == {"spawn": 0, "exit": 0, "crash": 0, "messages": 0}
-    meter.sample({**stats, "spawned": 10, "handled": 1000}, now=101.0)
-    rates = meter.sample({**stats, "spawned": 30, "handled": 4000, "exited": 5}, now=102.0)
+    meter.sample(replace(stats, spawned=10, handled=1000), now=101.0)
+    rates = meter.sample(replace(stats, spawned=30, handled=4000, exited=5), now=102.0)
     assert rates == {"spawn": 20.0, "exit": 5.0, "crash": 0.0, "messages": 3000.0}
-    assert meter.sample({**stats, "spawned": 99}, now=102.1)["spawn"] == 20.0  # too soon
+    assert meter.sample(replace(stats, spawned=99), now=102.1)["spawn"] == 20.0  # too soon
     assert [h["messages"] for h in meter.history()] == [1000.0, 3000.0]
 
 

@@ -7,10 +7,7 @@ import asyncio
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
+from conftest import idle
 
 
 class Crash(Exception):
@@ -19,7 +16,7 @@ class Crash(Exception):
 
 async def _down_for(make_it_end):
     """Monitor a fresh idle process, end it with `make_it_end(pid)`, return the Down."""
-    pid = procreg.spawn(_idle)
+    pid = procreg.spawn(idle)
     ref = procreg.monitor(pid)
     make_it_end(pid)
     down = await procreg.receive(timeout=1)
@@ -126,7 +123,7 @@ def test_monitor_of_a_pid_from_an_older_node_gives_noproc():
 
 def test_demonitor_stops_the_monitor():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         ref = procreg.monitor(pid)
         first = procreg.demonitor(ref)
         second = procreg.demonitor(ref)
@@ -142,7 +139,7 @@ def test_demonitor_stops_the_monitor():
 
 def test_demonitor_one_of_two_monitors():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         r1 = procreg.monitor(pid)
         r2 = procreg.monitor(pid)
         procreg.demonitor(r1)
@@ -157,7 +154,7 @@ def test_demonitor_one_of_two_monitors():
 
 def test_demonitor_flush_removes_an_already_delivered_down():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         ref = procreg.monitor(pid)
         procreg.send(procreg.self(), "before")
         procreg.exit(pid, "boom")
@@ -179,7 +176,7 @@ def test_demonitor_flush_removes_an_already_delivered_down():
 
 def test_demonitor_without_flush_keeps_a_delivered_down():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         ref = procreg.monitor(pid)
         procreg.exit(pid, "boom")
         await asyncio.sleep(0.01)
@@ -193,8 +190,8 @@ def test_demonitor_without_flush_keeps_a_delivered_down():
 
 def test_demonitor_flush_only_removes_its_own_down():
     async def main():
-        a = procreg.spawn(_idle)
-        b = procreg.spawn(_idle)
+        a = procreg.spawn(idle)
+        b = procreg.spawn(idle)
         ra = procreg.monitor(a)
         rb = procreg.monitor(b)
         procreg.exit(a, "a")
@@ -230,7 +227,7 @@ def test_server_demonitor_flush_removes_a_queued_down():
 
     async def main():
         w = Watcher.start()
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         await procreg.call(w, ("watch", target))
         flushed = await procreg.call(w, ("kill", target))
         await asyncio.sleep(0.01)
@@ -308,7 +305,7 @@ def test_server_monitors_a_process_and_gets_down_in_handle_info():
 
     async def main():
         w = Watcher.start(procreg.self())
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         ref = await procreg.call(w, target)
         procreg.exit(target, "bye")
         return target, ref, await procreg.receive(timeout=1)
@@ -336,7 +333,7 @@ def test_several_watchers_each_get_their_down():
         procreg.send(parent, down.ref == ref and down.reason)
 
     async def main():
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         for _ in range(20):
             procreg.spawn(watcher, target, procreg.self())
         for _ in range(20):
@@ -353,7 +350,7 @@ def test_watcher_ending_first_is_harmless():
         procreg.send(parent, "ready")
 
     async def main():
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         procreg.spawn(watcher, target, procreg.self())
         await procreg.receive(timeout=1)
         await asyncio.sleep(0.01)
@@ -383,11 +380,11 @@ def test_monitor_does_not_link():
 def test_monitor_outside_a_process_raises_not_in_process():
     async def scenario():
         async with procreg.Node():
-            pid = procreg.spawn(_idle)
+            pid = procreg.spawn(idle)
             with pytest.raises(procreg.NotInProcess):
                 procreg.monitor(pid)
             with pytest.raises(procreg.NotInProcess):
-                procreg.spawn(_idle, monitor=True)
+                procreg.spawn(idle, monitor=True)
             return "ok"
 
     assert asyncio.run(scenario()) == "ok"
@@ -397,7 +394,7 @@ def test_spawn_monitor_outside_a_process_raises_and_leaves_no_process():
     async def scenario():
         async with procreg.Node() as node:
             with pytest.raises(procreg.NotInProcess):
-                procreg.spawn_monitor(_idle)
+                procreg.spawn_monitor(idle)
             return node.process_count()
 
     assert asyncio.run(scenario()) == 0

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import procreg
+from conftest import wait_down
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -73,16 +74,6 @@ class AsyncBox(Box):
         self.infos = []
 
 
-def is_down(ref: procreg.Ref) -> Any:
-    return lambda m: isinstance(m, procreg.Down) and m.ref == ref
-
-
-async def wait_down(ref: procreg.Ref) -> Any:
-    """The reason in the `Down` for `ref` (safety-net timeout only)."""
-    msg = await procreg.receive(timeout=2, match=is_down(ref))
-    return msg.reason
-
-
 async def end_and_wait(pid: procreg.Pid, how: str = "kill") -> Any:
     ref = procreg.monitor(pid)
     if how == "kill":
@@ -91,7 +82,7 @@ async def end_and_wait(pid: procreg.Pid, how: str = "kill") -> Any:
         procreg.cast(pid, "crash")
     else:
         raise AssertionError(how)
-    return await wait_down(ref)
+    return (await wait_down(ref)).reason
 
 
 async def dead_pid() -> procreg.Pid:
@@ -436,7 +427,7 @@ def test_entry_disappears_when_process_ends(kind: str, how: str) -> None:
             assert await procreg.call(pid, ("link", buddy), timeout=2) == "ok"
             procreg.send(buddy, "crash")
         # idle: just wait
-        reason = await wait_down(ref)
+        reason = (await wait_down(ref)).reason
         return (
             reason,
             procreg.is_alive(pid),
@@ -464,7 +455,7 @@ def test_get_or_spawn_idle_timeout_ends_process_and_frees_key(factory: Any) -> N
     async def main() -> Any:
         first = await procreg.get_or_spawn("k", factory, idle_timeout=0.02)
         registered = await procreg.whereis("k")
-        reason = await wait_down(procreg.monitor(first))
+        reason = (await wait_down(procreg.monitor(first))).reason
         gone = await procreg.whereis("k")
         second = await procreg.get_or_spawn("k", factory)
         return first, registered, reason, gone, second, procreg.is_alive(second)

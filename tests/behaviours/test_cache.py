@@ -3,13 +3,12 @@ the supervised ``"/timer"`` process of table ``"caching"``."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 
 import pytest
 
 import procreg
+from conftest import wait_until
 from procreg import pi
 from procreg.cache import Cache, cache, start_cache_timer
 
@@ -248,17 +247,6 @@ def test_negative_default_ttl_is_a_value_error(clock):
 
 
 # -- the cache timer ------------------------------------------------------------------------
-
-
-async def wait_until(pred, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def test_node_cache_is_one_per_name_and_node():

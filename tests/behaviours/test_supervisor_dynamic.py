@@ -14,6 +14,7 @@ import asyncio
 import pytest
 
 import procreg
+from conftest import child_pids, wait_down
 from procreg import ChildSpec, ChildStatus, Supervisor, SupervisorError, child
 from procreg.supervisor import AlreadyPresent, AlreadyStarted, root
 
@@ -59,16 +60,6 @@ def w(log, name, **opts):
     return child(Worker, log, name, id=name, **opts)
 
 
-async def pids(sup):
-    return {c.id: c.pid for c in await Supervisor.which_children(sup)}
-
-
-async def wait_down(ref, timeout=5.0):
-    return await procreg.receive(
-        timeout=timeout, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
-    )
-
-
 async def crash(pid):
     ref = procreg.monitor(pid)
     procreg.cast(pid, "crash")
@@ -108,7 +99,7 @@ def test_a_dynamic_child_is_supervised_like_the_others():
         sup = await Supervisor.start([])
         first = await Supervisor.start_child(sup, w(log, "d", key="dyn"))
         await crash(first)
-        second = (await pids(sup))["d"]
+        second = (await child_pids(sup))["d"]
         return first, second, await procreg.whereis("dyn")
 
     first, second, found = procreg.run(main)
@@ -168,7 +159,7 @@ def test_a_start_child_whose_key_is_taken_fails_and_leaves_no_process():
         with pytest.raises(procreg.AlreadyRegistered):
             await Supervisor.start_child(sup, w(log, "k", key="busy"))
         await asyncio.sleep(0)
-        return n == nprocs(), await pids(sup), await procreg.whereis("busy") == other
+        return n == nprocs(), await child_pids(sup), await procreg.whereis("busy") == other
 
     assert procreg.run(main) == (True, {}, True)
 
@@ -178,10 +169,10 @@ def test_start_child_of_an_id_that_is_running_is_an_error():
 
     async def main():
         sup = await Supervisor.start([w(log, "a")])
-        first = (await pids(sup))["a"]
+        first = (await child_pids(sup))["a"]
         with pytest.raises(AlreadyStarted) as info:
             await Supervisor.start_child(sup, w(log, "a"))
-        return first, info.value, await pids(sup)
+        return first, info.value, await child_pids(sup)
 
     first, err, kids = procreg.run(main)
     assert isinstance(err, SupervisorError)
@@ -198,7 +189,7 @@ def test_start_child_of_an_id_that_is_present_but_stopped_is_an_error():
         await Supervisor.terminate_child(sup, "a")
         with pytest.raises(AlreadyPresent):
             await Supervisor.start_child(sup, w(log, "a"))
-        return await pids(sup)
+        return await child_pids(sup)
 
     assert procreg.run(main) == {"a": None}
     assert log.count(("start", "a")) == 1
@@ -209,7 +200,7 @@ def test_start_child_of_something_that_is_not_a_spec_is_a_type_error():
         sup = await Supervisor.start([])
         with pytest.raises(TypeError):
             await Supervisor.start_child(sup, Worker)
-        return await pids(sup)
+        return await child_pids(sup)
 
     assert procreg.run(main) == {}
 
@@ -222,13 +213,13 @@ def test_terminate_child_keeps_the_spec_and_restart_child_starts_it_again():
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b")])
-        first = (await pids(sup))["a"]
+        first = (await child_pids(sup))["a"]
         await Supervisor.terminate_child(sup, "a")
-        stopped = await pids(sup)
+        stopped = await child_pids(sup)
         counts = await Supervisor.count_children(sup)
         alive = procreg.is_alive(first)
         second = await Supervisor.restart_child(sup, "a")
-        return first, stopped, counts, alive, second, await pids(sup), list(log)
+        return first, stopped, counts, alive, second, await child_pids(sup), list(log)
 
     first, stopped, counts, alive, second, after, log = procreg.run(main)
     assert stopped["a"] is None and stopped["b"] is not None
@@ -247,8 +238,8 @@ def test_one_for_all_restarts_a_terminated_sibling_too():
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b")], strategy="one_for_all")
         await Supervisor.terminate_child(sup, "a")
-        await crash((await pids(sup))["b"])
-        return await pids(sup)
+        await crash((await child_pids(sup))["b"])
+        return await child_pids(sup)
 
     kids = procreg.run(main)
     assert kids["a"] is not None and kids["b"] is not None
@@ -260,7 +251,7 @@ def test_terminate_child_of_a_temporary_child_removes_its_spec():
     async def main():
         sup = await Supervisor.start([w(log, "t", restart="temporary"), w(log, "p")])
         await Supervisor.terminate_child(sup, "t")
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         with pytest.raises(SupervisorError):
             await Supervisor.restart_child(sup, "t")
         return list(kids), kids["p"] is not None
@@ -275,7 +266,7 @@ def test_terminate_child_twice_is_harmless():
         sup = await Supervisor.start([w(log, "a")])
         await Supervisor.terminate_child(sup, "a")
         await Supervisor.terminate_child(sup, "a")
-        return await pids(sup)
+        return await child_pids(sup)
 
     assert procreg.run(main) == {"a": None}
     assert log.count(("stop", "a", "shutdown")) == 1
@@ -286,10 +277,10 @@ def test_restart_child_of_a_running_child_is_an_error():
 
     async def main():
         sup = await Supervisor.start([w(log, "a")])
-        first = (await pids(sup))["a"]
+        first = (await child_pids(sup))["a"]
         with pytest.raises(SupervisorError):
             await Supervisor.restart_child(sup, "a")
-        return first == (await pids(sup))["a"]
+        return first == (await child_pids(sup))["a"]
 
     assert procreg.run(main) is True
 
@@ -308,10 +299,10 @@ def test_restart_child_that_fails_raises_and_leaves_it_stopped():
         state["fail"] = True
         with pytest.raises(OSError, match="not now"):
             await Supervisor.restart_child(sup, "s")
-        stopped = await pids(sup)
+        stopped = await child_pids(sup)
         state["fail"] = False
         pid = await Supervisor.restart_child(sup, "s")
-        return stopped, pid, await pids(sup)
+        return stopped, pid, await child_pids(sup)
 
     stopped, pid, after = procreg.run(main)
     assert stopped == {"s": None}
@@ -325,11 +316,11 @@ def test_delete_child_removes_a_terminated_child():
         sup = await Supervisor.start([w(log, "a"), w(log, "b")])
         await Supervisor.terminate_child(sup, "a")
         await Supervisor.delete_child(sup, "a")
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         counts = await Supervisor.count_children(sup)
         # the id is free again
         again = await Supervisor.start_child(sup, w(log, "a"))
-        return kids, counts, again, await pids(sup)
+        return kids, counts, again, await child_pids(sup)
 
     kids, counts, again, after = procreg.run(main)
     assert list(kids) == ["b"]
@@ -342,10 +333,10 @@ def test_delete_child_of_a_running_child_is_an_error():
 
     async def main():
         sup = await Supervisor.start([w(log, "a")])
-        first = (await pids(sup))["a"]
+        first = (await child_pids(sup))["a"]
         with pytest.raises(SupervisorError):
             await Supervisor.delete_child(sup, "a")
-        return await pids(sup) == {"a": first}, procreg.is_alive(first)
+        return await child_pids(sup) == {"a": first}, procreg.is_alive(first)
 
     assert procreg.run(main) == (True, True)
 
@@ -361,7 +352,7 @@ def test_requests_about_an_unknown_child_raise_supervisor_error(op):
         sup = await Supervisor.start([w(log, "a")])
         with pytest.raises(SupervisorError, match="nope"):
             await getattr(Supervisor, op)(sup, "nope")
-        return procreg.is_alive(sup), list(await pids(sup))
+        return procreg.is_alive(sup), list(await child_pids(sup))
 
     assert procreg.run(main) == (True, ["a"])
 
@@ -396,7 +387,7 @@ def test_supervisor_stop_stops_the_children_in_reverse_and_waits_for_the_end():
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b"), w(log, "c")], name="tree")
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         await Supervisor.stop("tree")
         return (
             procreg.is_alive(sup),
@@ -430,7 +421,7 @@ def test_a_supervisor_can_be_driven_from_outside_any_process():
         async with procreg.Node() as node:
             sup = await Supervisor.start([w(log, "x")])
             added = await Supervisor.start_child(sup, w(log, "y"))
-            kids = await pids(sup)
+            kids = await child_pids(sup)
             await Supervisor.stop(sup)
             return kids, added, node.process_count()
 
@@ -456,7 +447,7 @@ def test_a_named_supervisor_is_reached_by_its_name():
             sup,
             await procreg.whereis("web", table="supervisors"),
             by_name == by_pid,
-            await pids("web"),
+            await child_pids("web"),
             new,
             await Supervisor.count_children("web"),
         )
@@ -496,7 +487,7 @@ def test_the_name_is_released_when_the_supervisor_gives_up():
     async def main():
         sup = await Supervisor.start([w(log, "a")], name="fragile", intensity=0)
         ref = procreg.monitor(sup)
-        await crash((await pids(sup))["a"])
+        await crash((await child_pids(sup))["a"])
         await wait_down(ref)
         return await procreg.whereis("fragile", table="supervisors")
 
@@ -510,7 +501,7 @@ def test_root_is_one_supervisor_and_takes_children():
         r1 = await root()
         r2 = await root()
         pid = await Supervisor.start_child(r1, w(log, "svc", key="svc"))
-        by_name = await pids("root")
+        by_name = await child_pids("root")
         return (
             r1,
             r2,
@@ -543,7 +534,7 @@ def test_root_supervises_what_it_is_given():
         r = await root()
         first = await Supervisor.start_child(r, w(log, "svc"))
         await crash(first)
-        return first, (await pids("root"))["svc"]
+        return first, (await child_pids("root"))["svc"]
 
     first, second = procreg.run(main)
     assert second not in (None, first)

@@ -20,6 +20,7 @@ import asyncio
 import pytest
 
 import procreg
+from conftest import child_pids, wait_down
 from procreg import Supervisor, child
 
 pytestmark = pytest.mark.timeout(30)
@@ -69,13 +70,6 @@ def w(log, name, **opts):
     return child(Worker, log, name, id=name, **opts)
 
 
-async def wait_down(ref, timeout=5.0):
-    """The `Down` for `ref` (the caller must have monitored the process)."""
-    return await procreg.receive(
-        timeout=timeout, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
-    )
-
-
 async def end(pid, how):
     """End `pid` (``"crash"``, ``"kill"`` or a reason) and wait until it is gone.
 
@@ -90,11 +84,6 @@ async def end(pid, how):
     return down.reason
 
 
-async def pids(sup):
-    """``{child id: pid}`` in start order."""
-    return {c.id: c.pid for c in await Supervisor.which_children(sup)}
-
-
 # -- start order and stop order -------------------------------------------------------
 
 
@@ -104,7 +93,7 @@ def test_children_start_in_order_and_stop_in_reverse_on_exit_shutdown():
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b"), w(log, "c")])
         assert log == [("start", "a"), ("start", "b"), ("start", "c")]
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         ref = procreg.monitor(sup)
         procreg.exit(sup, "shutdown")
         down = await wait_down(ref)
@@ -125,7 +114,7 @@ def test_children_are_gone_when_the_supervisor_has_stopped():
 
     async def main():
         sup = await Supervisor.start([w(log, "a", key="ka"), w(log, "b", key="kb")])
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         ref = procreg.monitor(sup)
         procreg.exit(sup, "shutdown")
         await wait_down(ref)
@@ -145,13 +134,13 @@ def test_terminating_a_child_supervisor_stops_its_children_in_reverse_order():
     async def main():
         inner = child(Supervisor, [w(log, "a"), w(log, "b"), w(log, "c")], id="inner")
         outer = await Supervisor.start([w(log, "x"), inner])
-        inner_pid = (await pids(outer))["inner"]
-        grandchildren = await pids(inner_pid)
+        inner_pid = (await child_pids(outer))["inner"]
+        grandchildren = await child_pids(inner_pid)
         await Supervisor.terminate_child(outer, "inner")
         return (
             procreg.is_alive(inner_pid),
             [procreg.is_alive(p) for p in grandchildren.values()],
-            await pids(outer),
+            await child_pids(outer),
         )
 
     inner_alive, grandchildren_alive, outer_kids = procreg.run(main)
@@ -186,8 +175,8 @@ def test_node_stop_stops_a_tree_in_reverse_start_order_after_a_restart():
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b"), w(log, "c")])
-        await end((await pids(sup))["a"], "crash")
-        await pids(sup)
+        await end((await child_pids(sup))["a"], "crash")
+        await child_pids(sup)
         del log[:]
         # returning ends the node, which stops every process
 
@@ -208,7 +197,7 @@ def test_a_parent_that_ends_takes_its_supervisor_and_children_with_it():
         p = procreg.spawn(parent, procreg.self())
         msg = await procreg.receive(timeout=5)
         sup = msg[1]
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         ref = procreg.monitor(sup)
         procreg.send(p, "go")
         down = await wait_down(ref)
@@ -248,7 +237,7 @@ def test_killing_a_supervisor_kills_its_children():
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b")])
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         refs = [procreg.monitor(p) for p in kids.values()]
         procreg.exit(sup, "kill")
         reasons = [(await wait_down(r)).reason for r in refs]
@@ -283,10 +272,10 @@ def test_strategy_restart_type_and_exit_reason(strategy, restart, how):
             intensity=10,
             period=5,
         )
-        before = await pids(sup)
+        before = await child_pids(sup)
         del log[:]
         reason = await end(before["b"], how)
-        after = await pids(sup)
+        after = await child_pids(sup)
         counts = await Supervisor.count_children(sup)
         return before, reason, after, counts, list(log)
 
@@ -329,9 +318,9 @@ def test_restarted_children_are_new_live_processes_and_old_ones_are_gone(strateg
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b"), w(log, "c")], strategy=strategy)
-        before = await pids(sup)
+        before = await child_pids(sup)
         await end(before["a"], "crash")
-        after = await pids(sup)
+        after = await child_pids(sup)
         names = {cid: await procreg.call(pid, "name") for cid, pid in after.items()}
         return before, after, names
 
@@ -352,10 +341,10 @@ def test_rest_for_one_keeps_the_children_started_before_the_one_that_ended():
         sup = await Supervisor.start(
             [w(log, "a"), w(log, "b"), w(log, "c"), w(log, "d")], strategy="rest_for_one"
         )
-        before = await pids(sup)
+        before = await child_pids(sup)
         del log[:]
         await end(before["c"], "crash")
-        return before, await pids(sup), list(log)
+        return before, await child_pids(sup), list(log)
 
     before, after, log = procreg.run(main)
     assert [cid for cid in "abcd" if after[cid] == before[cid]] == ["a", "b"]
@@ -376,9 +365,9 @@ def test_a_transient_child_ending_normally_leaves_its_siblings_alone(strategy, h
         sup = await Supervisor.start(
             [w(log, "a", restart="transient"), w(log, "b"), w(log, "c")], strategy=strategy
         )
-        before = await pids(sup)
+        before = await child_pids(sup)
         await end(before["a"], how)
-        return before, await pids(sup)
+        return before, await child_pids(sup)
 
     before, after = procreg.run(main)
     assert after == {"a": None, "b": before["b"], "c": before["c"]}
@@ -394,9 +383,9 @@ def test_temporary_siblings_are_not_restarted_by_a_group_restart(strategy):
             strategy=strategy,
             intensity=10,
         )
-        before = await pids(sup)
+        before = await child_pids(sup)
         await end(before["a"], "crash")
-        return before, await pids(sup)
+        return before, await child_pids(sup)
 
     before, after = procreg.run(main)
     assert list(after) == ["a", "c"]
@@ -410,9 +399,9 @@ def test_a_transient_child_ending_with_a_shutdown_tuple_is_not_restarted():
 
     async def main():
         sup = await Supervisor.start([w(log, "a", restart="transient")])
-        before = await pids(sup)
+        before = await child_pids(sup)
         await end(before["a"], ("shutdown", "done"))
-        return await pids(sup)
+        return await child_pids(sup)
 
     assert procreg.run(main) == {"a": None}
 
@@ -440,11 +429,11 @@ def test_coroutine_children_follow_their_restart_type(restart, how, restarted):
 
     async def main():
         sup = await Supervisor.start([child(crasher, log, "co", id="co", restart=restart)])
-        before = (await pids(sup))["co"]
+        before = (await child_pids(sup))["co"]
         ref = procreg.monitor(before)
         procreg.send(before, how)
         down = await wait_down(ref)
-        return down.reason, before, await pids(sup)
+        return down.reason, before, await child_pids(sup)
 
     reason, before, after = procreg.run(main)
     assert _why(reason) == ("RuntimeError" if how == "crash" else "normal")
@@ -467,8 +456,8 @@ def test_intensity_restarts_within_the_period_are_allowed(strategy):
     async def main():
         sup = await Supervisor.start([w(log, "a")], strategy=strategy, intensity=3, period=30)
         for _ in range(3):
-            await end((await pids(sup))["a"], "crash")
-        kids = await pids(sup)
+            await end((await child_pids(sup))["a"], "crash")
+        kids = await child_pids(sup)
         return procreg.is_alive(sup), procreg.is_alive(kids["a"]), log.count(("start", "a"))
 
     assert procreg.run(main) == (True, True, 4)
@@ -490,8 +479,8 @@ def test_one_restart_over_the_intensity_makes_the_supervisor_give_up(strategy):
         )
         ref = procreg.monitor(sup)
         for _ in range(3):
-            await end((await pids(sup))["b"], "crash")
-        last = await pids(sup)
+            await end((await child_pids(sup))["b"], "crash")
+        last = await child_pids(sup)
         alive_at_limit = procreg.is_alive(sup)
         await end(last["b"], "crash")
         down = await wait_down(ref)
@@ -515,7 +504,7 @@ def test_intensity_zero_gives_up_at_the_first_restart():
 
     async def main():
         sup = await Supervisor.start([w(log, "a"), w(log, "b")], intensity=0)
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         ref = procreg.monitor(sup)
         await end(kids["b"], "crash")
         down = await wait_down(ref)
@@ -532,7 +521,7 @@ def test_a_normal_end_of_a_transient_child_is_not_a_restart():
         sup = await Supervisor.start(
             [w(log, "a", restart="transient"), w(log, "b", restart="transient")], intensity=0
         )
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         await end(kids["a"], "normal")
         await end(kids["b"], "shutdown")
         return procreg.is_alive(sup)
@@ -546,11 +535,11 @@ def test_restarts_older_than_the_period_do_not_count():
     async def main():
         sup = await Supervisor.start([w(log, "a")], intensity=1, period=0.2)
         ref = procreg.monitor(sup)
-        await end((await pids(sup))["a"], "crash")
+        await end((await child_pids(sup))["a"], "crash")
         await asyncio.sleep(0.3)  # the first restart leaves the window
-        await end((await pids(sup))["a"], "crash")
+        await end((await child_pids(sup))["a"], "crash")
         survived = procreg.is_alive(sup)
-        await end((await pids(sup))["a"], "crash")  # two within the window: too many
+        await end((await child_pids(sup))["a"], "crash")  # two within the window: too many
         down = await wait_down(ref)
         return survived, down.reason
 
@@ -565,9 +554,9 @@ def test_a_group_restart_counts_as_one_restart(strategy):
         sup = await Supervisor.start(
             [w(log, "a"), w(log, "b"), w(log, "c")], strategy=strategy, intensity=1, period=30
         )
-        await end((await pids(sup))["a"], "crash")
+        await end((await child_pids(sup))["a"], "crash")
         try:
-            await pids(sup)
+            await child_pids(sup)
         except procreg.ProcregError:  # it gave up: ProcessExited or NoProcess
             return "gave up"
         return "alive"
@@ -592,7 +581,7 @@ def test_a_child_that_cannot_be_restarted_makes_the_supervisor_give_up():
         sup = await Supervisor.start([w(log, "a"), child(Fragile, id="f")], intensity=3, period=30)
         ref = procreg.monitor(sup)
         state["fail"] = True
-        procreg.cast((await pids(sup))["f"], "crash")
+        procreg.cast((await child_pids(sup))["f"], "crash")
         down = await wait_down(ref)
         return down.reason
 
@@ -620,12 +609,12 @@ def test_a_restart_that_fails_once_is_retried():
 
     async def main():
         sup = await Supervisor.start([child(Flaky, id="f", key="flaky")], intensity=3)
-        first = (await pids(sup))["f"]
+        first = (await child_pids(sup))["f"]
         state["failures"] = 1
         ref = procreg.monitor(first)
         procreg.cast(first, "crash")
         await wait_down(ref)
-        now = (await pids(sup))["f"]
+        now = (await child_pids(sup))["f"]
         return procreg.is_alive(sup), now not in (None, first), await procreg.call(now, "x")
 
     assert procreg.run(main) == (True, True, "ok")
@@ -641,14 +630,14 @@ def test_an_inner_supervisor_that_gives_up_is_restarted_by_the_outer_one():
     async def main():
         inner = child(Supervisor, [w(log, "w", key="w")], id="inner", intensity=0)
         outer = await Supervisor.start([w(log, "x"), inner], intensity=3)
-        before = await pids(outer)
+        before = await child_pids(outer)
         w1 = await procreg.whereis("w")
         inner_ref = procreg.monitor(before["inner"])
         await end(w1, "crash")
         down = await wait_down(inner_ref)
-        after = await pids(outer)
+        after = await child_pids(outer)
         w2 = await procreg.whereis("w")
-        return before, after, down.reason, w1, w2, await pids(after["inner"]), list(log)
+        return before, after, down.reason, w1, w2, await child_pids(after["inner"]), list(log)
 
     before, after, inner_reason, w1, w2, inner_kids, log = procreg.run(main)
     assert inner_reason == "shutdown"
@@ -667,9 +656,9 @@ def test_escalation_reaches_the_top_when_every_level_gives_up():
         middle = child(Supervisor, [w(log, "m"), inner], id="middle", intensity=0)
         top = await Supervisor.start([w(log, "t"), middle], intensity=0)
         ref = procreg.monitor(top)
-        middle_pid = (await pids(top))["middle"]
-        inner_pid = (await pids(middle_pid))["inner"]
-        await end((await pids(inner_pid))["w"], "crash")
+        middle_pid = (await child_pids(top))["middle"]
+        inner_pid = (await child_pids(middle_pid))["inner"]
+        await end((await child_pids(inner_pid))["w"], "crash")
         down = await wait_down(ref)
         return down.reason, [procreg.is_alive(p) for p in (middle_pid, inner_pid)]
 
@@ -687,11 +676,11 @@ def test_a_transient_inner_supervisor_that_gives_up_is_not_restarted():
     async def main():
         inner = child(Supervisor, [w(log, "w")], id="inner", intensity=0, restart="transient")
         outer = await Supervisor.start([inner, w(log, "x")])
-        inner_pid = (await pids(outer))["inner"]
+        inner_pid = (await child_pids(outer))["inner"]
         ref = procreg.monitor(inner_pid)
-        await end((await pids(inner_pid))["w"], "crash")
+        await end((await child_pids(inner_pid))["w"], "crash")
         await wait_down(ref)
-        return await pids(outer), procreg.is_alive(outer)
+        return await child_pids(outer), procreg.is_alive(outer)
 
     kids, alive = procreg.run(main)
     assert alive
@@ -711,13 +700,13 @@ def test_a_supervisor_subclass_with_its_own_children_and_flags():
 
     async def main():
         outer = await Supervisor.start([child(Pair, id="pair"), w(log, "x")], intensity=2)
-        pair = (await pids(outer))["pair"]
+        pair = (await child_pids(outer))["pair"]
         kinds = {c.id: c.kind for c in await Supervisor.which_children(outer)}
-        pair_kids = await pids(pair)
+        pair_kids = await child_pids(pair)
         ref = procreg.monitor(pair)
         await end(pair_kids["p1"], "crash")  # intensity 0: the pair gives up at once
         await wait_down(ref)
-        return kinds, pair, await pids(outer), list(log)
+        return kinds, pair, await child_pids(outer), list(log)
 
     kinds, pair, after, log = procreg.run(main)
     assert kinds == {"pair": "supervisor", "x": "worker"}
@@ -740,10 +729,10 @@ def test_nested_supervisor_spec_takes_strategy_keywords():
             Supervisor, [w(log, "a"), w(log, "b")], id="inner", strategy="one_for_all", intensity=5
         )
         outer = await Supervisor.start([inner])
-        inner_pid = (await pids(outer))["inner"]
-        before = await pids(inner_pid)
+        inner_pid = (await child_pids(outer))["inner"]
+        before = await child_pids(inner_pid)
         await end(before["b"], "crash")
-        return before, await pids(inner_pid)
+        return before, await child_pids(inner_pid)
 
     before, after = procreg.run(main)
     assert after["a"] != before["a"] and after["b"] != before["b"]
@@ -780,7 +769,7 @@ def test_a_child_that_ignores_shutdown_is_killed_after_its_shutdown_time():
     async def main():
         loop = asyncio.get_running_loop()
         sup = await Supervisor.start([child(Stubborn, log, id="s", shutdown=0.1)])
-        pid = (await pids(sup))["s"]
+        pid = (await child_pids(sup))["s"]
         ref = procreg.monitor(pid)
         t0 = loop.time()
         await Supervisor.terminate_child(sup, "s")
@@ -802,7 +791,7 @@ def test_a_supervisor_shutting_down_kills_a_stubborn_child_and_goes_on():
         sup = await Supervisor.start(
             [w(log, "a"), child(Stubborn, log, id="s", shutdown=0.05), w(log, "c")]
         )
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         ref = procreg.monitor(sup)
         procreg.exit(sup, "shutdown")
         down = await wait_down(ref)
@@ -828,7 +817,7 @@ def test_brutal_kill_kills_at_once_without_asking():
                 w(log, "w", shutdown="brutal_kill"),
             ]
         )
-        kids = await pids(sup)
+        kids = await child_pids(sup)
         refs = {cid: procreg.monitor(p) for cid, p in kids.items()}
         await Supervisor.terminate_child(sup, "s")
         await Supervisor.terminate_child(sup, "w")
@@ -857,7 +846,7 @@ def test_shutdown_of_a_server_calls_its_terminate(kind):
 
     async def main():
         sup = await Supervisor.start([child(Svc, id="svc", shutdown=1.0)])
-        pid = (await pids(sup))["svc"]
+        pid = (await child_pids(sup))["svc"]
         ref = procreg.monitor(pid)
         await Supervisor.terminate_child(sup, "svc")
         done_before_return = list(log)
@@ -879,7 +868,7 @@ def test_shutdown_infinity_waits_for_a_slow_terminate():
 
     async def main():
         sup = await Supervisor.start([child(Slow, id="s", shutdown="infinity")])
-        pid = (await pids(sup))["s"]
+        pid = (await child_pids(sup))["s"]
         ref = procreg.monitor(pid)
         await Supervisor.terminate_child(sup, "s")
         return list(log), (await wait_down(ref)).reason
@@ -900,7 +889,7 @@ def test_a_child_whose_terminate_outlasts_its_shutdown_time_is_killed():
                 log.append("terminate finished")
 
         sup = await Supervisor.start([child(Hanging, id="h", shutdown=0.05)])
-        pid = (await pids(sup))["h"]
+        pid = (await child_pids(sup))["h"]
         ref = procreg.monitor(pid)
         try:
             await asyncio.wait_for(Supervisor.terminate_child(sup, "h"), 1.0)
@@ -953,7 +942,7 @@ def test_a_restarted_child_is_found_under_the_same_key():
         sup = await Supervisor.start([w(log, "a", key="k")])
         first = await procreg.whereis("k")
         await end(first, "crash")
-        await pids(sup)  # the supervisor has dealt with the exit
+        await child_pids(sup)  # the supervisor has dealt with the exit
         second = await procreg.whereis("k")
         return first, second, procreg.is_alive(first), await procreg.call(second, "name")
 
@@ -973,9 +962,9 @@ def test_group_restart_re_registers_every_keyed_child(how):
             strategy="one_for_all",
             intensity=5,
         )
-        before = await pids(sup)
+        before = await child_pids(sup)
         await end(before["a"], how)
-        after = await pids(sup)
+        after = await child_pids(sup)
         return after, await procreg.whereis("ka"), await procreg.whereis("kb", table="workers")
 
     after, ka, kb = procreg.run(main)
@@ -1072,7 +1061,7 @@ def test_an_inner_supervisor_that_fails_to_start_fails_start_child_only():
             await Supervisor.start_child(
                 outer, child(Supervisor, [w(log, "a"), child(Broken, log, id="bad")], id="inner")
             )
-        return procreg.is_alive(outer), await pids(outer), list(log)
+        return procreg.is_alive(outer), await child_pids(outer), list(log)
 
     alive, kids, log = procreg.run(main)
     assert alive and list(kids) == ["x"]

@@ -1,5 +1,5 @@
-"""A smoke run of the web benchmarks (tiny sizes): they run and report their figures.
-No timing thresholds: benchmarks report, tests assert behaviour."""
+"""A smoke run of the web benchmarks (`bench.web`, tiny sizes): they run and report
+their figures. No timing thresholds: benchmarks report, tests assert behaviour."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 pytest.importorskip("httpx")
 
-from procreg.web import bench
+from bench import web as bench  # the checkout's bench/, on sys.path from conftest
 
 
 @pytest.mark.parametrize("variant", ["procreg", "plain"])

@@ -47,12 +47,12 @@ def test_lifespan_starts_and_stops_a_node() -> None:
     assert lifespan.node is None
     with TestClient(app) as client:
         node = lifespan.node
-        assert node is not None and node._running
+        assert node is not None and node.running
         body = client.get("/").json()
         assert body == {"node": "web-a", "pid_node": "web-a", "state_node": "web-a", "echo": "hi"}
         assert node.process_count() == 1
     assert lifespan.node is None
-    assert not node._running
+    assert not node.running
 
 
 def test_two_apps_at_once_each_use_their_own_node() -> None:

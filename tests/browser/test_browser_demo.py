@@ -9,7 +9,6 @@ under CI (env ``CI`` set), where they fail: ``.ci/run`` installs it.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -20,43 +19,13 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _missing() -> str | None:
-    if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is missing: `apt-get install chromium` (or run .ci/run) installs it"
-    try:
-        import playwright.sync_api  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ModuleNotFoundError as exc:
-        return f"{exc.name} is missing: pip install -e '.[test,web]'"
-    return None
-
-
-def _require_browser() -> None:
-    problem = _missing()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run under CI: {problem}")
-    pytest.skip(problem)
+from conftest import CHROMIUM, CHROMIUM_ARGS, join_room, require_browser
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """The demo app, served by uvicorn on a free loopback port; yields its base URL."""
-    _require_browser()
+    require_browser()
     import uvicorn
 
     from procreg.web.demo import create_app
@@ -116,16 +85,6 @@ def new_page(browser: Any, server: str) -> Iterator[Any]:
         context.close()
 
 
-def _join(page: Any, room: str) -> None:
-    from playwright.sync_api import expect
-
-    page.fill("#room", room)
-    page.click("#room-form button")
-    expect(page.locator("#room-name")).to_have_text(room)
-    expect(page.locator("#room-status")).to_have_text("connected")
-    expect(page.locator("#messages li.system").last).to_have_text(f"you joined {room}")
-
-
 def test_two_browsers_chat_in_one_room(new_page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -135,7 +94,7 @@ def test_two_browsers_chat_in_one_room(new_page: Any, tmp_path: Path) -> None:
         page.fill("#nick", nick)
         page.click("#nick-form button")
         expect(page.locator("#nick-status")).to_have_text("saved")
-        _join(page, "browser room")
+        join_room(page, "browser room")
     ann.fill("#say", "<b>hello</b> from ann")
     ann.press("#say", "Enter")
     line = bob.locator("#messages li").last
@@ -188,7 +147,7 @@ def test_observer_lists_the_demo_processes(new_page: Any, tmp_path: Path) -> Non
 
     demo = new_page()
     demo.goto("/")
-    _join(demo, "observed room")
+    join_room(demo, "observed room")
     page = new_page()
     page.goto("/observer/")
     processes = page.locator("#processes tbody")

@@ -7,12 +7,9 @@ import asyncio
 import pytest
 
 import procreg
+from conftest import idle
 
 ELSEWHERE = procreg.Pid("elsewhere", 1, 1)
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
 
 
 def _sync_body():
@@ -44,7 +41,7 @@ def test_spawn_of_a_non_coroutine_function_raises_type_error(fn):
 
 def test_spawn_of_a_coroutine_object_raises_type_error():
     async def main():
-        coro = _idle()
+        coro = idle()
         try:
             with pytest.raises(TypeError):
                 procreg.spawn(coro)
@@ -205,7 +202,7 @@ def test_runtime_functions_with_no_node_raise_no_node():
         with pytest.raises(procreg.NoNode):
             await procreg.call(pid, "x")
         with pytest.raises(procreg.NoNode):
-            procreg.spawn(_idle)
+            procreg.spawn(idle)
         with pytest.raises(procreg.NoNode):
             procreg.send_after(1, pid, "x")
         with pytest.raises(procreg.NoNode):

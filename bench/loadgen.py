@@ -1,8 +1,8 @@
-"""Load generators for `procreg.web.bench`, run in a separate interpreter so that they
-do not share the server's CPU or heap::
+"""Load generators for the web benchmarks (`bench.web`), run in a separate interpreter
+so that they do not share the server's CPU or heap (from the repository root)::
 
-    python -m procreg.web.loadgen ws --url ws://127.0.0.1:PORT/ws --clients 1000 --messages 20
-    python -m procreg.web.loadgen http --url http://127.0.0.1:PORT/s --sessions 200 ...
+    python -m bench.loadgen ws --url ws://127.0.0.1:PORT/ws --clients 1000 --messages 20
+    python -m bench.loadgen http --url http://127.0.0.1:PORT/s --sessions 200 ...
 
 Both talk only to the loopback address they are given (anything else is refused), are
 bounded in count and in time, print one JSON line of results, and exit.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .responses import is_loopback
+from procreg.web.responses import is_loopback
 
 __all__ = ["http_clients", "main", "raise_fd_limit", "ws_clients"]
 
@@ -145,7 +145,7 @@ async def http_clients(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one load generator and print its results as one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m procreg.web.loadgen")
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
     sub = parser.add_subparsers(dest="kind", required=True)
     ws = sub.add_parser("ws")
     ws.add_argument("--url", required=True)

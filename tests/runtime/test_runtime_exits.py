@@ -7,10 +7,7 @@ import asyncio
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5)
+from conftest import idle
 
 
 def _make_victim(async_terminate, events):
@@ -251,7 +248,7 @@ def test_async_terminate_runs_before_down():
 
 def test_exit_normal_to_another_non_trapping_process_is_ignored():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         srv = procreg.Server.start()
         procreg.exit(pid, "normal")
         procreg.exit(srv, "normal")
@@ -277,7 +274,7 @@ def test_exit_normal_to_oneself_ends_the_process():
 
 def test_exit_with_a_reason_ends_a_non_trapping_process():
     async def main():
-        pid, _ = procreg.spawn_monitor(_idle)
+        pid, _ = procreg.spawn_monitor(idle)
         procreg.exit(pid, "because")
         down = await procreg.receive(timeout=1)
         return down.reason, procreg.is_alive(pid)
@@ -357,7 +354,7 @@ def test_exit_kill_is_untrappable_for_a_server():
 
 def test_exit_to_a_dead_pid_is_ignored():
     async def main():
-        pid = procreg.spawn(_idle)
+        pid = procreg.spawn(idle)
         procreg.exit(pid, "kill")
         procreg.exit(pid, "kill")
         procreg.exit(pid, "other")

@@ -1,53 +1,49 @@
-"""Benchmarks of the web layer; each returns a dict of figures.
+"""Web figures (issue 9): WebSocket fan-out and session lookups, each with its baseline
+measured in the same run.
 
 - `comet_fanout`: N WebSocket clients (a load generator in another interpreter,
-  loopback only) held by one node, all in one pool; M messages published to the pool.
-  Figures: deliveries per second (messages times clients over the time from the first
-  publish to the last receipt) and server memory per connection (RSS growth while
-  the clients connected, divided by N: it includes uvicorn's protocol objects, the
-  Starlette WebSocket and the connection process).
+  `bench.loadgen`, loopback only) held by one node, all in one pool; M messages
+  published to the pool. Figures: deliveries per second (messages times clients over
+  the time from the first publish to the last receipt) and server memory per
+  connection (RSS growth while the clients connected, divided by N: it includes
+  uvicorn's protocol objects, the Starlette WebSocket and the connection process).
+  Baseline (the ``asyncio`` column): a plain set of Starlette WebSockets, no processes.
 - `session_lookups`: HTTP requests per second that each look a session process up and
   call it (``session(request).incr(...)``), from a local load generator (httpx in
-  another interpreter) against uvicorn on 127.0.0.1; plus the same lookup-and-call
-  without HTTP, in-process, to show what the session layer itself costs.
+  another interpreter) against uvicorn on 127.0.0.1. Baseline: the same app and
+  middleware, a handler that does not touch the session.
+- `session_lookups_inprocess`: the same lookup-and-call without HTTP, in-process, to
+  show what the session layer itself costs (no baseline design).
 
-Each figure comes with its baseline, measured in the same run: for the fan-out, a plain
-set of Starlette WebSockets (no processes); for the sessions, the same app whose
-handler does not touch the session. ``python -m procreg.web.bench [fanout|sessions|all]
-[--quick]`` runs every measurement in a fresh interpreter and prints JSON.
-Traffic goes to 127.0.0.1 only; every step is bounded in count and time.
+``procreg bench --only comet_fanout,session_http,session_lookup`` runs them (each HTTP
+measurement in a fresh interpreter). Traffic goes to 127.0.0.1 only; every step is
+bounded in count and time. They need the ``web`` extra (Starlette, uvicorn, httpx,
+websockets); without it they are skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ..node import Node
-from .loadgen import raise_fd_limit
+from procreg.node import Node
 
-__all__ = ["comet_fanout", "main", "session_lookups", "session_lookups_inprocess"]
+from .harness import REPO_ROOT, child_env
+from .loadgen import raise_fd_limit
+from .measure import Benchmark, Figure, Measurement, Sizes, rss_bytes, run_loop
+
+__all__ = ["BENCHMARKS", "comet_fanout", "session_lookups", "session_lookups_inprocess"]
+
+WEB_MODULES = ("starlette", "uvicorn", "httpx", "websockets")
 
 SECRET = "procreg-web-bench-secret-0123456789"
-
-
-def _rss() -> int | None:
-    """Resident memory of this process in bytes (Linux), or None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 @contextlib.asynccontextmanager
@@ -85,10 +81,12 @@ async def _loadgen(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "procreg.web.loadgen",
+        "bench.loadgen",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env=child_env(),
     )
 
 
@@ -136,10 +134,10 @@ def _fanout_app(variant: str) -> tuple[Any, Any, Any]:
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
-    from .comet import comet_route, pool_group, publish
-    from .context import use_node
-    from .lifespan import NodeLifespan
-    from .mount import install
+    from procreg.web.comet import comet_route, pool_group, publish
+    from procreg.web.context import use_node
+    from procreg.web.lifespan import NodeLifespan
+    from procreg.web.mount import install
 
     if variant == "plain":
         hub = _Hub()
@@ -175,7 +173,7 @@ async def _comet_fanout(
     app, connected, send = _fanout_app(variant)
     async with _served(app) as port:
         gc.collect()
-        rss0 = _rss()
+        rss0 = rss_bytes()
         gen = await _loadgen(
             "ws",
             "--url",
@@ -197,7 +195,7 @@ async def _comet_fanout(
                     break
                 await asyncio.sleep(0.01)
             gc.collect()
-            rss1 = _rss()
+            rss1 = rss_bytes()
             t0 = time.monotonic()
             cpu0 = time.process_time()
             reached = 0
@@ -229,14 +227,18 @@ async def _comet_fanout(
 
 
 def comet_fanout(
-    clients: int = 1000, messages: int = 20, timeout: float = 60.0, variant: str = "procreg"
+    clients: int = 1000,
+    messages: int = 20,
+    timeout: float = 60.0,
+    variant: str = "procreg",
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """N WebSocket clients in one pool, M messages fanned out to all (see the module
     docstring). ``variant="plain"`` measures the baseline (a set of sockets, no
     processes). Bounded by `timeout` seconds per step."""
     if variant not in ("procreg", "plain"):
         raise ValueError(f"variant must be 'procreg' or 'plain', got {variant!r}")
-    return asyncio.run(_comet_fanout(clients, messages, timeout, variant))
+    return run_loop(lambda: _comet_fanout(clients, messages, timeout, variant), uvloop)
 
 
 async def _session_lookups(
@@ -252,9 +254,9 @@ async def _session_lookups(
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from .lifespan import NodeLifespan
-    from .mount import install
-    from .session import SESSIONS_TABLE, session
+    from procreg.web.lifespan import NodeLifespan
+    from procreg.web.mount import install
+    from procreg.web.session import SESSIONS_TABLE, session
 
     async def hit(request: Request) -> PlainTextResponse:
         await session(request).incr("hits")
@@ -308,19 +310,21 @@ def session_lookups(
     duration: float = 20.0,
     timeout: float = 60.0,
     variant: str = "procreg",
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """Requests per second whose handler looks its session process up and calls it, over
     HTTP (see the module docstring). ``variant="plain"`` is the baseline: the same app
     and middleware, a handler that does not touch the session."""
     if variant not in ("procreg", "plain"):
         raise ValueError(f"variant must be 'procreg' or 'plain', got {variant!r}")
-    return asyncio.run(
-        _session_lookups(sessions, concurrency, requests, duration, timeout, variant)
+    return run_loop(
+        lambda: _session_lookups(sessions, concurrency, requests, duration, timeout, variant),
+        uvloop,
     )
 
 
 async def _inprocess(sessions: int, lookups: int) -> dict[str, Any]:
-    from .session import Session
+    from procreg.web.session import Session
 
     async with Node("bench") as node:
         handles = [Session(f"bench-session-{i:08d}", node, 1200.0, False) for i in range(sessions)]
@@ -341,61 +345,121 @@ async def _inprocess(sessions: int, lookups: int) -> dict[str, Any]:
     }
 
 
-def session_lookups_inprocess(sessions: int = 1000, lookups: int = 200_000) -> dict[str, Any]:
+def session_lookups_inprocess(
+    sessions: int = 1000, lookups: int = 200_000, uvloop: bool = False
+) -> dict[str, Any]:
     """Lookup-and-call of session processes without HTTP: a new `Session` handle per
     simulated request (so each does a registry lookup), then a ``get``."""
-    return asyncio.run(_inprocess(sessions, lookups))
+    return run_loop(lambda: _inprocess(sessions, lookups), uvloop)
 
 
-def _isolated(*args: str) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter (its own heap and RSS)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "procreg.web.bench", "--one", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+# -- figures -----------------------------------------------------------------------------
+
+ONCE = "1 run"
+
+FANOUT_RATE = Figure(
+    "comet_fanout_rate",
+    "WebSocket fan-out to the clients of one pool, deliveries",
+    "/s",
+    "higher",
+    ONCE,
+    None,
+    "1,000 clients (50 with --quick) x 20 messages, load generator in another interpreter; "
+    "asyncio: a plain set of Starlette WebSockets, no processes",
+)
+FANOUT_RSS = Figure(
+    "comet_rss_per_connection",
+    "server memory per WebSocket connection (RSS)",
+    "B",
+    "lower",
+    ONCE,
+    None,
+    "uvicorn's and Starlette's per-connection objects included; asyncio: the same "
+    "without a connection process",
+)
+SESSION_HTTP = Figure(
+    "session_http_rate",
+    "HTTP requests that look their session process up and call it",
+    "/s",
+    "higher",
+    ONCE,
+    None,
+    "uvicorn on 127.0.0.1, httpx load generator in another interpreter, 256 sessions, "
+    "8 at once; asyncio: the same app whose handler does not touch the session",
+)
+SESSION_LOOKUP = Figure(
+    "session_lookup_rate",
+    "session process lookup + call, in-process (no HTTP)",
+    "/s",
+    "higher",
+    ONCE,
+    None,
+    "a new Session handle per lookup (a registry lookup), then a get; no baseline design",
+    baseline=False,
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the web benchmarks (each measurement in a fresh interpreter) and print their
-    figures as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m procreg.web.bench")
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "fanout", "sessions"])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--clients", type=int, default=None)
-    parser.add_argument("--messages", type=int, default=None)
-    parser.add_argument("--one", nargs=2, metavar=("WHAT", "VARIANT"), help=argparse.SUPPRESS)
-    opts = parser.parse_args(argv)
-    clients = opts.clients or (50 if opts.quick else 1000)
-    messages = opts.messages or (5 if opts.quick else 20)
-    requests = 300 if opts.quick else 4000
-    if opts.one:  # one measurement, in this interpreter
-        what, variant = opts.one
-        if what == "fanout":
-            result = comet_fanout(clients, messages, 90.0, variant)
-        elif what == "sessions":
-            result = session_lookups(requests=requests, variant=variant)
-        else:
-            result = session_lookups_inprocess(lookups=5000 if opts.quick else 200_000)
-        print(json.dumps(result))
-        return 0
-    size = ["--clients", str(clients), "--messages", str(messages)]
-    size += ["--quick"] if opts.quick else []
-    figures: dict[str, Any] = {}
-    if opts.which in ("all", "fanout"):
-        for variant in ("procreg", "plain"):
-            figures[f"comet_fanout_{variant}"] = _isolated("fanout", variant, *size)
-    if opts.which in ("all", "sessions"):
-        for variant in ("procreg", "plain"):
-            figures[f"session_http_{variant}"] = _isolated("sessions", variant, *size)
-        figures["session_lookups_inprocess"] = _isolated("inprocess", "procreg", *size)
-    print(json.dumps(figures, indent=2))
-    return 0
+def _numbers(figures: dict[str, Any]) -> Measurement:
+    """The numeric values of a result dict (the JSON's details)."""
+    return {
+        k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fanout(variant: str) -> Any:
+    def measure(sizes: Sizes, uvloop: bool) -> Measurement:
+        result = comet_fanout(sizes.web_clients, sizes.web_messages, 90.0, variant, uvloop)
+        if not result["complete"] or result["deliveries_per_second"] is None:
+            raise RuntimeError(f"the fan-out did not complete: {result}")
+        out = _numbers(result)
+        out[FANOUT_RATE.name] = result["deliveries_per_second"]
+        if result["rss_per_connection_bytes"] is not None:
+            out[FANOUT_RSS.name] = result["rss_per_connection_bytes"]
+        return out
+
+    return measure
+
+
+def _session_http(variant: str) -> Any:
+    def measure(sizes: Sizes, uvloop: bool) -> Measurement:
+        result = session_lookups(requests=sizes.web_requests, variant=variant, uvloop=uvloop)
+        if result["errors"] or result["requests_per_second"] is None:
+            raise RuntimeError(f"the requests failed: {result}")
+        out = _numbers(result)
+        out[SESSION_HTTP.name] = result["requests_per_second"]
+        return out
+
+    return measure
+
+
+def session_lookup_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
+    result = session_lookups_inprocess(lookups=sizes.web_lookups, uvloop=uvloop)
+    out = _numbers(result)
+    out[SESSION_LOOKUP.name] = result["lookups_per_second"]
+    return out
+
+
+BENCHMARKS = [
+    Benchmark(
+        "comet_fanout",
+        [FANOUT_RATE, FANOUT_RSS],
+        {"procreg": _fanout("procreg"), "asyncio": _fanout("plain")},
+        isolated=True,
+        requires=WEB_MODULES,
+    ),
+    Benchmark(
+        "session_http",
+        [SESSION_HTTP],
+        {"procreg": _session_http("procreg"), "asyncio": _session_http("plain")},
+        isolated=True,
+        requires=WEB_MODULES,
+    ),
+    Benchmark(
+        "session_lookup",
+        [SESSION_LOOKUP],
+        {"procreg": session_lookup_procreg},
+        requires=WEB_MODULES,
+    ),
+]

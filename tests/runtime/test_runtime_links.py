@@ -7,10 +7,7 @@ import asyncio
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
+from conftest import idle
 
 
 async def _wait_forever():
@@ -44,7 +41,7 @@ def test_child_crash_kills_non_trapping_parent_with_the_same_reason():
 
 def test_parent_crash_kills_linked_child_with_the_same_reason():
     async def parent(main_pid):
-        child = procreg.spawn(_idle, link=True)
+        child = procreg.spawn(idle, link=True)
         procreg.send(main_pid, child)
         await procreg.receive(timeout=1, match=lambda m: m == "go")
         raise Crash("parent")
@@ -67,10 +64,10 @@ def test_link_works_both_ways(direction):
     async def a_body(b, parent):
         procreg.link(b)
         procreg.send(parent, "linked")
-        await _idle()
+        await idle()
 
     async def main():
-        b = procreg.spawn(_idle)
+        b = procreg.spawn(idle)
         a = procreg.spawn(a_body, b, procreg.self())
         assert await procreg.receive(timeout=1) == "linked"
         ra = procreg.monitor(a)
@@ -92,7 +89,7 @@ def test_link_from_a_server_handler_works_both_ways():
 
     async def main():
         srv = Linker.start()
-        proc = procreg.spawn(_idle)
+        proc = procreg.spawn(idle)
         assert await procreg.call(srv, proc) == "linked"
         rs = procreg.monitor(srv)
         rp = procreg.monitor(proc)
@@ -112,7 +109,7 @@ def test_server_crash_kills_linked_process():
     async def body(parent):
         srv = Bomb.start(link=True)
         procreg.send(parent, srv)
-        await _idle()
+        await idle()
 
     async def main():
         _, ref = procreg.spawn_monitor(body, procreg.self())
@@ -134,7 +131,7 @@ def test_normal_exit_does_not_kill_a_linked_process():
         procreg.spawn(quick, link=True)
         await asyncio.sleep(0.02)
         procreg.send(main_pid, "still alive")
-        await _idle()
+        await idle()
 
     async def main():
         pid = procreg.spawn(parent, procreg.self())
@@ -157,7 +154,7 @@ def test_trap_exits_turns_signals_into_exit_messages():
         q = procreg.spawn(quick, link=True)
         msgs = [await procreg.receive(timeout=1) for _ in range(2)]
         procreg.send(main_pid, (c, q, msgs))
-        await _idle()
+        await idle()
 
     async def main():
         t = procreg.spawn(trapper, procreg.self(), trap_exits=True)
@@ -188,7 +185,7 @@ def test_trapping_server_gets_exit_in_handle_info():
 
     async def main():
         srv = Trapper.start(trap_exits=True)
-        p = procreg.spawn(_idle)
+        p = procreg.spawn(idle)
         await procreg.call(srv, p)
         procreg.exit(p, "bye")
         await asyncio.sleep(0.01)
@@ -204,10 +201,10 @@ def test_unlink_stops_propagation():
         procreg.link(other)
         procreg.unlink(other)
         procreg.send(parent, "ready")
-        await _idle()
+        await idle()
 
     async def main():
-        other = procreg.spawn(_idle)
+        other = procreg.spawn(idle)
         a = procreg.spawn(body, other, procreg.self())
         await procreg.receive(timeout=1)
         procreg.exit(other, "boom")
@@ -224,13 +221,13 @@ def test_unlink_from_the_other_side_stops_propagation_both_ways():
         procreg.send(parent, "linked")
         msg = await procreg.receive(timeout=1)
         procreg.send(parent, "a alive")
-        await _idle()
+        await idle()
 
     async def b_body(parent):
         a = await procreg.receive(timeout=1)
         procreg.unlink(a)
         procreg.send(parent, "unlinked")
-        await _idle()
+        await idle()
 
     async def main():
         me = procreg.self()
@@ -251,7 +248,7 @@ def test_unlink_from_the_other_side_stops_propagation_both_ways():
 
 def test_unlink_of_an_unlinked_or_dead_pid_is_harmless():
     async def main():
-        p = procreg.spawn(_idle)
+        p = procreg.spawn(idle)
         procreg.unlink(p)
         procreg.exit(p, "kill")
         procreg.unlink(p)
@@ -264,7 +261,7 @@ def test_link_to_self_is_a_no_op():
     async def body(parent):
         procreg.link(procreg.self())
         procreg.send(parent, "ok")
-        await _idle()
+        await idle()
 
     async def main():
         pid = procreg.spawn(body, procreg.self())
@@ -287,7 +284,7 @@ def test_link_twice_delivers_one_signal():
         procreg.send(parent, (first, second))
 
     async def main():
-        other = procreg.spawn(_idle)
+        other = procreg.spawn(idle)
         procreg.spawn(trapper, other, procreg.self(), trap_exits=True)
         await procreg.receive(timeout=1)
         procreg.exit(other, "x")
@@ -320,16 +317,16 @@ def test_killed_process_propagates_kill_as_a_trappable_signal():
         procreg.send(parent, "ready")
         msg = await procreg.receive(timeout=1)
         procreg.send(parent, ("trapped", msg))
-        await _idle()
+        await idle()
 
     async def plain(victim, parent):
         procreg.link(victim)
         procreg.send(parent, "ready")
-        await _idle()
+        await idle()
 
     async def main():
         me = procreg.self()
-        victim = procreg.spawn(_idle)
+        victim = procreg.spawn(idle)
         t = procreg.spawn(trapper, victim, me, trap_exits=True)
         p = procreg.spawn(plain, victim, me)
         await procreg.receive(timeout=1)
@@ -392,7 +389,7 @@ def test_long_link_chain_dies_without_recursion_error():
             procreg.spawn(link_node, remaining - 1, parent, link=True)
         else:
             procreg.send(parent, procreg.self())
-        await _idle()
+        await idle()
 
     async def main():
         node = procreg.current_node()
@@ -448,7 +445,7 @@ def test_spawn_link_outside_a_process_raises_not_in_process():
     async def scenario():
         async with procreg.Node() as node:
             with pytest.raises(procreg.NotInProcess):
-                procreg.spawn(_idle, link=True)
+                procreg.spawn(idle, link=True)
             with pytest.raises(procreg.NotInProcess):
                 procreg.Server.start(link=True)
             return node.process_count()
@@ -459,7 +456,7 @@ def test_spawn_link_outside_a_process_raises_not_in_process():
 def test_link_outside_a_process_raises_not_in_process():
     async def scenario():
         async with procreg.Node():
-            p = procreg.spawn(_idle)
+            p = procreg.spawn(idle)
             with pytest.raises(procreg.NotInProcess):
                 procreg.link(p)
             with pytest.raises(procreg.NotInProcess):

@@ -3,7 +3,7 @@ dropped with close code 1013 and leaves its pool, the others keep receiving
 everything, and `publish` says whom it did not reach.
 
 Two kinds of tests: real ones (uvicorn on a free 127.0.0.1 port, `websockets`
-clients, as `procreg.web.bench` does) for a client that never reads, and in-process
+clients, as `bench/web.py` does) for a client that never reads, and in-process
 ones (Starlette's TestClient) where the connection process is held busy on purpose.
 No timing thresholds: loops are bounded in count, waits only guard against hangs.
 """
@@ -186,7 +186,7 @@ def test_a_client_that_never_reads_is_closed_with_1013_and_leaves_its_pool() -> 
             assert close is not None and close.code == CLOSE_TRY_AGAIN_LATER
             assert read < sent  # what it had not read was dropped, not queued forever
             stats = node.stats()
-            assert stats["overloaded"] == 1 and stats["dropped"] == 1
+            assert stats.overloaded == 1 and stats.dropped == 1
             assert endpoint.stats() == {"connections": 2, "closed_slow": 1, "send_timeouts": 0}
             for r in fast:
                 await r.close()
@@ -211,7 +211,7 @@ def test_a_write_blocked_over_send_timeout_drops_the_client() -> None:
                     sent += 1
                     await asyncio.sleep(0)
                     info = node.info(pid)
-                    if info is not None and info["mailbox"] >= 3:
+                    if info is not None and info.mailbox >= 3:
                         break
                 assert node.info(pid) is not None
                 await until(lambda: not node.is_alive(pid))
@@ -219,8 +219,8 @@ def test_a_write_blocked_over_send_timeout_drops_the_client() -> None:
             assert close is not None and close.code == CLOSE_TRY_AGAIN_LATER
             assert read < sent
             assert endpoint.stats() == {"connections": 0, "closed_slow": 1, "send_timeouts": 1}
-            assert node.stats()["overloaded"] == 1
-            assert node.stats()["dropped"] == 0  # nothing was refused: the write timed out
+            assert node.stats().overloaded == 1
+            assert node.stats().dropped == 0  # nothing was refused: the write timed out
 
     asyncio.run(main())
 
@@ -275,7 +275,7 @@ def test_a_connection_behind_its_queue_bound_is_dropped_with_1013(
             ws.receive_json()
         assert closed.value.code == CLOSE_TRY_AGAIN_LATER
         node = app.router.lifespan_context.node
-        assert node.stats()["overloaded"] == 1 and node.stats()["dropped"] == 1
+        assert node.stats().overloaded == 1 and node.stats().dropped == 1
         assert endpoint.stats()["closed_slow"] == 1
         assert c.post("/pub", params={"n": 1, "size": 10}).json()["results"] == [[0, 0]]
 
@@ -351,7 +351,7 @@ def test_a_connection_overloaded_before_its_body_runs_still_closes_with_1013() -
         sent = [node.send(proc.pid, Frame(f'"{i}"')) for i in range(3)]
         assert sent == [True, True, False]
         close = await asyncio.wait_for(conn._done, 5.0)
-        return node.is_alive(proc.pid), close, node.stats()["overloaded"]
+        return node.is_alive(proc.pid), close, node.stats().overloaded
 
     alive, close, overloaded = procreg.run(main)
     assert not alive

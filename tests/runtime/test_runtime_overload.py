@@ -63,21 +63,21 @@ def test_slow_consumer_mailbox_stays_at_the_bound_and_drops_are_counted():
         info = node.info(pid)
         stats = node.stats()
         gate.set_result(None)
-        while node.info(pid)["status"] != "idle":
+        while node.info(pid).status != "idle":
             await asyncio.sleep(0)
-        proc = node._procs[pid]
+        proc = node.local_process(pid)
         return results, info, stats, len(proc.seen), node.info(pid)
 
     results, info, stats, handled, after = procreg.run(main)
     assert results.count(True) == 100 and results.count(False) == sent - 1 - 100
     assert results[:100] == [True] * 100  # the oldest are kept, the new ones refused
-    assert info["mailbox"] == bound
-    assert info["mailbox_peak"] == bound
-    assert info["max_mailbox"] == bound and info["overflow"] == "drop"
-    assert info["dropped"] == sent - 1 - bound
-    assert stats["dropped"] == sent - 1 - bound and stats["overloaded"] == 0
+    assert info.mailbox == bound
+    assert info.mailbox_peak == bound
+    assert info.max_mailbox == bound and info.overflow == "drop"
+    assert info.dropped == sent - 1 - bound
+    assert stats.dropped == sent - 1 - bound and stats.overloaded == 0
     assert handled == bound + 1
-    assert after["mailbox"] == 0 and after["mailbox_peak"] == bound
+    assert after.mailbox == 0 and after.mailbox_peak == bound
 
 
 def test_a_sender_faster_than_the_handler_is_held_at_the_bound():
@@ -95,17 +95,17 @@ def test_a_sender_faster_than_the_handler_is_held_at_the_bound():
         for r in range(rounds):
             for i in range(burst):
                 accepted += procreg.cast(pid, (r, i))
-            highest = max(highest, node.info(pid)["mailbox"])
+            highest = max(highest, node.info(pid).mailbox)
             await asyncio.sleep(0)
-        while node.info(pid)["status"] != "idle":
+        while node.info(pid).status != "idle":
             await asyncio.sleep(0)
-        return accepted, highest, len(node._procs[pid].seen), node.info(pid), node.stats()
+        return accepted, highest, len(node.local_process(pid).seen), node.info(pid), node.stats()
 
     accepted, highest, handled, info, stats = procreg.run(main)
     assert highest == bound
     assert handled == accepted
-    assert info["dropped"] == rounds * burst - accepted == stats["dropped"]
-    assert info["mailbox_peak"] == bound
+    assert info.dropped == rounds * burst - accepted == stats.dropped
+    assert info.mailbox_peak == bound
 
 
 def test_runtime_signals_pass_a_full_mailbox():
@@ -117,19 +117,19 @@ def test_runtime_signals_pass_a_full_mailbox():
         assert procreg.cast(pid, 1) and procreg.cast(pid, 2)
         assert not procreg.cast(pid, 3) and not procreg.send(pid, "plain")
         node = _node()
-        proc = node._procs[pid]
+        proc = node.local_process(pid)
 
         async def short():
             pass
 
         other = procreg.spawn(short)
         # a monitor's Down and a link's Exit are queued although the mailbox is full
-        node._add_monitor(proc, node._procs[other])
-        node._add_link(proc, node._procs[other])
+        node._add_monitor(proc, node.local_process(other))
+        node._add_link(proc, node.local_process(other))
         await _turns()
         kinds = [type(item[1]).__name__ for item in proc._procreg_mail]
         gate.set_result(None)
-        return kinds, node.info(pid)["dropped"]
+        return kinds, node.info(pid).dropped
 
     kinds, dropped = procreg.run(main)
     assert kinds == ["int", "int", "Down", "Exit"]
@@ -151,10 +151,10 @@ def test_key_events_pass_a_full_mailbox():
         ref = await node.registry.monitor_key("watched", procreg.DEFAULT_TABLE, pid)
         await procreg.register("watched", procreg.self())
         await procreg.unregister("watched")
-        proc = node._procs[pid]
+        proc = node.local_process(pid)
         events = [item[1] for item in proc._procreg_mail if type(item[1]) is procreg.KeyEvent]
         gate.set_result(None)
-        return [(e.ref == ref, e.event) for e in events], node.info(pid)["dropped"]
+        return [(e.ref == ref, e.event) for e in events], node.info(pid).dropped
 
     events, dropped = procreg.run(main)
     assert events == [(True, "registered"), (True, "unregistered")]
@@ -184,7 +184,7 @@ def test_coroutine_process_bound_and_selective_receive():
     sent, got, info = procreg.run(main)
     assert sent == [True, True, True, False, False]
     assert got == ("got", "go")
-    assert info["mailbox"] == 3 and info["dropped"] == 2 and info["mailbox_peak"] == 3
+    assert info.mailbox == 3 and info.dropped == 2 and info.mailbox_peak == 3
 
 
 def test_unbounded_processes_record_their_mailbox_peak():
@@ -195,14 +195,14 @@ def test_unbounded_processes_record_their_mailbox_peak():
         pid = Gate.start(gate)
         for i in range(37):
             procreg.cast(pid, i)
-        peak_before = node.info(pid)["mailbox_peak"]
-        while node.info(pid)["status"] != "idle":
+        peak_before = node.info(pid).mailbox_peak
+        while node.info(pid).status != "idle":
             await asyncio.sleep(0)
         return peak_before, node.info(pid)
 
     peak_before, info = procreg.run(main)
     assert peak_before == 37  # what waits now counts too
-    assert info["mailbox_peak"] == 37 and info["max_mailbox"] is None and info["dropped"] == 0
+    assert info.mailbox_peak == 37 and info.max_mailbox is None and info.dropped == 0
 
 
 # -- calls --------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_call_to_a_full_mailbox_raises_overloaded_at_once():
     assert error.bound == 2
     assert alive  # "drop": the process keeps running
     assert reply == ("seen", 3)
-    assert stats["dropped"] == 1
+    assert stats.dropped == 1
 
 
 def test_call_to_a_full_coroutine_process_raises_overloaded():
@@ -277,7 +277,7 @@ def test_a_remote_style_caller_is_failed_with_overloaded():
         await _turns()
         procreg.cast(pid, 1)
         caller = Caller()
-        queued = _node()._procs[pid]._procreg_call(caller, "req")
+        queued = _node().local_process(pid)._procreg_call(caller, "req")
         gate.set_result(None)
         return queued, caller.failed, pid
 
@@ -296,7 +296,7 @@ def test_overflow_exit_ends_the_process_with_overload_for_links_and_monitors():
     async def main():
         node = _node()
         gate = asyncio.get_running_loop().create_future()
-        procreg.current_node()._procs[procreg.self()]._procreg_extra().trap = True
+        procreg.current_node().local_process(procreg.self())._procreg_extra().trap = True
         pid = Gate.start(gate, max_mailbox=3, overflow="exit", link=True)
         ref = procreg.monitor(pid)
         procreg.cast(pid, 0)
@@ -313,8 +313,8 @@ def test_overflow_exit_ends_the_process_with_overload_for_links_and_monitors():
     exit_ = next(m for m in msgs if isinstance(m, procreg.Exit))
     assert down.ref == ref and down.pid == pid and down.reason == "overload"
     assert exit_.pid == pid and exit_.reason == "overload"
-    assert stats["overloaded"] == 1
-    assert stats["dropped"] == 1  # the message that found it full; later ones: dead
+    assert stats.overloaded == 1
+    assert stats.dropped == 1  # the message that found it full; later ones: dead
 
 
 def test_overflow_exit_kills_a_non_trapping_linked_process():
@@ -365,7 +365,7 @@ def test_supervisor_restarts_a_child_ended_by_overload():
         assert spec.max_mailbox == 4 and spec.overflow == "exit"
         await procreg.Supervisor.start([spec], name="overload_sup")
         first = await procreg.whereis("slow")
-        assert node.info(first)["max_mailbox"] == 4
+        assert node.info(first).max_mailbox == 4
         procreg.cast(first, 0)
         await _turns()
         results = [procreg.cast(first, i) for i in range(1, 7)]
@@ -381,8 +381,8 @@ def test_supervisor_restarts_a_child_ended_by_overload():
     first, second, results, info, stats = procreg.run(main)
     assert results == [True] * 4 + [False, False]
     assert second is not None and second != first
-    assert info is not None and info["max_mailbox"] == 4 and info["overflow"] == "exit"
-    assert stats["overloaded"] == 1
+    assert info is not None and info.max_mailbox == 4 and info.overflow == "exit"
+    assert stats.overloaded == 1
 
 
 # -- defaults, class attributes, validation -----------------------------------------------
@@ -401,12 +401,12 @@ def test_node_default_bound_applies_to_processes_without_their_own():
         await _turns()
         sent = [procreg.send(a, i) for i in range(4)]
         out = (
-            node.info(a)["max_mailbox"],
-            node.info(b)["max_mailbox"],
-            node.info(c)["max_mailbox"],
-            node.info(sup)["max_mailbox"],
-            node.info(procreg.self())["max_mailbox"],
-            node.stats()["max_mailbox"],
+            node.info(a).max_mailbox,
+            node.info(b).max_mailbox,
+            node.info(c).max_mailbox,
+            node.info(sup).max_mailbox,
+            node.info(procreg.self()).max_mailbox,
+            node.stats().max_mailbox,
             sent,
         )
         for pid in (a, b, c):
@@ -445,7 +445,7 @@ def test_server_class_attributes_bound_every_start_path():
         b = await procreg.get_or_spawn("bounded", Bounded, gate)
         c = Bounded.start(gate, max_mailbox=9, overflow="drop")  # the call's own win
         d = await Bounded.start_ready(gate, max_mailbox=0)
-        out = [(node.info(p)["max_mailbox"], node.info(p)["overflow"]) for p in (a, b, c, d)]
+        out = [(node.info(p).max_mailbox, node.info(p).overflow) for p in (a, b, c, d)]
         gate.set_result(None)
         return out
 
@@ -565,7 +565,7 @@ def test_pi_bound_cast_returns_an_overload_error_and_send_raises():
         started = await pi.start(record)
         assert not isinstance(started, pi.Error)
         pid = started[0]
-        assert _node().info(pid)["max_mailbox"] == 2
+        assert _node().info(pid).max_mailbox == 2
         results = [pi.cast("pi_overload", "slow", i) for i in range(1)]
         await _turns()
         results += [pi.cast("pi_overload", "slow", i) for i in range(3)]

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 import procreg
+from conftest import wait_until
 from procreg import pi
 from procreg.supervisor import root
 
@@ -85,20 +86,6 @@ def make_module(log, *, is_async=False, init_error=None, terminate=True):
 def make_pi(name, log, *, state=0, sup="root", table=TABLE, is_async=False, **kw):
     opts = {k: kw.pop(k) for k in ("init_error", "terminate") if k in kw}
     return pi.Pi(name, table, sup, make_module(log, is_async=is_async, **opts), state, **kw)
-
-
-async def wait_until(pred, timeout=2.0):
-    """Poll `pred` (sync or async) until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 async def child_ids(sup="root"):

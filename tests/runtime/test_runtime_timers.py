@@ -7,10 +7,7 @@ import asyncio
 import pytest
 
 import procreg
-
-
-async def _idle():
-    await procreg.receive(timeout=5, match=lambda m: m == "never")
+from conftest import idle
 
 
 async def _drain(timeout=0.0):
@@ -175,7 +172,7 @@ def test_timers_die_with_their_owner():
 
 def test_timers_die_with_their_target():
     async def main():
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         t1 = procreg.send_after(0.02, target, "x")
         t2 = procreg.send_interval(0.01, target, "y")
         procreg.send_after(0.02, procreg.self(), "still mine")
@@ -214,7 +211,7 @@ def test_timer_set_by_a_server_dies_with_it():
 
 def test_timer_to_a_dead_pid_is_inactive():
     async def main():
-        target = procreg.spawn(_idle)
+        target = procreg.spawn(idle)
         procreg.exit(target, "kill")
         t = procreg.send_after(0.01, target, "x")
         return t.active, t.cancel()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import procreg
+from conftest import wait_down
 from procreg import nitrogen
 from procreg.nitrogen import NprocregHandler, ProcessRegistryHandler
 
@@ -98,9 +99,7 @@ def test_nprocreg_respawns_after_death() -> None:
         first, _ = await h.get_pid("k", pool, {}, None)
         ref = procreg.monitor(first)
         procreg.exit(first, "kill")
-        await procreg.receive(
-            timeout=2, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
-        )
+        await wait_down(ref)
         gone, _ = await h.get_pid("k", {}, None)
         second, _ = await h.get_pid("k", pool, {}, None)
         return first, gone, second, procreg.is_alive(second)

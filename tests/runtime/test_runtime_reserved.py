@@ -110,7 +110,7 @@ def _cluster_name(name: str) -> str:
 async def _through_cluster_names(pid: procreg.Pid) -> None:
     """What procreg.cluster does with a local process."""
     node = procreg.current_node()
-    proc = node._procs[pid]
+    proc = node.local_process(pid)
 
     def get(name):
         return getattr(proc, _cluster_name(name))
@@ -194,9 +194,9 @@ def test_assigning_pid_raises_and_reading_it_works():
 
 
 def _supervisor_runtime_names() -> list[str]:
-    from procreg.supervisor import _Running
+    from procreg.supervisor.engine import _Running
 
-    names = {n for n in vars(_Running) if not n.startswith("__")}
+    names = {n for cls in _Running.__mro__[:-1] for n in vars(cls) if not n.startswith("__")}
     names |= {"_me", "_parent", "_kids", "_by_id", "_by_pid", "_restarts", "_validate"}
     return sorted(names)
 

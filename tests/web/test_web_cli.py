@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from procreg.cli import main
+from procreg.testing import free_port
 from procreg.web.lifespan import NodeLifespan
 
 
@@ -54,14 +54,8 @@ def test_short_token_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "16" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_observer_command_serves_the_observer() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PROCREG_CLUSTER": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "procreg", "observer", "--port", str(port)],
