@@ -213,6 +213,19 @@ class RegistryBackend:
         """``(pid, metadata)`` for `key`, or None."""
         raise NotImplementedError
 
+    def register_now(
+        self,
+        key: Hashable,
+        proc: _Proc,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Register live local process `proc` under `key` in this node's own view
+        only, at once (no store, no wait): for node-local names, such as a node's
+        supervisors' (every node has its ``"root"``). `AlreadyRegistered` if another
+        local process holds it."""
+        raise NotImplementedError
+
     async def register(
         self,
         key: Hashable,

@@ -17,7 +17,6 @@ from ..messages import Call, Down, Exit
 from ..node import Node, current_node
 from ..pid import Pid
 from ..process import _Proc, current_process
-from ..registry import LocalBackend
 from .requests import _Requests, _Stop, _StopRequest
 from .specs import SUPERVISORS, ChildSpec, _Child
 
@@ -70,11 +69,8 @@ class _Running(_Requests):
     ) -> None:
         try:
             if name is not None:
-                registry = node.registry
-                if isinstance(registry, LocalBackend):
-                    registry.register_now(name, me, SUPERVISORS)
-                else:
-                    await registry.register(name, me._procreg_pid, SUPERVISORS)
+                # supervisor names are node-local (every node has its "root")
+                node.registry.register_now(name, me, SUPERVISORS)
             for spec in specs:
                 kid = _Child(spec, self._by_pid)
                 kid.pid = await self._start_child(spec)
