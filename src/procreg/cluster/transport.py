@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import pickle
 import time
 from collections import defaultdict, deque
@@ -124,6 +125,8 @@ class Transport:
         self._kev = store.key("kev").encode()
         self._lost = asyncio.Event()
         self._sub_confirmed = asyncio.Event()  # the current subscribed connection's
+        self._confirmed_at = math.inf  # when it was confirmed (monotonic)
+        self._beats: deque[float] = deque()  # send times of heartbeats in flight
         self._sub_id: int | None = None  # its CLIENT ID
         self._stale_ids: list[int] = []  # earlier ones, to kill once re-subscribed
         self._keeper: asyncio.Task[None] | None = None
@@ -159,9 +162,11 @@ class Transport:
         if self._pub is None:
             self._pub = await Wire.open(self.store, self._published, self._wire_lost)
             self._dests.clear()
+            self._beats.clear()
         if self._sub is None:
             sub = await Wire.open(self.store, self._pushed, self._wire_lost)
             self._sub_confirmed.clear()
+            self._confirmed_at = math.inf
             # its client id first: once a later connection's subscription is
             # confirmed, this one is killed if the server still holds it (a half-open
             # socket after a partition keeps counting as a receiver of our channel);
@@ -217,6 +222,7 @@ class Transport:
         except ConnectionError:
             return
         self._dests.append(self.name)
+        self._beats.append(now)
         self.heartbeats += 1
         if not self._probed or (sub.heard >= self._probed and pub.heard >= self._probed):
             self._probed = now  # the oldest heartbeat still unanswered
@@ -232,6 +238,7 @@ class Transport:
         elif wire is self._sub:
             self._sub = None  # what was published to us meanwhile is lost
             self._sub_confirmed.clear()
+            self._confirmed_at = math.inf
             if self._sub_id is not None:
                 self._stale_ids.append(self._sub_id)
                 self._sub_id = None
@@ -325,11 +332,16 @@ class Transport:
         """A PUBLISH answer: how many subscribers got the frame."""
         dest = self._dests.popleft() if self._dests else None
         if isinstance(reply, Exception):  # an error reply (hiredis.ReplyError)
+            if dest == self.name and self._beats:
+                self._beats.popleft()
             self._reject("publish_error", repr(reply))
         elif reply == 0 and dest is not None:
             if dest == self.name:  # our own heartbeat reached nobody: not subscribed
+                sent = self._beats.popleft() if self._beats else 0.0
                 sub = self._sub
-                if sub is not None and not sub.closed and self._subscribed:
+                # (a heartbeat sent before our current subscription was confirmed may
+                # have run before it: only a later one proves the subscription gone)
+                if sub is not None and not sub.closed and sent > self._confirmed_at:
                     sub.fail(ConnectionError("our channel has no subscriber"))
             else:
                 self.dropped["no_receiver"] += 1
@@ -358,6 +370,7 @@ class Transport:
                     self.on_resubscribe()
                 self._subscribed = True
                 self._sub_confirmed.set()
+                self._confirmed_at = time.monotonic()
                 if self._stale_ids and self._loop is not None:
                     stale, self._stale_ids = self._stale_ids, []
                     self._loop.create_task(self._kill_clients(stale))
