@@ -883,6 +883,10 @@ class Node:
         if proc is self._current or proc is current_process.get():
             raise Deadlock(f"process {pid!r} called itself: the call could never be answered")
         if proc._procreg_st == IDLE and proc._procreg_direct_call:
+            if proc._procreg_reg is not None and self._lease_guard is not None:
+                self._lease_guard()  # past the lease deadline it fences, ending proc
+                if proc._procreg_st >= EXITING:
+                    raise NoProcess(f"no process {pid!r}")
             self._inline -= 1
             if self._inline:
                 return await proc._procreg_call_direct(request, timeout)

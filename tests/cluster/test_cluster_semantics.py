@@ -156,3 +156,41 @@ def test_undecodable_messages_fail_calls_at_once_and_are_counted(cluster):
     log = b.ok("call", pid=server, request=["log"])
     assert ["cast", ["after", 1]] in log and ["info", ["after", 1]] in log, log
     assert b.ok("alive", pid=server)
+
+
+def test_supervisor_names_are_node_local_and_survive_a_store_outage(redis):
+    """Every node has its own "root" supervisor (a node-local name): a store outage
+    and re-sync must not claim it in the store, where the second node's would be a
+    conflict and be ended; a fence would not end it either."""
+    import asyncio
+
+    import procreg
+    from procreg import supervisor
+
+    async def main() -> dict:
+        a = procreg.Node("a", cluster=redis.url, secret="s" * 16, lease=1.0)
+        b = procreg.Node("b", cluster=redis.url, secret="s" * 16, lease=1.0)
+        await a.start()
+        await b.start()
+        roots = {}
+        for node in (a, b):
+            token = procreg.node._node_var.set(node)
+            roots[node.name] = await supervisor.root()
+            procreg.node._node_var.reset(token)
+        with redis.client() as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "normal")
+            client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await asyncio.sleep(1.0)  # both re-sync
+        out = {
+            "alive": [n.is_alive(roots[n.name]) for n in (a, b)],
+            "conflicts": [n._cluster.backend.conflicts for n in (a, b)],
+            "in store": redis.client().hlen("procreg:t:" + '"supervisors"'),
+        }
+        await a.stop()
+        await b.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert out["alive"] == [True, True], out
+    assert out["conflicts"] == [0, 0], out
+    assert out["in store"] == 0, out

@@ -119,14 +119,22 @@ class Cluster:
         """Connect (bounded retry: `ClusterUnavailable`), join, and start listening.
         Returns the node's creation."""
         await self.store.connect()
-        self.store.on_reconnect = self._resync
-        # subscribed (and confirmed) before we are in ``nodes``: a peer that sees us
-        # can send to us at once
         try:
-            await self.transport.start()
-        except (ConnectionError, OSError) as exc:
-            raise ClusterUnavailable(f"cannot subscribe to the cluster store: {exc}") from exc
-        creation = await self.membership.join()
+            # subscribed (and confirmed) before we are in ``nodes``: a peer that sees
+            # us can send to us at once
+            try:
+                await self.transport.start()
+            except (ConnectionError, OSError) as exc:
+                raise ClusterUnavailable(f"cannot subscribe to the cluster store: {exc}") from exc
+            creation = await self.membership.join()
+        except BaseException:
+            # nothing of a node that failed to join may live on: a leftover subscriber
+            # or reconnect hook would later take the name's lease from the live node
+            self.membership._closing = True
+            self.membership.disarm()
+            await self.transport.close()
+            raise
+        self.store.on_reconnect = self._resync
         self.transport.creation = creation
         self._set_live(self.membership.live)
         self.membership.start()

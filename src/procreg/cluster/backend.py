@@ -259,6 +259,9 @@ class RedisBackend(LocalBackend):
         # noproc), with when: no lookup hands them out, even before the owner's
         # release reaches the store (causality: Down, then whereis, never the dead pid)
         self._dead: dict[Pid, float] = {}
+        # tables of node-local names (`register_now`: a node's supervisors): kept in
+        # this node's view only, never claimed in the store, never fenced
+        self._node_local: set[str] = set()
         # pids allocated for a claim whose process does not exist yet: what other
         # nodes send them meanwhile (they may have found the pid in the store before
         # our claim's answer came back) waits here, and is delivered once the process
@@ -291,6 +294,8 @@ class RedisBackend(LocalBackend):
         proc = self._holder(key, table)
         if proc is not None:
             return proc.pid
+        if self._node_local and table in self._node_local:
+            return None  # node-local names live in this node's view only
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
@@ -330,7 +335,7 @@ class RedisBackend(LocalBackend):
         if not self.cluster.membership.check():
             return None  # fenced: we hand out nothing
         local = await super().lookup(key, table)
-        if local is not None:
+        if local is not None or table in self._node_local:
             return local
         found = await self._fetch(key, table)
         if found is None or found[0][0] == self.node.name or not self.cluster.membership.check():
@@ -538,9 +543,13 @@ class RedisBackend(LocalBackend):
         holder = tab.get(key) if tab is not None else None
         if holder is not None:
             removed = await super().unregister(key, table, pid)
+            if table in self._node_local:
+                return removed
             self._queue_release(table, key, holder._procreg_pid, False, unregistered=True)
             await self._flush_releases()
             return removed
+        if table in self._node_local:
+            return False
         found = await self._fetch(key, table)
         if found is None:
             return False
@@ -715,7 +724,7 @@ class RedisBackend(LocalBackend):
         if reg is not None:
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
-                if tab is not None and tab.get(key) is proc:
+                if tab is not None and tab.get(key) is proc and table not in self._node_local:
                     self._queue_release(table, key, pid, False)
         ext = proc._procreg_ext
         if ext is not None and ext.groups:
@@ -860,9 +869,24 @@ class RedisBackend(LocalBackend):
         self._gen += 1
         self._cache.clear()
 
+    def register_now(
+        self,
+        key: Hashable,
+        proc: _Proc,
+        table: str = DEFAULT_TABLE,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """A node-local name (a node's supervisors): this node's view only."""
+        self._node_local.add(table)
+        super().register_now(key, proc, table, meta)
+
     def local_entries(self) -> list[tuple[str, Hashable, _Proc]]:
-        """Every (table, key, process) this node holds."""
-        return [(t, k, p) for t, tab in self._tables.items() for k, p in tab.items()]
+        """Every (table, key, process) this node holds in the store (node-local
+        names left out)."""
+        local = self._node_local
+        return [
+            (t, k, p) for t, tab in self._tables.items() if t not in local for k, p in tab.items()
+        ]
 
     async def reregister(self, mode: str) -> int:
         """Claim again every local registration and group membership (after a data

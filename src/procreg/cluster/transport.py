@@ -331,13 +331,11 @@ class Transport:
     def _published(self, reply: Any) -> None:
         """A PUBLISH answer: how many subscribers got the frame."""
         dest = self._dests.popleft() if self._dests else None
+        sent = self._beats.popleft() if dest == self.name and self._beats else 0.0
         if isinstance(reply, Exception):  # an error reply (hiredis.ReplyError)
-            if dest == self.name and self._beats:
-                self._beats.popleft()
             self._reject("publish_error", repr(reply))
         elif reply == 0 and dest is not None:
             if dest == self.name:  # our own heartbeat reached nobody: not subscribed
-                sent = self._beats.popleft() if self._beats else 0.0
                 sub = self._sub
                 # (a heartbeat sent before our current subscription was confirmed may
                 # have run before it: only a later one proves the subscription gone)
