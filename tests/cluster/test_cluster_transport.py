@@ -107,9 +107,9 @@ def test_a_slow_subscriber_closed_by_the_server_recovers(cluster, redis):
     before = n2.ok("stats")["store_failures"]
     n2.pause()  # n2 stops reading: Redis buffers what is published to it
     try:
-        assert n1.ok("flood", pid=server, n=400, size=8192) == 400  # ~3 MB
-        wait_for(
-            lambda: "output buffer limits" in redis.log_tail(50),
+        assert n1.ok("flood", pid=server, n=3000, size=8192) == 3000  # ~25 MB
+        wait_for(  # Redis dropped n2's subscription: its channel has no subscriber
+            lambda: dict(client.pubsub_numsub("procreg:ch:n2")).get(b"procreg:ch:n2") == 0,
             5,
             what="Redis to close n2's subscribed connection",
         )

@@ -107,6 +107,7 @@ class Cluster:
         self.recoveries = 0
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
+        self._recover_again = False
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
 
@@ -148,7 +149,7 @@ class Cluster:
             pass
         await self.backend.keywatch.close()
         await self.membership.stop()
-        await stop_tasks(*self._purges.values())
+        await stop_tasks(*self._purges.values(), self._recovery)
         await self.transport.close()
         await self.store.close()
 
@@ -281,10 +282,15 @@ class Cluster:
         # its registered processes and group members: others may serve them soon
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
         procs += [p for members in self.backend._groups.values() for p in members.values()]
-        for proc in {id(p): p for p in procs}.values():
-            node.runtime.end(proc.pid, "fenced")
-        self.remote.all_down()
-        self.backend.clear_cache()
+        try:
+            for proc in {id(p): p for p in procs}.values():
+                try:
+                    node.runtime.end(proc.pid, "fenced")
+                except Exception:
+                    log.exception("ending %r while fencing failed", proc.pid)
+        finally:
+            self.remote.all_down()
+            self.backend.clear_cache()
         if self.store.up and not self.membership._closing:
             # rejoin promptly (the membership step takes its lock; it rejoins)
             asyncio.get_running_loop().create_task(self._step_quietly())
@@ -344,16 +350,31 @@ class Cluster:
         )
         self.backend.clear_cache()
         self.backend.keywatch.recheck()  # (it waits out the grace period)
-        # in a task of its own: re-registering a million keys takes seconds, and the
-        # membership step that noticed the change must go on renewing our lease
-        if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.get_running_loop().create_task(self._reconcile())
+        self._start_recovery()
 
-    async def _reconcile(self) -> None:
-        try:
-            await self.backend.reconcile()
-        except Exception:
-            log.exception("re-registering after the primary changed failed")
+    def _start_recovery(self) -> None:
+        """Re-register what we hold, in a task of its own (a million keys take
+        seconds, and the membership step that asked must go on renewing our lease).
+        A request made while one runs is not dropped: the task goes round again."""
+        self._recover_again = True
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        while self._recover_again and not self.membership._closing:
+            self._recover_again = False
+            try:
+                conflicts = await self.backend.reconcile()
+            except ClusterUnavailable as exc:
+                log.warning("re-registering failed (%s): trying again", exc)
+                self._recover_again = True
+                await asyncio.sleep(self.lease / 3)
+                continue
+            except Exception:
+                log.exception("re-registering failed")
+                return
+            if conflicts:
+                log.warning("%d registry conflicts while re-registering", conflicts)
 
     async def recover_lost_data(self) -> None:
         """The store lost its data: new epoch with a grace period, our lease back, then
@@ -366,17 +387,7 @@ class Cluster:
         self.remote.all_down()
         self.backend.clear_cache()
         self.backend.keywatch.recheck()  # (it waits out the grace period)
-        if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.get_running_loop().create_task(self._reregister())
-
-    async def _reregister(self) -> None:
-        try:
-            conflicts = await self.backend.reregister("resync")
-        except Exception:
-            log.exception("re-registering after the data loss failed")
-            return
-        if conflicts:
-            log.warning("%d registry conflicts after the data loss", conflicts)
+        self._start_recovery()
 
     async def conflict(self, table: str, key: Any, ours: _Proc, theirs: Pid) -> None:
         """Two live processes claim `key`: by default the registered one (`theirs`)

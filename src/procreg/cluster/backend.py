@@ -935,10 +935,10 @@ class RedisBackend(LocalBackend):
 
         await self.store.run(run)
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> int:
         """After a reconnect: release store entries of ours that the local view no
         longer has (their processes ended while the store was unreachable), and claim
-        again the ones the store lost."""
+        again the ones the store lost. Returns how many conflicts there were."""
         store = self.store
         owned = await store.run(lambda r: r.smembers(self._owned()))
         mine = {(canon(t), canon(k)) for t, k, _ in self.local_entries()}
@@ -962,4 +962,4 @@ class RedisBackend(LocalBackend):
                 if cur is not None and ours and self.node._lookup(cur[0]) is None:
                     self._queue_release(name, item, cur[0], False)
         await self._flush_releases()
-        await self.reregister("resync")
+        return await self.reregister("resync")

@@ -381,6 +381,12 @@ class Transport:
         """Close our earlier subscribed connections that the server may still hold
         (``CLIENT KILL ID``), so that a frame for us that reaches none of our live
         connections is reported as undeliverable instead of counted as received."""
+        # the store is usually still marked down right after a lost connection
+        # (re-subscribing is quicker than its reconnection): wait for it
+        for _ in range(50):
+            if self.store.up or self._closing:
+                break
+            await asyncio.sleep(self.interval / 5)
         for client_id in ids:
 
             async def kill(r: Any, client_id: int = client_id) -> Any:
@@ -388,7 +394,9 @@ class Transport:
 
             try:
                 await self.store.run(kill)
-            except Exception as exc:  # long gone ("No such client"), or the store failed
+            except ClusterUnavailable:
+                self._stale_ids.append(client_id)  # tried again at the next confirmation
+            except Exception as exc:  # long gone ("No such client")
                 log.debug("CLIENT KILL ID %s: %r", client_id, exc)
 
     async def wait_subscribed(self, timeout: float) -> None:
