@@ -350,6 +350,8 @@ class Cluster:
         )
         self.backend.clear_cache()
         self.backend.keywatch.recheck()  # (it waits out the grace period)
+        # our transport connections may still reach the old primary (a replica now)
+        self.transport.reopen("the store's primary changed")
         self._start_recovery()
 
     def _start_recovery(self) -> None:

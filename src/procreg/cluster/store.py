@@ -321,6 +321,13 @@ def _fast_connection(aioredis: Any, kind: str) -> Any:
     return found
 
 
+def _demoted(exc: BaseException) -> bool:
+    """True if a reply error says the server is a replica now (READONLY, or WAIT
+    refused on a replica): a primary demoted by a failover."""
+    text = str(exc)
+    return "READONLY" in text or "replica instance" in text
+
+
 class NotReplicated(ClusterUnavailable):
     """A write reached fewer replicas than the cluster URL's ``wait=`` asks for
     within ``wait_timeout`` (Redis ``WAIT`` semantics): it may be lost in a failover,
@@ -538,6 +545,15 @@ class Store:
         except self._errors as exc:
             self.mark_down(exc)
             raise ClusterUnavailable(f"the cluster store at {self.url} failed: {exc}") from exc
+        except self._rexc.ResponseError as exc:
+            if not _demoted(exc):
+                raise
+            # a connection kept from before a failover reached a replica: the primary
+            # moved; reconnect (through the sentinel) as for any lost connection
+            self.mark_down(exc)
+            raise ClusterUnavailable(
+                f"the cluster store at {self.url} answered as a replica: {exc}"
+            ) from exc
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of `SCRIPTS`."""

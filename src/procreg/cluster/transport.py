@@ -399,6 +399,14 @@ class Transport:
             except Exception as exc:  # long gone ("No such client")
                 log.debug("CLIENT KILL ID %s: %r", client_id, exc)
 
+    def reopen(self, why: str) -> None:
+        """Re-open both connections (say, the primary changed: connections opened
+        before may be talking to a server that is a replica now, where frames reach
+        nobody and our subscription hears nothing)."""
+        for wire in (self._pub, self._sub):
+            if wire is not None and not wire.closed:
+                wire.fail(ConnectionError(why))
+
     async def wait_subscribed(self, timeout: float) -> None:
         """Return once our current subscribed connection is confirmed by the store;
         `ClusterUnavailable` after `timeout` seconds."""
