@@ -167,7 +167,6 @@ class Cluster:
     def _set_live(self, live: dict[str, int]) -> None:
         others = {n: c for n, c in live.items() if n != self.node.name}
         self.remote.live = others
-        self.remote.seen.update(others)
         self.transport.peer_creation.update(others)
 
     def adopt_creation(self, creation: int) -> None:

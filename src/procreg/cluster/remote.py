@@ -157,7 +157,6 @@ class Remote:
         self.get_or_spawn: Callable[..., Awaitable[tuple[Pid, bool]]] | None = None
         self.peers: dict[str, Peer] = {}
         self.live: dict[str, int] = {}  # node -> creation, kept by membership
-        self.seen: set[str] = set()  # every node name ever live
         self.downs: dict[str, int] = {}  # node -> the newest creation known to be down
         # called with a remote pid we learned is dead (a Down, an exit signal, a noproc)
         self.on_dead: Callable[[Pid], None] = lambda pid: None

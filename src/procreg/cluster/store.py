@@ -262,13 +262,6 @@ SCRIPTS: Final = {
 }
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """``(redis url without procreg's own query options, key prefix)`` of a plain
-    (non-Sentinel) cluster URL."""
-    parsed = parse_url(url)
-    return parsed.url, parsed.prefix
-
-
 async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> None:
     """Cancel background tasks and wait for them, but not forever: a client library
     can swallow a cancellation (the task then goes on awaiting), so the loops also
