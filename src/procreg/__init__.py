@@ -79,6 +79,7 @@ from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .node import Node, current_node
 from .pid import Pid, Ref
 from .registry import DEFAULT_TABLE, LocalBackend, NotOwner, Published, RegistryBackend
+from .scope import NO_STATE, Takeover, takeover
 from .server import NOREPLY, Server
 from .supervisor import ChildSpec, ChildStatus, Supervisor, SupervisorError, child
 from .timers import Timer
@@ -122,6 +123,8 @@ __all__ = [
     "Returns",
     "Server",
     "Stop",
+    "Takeover",
+    "NO_STATE",
     "Supervisor",
     "SupervisorError",
     "Timer",
@@ -161,6 +164,7 @@ __all__ = [
     "spawn",
     "spawn_monitor",
     "spawn_unique",
+    "takeover",
     "tables",
     "typed",
     "unlink",

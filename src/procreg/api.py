@@ -22,6 +22,7 @@ from .registry import (
     check_table,
     spawn_for,
 )
+from .scope import check_scope, hooks
 from .timers import Timer, start_timer
 
 if TYPE_CHECKING:
@@ -392,6 +393,7 @@ async def get_or_spawn(
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> Pid: ...
 @overload
 async def get_or_spawn(
@@ -402,6 +404,7 @@ async def get_or_spawn(
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> Pid: ...
 async def get_or_spawn(  # type: ignore[misc, unused-ignore]
     key: Hashable,
@@ -411,6 +414,7 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> Pid:
     """The live process registered under `key`, or exactly one new process started
     from `factory` (a `Server` subclass or an ``async def`` body) with `args` and
@@ -421,12 +425,24 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
     ``placement="hash"`` starts it on the key's home node in a cluster; `meta` is
     stored with the entry (see `lookup`); `idle_timeout` ends the new process after
     that many seconds without a message (its entry goes with it).
+
+    ``scope="cluster"`` makes the process one instance cluster-wide that outlives its
+    node (`procreg.scope`): if its node dies or fences itself a surviving node starts
+    it again from `factory` and `args` (which must be importable and picklable:
+    `TypeError` otherwise), and on a graceful stop it hands its state off (its
+    ``handoff()`` hook; ``procreg.takeover()`` in the new ``init``). On a node
+    without a cluster it changes nothing.
     """
     node = current_node()
     pid = node.registry.peek(key, table)
     if pid.__class__ is Pid:
         return pid
     _check_spawn(key, factory, table, placement, idle_timeout)
+    if scope != "node":
+        pid, _ = await _scoped_spawn(
+            node, key, factory, args, table, placement, meta, idle_timeout, scope
+        )
+        return pid
     if not node._starting and node._handler_holder is None:  # (`spawn_for`'s fast path)
         pid, _ = await node.registry.get_or_spawn(
             key, factory, args, table, placement, meta, idle_timeout
@@ -434,6 +450,24 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
         return pid
     pid, _ = await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
     return pid
+
+
+async def _scoped_spawn(
+    node: Node,
+    key: Hashable,
+    factory: Any,
+    args: tuple[Any, ...],
+    table: str,
+    placement: str,
+    meta: dict[str, Any] | None,
+    idle_timeout: float | None,
+    scope: str,
+) -> tuple[Pid, bool]:
+    check_scope(scope)
+    scoped = hooks(node)
+    if scoped is None:  # no cluster: the node is the whole cluster
+        return await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
+    return await scoped.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
 
 @overload
@@ -445,6 +479,7 @@ async def spawn_unique(
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> tuple[Pid, bool]: ...
 @overload
 async def spawn_unique(
@@ -455,6 +490,7 @@ async def spawn_unique(
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> tuple[Pid, bool]: ...
 async def spawn_unique(  # type: ignore[misc, unused-ignore]
     key: Hashable,
@@ -464,10 +500,15 @@ async def spawn_unique(  # type: ignore[misc, unused-ignore]
     placement: str = "local",
     meta: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    scope: str = "node",
 ) -> tuple[Pid, bool]:
     """Like `get_or_spawn`, but also says whether this call started the process:
     returns ``(pid, started)``."""
     _check_spawn(key, factory, table, placement, idle_timeout)
+    if scope != "node":
+        return await _scoped_spawn(
+            current_node(), key, factory, args, table, placement, meta, idle_timeout, scope
+        )
     return await spawn_for(current_node(), key, factory, args, table, placement, meta, idle_timeout)
 
 

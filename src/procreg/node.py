@@ -463,6 +463,11 @@ class Node:
         if not self._running:
             return
         self.stopping = True
+        if self._cluster is not None:  # cluster-scoped processes move to their new homes
+            try:
+                await self._cluster.scoped.handoff_all(timeout)
+            except Exception:
+                log.exception("handing cluster-scoped processes off failed")
         deadline = self._loop.time() + timeout
         # supervision trees first, top-down, so each stops its children in order
         tops = [

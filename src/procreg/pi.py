@@ -55,6 +55,7 @@ from .errors import AlreadyRegistered, NoProcess
 from .node import check_bound, check_timeout, current_node
 from .pid import Pid
 from .registry import check_key, check_table
+from .scope import NO_STATE, check_scope, takeover
 from .server import Server
 from .supervisor import RESTARTS, AlreadyPresent, AlreadyStarted, Supervisor, child
 
@@ -70,6 +71,7 @@ __all__ = [
     "send",
     "start",
     "stop",
+    "whereis",
 ]
 
 
@@ -92,7 +94,17 @@ class Pi:
     mailbox: see `procreg.spawn`. A full mailbox makes `cast` return
     ``Error("overload")`` and `send` raise `procreg.Overloaded`; with
     ``overflow="exit"`` the process ends with reason ``"overload"`` and its
-    supervisor restarts it as `restart` says."""
+    supervisor restarts it as `restart` says.
+
+    ``scope="cluster"`` (procreg's own) makes it one instance cluster-wide
+    (`procreg.scope`): the name is claimed before ``proc(INIT, pi)`` runs (the loser
+    of a race gets ``Error(("already_started", pid))`` and never runs INIT), the
+    record is kept in the cluster store (`module` and `state` must be picklable; a
+    module is pickled by name), and the supervisor named `sup` on a surviving node
+    starts it again if its node dies, fences itself or stops. On a graceful stop an
+    optional ``handoff(pi)`` of the module returns the state to move: the new
+    incarnation's INIT gets the `Pi` with that `state` (and `procreg.takeover()`
+    tells how it came there)."""
 
     name: Hashable
     table: str
@@ -103,6 +115,7 @@ class Pi:
     restart: str = "transient"
     max_mailbox: int | None = None
     overflow: str | None = None
+    scope: str = "node"
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,7 @@ def _check(p: Pi) -> None:
         raise ValueError(f"restart must be one of {RESTARTS}, got {p.restart!r}")
     check_timeout(p.timeout, "timeout")
     check_bound(p.max_mailbox, p.overflow)
+    check_scope(p.scope)
 
 
 def _take(result: Any, pi: Pi, msg: Any) -> tuple[Any, Pi]:
@@ -154,7 +168,11 @@ def _take(result: Any, pi: Pi, msg: Any) -> tuple[Any, Pi]:
 def _fresh(pi: Pi) -> Pi:
     """The record a new incarnation starts from: a copy of the spec's, with a deep
     copy of its state (as OTP restarts a child from its original arguments); a state
-    that cannot be deep-copied is shared."""
+    that cannot be deep-copied is shared. A cluster-scoped process taken over from a
+    stopping node starts from the state its module's ``handoff(pi)`` gave."""
+    moved = takeover()
+    if moved is not None and moved.kind == "takeover" and hasattr(pi.module, "handoff"):
+        return replace(pi, state=moved.state)
     try:
         state = copy.deepcopy(pi.state)
     except Exception:
@@ -187,6 +205,15 @@ class PiServer(Server):
         hook = getattr(self.pi.module, "terminate", None)
         if hook is not None:
             hook(reason, self.pi)
+
+    def handoff(self) -> Any:
+        """The module's ``handoff(pi)``, or `NO_STATE` if it has none."""
+        return _handoff(self.pi)
+
+
+def _handoff(pi: Pi) -> Any:
+    hook = getattr(pi.module, "handoff", None)
+    return NO_STATE if hook is None else hook(pi)
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -222,6 +249,10 @@ class AsyncPiServer(Server):
         if hook is not None:
             await _maybe_await(hook(reason, self.pi))
 
+    def handoff(self) -> Any:
+        """The module's ``handoff(pi)`` (a plain function), or `NO_STATE`."""
+        return _handoff(self.pi)
+
 
 class _InitFailed(Exception):
     def __init__(self, error: Error) -> None:
@@ -242,6 +273,7 @@ def _spec(p: Pi) -> Any:
         table=p.table,
         max_mailbox=p.max_mailbox,
         overflow=p.overflow,
+        scope=p.scope,
     )
 
 
@@ -299,8 +331,10 @@ async def restart(table: str, name: Hashable) -> tuple[Pid, Hashable] | Error:
 
 
 async def send(table: str, name: Hashable, msg: Any, timeout: float | None = 5.0) -> Any:
-    """Call the process (n2o's ``send``); `NoProcess` if the name is not running."""
-    found = pid(table, name)
+    """Call the process (n2o's ``send``); `NoProcess` if the name is not running.
+    On a cluster the name is looked up on every node (a cluster-scoped process may
+    run elsewhere)."""
+    found = await whereis(table, name)
     if found is None:
         raise NoProcess(f"no pi process {name!r} in table {table!r}")
     return await current_node().call(found, msg, timeout)
@@ -317,6 +351,13 @@ def cast(table: str, name: Hashable, msg: Any) -> Error | None:
     if not node.cast(found, msg):
         return Error("overload") if alive else Error("not_found")
     return None
+
+
+async def whereis(table: str, name: Hashable) -> Pid | None:
+    """The pid running under `name` in `table` anywhere in the cluster, or None
+    (`pid` answers from this node's knowledge only, without waiting)."""
+    check_key(name, "pi name")
+    return await current_node().registry.whereis(name, table)
 
 
 def pid(table: str, name: Hashable) -> Pid | None:

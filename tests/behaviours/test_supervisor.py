@@ -1003,8 +1003,8 @@ def test_a_supervisor_whose_child_key_is_taken_fails_to_start():
 
     before, after, still_other = procreg.run(main)
     assert after == before and still_other
-    # "b" started, could not be registered and was killed (no terminate); "a" was stopped
-    assert log == [("start", "a"), ("start", "b"), ("stop", "a", "shutdown")]
+    # "b"'s key is claimed before its init: it never started; "a" was stopped
+    assert log == [("start", "a"), ("stop", "a", "shutdown")]
 
 
 # -- a supervisor whose initial children fail -----------------------------------------------

@@ -158,6 +158,79 @@ class Runner:
         procreg.exit(pid, "kill")
         return {"sum": total, "log": log, "co": echoed}
 
+    # -- cluster-scoped processes -------------------------------------------------------
+    async def cmd_pi_start(
+        self,
+        name: Any,
+        module: str = "Job",
+        table: str = "jobs",
+        scope: str = "cluster",
+        state: Any = None,
+        at: float | None = None,
+    ) -> Any:
+        """`pi.start` under the root supervisor (at wall-clock time `at`, if given)."""
+        from procreg import pi
+
+        if at is not None:
+            await asyncio.sleep(max(0.0, at - time.time()))
+        mod = getattr(self.servers, module)
+        result = await pi.start(pi.Pi(name, table, "root", mod, state=state, scope=scope))
+        if isinstance(result, pi.Error):
+            return {"error": self.servers.plain(result.code)}
+        return {"pid": result[0]}
+
+    async def cmd_pi_send(self, name: Any, msg: Any, table: str = "jobs") -> Any:
+        from procreg import pi
+
+        return await pi.send(table, name, msg)
+
+    async def cmd_scoped_gos(
+        self,
+        keys: list[Any],
+        factory: str = "Keeper",
+        table: str = "keep",
+        placement: str = "hash",
+        at: float | None = None,
+    ) -> Any:
+        """get_or_spawn(key, factory, key, scope="cluster") of every key at once."""
+        procreg = self.procreg
+        fac = self.factory(factory)
+        if at is not None:
+            await asyncio.sleep(max(0.0, at - time.time()))
+        return await asyncio.gather(
+            *(
+                procreg.get_or_spawn(k, fac, k, table=table, placement=placement, scope="cluster")
+                for k in keys
+            )
+        )
+
+    async def cmd_key_call_many(
+        self, keys: list[Any], request: Any, table: str = "keep", timeout: float = 5.0
+    ) -> Any:
+        """For each key: whereis then call; the reply, or the error's type and text."""
+        procreg = self.procreg
+
+        async def one(k: Any) -> Any:
+            try:
+                pid = await procreg.whereis(k, table)
+                if pid is None:
+                    return "missing"
+                return await procreg.call(pid, request, timeout=timeout)
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        return await asyncio.gather(*(one(k) for k in keys))
+
+    async def cmd_scoped_stats(self) -> Any:
+        s = self.node._cluster.scoped
+        return {
+            "local": len(s.local),
+            "failovers": s.failovers,
+            "takeovers": s.takeovers,
+            "handed_off": s.handed_off,
+            "history": [e.as_dict() for e in s.history],
+        }
+
     # -- registry ------------------------------------------------------------------------
     async def cmd_gos(
         self,

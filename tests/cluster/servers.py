@@ -270,3 +270,84 @@ FACTORIES: dict[str, Any] = {
     "Stuck": Stuck,
     "Ticker": Ticker,
 }
+
+
+# -- cluster-scoped processes (test_cluster_scoped) ------------------------------------
+class Job:
+    """An n2o_pi module whose INIT leaves a trace line (``"init"``): two nodes racing
+    `pi.start` of one job must leave exactly one."""
+
+    @staticmethod
+    def proc(msg: Any, p: Any) -> Any:
+        from procreg import pi
+
+        if msg is pi.INIT:
+            trace(p.name, procreg.self(), "init", procreg.current_node().name)
+            return pi.Ok(p)
+        if msg == "whoami":
+            return pi.Reply(plain(procreg.self()), p)
+        return pi.Ok(p)
+
+
+class Timer:
+    """The cluster-scoped ``"/timer"`` of the tests: ticks every 50 ms, counting in
+    its state (``{"ticks": n, "last": time}``); hands the state off on a graceful
+    stop. ``"get"`` answers the state and the node it runs on."""
+
+    @staticmethod
+    def proc(msg: Any, p: Any) -> Any:
+        from procreg import pi
+
+        if msg is pi.INIT:
+            moved = procreg.takeover()
+            trace(p.name, procreg.self(), "start", moved.kind if moved else None)
+            procreg.send_after(0.05, procreg.self(), "tick")
+            return pi.Ok(p)
+        if msg == "tick":
+            p.state = {"ticks": p.state["ticks"] + 1, "last": time.time()}
+            procreg.send_after(0.05, procreg.self(), "tick")
+            return pi.Ok(p)
+        if msg == "get":
+            return pi.Reply({**p.state, "node": procreg.current_node().name}, p)
+        return pi.Ok(p)
+
+    @staticmethod
+    def handoff(p: Any) -> Any:
+        return p.state
+
+    @staticmethod
+    def terminate(reason: Any, p: Any) -> None:
+        trace(p.name, procreg.self(), "end", plain(reason))
+
+
+class Keeper(procreg.Server):
+    """A cluster-scoped server with state: ``["add", x]`` (a call or a cast) appends
+    `x` to its list, ``["get"]`` answers it; its state moves with ``handoff``, and
+    every start and end is traced for the uniqueness checker."""
+
+    def init(self, key: Any) -> None:
+        self.key = key
+        moved = procreg.takeover()
+        self.items: list[Any] = list(moved.state) if moved and moved.state is not None else []
+        trace(key, self.pid, "start", moved.kind if moved else None)
+
+    def handle_call(self, request: Any) -> Any:
+        if request[0] == "add":
+            self.items.append(request[1])
+            return len(self.items)
+        if request[0] == "get":
+            return {"items": self.items, "node": procreg.current_node().name}
+        raise ValueError(request)
+
+    def handle_cast(self, msg: Any) -> None:
+        if msg[0] == "add":
+            self.items.append(msg[1])
+
+    def handoff(self) -> Any:
+        return self.items
+
+    def terminate(self, reason: Any) -> None:
+        trace(self.key, self.pid, "end", plain(reason))
+
+
+FACTORIES["Keeper"] = Keeper

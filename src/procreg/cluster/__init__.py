@@ -43,6 +43,7 @@ from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .membership import Membership
 from .remote import Remote
+from .scoped import SERVICE_TABLE, Scoped
 from .store import Store, stop_tasks
 from .transport import Transport
 
@@ -97,7 +98,8 @@ class Cluster:
         self.remote.on_dead = self.backend.pid_ended
         self.remote.on_alive = self.backend.pid_answered
         self.remote.park = self.backend.park
-        self.remote.get_or_spawn = self.backend.get_or_spawn
+        self.remote.get_or_spawn = self._remote_get_or_spawn
+        self.scoped = Scoped(self)  # cluster-scoped processes (`procreg.scope`)
         self.transport.on_resubscribe = self._resubscribed
         self.transport.on_kev = self.backend.keywatch.on_message
         self.on_conflict = on_conflict
@@ -139,6 +141,7 @@ class Cluster:
         self.transport.creation = creation
         self._set_live(self.membership.live)
         self.membership.start()
+        self.scoped.start()
         return creation
 
     async def stop(self) -> None:
@@ -148,10 +151,29 @@ class Cluster:
         except Exception:
             pass
         await self.backend.keywatch.close()
+        await self.scoped.stop()
         await self.membership.stop()
         await stop_tasks(*self._purges.values(), self._recovery)
         await self.transport.close()
         await self.store.close()
+
+    async def _remote_get_or_spawn(
+        self,
+        key: Any,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str,
+        placement: str,
+        meta: Any,
+        idle_timeout: float | None,
+    ) -> Any:
+        """A remote spawn (``placement="hash"``) from another node; those in the
+        reserved table `SERVICE_TABLE` are requests to `Scoped.serve`."""
+        if table == SERVICE_TABLE:
+            return await self.scoped.serve(args[0])
+        return await self.backend.get_or_spawn(
+            key, factory, args, table, placement, meta, idle_timeout
+        )
 
     # -- the live nodes -----------------------------------------------------------------
     def live_nodes(self) -> list[str]:
@@ -325,6 +347,7 @@ class Cluster:
         await self.membership.poll()
         self._set_live(self.membership.live)
         self.backend.keywatch.recheck()  # our watches were the old incarnation's
+        self.scoped.kick()  # our old incarnation's cluster-scoped processes are orphans
 
     async def primary_changed(self) -> None:
         """Another server answers as the primary (a failover or a restart): writes the

@@ -17,6 +17,8 @@ from ..messages import Call, Down, Exit
 from ..node import Node, current_node
 from ..pid import Pid
 from ..process import _Proc, current_process
+from ..registry import spawn_for
+from ..scope import hooks, reset_takeover, set_takeover
 from .requests import _Requests, _Stop, _StopRequest
 from .specs import SUPERVISORS, ChildSpec, _Child
 
@@ -45,6 +47,7 @@ class _Running(_Requests):
         me = current_process.get()
         assert me is not None
         self._me = me._procreg_pid
+        self._name = name
         self._parent: Pid | None = None
         links = me._procreg_ext.links if me._procreg_ext is not None else None
         if links:
@@ -99,6 +102,8 @@ class _Running(_Requests):
         node = current_node()
         factory: Any = spec.factory
         pid: Pid
+        if spec.key is not None and not spec.is_supervisor:
+            return await self._start_keyed(node, spec)
         if spec.is_supervisor:
             children = list(spec.args[0]) if spec.args else None
             pid = await factory.start(children, link=True, **spec.kwargs)
@@ -121,6 +126,38 @@ class _Running(_Requests):
                 node.unlink(pid)
                 node.exit(pid, "kill")
                 raise
+        return pid
+
+    async def _start_keyed(self, node: Node, spec: ChildSpec) -> Pid:
+        """A worker with a key: the key is claimed *before* its ``init`` runs (through
+        the registry's `get_or_spawn`, atomic across the cluster), so the loser of a
+        race (two nodes starting one job) never runs ``init``; `AlreadyRegistered`
+        names the holder. Then it is linked to this supervisor and bounded."""
+        assert spec.key is not None
+        scoped = hooks(node) if spec.scope == "cluster" else None
+        token = None
+        if scoped is not None:
+            if self._name is None:
+                raise ValueError(
+                    f"cluster-scoped child {spec.id!r} needs a named supervisor (every node "
+                    "runs one by that name: it restarts the child there)"
+                )
+            token = set_takeover(scoped.pending_takeover(spec.table, spec.key))
+        try:
+            pid, started = await spawn_for(
+                node, spec.key, spec.factory, spec.args, spec.table, "local", None, None
+            )
+        finally:
+            if token is not None:
+                reset_takeover(token)
+        if not started:
+            raise AlreadyRegistered(spec.key, pid)
+        proc = node.local_process(pid)
+        if proc is not None and (spec.max_mailbox is not None or spec.overflow is not None):
+            node.bound(proc, spec.max_mailbox, spec.overflow)
+        node.link(pid)  # (ended already: its exit signal comes to us as for any child)
+        if scoped is not None:
+            scoped.started(spec.table, spec.key, pid, ("child", self._name, spec))
         return pid
 
     async def _stop_child(self, kid: _Child) -> None:
@@ -170,6 +207,11 @@ class _Running(_Requests):
             return
         kid.pid = None
         spec = kid.spec
+        if spec.scope == "cluster" and reason in _MOVED:
+            # the cluster starts it again (on another node, or here after a rejoin):
+            # this supervisor keeps no spec of it
+            self._remove_kid(kid)
+            return
         if spec.restart == "temporary":
             self._remove_kid(kid)
             return
@@ -234,6 +276,9 @@ class _Running(_Requests):
         self._kids.remove(kid)
         del self._by_id[kid.spec.id]
         kid.pid = None
+
+
+_MOVED = ("fenced", "handoff")  # ends after which a cluster-scoped child lives on elsewhere
 
 
 def _is_normal_end(reason: Any) -> bool:

@@ -12,6 +12,7 @@ from ..errors import ProcregError
 from ..node import check_bound
 from ..pid import Pid
 from ..registry import DEFAULT_TABLE, check_factory, check_key
+from ..scope import check_scope
 
 __all__ = [
     "RESTARTS",
@@ -102,6 +103,7 @@ class ChildSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_mailbox: int | None = None
     overflow: str | None = None
+    scope: str = "node"
 
     @property
     def is_supervisor(self) -> bool:
@@ -118,6 +120,7 @@ def child(
     table: str = DEFAULT_TABLE,
     max_mailbox: int | None = None,
     overflow: str | None = None,
+    scope: str = "node",
     **kwargs: Any,
 ) -> ChildSpec:
     """A child spec: start `factory` (a `Server` subclass, an ``async def`` body, or a
@@ -128,6 +131,13 @@ def child(
     mailbox under ``overflow="exit"`` exits with ``"overload"`` and is restarted
     as its `restart` says). Extra keyword arguments go to a `Supervisor` factory
     (``strategy=``, ``intensity=``, ...).
+
+    ``scope="cluster"`` (with a `key`, under a *named* supervisor) makes the child
+    one instance cluster-wide (see `procreg.scope`): the key is claimed before its
+    ``init`` runs, its spec (factory and args: importable and picklable) is kept in
+    the cluster store, and if its node dies, fences itself or stops gracefully, the
+    supervisor of the same name on a surviving node starts it again (with the state
+    its ``handoff()`` gave, on a graceful stop).
 
     >>> child(lambda: None, id="x")
     Traceback (most recent call last):
@@ -167,8 +177,21 @@ def child(
     _check_shutdown(shutdown)
     if key is not None:
         check_key(key)
+    check_scope(scope)
+    if scope == "cluster" and (key is None or is_sup):
+        raise ValueError("a cluster-scoped child needs a key= and must be a worker")
     return ChildSpec(
-        id, factory, tuple(args), restart, shutdown, key, table, dict(kwargs), max_mailbox, overflow
+        id,
+        factory,
+        tuple(args),
+        restart,
+        shutdown,
+        key,
+        table,
+        dict(kwargs),
+        max_mailbox,
+        overflow,
+        scope,
     )
 
 

@@ -1,0 +1,197 @@
+"""The handoff of cluster-scoped processes on a graceful node stop (`hand_off`).
+
+Step by step (docs/INTERNALS.md, *Cluster-scoped processes*, says why each is there):
+
+1. **Freeze.** Each local cluster-scoped server that is not in the middle of an async
+   handler is frozen: it stays alive and registered, and what is sent to it queues
+   in its mailbox, unhandled. (One still busy after half the stop's timeout is left
+   to the ordinary stop: it ends with ``"shutdown"`` and is restarted by failover,
+   without state, once this node has left.)
+2. **State.** Its ``handoff()`` hook runs (sync, in the process's name); the state is
+   pickled, signed and written to ``scoped:state`` in one pipeline — only for a record
+   that still names this process.
+3. **End.** Its unhandled mail is taken out, and it ends with reason ``"handoff"``
+   (``terminate`` runs; monitors get ``Down(..., "handoff")``; its supervisor, the
+   node being stopping, does not restart it). Its registration is released and the
+   release has reached the store before step 4.
+4. **Takeover.** Per new home (the key's rendezvous home among the *other* live
+   nodes), one request with all its keys: that node claims each key for a fresh pid
+   and, if the claim wins, starts it from the record with `procreg.takeover()` giving
+   the state, and records the new pid (clearing the state).
+5. **Relay.** The mail taken in step 3 goes to the new instance in its order: casts
+   and messages as they were sent, calls relayed (their callers get the new
+   instance's reply or error). If no new instance could be started, those callers get
+   `ProcessExited(("handoff", reason))` at once, and casts are counted as lost and
+   logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClusterUnavailable, ProcregError
+from ..pid import Pid
+from ..scope import NO_STATE, ending, freeze, is_server, quiet, take_mail
+from .backend import home_node
+from .codec import canon, pid_str
+from .scoped import HandoffEvent, portable, relay_calls
+
+if TYPE_CHECKING:
+    from ..process import _Proc
+    from .scoped import Scoped
+
+__all__ = ["hand_off"]
+
+log = logging.getLogger("procreg.cluster")
+
+# Hand the state off only if the record still names the process. KEYS: pid and state
+# hashes. ARGV: field, pid string, signed state.
+SET_STATE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class _Moving:
+    __slots__ = ("field", "key", "mail", "pid", "proc", "state", "table")
+
+    def __init__(self, table: str, key: Any, pid: Pid, proc: _Proc) -> None:
+        self.table = table
+        self.key = key
+        self.pid = pid
+        self.proc = proc
+        self.field = canon((table, key))
+        self.state: bytes | None = None
+        self.mail: list[tuple[str, Any, Any]] = []
+
+
+async def hand_off(scoped: Scoped, timeout: float) -> int:
+    """Hand every local cluster-scoped process off (see the module docstring);
+    returns how many were started on their new homes."""
+    cluster = scoped.cluster
+    node = scoped.node
+    me = node.name
+    targets = [n for n in cluster.live_nodes() if n != me]
+    if not targets or not scoped.local or cluster.fencing:
+        return 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout / 2
+    waiting: list[_Moving] = []
+    for (table, key), pid in list(scoped.local.items()):
+        proc = node.local_process(pid)
+        if proc is not None and not ending(proc):
+            waiting.append(_Moving(table, key, pid, proc))
+    # 1. freeze each when it is not in a handler
+    moving: list[_Moving] = []
+    while waiting:
+        busy = []
+        for m in waiting:
+            if ending(m.proc):
+                continue
+            if not is_server(m.proc) or quiet(m.proc):
+                if is_server(m.proc):
+                    freeze(m.proc)
+                moving.append(m)
+            else:
+                busy.append(m)
+        waiting = busy
+        if not waiting or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.001)
+    if waiting:
+        log.warning(
+            "%d cluster-scoped process(es) stayed busy: not handed off (failover restarts them)",
+            len(waiting),
+        )
+    if not moving:
+        return 0
+    # 2. their states, then into the store
+    for m in moving:
+        m.state = _state_of(scoped, m)
+    with_state = [m for m in moving if m.state is not None]
+    if with_state:
+        kp, kst = scoped._k("pid"), scoped._k("state")
+
+        async def write(r: Any) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for m in with_state:
+                    pipe.eval(SET_STATE, 2, kp, kst, m.field, pid_str(m.pid), m.state)
+                await pipe.execute()
+
+        try:
+            await cluster.store.run(write)
+        except ClusterUnavailable as exc:
+            log.error("could not hand off the state of cluster-scoped processes: %r", exc)
+    # 3. their mail out, their end, their releases in the store
+    for m in moving:
+        if is_server(m.proc):
+            m.mail = take_mail(m.proc)
+        node._end(m.proc, "handoff")
+    while any(node.is_alive(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
+        await asyncio.sleep(0.001)
+    await cluster.backend._flush_releases()
+    # 4. one takeover request per new home
+    by_home: dict[str, list[_Moving]] = {}
+    for m in moving:
+        by_home.setdefault(home_node(m.key, targets), []).append(m)
+    results = await asyncio.gather(
+        *(_take_over(scoped, home, group) for home, group in by_home.items()),
+        return_exceptions=True,
+    )
+    moved = 0
+    relays: list[Any] = []
+    for (home, group), result in zip(by_home.items(), results, strict=True):
+        if isinstance(result, BaseException):
+            log.error("handing %d process(es) off to %s failed: %r", len(group), home, result)
+            result = [None] * len(group)
+        for m, new in zip(group, result, strict=True):
+            new_pid = new if isinstance(new, Pid) else None
+            if new_pid is not None:
+                moved += 1
+                scoped.history.append(HandoffEvent("takeover", m.table, m.key, me, new_pid[0]))
+            lost = sum(1 for kind, _, _ in m.mail if kind != "call") if new_pid is None else 0
+            if lost:
+                log.error("%d message(s) to %r lost: its handoff failed", lost, m.key)
+            # 5. the mail it had not handled, to the new instance
+            relays += relay_calls(node, new_pid, m.mail, "no new instance")
+    scoped.handed_off += moved
+    if relays:
+        await asyncio.wait(relays, timeout=max(0.1, deadline + timeout / 2 - loop.time()))
+    return moved
+
+
+def _state_of(scoped: Scoped, m: _Moving) -> bytes | None:
+    """The signed, pickled state `m`'s ``handoff()`` gives (None: no hook, or it
+    failed: logged)."""
+    node: Any = scoped.node
+    proc: Any = m.proc
+    hook = getattr(proc, "handoff", None) if is_server(proc) else None
+    if hook is None:
+        return None
+    prev = node._current
+    node._current = proc
+    try:
+        state = hook()
+        if state is NO_STATE:
+            return None
+        return scoped._sign(portable("a handed-off state", state))
+    except Exception as exc:
+        log.error("handoff() of %r (%r) failed, it moves without state: %r", m.pid, m.key, exc)
+        return None
+    finally:
+        node._current = prev
+
+
+async def _take_over(scoped: Scoped, home: str, group: list[_Moving]) -> list[Pid | None]:
+    try:
+        result: list[Pid | None] = await scoped._request(
+            home, ("takeover", scoped.node.name, [m.field for m in group])
+        )
+    except (ProcregError, TimeoutError) as exc:
+        raise ClusterUnavailable(f"node {home} did not take over: {exc}") from exc
+    return result

@@ -1,0 +1,532 @@
+"""Cluster-scoped processes: one instance cluster-wide, restarted by a surviving node
+when its node dies or fences itself, handed off to a new home on a graceful stop.
+
+A process started with ``scope="cluster"`` (`procreg.scope`) is registered as usual
+(its key claimed before its ``init`` runs, so the loser of any race never runs it),
+and its *record* is kept in the store, three hashes under one field per key
+(``canon((table, key))``):
+
+- ``scoped:pid``: the pid of the current instance (``node\\tcreation\\tserial``);
+- ``scoped:spec``: how to start it again, ``("gos", factory, args, meta,
+  idle_timeout)`` or ``("child", supervisor_name, child_spec)``, pickled and signed
+  (HMAC-SHA256 under the cluster secret);
+- ``scoped:state``: the state its last incarnation handed off (pickled, signed), until
+  a new one has started with it.
+
+- **Failover.** Each node scans ``scoped:pid`` when a node goes down, when it joins,
+  and every ``2 x lease``: a record whose pid's node incarnation is not live is an
+  orphan, and its key's home node among the live ones (rendezvous hashing) starts it
+  again from the spec — through the supervisor of the same name for a child. The
+  claim decides if two nodes disagree on the home: the loser never runs ``init``.
+- **Handoff** (`handoff_all`, run first thing by `Node.stop`): see docs/INTERNALS.md,
+  *Cluster-scoped processes*, for the protocol step by step, its guarantee and its
+  limits.
+- **Requests between nodes** (start this key there, take these keys over) travel as
+  remote spawns (`Remote.spawn`) in the reserved table `SERVICE_TABLE`, which the
+  cluster routes to `Scoped.serve` instead of the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import importlib
+import io
+import logging
+import pickle
+import time
+import types
+from collections import deque
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess, ProcregError
+from ..messages import Down
+from ..pid import Pid
+from ..process import fail_caller
+from ..registry import spawn_for
+from ..scope import Takeover, reset_takeover, set_takeover
+from ..supervisor import AlreadyPresent, AlreadyStarted, Supervisor
+from .backend import home_node
+from .codec import canon, pid_from_str, pid_str, uncanon
+
+if TYPE_CHECKING:
+    from . import Cluster
+
+__all__ = ["SERVICE_TABLE", "HandoffEvent", "Scoped", "portable", "service"]
+
+log = logging.getLogger("procreg.cluster")
+
+SERVICE_TABLE: Final = "procreg.scoped"
+"""Remote spawns in this table are requests to `Scoped.serve` on the receiving node."""
+
+_MAC = 32  # bytes of HMAC-SHA256 before a signed blob
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles modules by name (an n2o ``Pi``'s module is often a module)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def portable(what: str, obj: Any) -> bytes:
+    """`obj` pickled, or a `TypeError` saying why a cluster-scoped process needs it
+    picklable (its factory importable by name on every node)."""
+    try:
+        return _dumps(obj)
+    except Exception as exc:
+        raise TypeError(
+            f"a cluster-scoped process needs {what} that every node can rebuild (a factory "
+            "defined at module level in an importable module, picklable arguments and "
+            f"state): {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def service(*args: Any) -> Any:
+    """Names the requests of `SERVICE_TABLE` (a remote spawn needs a factory that
+    every node imports by name); never called."""
+    raise RuntimeError("procreg.cluster.scoped.service is a marker, not a factory")
+
+
+class HandoffEvent:
+    """One move of a cluster-scoped process, for the observer: `kind` is
+    ``"takeover"`` (handed off on a graceful stop) or ``"failover"``."""
+
+    __slots__ = ("at", "key", "kind", "source", "table", "target")
+
+    def __init__(
+        self, kind: str, table: str, key: Hashable, source: str, target: str | None
+    ) -> None:
+        self.at = time.time()
+        self.kind = kind
+        self.table = table
+        self.key = key
+        self.source = source
+        self.target = target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "kind": self.kind,
+            "table": self.table,
+            "key": self.key,
+            "from": self.source,
+            "to": self.target,
+        }
+
+
+# Drop a record if it still names the pid that ended. KEYS: pid, spec, state hashes.
+# ARGV: field, pid string.
+DROP: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class Scoped:
+    """The cluster side of cluster-scoped processes on one node (`ScopedHooks`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.node = cluster.node
+        self.store = cluster.store
+        self.local: dict[tuple[str, Hashable], Pid] = {}  # our scoped processes
+        self.homes: dict[tuple[str, Hashable], str] = {}  # where they were first asked for
+        self._pending: dict[tuple[str, Hashable], Takeover] = {}
+        self._writes: list[tuple[str, str, bytes | None]] = []
+        self._write_task: asyncio.Task[None] | None = None
+        self._watcher: Pid | None = None
+        self._watched: dict[Pid, str] = {}
+        self._scan: asyncio.Task[None] | None = None
+        self._scanning = False
+        self._rescan = False
+        self._drop_script: Any = None
+        self.history: deque[HandoffEvent] = deque(maxlen=500)
+        self.failovers = 0  # processes this node started again after their node died
+        self.takeovers = 0  # processes this node took over on a graceful stop
+        self.handed_off = 0  # processes this node handed off
+
+    # -- keys and blobs --------------------------------------------------------------
+    def _k(self, what: str) -> str:
+        return self.store.key("scoped", what)
+
+    def _sign(self, blob: bytes) -> bytes:
+        return hmac.new(self.cluster.key, blob, hashlib.sha256).digest() + blob
+
+    def _open(self, signed: bytes | None) -> Any:
+        if signed is None:
+            return None
+        mac, blob = signed[:_MAC], signed[_MAC:]
+        want = hmac.new(self.cluster.key, blob, hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, want):
+            raise ValueError("a cluster-scoped record is not signed with the cluster secret")
+        return pickle.loads(blob)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """After the join: scan for orphans now and every ``2 x lease``."""
+        self._scan = asyncio.get_running_loop().create_task(self._scan_loop())
+        self.cluster.down_events.append(self._node_down)
+
+    async def stop(self) -> None:
+        if self._scan is not None:
+            self._scan.cancel()
+            try:
+                await self._scan
+            except BaseException:
+                pass
+            self._scan = None
+        if self._write_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._write_task), 1.0)
+            except BaseException:
+                pass
+
+    # -- starting --------------------------------------------------------------------------
+    async def get_or_spawn(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str,
+        placement: str,
+        meta: dict[str, Any] | None,
+        idle_timeout: float | None,
+    ) -> tuple[Pid, bool]:
+        """`procreg.get_or_spawn(..., scope="cluster")`: the live instance, or one
+        started here (``placement="local"``) or on the key's home node (``"hash"``)."""
+        node = self.node
+        found = node.registry.peek(key, table)
+        if isinstance(found, Pid):
+            return found, False
+        record = ("gos", factory, args, meta, idle_timeout)
+        blob = self._sign(portable("a factory and arguments", record))
+        if placement == "hash":
+            home = home_node(key, self.cluster.live_nodes())
+            if home != node.name:
+                pid: Pid = await self._request(home, ("start", table, key, blob))
+                return pid, False
+        # a state handed off while the key was free (between the old instance's
+        # release and its new home's claim): whoever wins the claim starts with it
+        field = canon((table, key))
+        state = await self.store.run(lambda r: r.hget(self._k("state"), field))
+        tko = Takeover("takeover", "?", self._open(state)) if state is not None else None
+        token = set_takeover(tko)
+        try:
+            pid, started = await spawn_for(
+                node, key, factory, args, table, "local", meta, idle_timeout
+            )
+        finally:
+            reset_takeover(token)
+        if started:
+            self._record(table, key, pid, blob)
+        return pid, started
+
+    def started(self, table: str, key: Hashable, pid: Pid, record: tuple[Any, ...]) -> None:
+        """A scoped process started here (a supervisor child): record it."""
+        blob = self._sign(portable("a factory and arguments", record))
+        self._record(table, key, pid, blob)
+
+    def pending_takeover(self, table: str, key: Hashable) -> Takeover | None:
+        return self._pending.pop((table, key), None)
+
+    def _record(self, table: str, key: Hashable, pid: Pid, blob: bytes) -> None:
+        self.local[(table, key)] = pid
+        self._watch(pid, canon((table, key)))
+        self._queue_write(canon((table, key)), pid_str(pid), blob)
+
+    def _queue_write(self, field: str, pid: str, blob: bytes | None) -> None:
+        self._writes.append((field, pid, blob))
+        if self._write_task is None or self._write_task.done():
+            self._write_task = asyncio.get_running_loop().create_task(self._flush_writes())
+
+    async def _flush_writes(self) -> None:
+        """The records queued in this loop turn (and while this flush ran), one
+        pipeline a round: a start writes its pid and spec and clears handed-off state;
+        an end for good (``pid`` empty) drops the record if it still names the pid."""
+        await asyncio.sleep(0)
+        kp, ks, kst = self._k("pid"), self._k("spec"), self._k("state")
+        while self._writes:
+            batch, self._writes = self._writes, []
+
+            async def run(r: Any, batch: list[tuple[str, str, bytes | None]] = batch) -> None:
+                async with r.pipeline(transaction=False) as pipe:
+                    for field, pid, blob in batch:
+                        if blob is None:
+                            pipe.eval(DROP, 3, kp, ks, kst, field, pid)
+                        else:
+                            pipe.hset(kp, field, pid)
+                            pipe.hset(ks, field, blob)
+                            pipe.hdel(kst, field)
+                    await pipe.execute()
+
+            try:
+                await self.store.run(run)
+            except (ClusterUnavailable, Exception) as exc:
+                log.warning("could not record %d cluster-scoped process(es): %r", len(batch), exc)
+
+    # -- watching our scoped processes ----------------------------------------------------
+    def _watch(self, pid: Pid, field: str) -> None:
+        node = self.node
+        if self._watcher is None or not node.is_alive(self._watcher):
+            self._watcher = node.spawn(self._watch_body)
+        self._watched[pid] = field
+        node.send(self._watcher, ("watch", pid))
+
+    async def _watch_body(self) -> None:
+        from ..api import receive
+
+        node = self.node
+        while True:
+            msg = await receive()
+            if isinstance(msg, tuple) and msg[0] == "watch":
+                node.monitor(msg[1])
+            elif isinstance(msg, Down):
+                self._ended(msg.pid, msg.reason)
+
+    def _ended(self, pid: Pid, reason: Any) -> None:
+        field = self._watched.pop(pid, None)
+        if field is None:
+            return
+        tk = uncanon(field)
+        assert isinstance(tk, tuple)
+        if self.local.get(tk) == pid:
+            del self.local[tk]
+        moved = reason in ("handoff", "fenced", "noconnection") or self.node.stopping
+        if not moved and not self.cluster.fencing:
+            # ended for good (normal, crash, idle, stopped): not to be started again,
+            # unless its supervisor restarts it (which records it anew)
+            self._queue_write(field, pid_str(pid), None)
+
+    # -- failover ------------------------------------------------------------------------
+    def _node_down(self, name: str) -> None:
+        self.kick()
+
+    def kick(self) -> None:
+        """Scan for orphans soon (again, if a scan is running)."""
+        if self._scanning:
+            self._rescan = True
+            return
+        asyncio.get_running_loop().create_task(self.adopt_orphans())
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                await self.adopt_orphans()
+            except Exception as exc:
+                log.debug("scan of cluster-scoped processes failed: %r", exc)
+            await asyncio.sleep(2 * self.cluster.lease)
+
+    async def adopt_orphans(self) -> int:
+        """Start here every orphan (its pid's node incarnation is not live) whose home
+        among the live nodes is this node; returns how many were started."""
+        if self._scanning:
+            self._rescan = True
+            return 0
+        self._scanning = True
+        try:
+            started = 0
+            while True:
+                self._rescan = False
+                started += await self._adopt_round()
+                if not self._rescan:
+                    return started
+        finally:
+            self._scanning = False
+
+    async def _adopt_round(self) -> int:
+        if self.cluster.fencing or self.node.stopping:
+            return 0
+        try:
+            pids = await self.store.run(lambda r: r.hgetall(self._k("pid")))
+        except ClusterUnavailable:
+            return 0
+        me = self.node.name
+        live = self.cluster.live_nodes()
+        mine: list[tuple[str, str]] = []
+        for raw_field, raw_pid in pids.items():
+            field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+            text = raw_pid.decode() if isinstance(raw_pid, bytes) else raw_pid
+            pid = pid_from_str(text)
+            if pid[0] == me:
+                if pid[1] == self.cluster.creation:
+                    continue  # ours, this incarnation (its end drops the record)
+            elif self.cluster.is_live(pid):
+                continue
+            tk = uncanon(field)
+            assert isinstance(tk, tuple)
+            if home_node(tk[1], live) == me:
+                mine.append((field, pid[0]))
+        if not mine:
+            return 0
+        results = await asyncio.gather(
+            *(self.adopt(field, "failover", source) for field, source in mine),
+            return_exceptions=True,
+        )
+        for (field, _), result in zip(mine, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not restart cluster-scoped %s: %r", uncanon(field), result)
+        return sum(1 for r in results if isinstance(r, Pid))
+
+    async def adopt(self, field: str, kind: str, source: str) -> Pid:
+        """Start the process of record `field` here, with its handed-off state if the
+        store holds one. The claim decides a race: a loser returns the holder."""
+
+        async def read(r: Any) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.hget(self._k("spec"), field)
+                pipe.hget(self._k("state"), field)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        spec_blob, state_blob = await self.store.run(read)
+        if spec_blob is None:
+            raise NoProcess(f"no record of cluster-scoped {uncanon(field)!r}")
+        record = self._open(spec_blob)
+        tk = uncanon(field)
+        assert isinstance(tk, tuple)
+        table, key = tk
+        if state_blob is not None:
+            tko = Takeover("takeover", source, self._open(state_blob))
+        else:
+            tko = Takeover(kind, source, None)
+        pid = await self._start_here(table, key, record, spec_blob, tko)
+        if pid[0] == self.node.name and self.local.get((table, key)) == pid:
+            if tko.kind == "failover":
+                self.failovers += 1
+            else:
+                self.takeovers += 1
+            self.history.append(HandoffEvent(tko.kind, table, key, source, self.node.name))
+        return pid
+
+    async def _start_here(
+        self, table: str, key: Hashable, record: Any, blob: bytes, tko: Takeover | None
+    ) -> Pid:
+        node = self.node
+        if record[0] == "gos":
+            _, factory, args, meta, idle_timeout = record
+            token = set_takeover(tko)
+            try:
+                pid, started = await spawn_for(
+                    node, key, factory, tuple(args), table, "local", meta, idle_timeout
+                )
+            finally:
+                reset_takeover(token)
+            if started:
+                self._record(table, key, pid, blob)
+            return pid
+        _, sup, spec = record
+        self._pending[(table, key)] = tko  # type: ignore[assignment]
+        try:
+            try:
+                return await self._start_child(sup, spec)
+            except NoProcess:
+                log.warning(
+                    "no supervisor %r on node %s for cluster-scoped %r: started under root",
+                    sup,
+                    node.name,
+                    key,
+                )
+                return await self._start_child("root", spec)
+        except AlreadyRegistered as exc:
+            return exc.pid  # type: ignore[no-any-return]
+        except AlreadyStarted as exc:
+            return exc.pid
+        finally:
+            self._pending.pop((table, key), None)
+
+    async def _start_child(self, sup: Any, spec: Any) -> Pid:
+        try:
+            return await Supervisor.start_child(sup, spec)
+        except AlreadyPresent:  # a stopped spec of it is kept there: replaced
+            await Supervisor.delete_child(sup, spec.id)
+            return await Supervisor.start_child(sup, spec)
+
+    # -- requests from other nodes --------------------------------------------------------
+    async def _request(self, node: str, request: tuple[Any, ...], timeout: float = 30.0) -> Any:
+        result, _ = await self.cluster.remote.spawn(
+            node,
+            ("scoped", time.monotonic()),
+            service,
+            (request,),
+            SERVICE_TABLE,
+            None,
+            None,
+            timeout,
+        )
+        return result
+
+    async def serve(self, request: tuple[Any, ...]) -> tuple[Any, bool]:
+        """A request from another node (see `_request`)."""
+        op = request[0]
+        if op == "start":  # get_or_spawn of a key whose home is here
+            _, table, key, blob = request
+            record = self._open(blob)
+            pid = await self._start_here(table, key, record, blob, None)
+            return pid, False
+        if op == "takeover":  # keys handed off by a stopping node
+            _, source, fields = request
+            results = await asyncio.gather(
+                *(self.adopt(field, "takeover", source) for field in fields),
+                return_exceptions=True,
+            )
+            return [r if isinstance(r, Pid) else None for r in results], False
+        raise ValueError(f"unknown cluster-scoped request {op!r}")
+
+    # -- handoff ---------------------------------------------------------------------------
+    async def handoff_all(self, timeout: float = 5.0) -> int:
+        """On a graceful stop: hand every local cluster-scoped process off to its new
+        home (the key's home among the other live nodes). Returns how many moved."""
+        from .handoff import hand_off
+
+        return await hand_off(self, timeout)
+
+
+def relay_calls(
+    node: Any, pid: Pid | None, mail: list[tuple[str, Any, Any]], why: str
+) -> list[Any]:
+    """Deliver what a handed-off process had not handled to its new incarnation `pid`
+    in order; a call is relayed (its caller gets the new incarnation's answer or
+    error). With no new incarnation, callers fail at once with `ProcessExited`."""
+    tasks = []
+    for kind, a, b in mail:
+        if kind == "call":
+            if pid is None:
+                from ..errors import ProcessExited
+
+                fail_caller(a, ProcessExited(("handoff", why), None))
+                continue
+            tasks.append(asyncio.get_running_loop().create_task(_relay(node, pid, a, b)))
+        elif pid is not None:
+            if kind == "cast":
+                node.cast(pid, a)
+            else:
+                node.send(pid, a)
+    return tasks
+
+
+async def _relay(node: Any, pid: Pid, caller: Any, request: Any) -> None:
+    try:
+        value = await node.call(pid, request, 30.0)
+    except (ProcregError, TimeoutError) as exc:
+        fail_caller(caller, exc)
+        return
+    if isinstance(caller, asyncio.Future):
+        if not caller.done():
+            caller.set_result(value)
+    else:
+        caller.reply(value)

@@ -1,0 +1,141 @@
+"""Cluster-scoped processes with real node processes: the loser of a race never runs
+INIT, a SIGKILLed node's cluster-scoped ``pi`` runs again on a survivor, and a
+rolling restart of every node hands state off with no key ever served twice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import wait_mesh
+from .harness import wait_for
+
+
+def read_traces(trace_dir: Path) -> list[list[Any]]:
+    """Every trace line of every node, in time order."""
+    lines = []
+    for path in trace_dir.glob("*.jsonl"):
+        for raw in path.read_text().splitlines():
+            if raw.strip():
+                lines.append(json.loads(raw))
+    return sorted(lines, key=lambda line: line[0])
+
+
+def test_two_nodes_racing_pi_start_of_one_job_run_init_once(cluster, tmp_path):
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    n1, n2 = cluster(["n1", "n2"], trace_dir=trace_dir)
+    for round_ in range(5):
+        name = f"job-{round_}"
+        at = time.time() + 0.3
+        a = n1.send("pi_start", name=name, at=at, scope="node")
+        b = n2.send("pi_start", name=name, at=at, scope="node")
+        results = [a.result(), b.result()]
+        winners = [r for r in results if "pid" in r]
+        losers = [r for r in results if "error" in r]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert losers[0]["error"][0] == "already_started"
+        assert losers[0]["error"][1] == winners[0]["pid"]
+    inits = [line for line in read_traces(trace_dir) if line[3] == "init"]
+    by_job: dict[str, int] = {}
+    for line in inits:
+        by_job[line[1]] = by_job.get(line[1], 0) + 1
+    assert by_job == {f"job-{i}": 1 for i in range(5)}
+
+
+def test_racing_cluster_scoped_starts_run_init_once(cluster, tmp_path):
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    n1, n2, n3 = cluster(["n1", "n2", "n3"], trace_dir=trace_dir)
+    at = time.time() + 0.3
+    keys = [f"k{i}" for i in range(50)]
+    answers = [n.send("scoped_gos", keys=keys, placement="local", at=at) for n in (n1, n2, n3)]
+    pids = [a.result() for a in answers]
+    assert pids[0] == pids[1] == pids[2]
+    starts = [line for line in read_traces(trace_dir) if line[3] == "start"]
+    assert sorted(line[1] for line in starts) == sorted(keys)
+
+
+def test_a_sigkilled_nodes_cluster_scoped_timer_runs_again_elsewhere(cluster, tmp_path):
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    lease = 1.0
+    n1, n2, n3 = cluster(["n1", "n2", "n3"], trace_dir=trace_dir, lease=lease)
+    started = n1.ok(
+        "pi_start", name="/timer", module="Timer", table="caching", state={"ticks": 0, "last": 0}
+    )
+    assert started["pid"][0] == "n1"
+    wait_for(
+        lambda: n2.ok("pi_send", name="/timer", table="caching", msg="get")["ticks"] >= 5,
+        5.0,
+        what="ticks",
+    )
+    killed_at = n1.kill()
+    state = wait_for(
+        lambda: _timer(n2),
+        4 * lease + 5,
+        interval=0.01,
+        what="/timer to run again on a survivor",
+    )
+    back_at = time.time()
+    assert state["node"] in ("n2", "n3")
+    # a fresh instance after a failover (no state could be handed off): it ticks again
+    ticks = state["ticks"]
+    wait_for(lambda: (_timer(n3) or {}).get("ticks", 0) > ticks + 3, 5.0, what="ticks again")
+    starts = [line for line in read_traces(trace_dir) if line[3] == "start"]
+    assert [line[4] for line in starts] == [None, "failover"]
+    print(f"failover of /timer (lease {lease} s): {back_at - killed_at:.3f} s after SIGKILL")
+    stats = [n.ok("scoped_stats") for n in (n2, n3)]
+    assert sum(s["failovers"] for s in stats) == 1
+
+
+def _timer(node: Any) -> Any:
+    answer = node.req("pi_send", name="/timer", table="caching", msg="get", wait=5)
+    return answer.get("result") if answer.get("ok") else None
+
+
+def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    nodes = cluster(["n1", "n2", "n3"], trace_dir=trace_dir)
+    keys = [f"s{i}" for i in range(200)]
+    nodes[0].ok("scoped_gos", keys=keys, placement="hash", wait=30)
+    added = nodes[1].ok("key_call_many", keys=keys, request=["add", "a"], wait=30)
+    assert added == [1] * len(keys)
+    started = nodes[0].ok(
+        "pi_start", name="/timer", module="Timer", table="caching", state={"ticks": 0, "last": 0}
+    )
+    assert "pid" in started
+    for round_, node in enumerate(nodes):
+        before = _timer(nodes[(round_ + 1) % 3])["ticks"]
+        node.quit()
+        after_stop = nodes[(round_ + 1) % 3].ok(
+            "key_call_many", keys=keys, request=["add", round_], wait=30
+        )
+        assert after_stop == [2 + round_] * len(keys), after_stop[:5]
+        timer = _timer(nodes[(round_ + 1) % 3])
+        assert timer["node"] != node.name and timer["ticks"] >= before
+        node.start()
+        node.wait_ready()
+        wait_mesh(nodes)
+    final = nodes[2].ok("key_call_many", keys=keys, request=["get"], wait=30)
+    for item in final:
+        assert item["items"] == ["a", 0, 1, 2], item
+    # the tracer: no key had two live instances at any moment
+    lives: dict[Any, list[list[float]]] = {}
+    open_: dict[Any, float] = {}
+    for t, key, pid, event, _ in read_traces(trace_dir):
+        k = (key, tuple(pid))
+        if event == "start":
+            open_[k] = t
+        elif event == "end" and k in open_:
+            lives.setdefault(key, []).append([open_.pop(k), t])
+    for (key, _), t in open_.items():
+        lives.setdefault(key, []).append([t, float("inf")])
+    for key, spans in lives.items():
+        spans.sort()
+        for a, b in itertools.pairwise(spans):
+            assert a[1] <= b[0], f"{key!r} had two live instances: {a} and {b}"
