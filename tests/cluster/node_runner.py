@@ -221,6 +221,29 @@ class Runner:
 
         return await asyncio.gather(*(one(k) for k in keys))
 
+    async def cmd_cast_keys_for(
+        self, keys: list[Any], seconds: float, table: str = "keep", tag: Any = "m"
+    ) -> Any:
+        """For `seconds`: round after round, whereis each key and cast it
+        ``["add", [tag, n]]`` (n counts per key); ``{"sent": {key: [n...]},
+        "missing": lookups that found no process}``."""
+        procreg = self.procreg
+        sent: dict[str, list[int]] = {str(k): [] for k in keys}
+        missing = 0
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            for k in keys:
+                pid = await procreg.whereis(k, table)
+                if pid is None:
+                    missing += 1
+                    continue
+                procreg.cast(pid, ["add", [tag, n]])
+                sent[str(k)].append(n)
+            n += 1
+            await asyncio.sleep(0.002)
+        return {"sent": sent, "missing": missing}
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {

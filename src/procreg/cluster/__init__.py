@@ -97,7 +97,7 @@ class Cluster:
         self.backend = RedisBackend(node, self)
         self.remote.on_dead = self.backend.pid_ended
         self.remote.on_alive = self.backend.pid_answered
-        self.remote.park = self.backend.park
+        self.remote.park = self._park
         self.remote.get_or_spawn = self._remote_get_or_spawn
         self.scoped = Scoped(self)  # cluster-scoped processes (`procreg.scope`)
         self.transport.on_resubscribe = self._resubscribed
@@ -156,6 +156,13 @@ class Cluster:
         await stop_tasks(*self._purges.values(), self._recovery)
         await self.transport.close()
         await self.store.close()
+
+    def _park(self, sender: str, creation: int, item: Any, pid: Pid) -> bool:
+        """An item for one of our pids that is not alive: forwarded if the pid was
+        handed off (`Scoped.forward`), else kept if its claim is in flight."""
+        if self.scoped.moved and self.scoped.forward(sender, item, pid):
+            return True
+        return self.backend.park(sender, creation, item, pid)
 
     async def _remote_get_or_spawn(
         self,

@@ -131,6 +131,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
     for m in moving:
         if is_server(m.proc):
             m.mail = take_mail(m.proc)
+        scoped.moved[m.pid] = []  # frames for it from now on wait for its new instance
         node._end(m.proc, "handoff")
     while any(node.is_alive(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
         await asyncio.sleep(0.001)
@@ -157,8 +158,10 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
             lost = sum(1 for kind, _, _ in m.mail if kind != "call") if new_pid is None else 0
             if lost:
                 log.error("%d message(s) to %r lost: its handoff failed", lost, m.key)
-            # 5. the mail it had not handled, to the new instance
+            # 5. the mail it had not handled, then what came for it since, to the new
+            # instance (and what comes while this node is still up)
             relays += relay_calls(node, new_pid, m.mail, "no new instance")
+            relays += scoped.moved_to(m.pid, new_pid)
     scoped.handed_off += moved
     if relays:
         await asyncio.wait(relays, timeout=max(0.1, deadline + timeout / 2 - loop.time()))
