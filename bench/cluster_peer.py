@@ -68,6 +68,17 @@ async def main(keys: int, members: int) -> None:
                     )
                 )
             say(rate=n / (time.perf_counter() - start))
+        elif cmd == "scoped":  # cluster-scoped servers held here (bench.scoped)
+            from bench.scoped import Kept
+
+            await asyncio.gather(
+                *(
+                    procreg.get_or_spawn(f"victim-{i}", Kept, f"victim-{i}", scope="cluster")
+                    for i in range(int(args[0]))
+                )
+            )
+            await asyncio.sleep(0.2)  # their records reach the store
+            say(ok=True)
         elif cmd == "count":
             say(count=Member.count)
         elif cmd == "quit":

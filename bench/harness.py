@@ -40,13 +40,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def all_benchmarks() -> list[Benchmark]:
     """Every benchmark, in table order."""
-    from . import cluster, registry, runtime, supervision, web
+    from . import cluster, registry, runtime, scoped, supervision, web
 
     return [
         *runtime.BENCHMARKS,
         *registry.BENCHMARKS,
         *supervision.BENCHMARKS,
         *cluster.BENCHMARKS,
+        *scoped.BENCHMARKS,
         *web.BENCHMARKS,
     ]
 

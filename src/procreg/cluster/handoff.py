@@ -76,8 +76,14 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
     cluster = scoped.cluster
     node = scoped.node
     me = node.name
+    if not scoped.local or cluster.fencing:
+        return 0
+    try:
+        await cluster.membership.poll()  # a node that left a moment ago is no target
+    except Exception as exc:
+        log.debug("membership poll before the handoff failed: %r", exc)
     targets = [n for n in cluster.live_nodes() if n != me]
-    if not targets or not scoped.local or cluster.fencing:
+    if not targets:
         return 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout / 2

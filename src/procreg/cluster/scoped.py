@@ -149,6 +149,8 @@ class Scoped:
         self.local: dict[tuple[str, Hashable], Pid] = {}  # our scoped processes
         self.homes: dict[tuple[str, Hashable], str] = {}  # where they were first asked for
         self._pending: dict[tuple[str, Hashable], Takeover] = {}
+        self._reads: list[tuple[str, bool, asyncio.Future[Any]]] = []
+        self._read_pending = False
         self._writes: list[tuple[str, str, bytes | None]] = []
         self._write_task: asyncio.Task[None] | None = None
         self._watcher: Pid | None = None
@@ -227,8 +229,7 @@ class Scoped:
                 return pid, False
         # a state handed off while the key was free (between the old instance's
         # release and its new home's claim): whoever wins the claim starts with it
-        field = canon((table, key))
-        state = await self.store.run(lambda r: r.hget(self._k("state"), field))
+        _, state = await self._read(canon((table, key)), spec=False)
         tko = Takeover("takeover", "?", self._open(state)) if state is not None else None
         token = set_takeover(tko)
         try:
@@ -283,6 +284,50 @@ class Scoped:
                 await self.store.run(run)
             except (ClusterUnavailable, Exception) as exc:
                 log.warning("could not record %d cluster-scoped process(es): %r", len(batch), exc)
+
+    async def _read(self, field: str, spec: bool) -> tuple[bytes | None, bytes | None]:
+        """``(spec, state)`` blobs of record `field` (spec None unless asked for).
+        The reads of one loop turn go in one pipeline (two ``HMGET``s), so that a
+        thousand starts at once do not take a thousand connections."""
+        fut: asyncio.Future[tuple[bytes | None, bytes | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._reads.append((field, spec, fut))
+        if not self._read_pending:
+            self._read_pending = True
+            asyncio.get_running_loop().call_soon(self._send_reads)
+        return await fut
+
+    def _send_reads(self) -> None:
+        self._read_pending = False
+        batch, self._reads = self._reads, []
+        if batch:
+            asyncio.get_running_loop().create_task(self._run_reads(batch))
+
+    async def _run_reads(self, batch: list[tuple[str, bool, asyncio.Future[Any]]]) -> None:
+        fields = [field for field, _, _ in batch]
+        with_spec = [field for field, spec, _ in batch if spec]
+
+        async def run(r: Any) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._k("state"), fields)
+                if with_spec:
+                    pipe.hmget(self._k("spec"), with_spec)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        try:
+            answers = await self.store.run(run)
+        except BaseException as exc:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        specs = dict(zip(with_spec, answers[1], strict=True)) if with_spec else {}
+        for (field, _, fut), state in zip(batch, answers[0], strict=True):
+            if not fut.done():
+                fut.set_result((specs.get(field), state))
 
     # -- watching our scoped processes ----------------------------------------------------
     def _watch(self, pid: Pid, field: str) -> None:
@@ -390,14 +435,7 @@ class Scoped:
     async def adopt(self, field: str, kind: str, source: str) -> Pid:
         """Start the process of record `field` here, with its handed-off state if the
         store holds one. The claim decides a race: a loser returns the holder."""
-
-        async def read(r: Any) -> list[Any]:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.hget(self._k("spec"), field)
-                pipe.hget(self._k("state"), field)
-                return await pipe.execute()  # type: ignore[no-any-return]
-
-        spec_blob, state_blob = await self.store.run(read)
+        spec_blob, state_blob = await self._read(field, spec=True)
         if spec_blob is None:
             raise NoProcess(f"no record of cluster-scoped {uncanon(field)!r}")
         record = self._open(spec_blob)
