@@ -15,6 +15,7 @@ import asyncio
 import http.cookiejar
 import json
 import resource
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -39,26 +40,77 @@ def _check_loopback(url: str) -> None:
         raise SystemExit(f"loadgen: refusing a non-loopback target: {url}")
 
 
-async def ws_clients(url: str, clients: int, messages: int, timeout: float) -> dict[str, Any]:
+STALLED_RCVBUF = 4096
+"""Receive buffer (bytes) of a stalled client's socket: small, so that the server's
+writes to it block after a few frames instead of filling megabytes of kernel buffers."""
+
+
+async def _stalled_socket(url: str) -> socket.socket:
+    """A connected TCP socket to `url`'s host and port with a small receive buffer (set
+    before connecting, so the window it advertises stays small)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return sock
+
+
+def _open(ws: Any) -> bool:
+    """Whether the server has not yet closed (or reset) this client's TCP connection."""
+    transport = ws.transport
+    return not (transport.is_closing() or ws.protocol.close_rcvd is not None)
+
+
+async def ws_clients(
+    url: str,
+    clients: int,
+    messages: int,
+    timeout: float,
+    stalled: int = 0,
+    hold: float = 0.0,
+) -> dict[str, Any]:
     """Open `clients` WebSocket connections to `url`, print ``READY`` once all are open,
-    then wait until each has received `messages` messages (or `timeout` passes)."""
+    then wait until each has received `messages` messages (or `timeout` passes).
+
+    The first `stalled` of them never read after the handshake (a small receive
+    buffer, so the server notices soon); they are left out of ``received`` and of
+    ``complete``, which count the clients that read. Once those are done, the stalled
+    ones stay open up to `hold` seconds more, or until the server has closed them all.
+    With stalled clients, no client asks for permessage-deflate."""
     from websockets.asyncio.client import ClientConnection, connect
 
     _check_loopback(url)
+    if not 0 <= stalled <= clients:
+        raise SystemExit(f"loadgen: --stalled must be within 0..{clients}, got {stalled}")
     raise_fd_limit(clients + 256)
     deadline = time.monotonic() + timeout
     gate = asyncio.Semaphore(64)  # handshakes in flight
     sockets: list[ClientConnection] = []
+    idle: list[ClientConnection] = []
     t_connect = time.monotonic()
 
-    async def open_one() -> None:
+    async def open_one(stall: bool) -> None:
         async with gate:
-            sockets.append(
-                await connect(url, ping_interval=None, max_size=1 << 20, open_timeout=timeout)
+            # max_queue=1: a stalled client's library stops reading after one frame
+            sock = await _stalled_socket(url) if stall else None
+            ws = await connect(
+                url,
+                sock=sock,
+                ping_interval=None,
+                max_size=1 << 20,
+                open_timeout=timeout,
+                max_queue=1 if stall else 16,
+                # the slow-clients figure measures procreg, not zlib: no permessage-deflate
+                compression=None if stalled else "deflate",
             )
+            (idle if stall else sockets).append(ws)
 
     await asyncio.wait_for(
-        asyncio.gather(*(open_one() for _ in range(clients))), deadline - time.monotonic()
+        asyncio.gather(*(open_one(i < stalled) for i in range(clients))),
+        deadline - time.monotonic(),
     )
     connect_seconds = time.monotonic() - t_connect
     print("READY", flush=True)
@@ -83,9 +135,16 @@ async def ws_clients(url: str, clients: int, messages: int, timeout: float) -> d
         complete = True
     except TimeoutError:
         complete = False
+    if idle:  # hold the stalled sockets until the server drops them (or a deadline)
+        hold_until = min(deadline, time.monotonic() + hold)
+        while time.monotonic() < hold_until and any(_open(ws) for ws in idle):
+            await asyncio.sleep(0.05)
+    for ws in idle:  # a stalled client may never let a close handshake through
+        ws.transport.abort()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     return {
-        "clients": len(sockets),
+        "clients": len(sockets) + len(idle),
+        "stalled": len(idle),
         "received": received,
         "complete": complete,
         "connect_seconds": connect_seconds,
@@ -152,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ws.add_argument("--clients", type=int, default=1000)
     ws.add_argument("--messages", type=int, default=20)
     ws.add_argument("--timeout", type=float, default=60.0)
+    ws.add_argument("--stalled", type=int, default=0, help="clients that never read")
+    ws.add_argument("--hold", type=float, default=0.0, help="seconds to keep them open")
     web = sub.add_parser("http")
     web.add_argument("--url", required=True)
     web.add_argument("--sessions", type=int, default=200)
@@ -160,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     web.add_argument("--duration", type=float, default=20.0)
     opts = parser.parse_args(argv)
     if opts.kind == "ws":
-        result = asyncio.run(ws_clients(opts.url, opts.clients, opts.messages, opts.timeout))
+        result = asyncio.run(
+            ws_clients(opts.url, opts.clients, opts.messages, opts.timeout, opts.stalled, opts.hold)
+        )
     else:
         result = asyncio.run(
             http_clients(opts.url, opts.sessions, opts.concurrency, opts.requests, opts.duration)

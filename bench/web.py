@@ -8,6 +8,11 @@ measured in the same run.
   connection (RSS growth while the clients connected, divided by N: it includes
   uvicorn's protocol objects, the Starlette WebSocket and the connection process).
   Baseline (the ``asyncio`` column): a plain set of Starlette WebSockets, no processes.
+- `comet_slow_clients`: the same with 1 % of the clients never reading (a small
+  receive window, so the server's writes to them block): deliveries per second to the
+  clients that do read. procreg bounds what waits for each socket and drops a client
+  that falls behind (close 1013); the baseline sends with one task per socket and
+  message and never drops anyone.
 - `session_lookups`: HTTP requests per second that each look a session process up and
   call it (``session(request).incr(...)``), from a local load generator (httpx in
   another interpreter) against uvicorn on 127.0.0.1. Baseline: the same app and
@@ -15,18 +20,20 @@ measured in the same run.
 - `session_lookups_inprocess`: the same lookup-and-call without HTTP, in-process, to
   show what the session layer itself costs (no baseline design).
 
-``procreg bench --only comet_fanout,session_http,session_lookup`` runs them (each HTTP
-measurement in a fresh interpreter). Traffic goes to 127.0.0.1 only; every step is
-bounded in count and time. They need the ``web`` extra (Starlette, uvicorn, httpx,
-websockets); without it they are skipped.
+``procreg bench --only comet_fanout,comet_slow_clients,session_http,session_lookup``
+runs them (each HTTP measurement in a fresh interpreter). Traffic goes to 127.0.0.1
+only; every step is bounded in count and time. They need the ``web`` extra
+(Starlette, uvicorn, httpx, websockets); without it they are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
+import os
 import socket
 import sys
 import time
@@ -47,14 +54,18 @@ SECRET = "procreg-web-bench-secret-0123456789"
 
 
 @contextlib.asynccontextmanager
-async def _served(app: Any) -> AsyncIterator[int]:
-    """Serve `app` with uvicorn on a free 127.0.0.1 port for the block; yields the port."""
+async def _served(app: Any, sndbuf: int | None = None) -> AsyncIterator[int]:
+    """Serve `app` with uvicorn on a free 127.0.0.1 port for the block; yields the port.
+    `sndbuf`: SO_SNDBUF in bytes for the accepted sockets (Linux: they inherit it from
+    the listening socket; it turns send-buffer autotuning, up to 4 MiB, off)."""
     import uvicorn
 
     # proto=IPPROTO_TCP: accepted sockets inherit it, and asyncio sets TCP_NODELAY only
     # on sockets that say they are TCP (without it, keep-alive responses stall 40 ms)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -112,6 +123,7 @@ class _Hub:
 
     def __init__(self) -> None:
         self.sockets: set[Any] = set()
+        self.pending: set[asyncio.Future[Any]] = set()
 
     async def endpoint(self, websocket: Any) -> None:
         await websocket.accept()
@@ -128,9 +140,21 @@ class _Hub:
         await asyncio.gather(*(ws.send_text(text) for ws in sockets), return_exceptions=True)
         return len(sockets)
 
+    async def publish_nowait(self, message: Any) -> int:
+        """The naive way not to wait for slow sockets: one task per socket and message,
+        not awaited (the tasks of a client that never reads pile up)."""
+        text = json.dumps(message)
+        for ws in self.sockets:
+            task = asyncio.ensure_future(ws.send_text(text))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+        return len(self.sockets)
 
-def _fanout_app(variant: str) -> tuple[Any, Any, Any]:
-    """(app, connected() -> int coroutine, publish(message) -> int coroutine)."""
+
+def _fanout_app(variant: str, limits: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """(app, connected() -> int coroutine, publish(message) -> int coroutine); `limits`
+    (``max_queue_bytes``, ``send_timeout``) for the procreg endpoint, and with them the
+    baseline publishes without waiting for each socket."""
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
@@ -146,8 +170,9 @@ def _fanout_app(variant: str) -> tuple[Any, Any, Any]:
             return len(hub.sockets)
 
         app = Starlette(routes=[WebSocketRoute("/ws", hub.endpoint)])
-        return app, plain_connected, hub.publish
-    app = install(Starlette(routes=[comet_route("/ws", pool="bench")]), sessions=False)
+        return app, plain_connected, hub.publish if limits is None else hub.publish_nowait
+    route = comet_route("/ws", pool="bench", **(limits or {}))
+    app = install(Starlette(routes=[route]), sessions=False)
     node_lifespan = app.router.lifespan_context
     assert isinstance(node_lifespan, NodeLifespan)
 
@@ -166,12 +191,28 @@ def _fanout_app(variant: str) -> tuple[Any, Any, Any]:
     return app, connected, send
 
 
+SLOW_LIMITS: dict[str, Any] = {"max_queue_bytes": 64 * 1024, "send_timeout": 2.0}
+"""The procreg endpoint's limits in the slow-clients figure: a client more than 64 KiB
+behind, or whose socket takes a write for over 2 s, is dropped (close 1013)."""
+SLOW_SNDBUF = 64 * 1024
+"""The server sockets' send buffer in the slow-clients figure (both designs): without
+it Linux lets a client that never reads hold up to 4 MiB of kernel memory first."""
+
+
 async def _comet_fanout(
-    clients: int, messages: int, timeout: float, variant: str
+    clients: int,
+    messages: int,
+    timeout: float,
+    variant: str,
+    stalled: int = 0,
+    payload: int = 0,
 ) -> dict[str, Any]:
     raise_fd_limit(clients + 512)
-    app, connected, send = _fanout_app(variant)
-    async with _served(app) as port:
+    app, connected, send = _fanout_app(variant, SLOW_LIMITS if stalled else None)
+    # random text per message: permessage-deflate (on by default) would shrink a
+    # repeated or uniform padding to nothing
+    pads = [base64.b64encode(os.urandom(payload * 3 // 4)).decode() for _ in range(messages)]
+    async with _served(app, SLOW_SNDBUF if stalled else None) as port:
         gc.collect()
         rss0 = rss_bytes()
         gen = await _loadgen(
@@ -184,6 +225,10 @@ async def _comet_fanout(
             str(messages),
             "--timeout",
             str(timeout),
+            "--stalled",
+            str(stalled),
+            "--hold",
+            str(SLOW_LIMITS["send_timeout"] * 2 if stalled else 0),
         )
         try:
             assert gen.stdout is not None
@@ -200,10 +245,15 @@ async def _comet_fanout(
             cpu0 = time.process_time()
             reached = 0
             for seq in range(messages):
-                reached += await send({"seq": seq, "text": "fan-out benchmark"})
+                reached += await send({"seq": seq, "text": "fan-out benchmark", "pad": pads[seq]})
+                if stalled:
+                    await asyncio.sleep(0)  # a publisher with other work: let writes go
             publish_seconds = time.monotonic() - t0
             result = await _result(gen, timeout)
             cpu = time.process_time() - cpu0
+            gc.collect()
+            rss2 = rss_bytes()
+            dropped = await _dropped_slow(app, variant)
         finally:
             if gen.returncode is None:
                 gen.kill()
@@ -223,7 +273,25 @@ async def _comet_fanout(
         "deliveries_per_second": round(result["received"] / elapsed) if elapsed else None,
         "server_cpu_us_per_delivery": round(cpu / max(1, result["received"]) * 1e6, 2),
         "rss_per_connection_bytes": round(per_conn) if per_conn is not None else None,
+        "stalled": stalled,
+        "stalled_dropped": dropped,
+        "rss_growth_while_publishing_bytes": (
+            rss2 - rss1 if rss1 is not None and rss2 is not None else None
+        ),
     }
+
+
+async def _dropped_slow(app: Any, variant: str) -> int | None:
+    """Clients the procreg endpoint dropped as too slow (close 1013); None for the
+    baseline, which has no such notion."""
+    if variant != "procreg":
+        return None
+    for route in app.routes:
+        stats = getattr(getattr(route, "endpoint", None), "stats", None)
+        if stats is not None:
+            dropped: int = stats()["closed_slow"]
+            return dropped
+    return None
 
 
 def comet_fanout(
@@ -232,13 +300,18 @@ def comet_fanout(
     timeout: float = 60.0,
     variant: str = "procreg",
     uvloop: bool = False,
+    stalled: int = 0,
+    payload: int = 0,
 ) -> dict[str, Any]:
     """N WebSocket clients in one pool, M messages fanned out to all (see the module
     docstring). ``variant="plain"`` measures the baseline (a set of sockets, no
-    processes). Bounded by `timeout` seconds per step."""
+    processes). `stalled` of the clients never read and each message carries `payload`
+    extra bytes (the slow-clients figure). Bounded by `timeout` seconds per step."""
     if variant not in ("procreg", "plain"):
         raise ValueError(f"variant must be 'procreg' or 'plain', got {variant!r}")
-    return run_loop(lambda: _comet_fanout(clients, messages, timeout, variant), uvloop)
+    return run_loop(
+        lambda: _comet_fanout(clients, messages, timeout, variant, stalled, payload), uvloop
+    )
 
 
 async def _session_lookups(
@@ -377,6 +450,18 @@ FANOUT_RSS = Figure(
     "uvicorn's and Starlette's per-connection objects included; asyncio: the same "
     "without a connection process",
 )
+SLOW_RATE = Figure(
+    "comet_slow_clients_rate",
+    "WebSocket fan-out while 1 % of the clients never read, deliveries to the others",
+    "/s",
+    "higher",
+    ONCE,
+    None,
+    "1,000 clients (50 with --quick), 10 (1) of them stalled, 64 messages of 8 KiB, no "
+    "compression, server send buffers 64 KiB; procreg drops the stalled clients (close "
+    "1013: details stalled_dropped); asyncio: the plain set of sockets, one send task per "
+    "socket and message, not awaited",
+)
 SESSION_HTTP = Figure(
     "session_http_rate",
     "HTTP requests that look their session process up and call it",
@@ -422,6 +507,25 @@ def _fanout(variant: str) -> Any:
     return measure
 
 
+SLOW_MESSAGES = 64
+SLOW_PAYLOAD = 8 * 1024
+
+
+def _slow_clients(variant: str) -> Any:
+    def measure(sizes: Sizes, uvloop: bool) -> Measurement:
+        stalled = max(1, sizes.web_clients // 100)
+        result = comet_fanout(
+            sizes.web_clients, SLOW_MESSAGES, 90.0, variant, uvloop, stalled, SLOW_PAYLOAD
+        )
+        if not result["complete"] or result["deliveries_per_second"] is None:
+            raise RuntimeError(f"the clients that read did not get every message: {result}")
+        out = _numbers(result)
+        out[SLOW_RATE.name] = result["deliveries_per_second"]
+        return out
+
+    return measure
+
+
 def _session_http(variant: str) -> Any:
     def measure(sizes: Sizes, uvloop: bool) -> Measurement:
         result = session_lookups(requests=sizes.web_requests, variant=variant, uvloop=uvloop)
@@ -446,6 +550,13 @@ BENCHMARKS = [
         "comet_fanout",
         [FANOUT_RATE, FANOUT_RSS],
         {"procreg": _fanout("procreg"), "asyncio": _fanout("plain")},
+        isolated=True,
+        requires=WEB_MODULES,
+    ),
+    Benchmark(
+        "comet_slow_clients",
+        [SLOW_RATE],
+        {"procreg": _slow_clients("procreg"), "asyncio": _slow_clients("plain")},
         isolated=True,
         requires=WEB_MODULES,
     ),

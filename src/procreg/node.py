@@ -37,6 +37,7 @@ from .process import (
     _Proc,
     current_caller,
     current_process,
+    is_server_class,
 )
 from .surface import NodeRuntime
 
@@ -709,8 +710,8 @@ class Node:
         overflow: str | None = None,
     ) -> Pid:
         """Start a process running ``await fn(*args)``; see `procreg.spawn`."""
-        if isinstance(fn, type) and hasattr(fn, "_procreg_server"):
-            pid: Pid = cast(Any, fn).start(
+        if is_server_class(fn):
+            pid: Pid = fn.start(
                 *args,
                 link=link,
                 monitor=monitor,
@@ -797,8 +798,8 @@ class Node:
     def starts_now(factory: Any) -> bool:
         """Whether `start_now` can start `factory`: anything but a server with an
         ``async def init``."""
-        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            return not cast(Any, factory)._procreg_async_mask & 8
+        if is_server_class(factory):
+            return not factory._procreg_async_mask & 8
         return True
 
     def start_now(
@@ -806,11 +807,9 @@ class Node:
     ) -> _Proc:
         """`start_with_pid` without awaiting, for a factory `starts_now` accepts: a
         server's ``init`` has run when this returns (its error raised here)."""
-        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            proc, _ = cast(Any, factory)._procreg_start(
-                args, False, False, False, idle_timeout, None, pid
-            )
-            return cast(_Proc, proc)
+        if is_server_class(factory):
+            proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None, pid)
+            return proc
         check_timeout(idle_timeout, "idle_timeout")
         body = self._start_body(pid, factory, args)
         self.setup(body, None, False, False, False, idle_timeout)

@@ -23,13 +23,13 @@ import asyncio
 import copy
 import inspect
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
 from .messages import KeyEvent
 from .node import HANDLER_LOCK, check_wait, started_for, waiting_on
 from .pid import Pid, Ref
-from .process import EXITING, _Proc
+from .process import EXITING, _Proc, is_server_class
 
 if TYPE_CHECKING:
     from .node import Node
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "HANDLER_LOCK",
     "MISS",
+    "KeyListener",
     "LocalBackend",
     "NotOwner",
     "Published",
@@ -132,7 +133,7 @@ def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def check_factory(factory: Any) -> None:
     """A factory is a `Server` subclass or an ``async def`` function."""
-    if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
+    if is_server_class(factory):
         return
     if inspect.iscoroutinefunction(factory):
         return
@@ -322,6 +323,18 @@ class RegistryBackend:
         raise NotImplementedError
 
 
+class KeyListener(Protocol):
+    """What a `LocalBackend` tells the backend that composes it (`listener`)."""
+
+    def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        """The view's holder of `key` changed: ``"registered"``, ``"unregistered"`` or
+        ``"ended"`` (`pid`: the process registered or gone). Called only while some
+        local process monitors a key."""
+
+    def key_unwatched(self, entry: tuple[str, Hashable]) -> None:
+        """No local process monitors ``(table, key)`` any more."""
+
+
 class LocalBackend(RegistryBackend):
     """The embedded registry: dictionaries in the node's memory.
 
@@ -339,9 +352,12 @@ class LocalBackend(RegistryBackend):
         # key monitors: (table, key) -> {ref: watcher}; each watcher's refs are in its
         # _Ext.key_monitors, so that its end drops them
         self._key_monitors: dict[tuple[str, Hashable], dict[Ref, _Proc]] = {}
+        # told of this view's key changes and of keys no local process watches any more
+        # (a store-backed backend that composes this view: `procreg.cluster`)
+        self.listener: KeyListener | None = None
 
     # -- keys -----------------------------------------------------------------
-    def _holder(self, key: Hashable, table: str) -> _Proc | None:
+    def holder(self, key: Hashable, table: str) -> _Proc | None:
         """The live process holding `key`. A holder that has begun exiting (its async
         ``terminate`` still running) counts as gone: it must not be handed out."""
         tab = self._tables.get(table)
@@ -367,7 +383,7 @@ class LocalBackend(RegistryBackend):
     async def lookup(
         self, key: Hashable, table: str = DEFAULT_TABLE
     ) -> tuple[Pid, dict[str, Any] | None] | None:
-        proc = self._holder(key, table)
+        proc = self.holder(key, table)
         if proc is None:
             return None
         metas = self._meta.get(table)
@@ -427,7 +443,7 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
     ) -> None:
         """Synchronous `register` of a live local process."""
-        holder = self._holder(key, table)
+        holder = self.holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder._procreg_pid)
         self._add(table, key, proc, meta)
@@ -468,7 +484,7 @@ class LocalBackend(RegistryBackend):
         meta: dict[str, Any] | None = None,
         idle_timeout: float | None = None,
     ) -> tuple[Pid, bool]:
-        proc = self._holder(key, table)
+        proc = self.holder(key, table)
         if proc is not None:
             return proc._procreg_pid, False
         flight = self._inflight.get((table, key))
@@ -476,8 +492,7 @@ class LocalBackend(RegistryBackend):
             pid, _ = await asyncio.shield(flight)
             return pid, False
         node = self.node
-        if isinstance(factory, type) and hasattr(factory, "_procreg_server"):
-            factory = cast(Any, factory)
+        if is_server_class(factory):
             if not factory._procreg_async_mask & 8:  # sync init: start and register in one step
                 proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None)
                 self._add(table, key, proc, meta)
@@ -513,7 +528,7 @@ class LocalBackend(RegistryBackend):
             pid = await ready
         if proc._procreg_st >= EXITING:
             raise NoProcess(f"{pid!r} ended right after its init")
-        holder = self._holder(key, table)
+        holder = self.holder(key, table)
         if holder is not None and holder is not proc:
             # registered by someone else meanwhile: theirs wins, ours goes
             node._end(proc, "shutdown")
@@ -533,6 +548,31 @@ class LocalBackend(RegistryBackend):
     def count(self, table: str = DEFAULT_TABLE) -> int:
         tab = self._tables.get(table)
         return len(tab) if tab is not None else 0
+
+    # -- the view, for a backend that composes it ---------------------------------
+    def held(self, key: Hashable, table: str) -> _Proc | None:
+        """The local process holding `key` in `table`, even one that has begun
+        exiting (`holder` leaves those out); None if none."""
+        tab = self._tables.get(table)
+        return tab.get(key) if tab is not None else None
+
+    def insert(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+        """Put live local process `proc` under `key` (no checks: the caller has
+        made sure it may), with `meta` (a copy is kept)."""
+        self._add(table, key, proc, meta)
+
+    def meta(self, key: Hashable, table: str) -> dict[str, Any] | None:
+        """The metadata stored with `key` (not a copy: do not change it), or None."""
+        metas = self._meta.get(table)
+        return metas.get(key) if metas is not None else None
+
+    def registrations(self) -> list[tuple[str, Hashable, _Proc]]:
+        """Every ``(table, key, process)`` of this view."""
+        return [(t, k, p) for t, tab in self._tables.items() for k, p in tab.items()]
+
+    def memberships(self) -> list[tuple[Hashable, Pid, _Proc]]:
+        """Every ``(group, pid, process)`` of this view."""
+        return [(g, pid, p) for g, members in self._groups.items() for pid, p in members.items()]
 
     # -- key monitors -----------------------------------------------------------
     async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
@@ -570,13 +610,21 @@ class LocalBackend(RegistryBackend):
             watchers.pop(ref, None)
             if not watchers:
                 del self._key_monitors[entry]
+        if self.listener is not None and entry not in self._key_monitors:
+            self.listener.key_unwatched(entry)  # its last local watcher is gone
 
     def notify_key(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
-        """The hook for key monitors: send ``KeyEvent(ref, table, key, event, pid)``
-        to every local process watching `key` in `table`. `LocalBackend` calls it
-        when its own view changes (``"registered"``, ``"unregistered"``,
-        ``"ended"``); a store-backed subclass also calls it for the changes it learns
-        of from other nodes."""
+        """A change of this view (``"registered"``, ``"unregistered"``, ``"ended"``):
+        tell the `listener`, if any, then the local watchers (`deliver_key_event`)."""
+        listener = self.listener
+        if listener is not None:
+            listener.key_changed(table, key, event, pid)
+        self.deliver_key_event(table, key, event, pid)
+
+    def deliver_key_event(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        """Send ``KeyEvent(ref, table, key, event, pid)`` to every local process
+        watching `key` in `table` (a store-backed backend calls it for the changes it
+        learns of from other nodes)."""
         watchers = self._key_monitors.get((table, key))
         if not watchers:
             return

@@ -47,6 +47,10 @@ class Runtime(Protocol):
     def alive(self, pid: Pid) -> bool:
         """True while `pid` is a local process that has not begun to exit."""
 
+    def exists(self, pid: Pid) -> bool:
+        """True while `pid` is a local process, even one that has begun to exit (an
+        async ``terminate`` still running)."""
+
     def deliver(self, pid: Pid, msg: Any, kind: Delivery) -> bool:
         """Put `msg` in local process `pid`'s mailbox (``send`` reaches
         ``handle_info``/``receive``, ``cast`` ``handle_cast``); False if there is no

@@ -41,6 +41,9 @@ class NodeRuntime:
         proc = self._node._procs.get(pid)
         return proc is not None and proc._procreg_st < EXITING
 
+    def exists(self, pid: Pid) -> bool:
+        return pid in self._node._procs
+
     def deliver(self, pid: Pid, msg: Any, kind: Delivery) -> bool:
         proc = self._node._procs.get(pid)
         if proc is None:

@@ -1,4 +1,4 @@
-"""Claims without a task per key (`backend._Spawn`) and the invalidations they publish.
+"""Claims without a task per key (`claims.SpawnAttempt`) and the invalidations they publish.
 
 The node runs in the test process (``procreg.run(main, cluster=redis.url, ...)``);
 ``main`` does the work and checks the store with its own redis-py client:
@@ -6,7 +6,7 @@ The node runs in the test process (``procreg.run(main, cluster=redis.url, ...)``
 - `RedisBackend.get_or_spawn` on the task-free path: one process per key however
   many callers race, cancelled callers orphan nothing, a failing ``init`` reaches
   every caller and frees the key, and the rare outcomes (a grace period, a stale
-  entry of our own) fall back to the general path (`RedisBackend._spawn`);
+  entry of our own) fall back to the general path (`RedisBackend.spawn_general`);
 - `store.CLAIM` publishes on ``inval`` only for claims that replaced an entry, all
   of one script call in one message; `store.PURGE` names what it dropped in several
   messages of bounded size; the node's listener splits such messages and the cache
@@ -231,7 +231,7 @@ def test_cancelled_caller_orphans_nothing(redis) -> None:
         joiner2 = asyncio.ensure_future(procreg.get_or_spawn("shared2", Counted))
         await asyncio.sleep(0)  # each caller has queued its claim (or joined one)
         keys = {("default", k) for k in ("alone", "shared", "shared2")}
-        assert keys <= set(backend._claims), "no claim in flight"
+        assert keys <= set(backend.attempts), "no claim in flight"
         # the claims' answers start the processes: none has come yet
         assert Counted.started == [] and procreg.entries() == []
         for task in (alone, maker, joiner2):
@@ -255,7 +255,7 @@ def test_cancelled_caller_orphans_nothing(redis) -> None:
         assert await procreg.whereis("alone") == alone_pid
         async with store_client(redis.url) as client:
             assert await stored(client) == {canon(k): p for k, p in mine.items()}
-        assert not keys & set(backend._claims)  # the attempts were settled
+        assert not keys & set(backend.attempts)  # the attempts were settled
 
         for key, pid in mine.items():
             assert await procreg.get_or_spawn(key, Counted) == pid
@@ -299,7 +299,7 @@ def test_other_factories(redis) -> None:
         cancelled = asyncio.ensure_future(procreg.get_or_spawn("slow", SlowInit))
         other = asyncio.ensure_future(procreg.get_or_spawn("slow", SlowInit))
         await asyncio.sleep(0)
-        assert ("default", "slow") in backend._claims and SlowInit.started == []
+        assert ("default", "slow") in backend.attempts and SlowInit.started == []
         cancelled.cancel()
         slow = await asyncio.wait_for(other, 5.0)
         with pytest.raises(asyncio.CancelledError):
@@ -335,7 +335,7 @@ def test_failing_init_reaches_every_caller_and_frees_the_key(redis) -> None:
         assert [type(r) for r in results] == [Boom] * 8, results
         assert Failing.tries == 1  # the callers shared one attempt
         assert procreg.entries() == []
-        assert ("default", "bad") not in node.registry._claims
+        assert ("default", "bad") not in node.registry.attempts
 
         async with store_client(redis.url) as client:
 
@@ -463,7 +463,7 @@ def test_claims_publish_only_replaced_entries(redis) -> None:
                 (canon("direct"), canon(key), pid_str(node._new_pid()) + "\t")
                 for key in ["y0", "x1", "y1", ("x", 2), "y2"]
             ]
-            answers = await node.registry._claim_script("new", triples)
+            answers = await node.registry.claims.script("new", triples)
             assert answers == [b""] * 5  # every one claimed
             assert await published_so_far(client, pubsub) == [
                 f'"direct"\n{canon("x1")}\n"direct"\n{canon(("x", 2))}'
@@ -522,7 +522,7 @@ def test_cache_drops_every_key_of_a_multi_pair_message(redis) -> None:
         named = [("default", "r1"), ("other", ("room", 2)), ("default", 3)]
         kept = [("default", "r4"), ("other", "r1")]
         for entry in named + kept:
-            backend._cache[entry] = remote
+            backend.keys.entries[entry] = remote
         message = "\n".join(f"{canon(t)}\n{canon(k)}" for t, k in named)
         async with store_client(redis.url) as client:
 
@@ -532,11 +532,11 @@ def test_cache_drops_every_key_of_a_multi_pair_message(redis) -> None:
             await until(subscribed, "the node to subscribe to the inval channel")
 
             async def dropped() -> bool:
-                return not any(entry in backend._cache for entry in named)
+                return not any(entry in backend.keys.entries for entry in named)
 
             assert await client.publish(INVAL, message) >= 1
             await until(dropped, "the named keys to leave the cache")
-        assert {e: backend._cache.get(e) for e in kept} == dict.fromkeys(kept, remote)
+        assert {e: backend.keys.entries.get(e) for e in kept} == dict.fromkeys(kept, remote)
 
     run_node(redis.url, main)
 
@@ -609,7 +609,7 @@ def test_an_error_handling_the_answer_reaches_every_caller(redis) -> None:
                 5.0,
             )
             assert all(isinstance(o, ValueError) for o in outcomes), outcomes
-            assert ("default", "bad") not in node.registry._claims
+            assert ("default", "bad") not in node.registry.attempts
         assert Counted.started == []
 
     run_node(redis.url, main)

@@ -33,3 +33,18 @@ def test_session_lookups_smoke() -> None:
     assert plain["requests"] >= 20 and plain["session_processes"] == 0
     inprocess = bench.session_lookups_inprocess(sessions=10, lookups=500)
     assert inprocess["lookups"] == 500 and inprocess["lookups_per_second"] > 0
+
+
+def test_comet_slow_clients_are_dropped_and_the_others_served() -> None:
+    # 2 of 20 clients never read: procreg drops both (close 1013) and the 18 others get
+    # every message; the figure's baseline still serves the readers
+    figures = bench.comet_fanout(
+        clients=20, messages=80, timeout=30.0, variant="procreg", stalled=2, payload=8192
+    )
+    assert figures["complete"] is True and figures["delivered"] == 18 * 80
+    assert figures["stalled"] == 2 and figures["stalled_dropped"] == 2
+    plain = bench.comet_fanout(
+        clients=20, messages=40, timeout=30.0, variant="plain", stalled=2, payload=8192
+    )
+    assert plain["complete"] is True and plain["delivered"] == 18 * 40
+    assert plain["stalled_dropped"] is None

@@ -95,8 +95,8 @@ class Cluster:
         self.remote = Remote(node.runtime, self.transport)
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
-        self.remote.on_dead = self.backend.pid_ended
-        self.remote.on_alive = self.backend.pid_answered
+        self.remote.on_dead = self.backend.keys.pid_ended
+        self.remote.on_alive = self.backend.keys.pid_answered
         self.remote.park = self._park
         self.remote.get_or_spawn = self._remote_get_or_spawn
         self.scoped = Scoped(self)  # cluster-scoped processes (`procreg.scope`)
@@ -147,7 +147,7 @@ class Cluster:
     async def stop(self) -> None:
         """Leave: flush the registry, give the lease back, close connections."""
         try:
-            await self.backend._flush_releases()
+            await self.backend.releases.flush()
         except Exception:
             pass
         await self.backend.keywatch.close()
@@ -218,7 +218,7 @@ class Cluster:
         known = self.transport.peer_creation.get(name, 0)
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.remote.node_down(name, creation)
-        self.backend.node_down(name)
+        self.backend.keys.node_down(name)
         self.start_purge(name, creation)
         self.node.runtime.node_event("down", name)
         for hook in list(self.down_events):
@@ -288,7 +288,7 @@ class Cluster:
             self.backend.clear_cache()
             return
         for i in range(0, len(parts) - 1, 2):
-            self.backend.invalidated(parts[i], parts[i + 1])
+            self.backend.keys.invalidated(parts[i], parts[i + 1])
 
     # -- failures -----------------------------------------------------------------------------
     def fence_now(self, why: str) -> None:
@@ -309,7 +309,7 @@ class Cluster:
         log.error("node %s fences itself: %s", node.name, why)
         # its registered processes and group members: others may serve them soon
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
-        procs += [p for members in self.backend._groups.values() for p in members.values()]
+        procs += self.backend.local_members()
         try:
             for proc in {id(p): p for p in procs}.values():
                 try:

@@ -35,6 +35,7 @@ from ..pid import Pid
 
 __all__ = [
     "BadFrame",
+    "as_text",
     "canon",
     "decode_frame",
     "encode_frame",
@@ -300,3 +301,8 @@ def pid_from_str(text: str) -> Pid:
     """The pid `pid_str` wrote."""
     node, creation, serial = text.split("\t")[:3]
     return Pid(node, int(creation), int(serial))
+
+
+def as_text(value: Any) -> str:
+    """A reply of the store as text (bytes are UTF-8)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -141,7 +141,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         node._end(m.proc, "handoff")
     while any(node.is_alive(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
         await asyncio.sleep(0.001)
-    await cluster.backend._flush_releases()
+    await cluster.backend.releases.flush()
     # 4. one takeover request per new home
     by_home: dict[str, list[_Moving]] = {}
     for m in moving:

@@ -20,7 +20,7 @@ make. This module adds the changes made on other nodes:
   knows, per watched key, the holder its watchers last heard of (`known`), in the
   order of the stream, with no race between the script's reply and the events.
 - **Delivery.** Events for our own pids are skipped (`LocalBackend` reported them
-  when they happened). Others go to `LocalBackend.notify_key`, except duplicates: a
+  when they happened). Others go to `LocalBackend.deliver_key_event`, except duplicates: a
   ``registered`` for the holder already known (a re-registration after a data loss
   or a failover), and the end of a holder while none is known.
 - **Gaps.** Events published while our subscription was down are lost. Every time the
@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ClusterUnavailable
 from ..pid import Pid
-from ..registry import LocalBackend
 from .codec import canon, pid_from_str, uncanon
 
 if TYPE_CHECKING:
@@ -175,9 +174,9 @@ class KeyWatch:
             self._head + token,
         ]
         for table, key in entries:
-            args += (backend._tkey(table)[1], canon(key))
+            args += (backend.tkey(table)[1], canon(key))
         keys = [
-            backend._owned(),
+            backend.owned(),
             store.key("lease", self.node.name),
             store.key("kw"),
             store.key("grace"),
@@ -196,7 +195,7 @@ class KeyWatch:
                 "the store lost its data) and it has not rejoined yet"
             )
 
-    def unwatch(self, entry: Entry) -> None:
+    def key_unwatched(self, entry: Entry) -> None:
         """The last local watcher of `entry` is gone: forget it, and remove it from
         the store at the end of the loop turn."""
         self.known.pop(entry, None)
@@ -217,12 +216,12 @@ class KeyWatch:
                 self._unwatch.update(gone)
                 return
             store = self.store
-            keys = [self.backend._owned(), store.key("kw")]
+            keys = [self.backend.owned(), store.key("kw")]
             for start in range(0, len(gone), WATCH_BATCH):
                 chunk = gone[start : start + WATCH_BATCH]
                 args: list[Any] = []
                 for table, key in chunk:
-                    args += (self.backend._tkey(table)[1], canon(key))
+                    args += (self.backend.tkey(table)[1], canon(key))
                 try:
                     await store.script("unwatch", keys, args)
                 except ClusterUnavailable:
@@ -276,10 +275,11 @@ class KeyWatch:
         # (else: the end of a holder we had not heard of, after our own registration
         # of the key won over its lapsed entry: report it, keep ours)
         self.delivered += 1
-        LocalBackend.notify_key(self.backend, table, key, event, pid)
+        self.backend.local.deliver_key_event(table, key, event, pid)
 
-    def local(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
-        """A change made on this node (reported by `LocalBackend` itself)."""
+    def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        """A change made on this node (reported by the local view itself: this is its
+        `registry.KeyListener`)."""
         entry = (table, key)
         known = self.known.get(entry, _MISSING)
         if known is _MISSING or known is PENDING:
@@ -323,10 +323,10 @@ class KeyWatch:
             table, key = entry
             if isinstance(known, Pid):
                 self.delivered += 1
-                LocalBackend.notify_key(self.backend, table, key, self._end_of(known), known)
+                self.backend.local.deliver_key_event(table, key, self._end_of(known), known)
             if current is not None:
                 self.delivered += 1
-                LocalBackend.notify_key(self.backend, table, key, "registered", current)
+                self.backend.local.deliver_key_event(table, key, "registered", current)
         if deferred:
             self.recheck(delay=grace / 1000 + 0.05)
 
@@ -336,20 +336,19 @@ class KeyWatch:
         live holder unless we know it ended."""
         table, key = entry
         backend = self.backend
-        tab = backend._tables.get(table)
-        proc = tab.get(key) if tab is not None else None
+        proc = backend.local.held(key, table)
         if proc is not None:
             return proc.pid
         if not text:
             return None
         pid = pid_from_str(text)
-        if pid[0] == self.node.name or pid in backend._dead:
+        if pid[0] == self.node.name or pid in backend.keys.dead:
             return None  # ours but gone from the local view (its release is on its way)
         return pid
 
     def _end_of(self, pid: Pid) -> str:
         """How a holder that went away while we could not hear it is reported."""
-        if pid in self.backend._dead or not self.cluster.is_live(pid):
+        if pid in self.backend.keys.dead or not self.cluster.is_live(pid):
             return "ended"
         return "unregistered"
 

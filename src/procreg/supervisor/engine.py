@@ -16,7 +16,7 @@ from ..errors import AlreadyRegistered, NoProcess, Stop
 from ..messages import Call, Down, Exit
 from ..node import Node, current_node
 from ..pid import Pid
-from ..process import _Proc, current_process
+from ..process import _Proc, current_process, is_server_class
 from ..registry import spawn_for
 from ..scope import hooks, reset_takeover, set_takeover
 from .requests import _Requests, _Stop, _StopRequest
@@ -107,7 +107,7 @@ class _Running(_Requests):
         if spec.is_supervisor:
             children = list(spec.args[0]) if spec.args else None
             pid = await factory.start(children, link=True, **spec.kwargs)
-        elif getattr(factory, "_procreg_server", False):
+        elif is_server_class(factory):
             pid = await factory.start_ready(
                 *spec.args, link=True, max_mailbox=spec.max_mailbox, overflow=spec.overflow
             )
