@@ -244,6 +244,25 @@ class Runner:
             await asyncio.sleep(0.002)
         return {"sent": sent, "missing": missing}
 
+    async def cmd_session_incr(self, sids: list[str], by: int = 1, scope: str = "cluster") -> Any:
+        """``Session.incr("visits", by)`` of every session id (procreg.web's sessions,
+        without HTTP): the new values."""
+        from procreg.web.session import Session
+
+        handles = [Session(sid, self.node, 600.0, False, scope) for sid in sids]
+        return await asyncio.gather(*(h.incr("visits", by) for h in handles))
+
+    async def cmd_demo_clock(self) -> Any:
+        """Start the demo's clock (once per cluster), then ask its tick count."""
+        from procreg import pi
+        from procreg.web.demo.clock import clock_pi
+
+        started = await pi.start(clock_pi(interval=0.05))
+        if isinstance(started, pi.Error) and started.code[0] != "already_started":
+            raise RuntimeError(started.code)
+        found = await pi.whereis("web", "clock")
+        return {"ticks": await pi.send("web", "clock", "ticks"), "node": found[0]}
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {

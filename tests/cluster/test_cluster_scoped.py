@@ -163,3 +163,25 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
         spans.sort()
         for a, b in itertools.pairwise(spans):
             assert a[1] <= b[0], f"{key!r} had two live instances: {a} and {b}"
+
+
+def test_a_rolling_restart_keeps_every_web_session_and_the_demo_clock(cluster):
+    nodes = cluster(["n1", "n2", "n3"])
+    sids = [f"sid-{i:04d}" for i in range(300)]
+    assert nodes[0].ok("session_incr", sids=sids, wait=30) == [1] * len(sids)
+    opted_out = ["out-1", "out-2"]
+    nodes[0].ok("session_incr", sids=opted_out, scope="node")
+    clock = nodes[0].ok("demo_clock")
+    for round_, node in enumerate(nodes):
+        other = nodes[(round_ + 1) % 3]
+        node.quit()
+        values = other.ok("session_incr", sids=sids, wait=30)
+        assert values == [2 + round_] * len(sids), values[:5]
+        now = other.ok("demo_clock")
+        assert now["node"] != node.name and now["ticks"] >= clock["ticks"], (now, clock)
+        clock = now
+        node.start()
+        node.wait_ready()
+        wait_mesh(nodes)
+    # the opt-out: node-scoped sessions started on n1 were lost when n1 stopped
+    assert nodes[1].ok("session_incr", sids=opted_out, scope="node") == [1, 1]

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import NoNode
 from ..node import check_timeout
+from ..scope import check_scope
 from .context import node_from_scope, use_node
 from .session import SESSION_SCOPE_KEY, Session
 from .signing import CookieSigner, new_session_id
@@ -46,6 +47,9 @@ class SessionMiddleware:
     - `idle_timeout`: seconds without a request after which a session process ends
       (None: never); the next request then starts an empty one.
     - `secure`: add the ``Secure`` attribute (set it when serving over HTTPS).
+    - `session_scope`: ``"cluster"`` (the default) makes session processes
+      cluster-scoped, so a rolling restart keeps their data; ``"node"`` opts out
+      (see `procreg.web.session`).
 
     The request also runs with the application's node as the current node.
     """
@@ -57,7 +61,9 @@ class SessionMiddleware:
         cookie_name: str = "procreg_session",
         idle_timeout: float | None = 1200.0,
         secure: bool = False,
+        session_scope: str = "cluster",
     ) -> None:
+        check_scope(session_scope)
         if not isinstance(cookie_name, str) or not _TOKEN.fullmatch(cookie_name):
             raise ValueError(f"not a valid cookie name: {cookie_name!r}")
         check_timeout(idle_timeout, "idle_timeout")
@@ -66,6 +72,7 @@ class SessionMiddleware:
         self.cookie_name = cookie_name
         self.idle_timeout = idle_timeout
         self.secure = secure
+        self.session_scope = session_scope
 
     def _cookie_value(self, scope: Scope) -> str | None:
         parts = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"cookie"]
@@ -92,7 +99,9 @@ class SessionMiddleware:
             ) from exc
         sid = self.signer.unsign(self._cookie_value(scope))
         fresh = sid is None
-        handle = Session(sid or new_session_id(), node, self.idle_timeout, fresh)
+        handle = Session(
+            sid or new_session_id(), node, self.idle_timeout, fresh, self.session_scope
+        )
         scope[SESSION_SCOPE_KEY] = handle
         state: dict[str, Any] = scope.setdefault("state", {})
         state["session"] = handle

@@ -32,6 +32,7 @@ def install(
     cookie_name: str = "procreg_session",
     idle_timeout: float | None = 1200.0,
     secure: bool = False,
+    session_scope: str = "cluster",
     observer: bool = False,
     observer_path: str = "/observer",
     observer_writable: bool = False,
@@ -45,7 +46,8 @@ def install(
 
     - a `procreg.Node` for the application's lifetime (made with `node_options`); the
       app's own lifespan runs inside it, so its startup code can spawn processes;
-    - `SessionMiddleware` (`secret`, `cookie_name`, `idle_timeout`, `secure`), or only
+    - `SessionMiddleware` (`secret`, `cookie_name`, `idle_timeout`, `secure`,
+      `session_scope`: ``"node"`` opts out of sessions that survive a rolling restart), or only
       `NodeMiddleware` with ``sessions=False``; either way handlers run with the
       app's node as the current node;
     - with ``observer=True``, the `Observer` mounted at `observer_path`, read-only
@@ -73,6 +75,7 @@ def install(
             cookie_name=cookie_name,
             idle_timeout=idle_timeout,
             secure=secure,
+            session_scope=session_scope,
         )
     else:
         app.add_middleware(NodeMiddleware)

@@ -10,6 +10,15 @@ goes with it, and the next request of that browser starts a new, empty one.
 
 Values are kept by reference in the session process (local sends do not copy): store
 values you will not mutate afterwards (numbers, strings, tuples, or fresh dicts).
+
+In a cluster, session processes are cluster-scoped by default (`procreg.scope`): a
+graceful stop of a node (a rolling deploy) hands each session's data off to the
+session's new home node, so a rolling restart of every node keeps every session
+without an external session store; a node that dies loses the data of the sessions
+it held (they start again empty on a survivor). The data must be picklable to move
+(a session whose data is not starts empty, logged). ``session_scope="node"`` on
+`SessionMiddleware` / `procreg.web.install` opts out: sessions then live and die with
+their node, as before.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ from typing import Any, Final
 from starlette.requests import HTTPConnection
 
 from ..api import get_or_spawn
-from ..errors import NoProcess
+from ..errors import NoProcess, ProcessExited
 from ..node import Node
 from ..pid import Pid
+from ..scope import check_scope, takeover
 from ..server import Server
 from .context import use_node
 
@@ -49,8 +59,14 @@ class SessionProcess(Server):
     data: dict[Hashable, Any]
 
     def init(self) -> None:
-        """Start empty."""
-        self.data = {}
+        """Start empty, or with the data handed off by the session's previous
+        process (a graceful stop of its node: `procreg.takeover`)."""
+        moved = takeover()
+        self.data = dict(moved.state) if moved is not None and moved.state else {}
+
+    def handoff(self) -> dict[Hashable, Any]:
+        """The data, to move to the session's new home node on a graceful stop."""
+        return self.data
 
     def handle_call(self, request: Any) -> Any:
         """Answer one request (see the class docstring)."""
@@ -91,17 +107,28 @@ class Session:
 
     Attributes: `sid` (the session id, the part of the cookie before the
     signature), `node` (the node serving the request), `idle_timeout` (seconds without
-    a request after which the session process ends) and `fresh` (True when the request
-    came without a valid cookie, so a new id was issued).
+    a request after which the session process ends), `fresh` (True when the request
+    came without a valid cookie, so a new id was issued) and `scope` (``"cluster"``:
+    the session moves on a rolling restart; ``"node"``: it lives and dies with its
+    node).
     """
 
-    __slots__ = ("_pid", "fresh", "idle_timeout", "node", "sid")
+    __slots__ = ("_pid", "fresh", "idle_timeout", "node", "scope", "sid")
 
-    def __init__(self, sid: str, node: Node, idle_timeout: float | None, fresh: bool) -> None:
+    def __init__(
+        self,
+        sid: str,
+        node: Node,
+        idle_timeout: float | None,
+        fresh: bool,
+        scope: str = "cluster",
+    ) -> None:
+        check_scope(scope)
         self.sid = sid
         self.node = node
         self.idle_timeout = idle_timeout
         self.fresh = fresh
+        self.scope = scope
         self._pid: Pid | None = None
 
     def __repr__(self) -> str:
@@ -116,7 +143,11 @@ class Session:
         """The pid of the session process, started if needed."""
         with use_node(self.node):
             self._pid = await get_or_spawn(
-                self.key, SessionProcess, table=SESSIONS_TABLE, idle_timeout=self.idle_timeout
+                self.key,
+                SessionProcess,
+                table=SESSIONS_TABLE,
+                idle_timeout=self.idle_timeout,
+                scope=self.scope,
             )
         return self._pid
 
@@ -124,7 +155,9 @@ class Session:
         pid = self._pid if self._pid is not None else await self.pid()
         try:
             return await self.node.call(pid, request)
-        except NoProcess:  # ended between lookup and call: once more, with a new process
+        except (NoProcess, ProcessExited):
+            # ended between lookup and call (idle, or moved to another node by a
+            # rolling restart): once more, with the current process
             return await self.node.call(await self.pid(), request)
 
     async def get(self, key: Hashable, default: Any = None) -> Any:

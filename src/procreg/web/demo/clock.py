@@ -5,6 +5,10 @@ Like N2O's ``"/timer"`` process it re-arms itself with `procreg.send_after` on e
 tick, aimed at the next wall-clock second so that the clock does not drift::
 
     await procreg.pi.start(clock_pi())
+
+In a cluster it is cluster-scoped: one clock for all nodes, started again by a
+surviving node if its node dies, and handed off (with its tick count) when its node
+stops gracefully, so it keeps ticking through a rolling restart.
 """
 
 from __future__ import annotations
@@ -59,9 +63,15 @@ class Clock:
             return pi.Reply(state.get("ticks", 0), p)
         return pi.Error(("unknown_message", msg))
 
+    @staticmethod
+    def handoff(p: pi.Pi) -> Any:
+        """The state to move on a graceful stop (the tick count goes on)."""
+        return p.state
+
 
 def clock_pi(interval: float = 1.0, pool: str = CLOCK_POOL, sup: Any = "root") -> pi.Pi:
     """The `Pi` record of the clock: name ``"clock"`` in table ``"web"``, under the
-    root supervisor, restarted if it ever ends."""
+    root supervisor, restarted if it ever ends; cluster-scoped (one clock for the
+    whole cluster, moving to a surviving node when its own stops or dies)."""
     state = {"interval": interval, "pool": pool, "ticks": 0}
-    return pi.Pi("clock", "web", sup, Clock, state=state, restart="permanent")
+    return pi.Pi("clock", "web", sup, Clock, state=state, restart="permanent", scope="cluster")
