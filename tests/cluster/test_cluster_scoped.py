@@ -185,3 +185,11 @@ def test_a_rolling_restart_keeps_every_web_session_and_the_demo_clock(cluster):
         wait_mesh(nodes)
     # the opt-out: node-scoped sessions started on n1 were lost when n1 stopped
     assert nodes[1].ok("session_incr", sids=opted_out, scope="node") == [1, 1]
+
+
+def test_a_factory_other_nodes_cannot_rebuild_is_a_clear_error(cluster):
+    (n1,) = cluster(["n1"])
+    answer = n1.req("scoped_gos", keys=["h"], factory="Hidden", placement="local")
+    assert answer["error"] == "TypeError"
+    assert "cluster-scoped process needs a factory and arguments" in answer["message"]
+    assert n1.ok("whereis", key="h", table="keep") is None
