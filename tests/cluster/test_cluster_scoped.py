@@ -24,6 +24,29 @@ def read_traces(trace_dir: Path) -> list[list[Any]]:
     return sorted(lines, key=lambda line: line[0])
 
 
+def assert_never_two_live(trace_dir: Path) -> int:
+    """The tracer's check: from every start and end line, no key had two live
+    instances at any moment (an instance still running at the end lives on).
+    Returns how many instances it saw."""
+    lives: dict[Any, list[list[float]]] = {}
+    open_: dict[Any, float] = {}
+    seen = 0
+    for t, key, pid, event, _ in read_traces(trace_dir):
+        k = (key, tuple(pid))
+        if event == "start":
+            open_[k] = t
+            seen += 1
+        elif event == "end" and k in open_:
+            lives.setdefault(key, []).append([open_.pop(k), t])
+    for (key, _), t in open_.items():
+        lives.setdefault(key, []).append([t, float("inf")])
+    for key, spans in lives.items():
+        spans.sort()
+        for a, b in itertools.pairwise(spans):
+            assert a[1] <= b[0], f"{key!r} had two live instances: {a} and {b}"
+    return seen
+
+
 def test_two_nodes_racing_pi_start_of_one_job_run_init_once(cluster, tmp_path):
     trace_dir = tmp_path / "trace"
     trace_dir.mkdir()
@@ -148,21 +171,7 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
     )
     kinds = {line[4] for line in read_traces(trace_dir) if line[3] == "start"}
     assert "failover" not in kinds and "takeover" in kinds, kinds
-    # the tracer: no key had two live instances at any moment
-    lives: dict[Any, list[list[float]]] = {}
-    open_: dict[Any, float] = {}
-    for t, key, pid, event, _ in read_traces(trace_dir):
-        k = (key, tuple(pid))
-        if event == "start":
-            open_[k] = t
-        elif event == "end" and k in open_:
-            lives.setdefault(key, []).append([open_.pop(k), t])
-    for (key, _), t in open_.items():
-        lives.setdefault(key, []).append([t, float("inf")])
-    for key, spans in lives.items():
-        spans.sort()
-        for a, b in itertools.pairwise(spans):
-            assert a[1] <= b[0], f"{key!r} had two live instances: {a} and {b}"
+    assert_never_two_live(trace_dir)
 
 
 def test_a_rolling_restart_keeps_every_web_session_and_the_demo_clock(cluster):
