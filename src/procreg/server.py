@@ -90,8 +90,12 @@ class Server(_Proc):
     - ``handle_cast(msg)`` and ``handle_info(msg)`` (plain sends, `Down`, `Exit`,
       timer messages); the defaults log the unexpected message and ignore it.
     - ``terminate(reason)``: called when the process ends, except on ``"kill"``.
+    - ``handoff()`` (optional, sync): for a cluster-scoped server (``scope="cluster"``,
+      `procreg.scope`), the picklable state to move to its new home node when its
+      node stops gracefully; the new ``init`` reads it from
+      ``procreg.takeover().state``. Return `procreg.NO_STATE` to move without state.
 
-    Any callback may be ``async def``. Start one with ``MyServer.start(*args)``.
+    Any callback but ``handoff`` may be ``async def``. Start one with ``MyServer.start(*args)``.
 
     Attributes are the subclass's own: the runtime keeps its state under names that
     start with ``_procreg_`` (`RESERVED`) and defining such a name, or ``pid`` (the

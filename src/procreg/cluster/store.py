@@ -20,6 +20,7 @@ Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
 | ``g:<group>`` | set | member pids (``node\\tcreation\\tserial``) |
 | ``owned:<node>:<creation>`` | set | what that incarnation registered (and watches), for cleanup |
 | ``kw`` | hash | ``<table>\\n<key>`` -> how many node incarnations watch it (`keywatch`) |
+| ``scoped:<what>`` | hash | cluster-scoped processes: ``pid``, ``spec``, ``state`` |
 | ``ch:<node>`` | pub/sub channel | frames for that node |
 | ``inval`` | pub/sub channel | ``<table>\\n<key>`` pairs (newline-separated) of registry changes |
 | ``kev`` | pub/sub channel | changes of watched keys, and watch markers (`keywatch`) |
