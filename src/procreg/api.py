@@ -10,7 +10,8 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, overload
 
 from .errors import NotInProcess
-from .node import Node, _node_var, check_timeout, current_node
+from .kernel import _node_var
+from .node import Node, check_timeout, current_node
 from .pid import Pid, Ref
 from .process import Process, _answered, current_process
 from .registry import (
@@ -427,7 +428,7 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
     if pid.__class__ is Pid:
         return pid
     _check_spawn(key, factory, table, placement, idle_timeout)
-    if not node._starting and node._handler_holder is None:  # (`spawn_for`'s fast path)
+    if not node._starting and not node._held:  # (`spawn_for`'s fast path)
         pid, _ = await node.registry.get_or_spawn(
             key, factory, args, table, placement, meta, idle_timeout
         )

@@ -33,7 +33,8 @@ from typing import Any, Final
 from . import pi as n2o
 from .api import self as self_pid
 from .api import send_after
-from .node import check_timeout, current_node
+from .kernel import current_node
+from .options import check_timeout
 from .pid import Pid
 
 __all__ = ["Cache", "CacheTimer", "cache", "start_cache_timer"]

@@ -10,7 +10,7 @@ is unbounded): delivery checks it only when the mailbox already exists, and the 
 path (`_Proc._procreg_refuse`) counts the refused message and applies the overflow
 policy. Runtime signals (`Down`, `Exit`, `KeyEvent`, `NodeEvent`) are never refused.
 
-The exit sequence, run once per process however it ends (see `Node._end`):
+The exit sequence, run once per process however it ends (see `Kernel._end`):
 ``terminate`` (servers only, not on ``"kill"``) → removed from the node's table and
 its registrations dropped → callers waiting on it fail with `ProcessExited` →
 monitors get `Down` → links get the exit signal → its timers are cancelled.
@@ -31,7 +31,7 @@ from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
     from .timers import Timer
 
 __all__ = [
@@ -212,7 +212,7 @@ class _Proc:
     )
 
     _procreg_pid: Pid
-    _procreg_node: Node
+    _procreg_node: Kernel
     _procreg_mail: deque[Any] | None
     _procreg_st: int
     _procreg_ext: _Ext | None
@@ -235,7 +235,7 @@ class _Proc:
             attrgetter("_procreg_pid"), _read_only_pid, doc="The process's pid (read-only)."
         )
 
-    def _procreg_setup(self, node: Node, pid: Pid) -> None:
+    def _procreg_setup(self, node: Kernel, pid: Pid) -> None:
         self._procreg_pid = pid
         self._procreg_node = node
         self._procreg_mail = None
@@ -305,7 +305,7 @@ class _Proc:
         raise NotImplementedError
 
     def _procreg_overload(self, why: str | None) -> None:
-        """End this process with reason ``"overload"`` and count it (`Node.stats`);
+        """End this process with reason ``"overload"`` and count it (`Kernel.stats`);
         `why` is logged as a warning unless None."""
         if self._procreg_st >= EXITING:
             return
@@ -452,7 +452,7 @@ class Process(_Proc):
     _waiter: asyncio.Future[Any] | None
     _match: Callable[[Any], bool] | None
 
-    def __init__(self, node: Node, pid: Pid) -> None:
+    def __init__(self, node: Kernel, pid: Pid) -> None:
         self._procreg_setup(node, pid)
         self._task = None
         self._waiter = None

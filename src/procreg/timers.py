@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .node import check_timeout
+from .options import check_timeout
 from .pid import Pid
 from .process import EXITING
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
     from .process import _Proc
 
 __all__ = ["Timer", "start_timer"]
@@ -25,7 +25,7 @@ class Timer:
 
     __slots__ = ("_dest", "_handle", "_interval", "_msg", "_next", "_node", "_owners")
 
-    def __init__(self, node: Node, dest: Pid, msg: Any, interval: float | None) -> None:
+    def __init__(self, node: Kernel, dest: Pid, msg: Any, interval: float | None) -> None:
         self._node = node
         self._dest = dest
         self._msg = msg
@@ -79,7 +79,7 @@ class Timer:
         return f"<Timer {kind} -> {self._dest!r} {state}>"
 
 
-def start_timer(node: Node, delay: float, dest: Pid, msg: Any, interval: float | None) -> Timer:
+def start_timer(node: Kernel, delay: float, dest: Pid, msg: Any, interval: float | None) -> Timer:
     """Arm a timer on `node` (see `procreg.send_after` / `procreg.send_interval`)."""
     check_timeout(delay, "delay")
     if interval is not None:
