@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import Overloaded, ProcessExited
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
@@ -42,8 +42,6 @@ __all__ = [
     "DEAD",
     "OVERFLOWS",
     "Process",
-    "ServerClass",
-    "is_server_class",
 ]
 
 log = logging.getLogger("procreg")
@@ -76,57 +74,6 @@ current_process: contextvars.ContextVar[_Proc | None] = contextvars.ContextVar(
 )
 # The caller of the call being handled in an async ``handle_call``.
 current_caller: contextvars.ContextVar[Any] = contextvars.ContextVar("procreg_caller", default=None)
-
-
-class ServerClass(Protocol):
-    """What the runtime uses of a `procreg.Server` subclass (the class itself, not an
-    instance): see `is_server_class`."""
-
-    _procreg_async_mask: int  # which callbacks are ``async def`` (8: ``init``)
-
-    def start(
-        self,
-        *args: Any,
-        link: bool = False,
-        monitor: bool = False,
-        trap_exits: bool = False,
-        idle_timeout: float | None = None,
-        max_mailbox: int | None = None,
-        overflow: str | None = None,
-    ) -> Pid:
-        """`Server.start`."""
-
-    async def start_ready(
-        self,
-        *args: Any,
-        link: bool = False,
-        monitor: bool = False,
-        trap_exits: bool = False,
-        idle_timeout: float | None = None,
-        max_mailbox: int | None = None,
-        overflow: str | None = None,
-    ) -> Pid:
-        """`Server.start_ready`."""
-
-    def _procreg_start(
-        self,
-        args: tuple[Any, ...],
-        link: bool,
-        monitor: bool,
-        trap_exits: bool,
-        idle_timeout: float | None,
-        ready: asyncio.Future[Pid] | None,
-        pid: Pid | None = None,
-        bound: tuple[int | None, str | None] | None = None,
-    ) -> tuple[_Proc, asyncio.Future[Pid] | None]:
-        """Start a process of this class (see `procreg.server`)."""
-
-
-def is_server_class(obj: object) -> TypeGuard[ServerClass]:
-    """True if `obj` is a `procreg.Server` subclass: a class carrying the
-    ``_procreg_server`` marker (`Server` sets it; the runtime layer cannot import
-    `Server`, which sits above it). The one place that question is answered."""
-    return isinstance(obj, type) and hasattr(obj, "_procreg_server")
 
 
 class _Ext:

@@ -29,7 +29,8 @@ from .backends import DEFAULT_TABLE, MISS, RegistryBackend
 from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
 from .messages import KeyEvent
 from .pid import Pid, Ref
-from .process import EXITING, _Proc, is_server_class
+from .process import EXITING, _Proc
+from .spawning import is_server_class
 from .waits import check_wait, started_for, waiting_on
 
 if TYPE_CHECKING:

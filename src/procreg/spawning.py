@@ -13,19 +13,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from .errors import NotInProcess
 from .options import check_bound, check_timeout
 from .pid import Pid, Ref
-from .process import Process, _Proc, is_server_class
+from .process import Process, _Proc
 from .waits import started_for
 
 if TYPE_CHECKING:
     from .kernel import Kernel
 
 __all__ = [
+    "ServerClass",
     "bound",
+    "is_server_class",
     "setup",
     "spawn",
     "spawn_main",
@@ -34,6 +36,57 @@ __all__ = [
     "start_with_pid",
     "starts_now",
 ]
+
+
+class ServerClass(Protocol):
+    """What the runtime uses of a `procreg.Server` subclass (the class itself, not an
+    instance): see `is_server_class`."""
+
+    _procreg_async_mask: int  # which callbacks are ``async def`` (8: ``init``)
+
+    def start(
+        self,
+        *args: Any,
+        link: bool = False,
+        monitor: bool = False,
+        trap_exits: bool = False,
+        idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
+    ) -> Pid:
+        """`Server.start`."""
+
+    async def start_ready(
+        self,
+        *args: Any,
+        link: bool = False,
+        monitor: bool = False,
+        trap_exits: bool = False,
+        idle_timeout: float | None = None,
+        max_mailbox: int | None = None,
+        overflow: str | None = None,
+    ) -> Pid:
+        """`Server.start_ready`."""
+
+    def _procreg_start(
+        self,
+        args: tuple[Any, ...],
+        link: bool,
+        monitor: bool,
+        trap_exits: bool,
+        idle_timeout: float | None,
+        ready: asyncio.Future[Pid] | None,
+        pid: Pid | None = None,
+        bound: tuple[int | None, str | None] | None = None,
+    ) -> tuple[_Proc, asyncio.Future[Pid] | None]:
+        """Start a process of this class (see `procreg.server`)."""
+
+
+def is_server_class(obj: object) -> TypeGuard[ServerClass]:
+    """True if `obj` is a `procreg.Server` subclass: a class carrying the
+    ``_procreg_server`` marker (`Server` sets it; the runtime layer cannot import
+    `Server`, which sits above it). The one place that question is answered."""
+    return isinstance(obj, type) and hasattr(obj, "_procreg_server")
 
 
 def spawn(

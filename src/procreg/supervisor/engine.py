@@ -16,7 +16,8 @@ from ..errors import AlreadyRegistered, NoProcess, Stop
 from ..kernel import Kernel, current_node
 from ..messages import Call, Down, Exit
 from ..pid import Pid
-from ..process import _Proc, current_process, is_server_class
+from ..process import _Proc, current_process
+from ..spawning import is_server_class
 from .requests import _Requests, _Stop, _StopRequest
 from .roots import supervision
 from .specs import SUPERVISORS, ChildSpec, _Child
