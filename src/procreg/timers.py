@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .kernel import current_node
 from .options import check_timeout
 from .pid import Pid
 from .process import EXITING
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from .kernel import Kernel
     from .process import _Proc
 
-__all__ = ["Timer", "start_timer"]
+__all__ = ["Timer", "send_after", "send_interval", "start_timer"]
 
 
 class Timer:
@@ -109,3 +110,16 @@ def start_timer(node: Kernel, delay: float, dest: Pid, msg: Any, interval: float
     timer._next = loop.time() + delay
     timer._handle = loop.call_at(timer._next, timer._fire, context=node._ctx)
     return timer
+
+
+def send_after(delay: float, pid: Pid, msg: Any) -> Timer:
+    """Send `msg` to `pid` after `delay` seconds. The timer is cancelled if the
+    target or the process that set it ends first."""
+    return start_timer(current_node(), delay, pid, msg, None)
+
+
+def send_interval(interval: float, pid: Pid, msg: Any, *, first: float | None = None) -> Timer:
+    """Send `msg` to `pid` every `interval` seconds (first after `first`, default
+    `interval`), without drift, until cancelled or either process ends."""
+    delay = interval if first is None else first
+    return start_timer(current_node(), delay, pid, msg, interval)

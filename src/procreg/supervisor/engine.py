@@ -16,6 +16,7 @@ from ..errors import AlreadyRegistered, NoProcess, Stop
 from ..kernel import Kernel, current_node
 from ..messages import Call, Down, Exit
 from ..pid import Pid
+from ..primitives import receive
 from ..process import _Proc, current_process
 from ..spawning import is_server_class
 from .requests import _Requests, _Stop, _StopRequest
@@ -247,8 +248,6 @@ def _is_normal_end(reason: Any) -> bool:
 
 
 async def _receive(timeout: float | None = None, match: Any = None) -> Any:
-    from ..api import receive
-
     return await receive(timeout=timeout, match=match)
 
 
