@@ -47,7 +47,7 @@ from .store import Store, stop_tasks
 from .transport import Transport
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..kernel import Kernel
 
 __all__ = ["Cluster", "default_node_name"]
 
@@ -68,7 +68,7 @@ class Cluster:
 
     def __init__(
         self,
-        node: Node,
+        node: Kernel,
         url: str,
         *,
         secret: str | bytes | None = None,
@@ -83,7 +83,7 @@ class Cluster:
         self.key = load_secret(secret)
         self.lease = lease
         self.grace = grace if grace is not None else 2 * lease
-        self.store = Store(url, timeout=min(1.0, lease / 3))
+        self.store: Store = Store(url, timeout=min(1.0, lease / 3))
         self.membership = Membership(self, node.name, lease)
         self.transport = Transport(
             self.store, self.key, node.name, self._deliver, interval=lease / 3
@@ -103,7 +103,7 @@ class Cluster:
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []
         self.down_events: list[Callable[[str], Any]] = []
-        self.fenced = 0
+        self.fenced: int = 0
         self.recoveries = 0
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None

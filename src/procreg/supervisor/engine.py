@@ -13,11 +13,14 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..errors import AlreadyRegistered, NoProcess, Stop
+from ..kernel import Kernel, current_node
 from ..messages import Call, Down, Exit
-from ..node import Node, current_node
 from ..pid import Pid
-from ..process import _Proc, current_process, is_server_class
+from ..primitives import receive
+from ..process import _Proc, current_process
+from ..spawning import is_server_class
 from .requests import _Requests, _Stop, _StopRequest
+from .roots import supervision
 from .specs import SUPERVISORS, ChildSpec, _Child
 
 __all__: list[str] = []
@@ -53,15 +56,16 @@ class _Running(_Requests):
         self._by_id: dict[Hashable, _Child] = {}
         self._by_pid: dict[Pid, _Child] = {}
         self._restarts: deque[float] = deque()
-        node._supervisors[self._me] = self._parent
+        sups = supervision(node)
+        sups.add(self._me, self._parent)
         try:
             await self._serve(node, me, specs, name, ready)
         finally:
-            node._supervisors.pop(self._me, None)
+            sups.remove(self._me)
 
     async def _serve(
         self,
-        node: Node,
+        node: Kernel,
         me: _Proc,
         specs: list[ChildSpec],
         name: Hashable | None,
@@ -244,8 +248,6 @@ def _is_normal_end(reason: Any) -> bool:
 
 
 async def _receive(timeout: float | None = None, match: Any = None) -> Any:
-    from ..api import receive
-
     return await receive(timeout=timeout, match=match)
 
 
