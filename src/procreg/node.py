@@ -42,7 +42,7 @@ from .surface import NodeRuntime
 
 if TYPE_CHECKING:
     from .registry import RegistryBackend
-    from .seams import Distribution
+    from .seams import Carrier, Distribution
 
 __all__ = [
     "HANDLER_LOCK",
@@ -302,7 +302,9 @@ class Node:
     ``max_mailbox`` (default None: unbounded) bounds the mailbox of every process
     started on this node that sets no bound of its own, and ``overflow`` (``"drop"``,
     the default, or ``"exit"``) is the default policy when a bounded mailbox is full;
-    see `procreg.spawn`.
+    see `procreg.spawn`. ``dist`` (instead of ``cluster``) is a distribution to join
+    given as an object (`seams.Carrier`): `procreg.testing.LoopbackNet` joins nodes of
+    one event loop into an in-memory cluster, for tests.
 
     >>> import asyncio, procreg
     >>> async def main():
@@ -326,6 +328,7 @@ class Node:
         on_conflict: Any = None,
         max_mailbox: int | None = None,
         overflow: str = "drop",
+        dist: Carrier | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "\t" in name):
             raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
@@ -352,6 +355,9 @@ class Node:
         self.runtime = NodeRuntime(self)  # what backends may do to local processes
         self.creation = next(_creations)
         self.cluster = cluster
+        if dist is not None and cluster is not None:
+            raise ValueError("give a node cluster= or dist=, not both")
+        self._carrier = dist  # a distribution given as an object (hook, see `start`)
         self._secret = secret
         self._batch = batch
         if gc_policy is None:
@@ -422,7 +428,21 @@ class Node:
         self._deadlines = _Deadlines(self._loop)
         self._token = _node_var.set(self)
         self._ctx = contextvars.copy_context()
-        if self.cluster is not None:
+        if self._carrier is not None:
+            # hook: a distribution given as an object (`seams.Carrier`, such as
+            # `procreg.testing.LoopbackNet`) gives the node its creation, its
+            # `Distribution` and its registry backend; `stop` leaves it
+            try:
+                attached = await self._carrier.attach(self)
+            except BaseException:
+                _node_var.reset(self._token)
+                self._token = None
+                raise
+            self.creation = attached.creation
+            self._cluster = attached
+            self._remote = attached.remote
+            self.registry = attached.registry
+        elif self.cluster is not None:
             from .cluster import Cluster
 
             cluster = Cluster(
