@@ -786,7 +786,15 @@ class RedisBackend(LocalBackend):
         raw = await store.script(
             "members", [store.key("g", canon(group))], [store.key("lease", "")]
         )
-        return sorted(pid_from_str(_text(m)) for m in raw)
+        pids = (pid_from_str(_text(m)) for m in raw)
+        # not a member that ended here, or whose end we heard of, while its release
+        # is still on its way to the store (a process leaves its groups when it ends)
+        me = self.node.name
+        return sorted(
+            p
+            for p in pids
+            if not (p[0] == me and not self.runtime.alive(p)) and p not in self._dead
+        )
 
     async def publish(self, group: Hashable, msg: Any) -> int:  # a Published
         pids = await self.members(group)
