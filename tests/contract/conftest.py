@@ -11,7 +11,8 @@ test drives it through two calls:
   shared);
 - ``backend.cluster(n)``: an async context manager giving `n` node handles in one
   event loop (``handle.run(fn, *args)``, ``handle.spawn(fn, *args)``,
-  ``handle.node``) for the multi-node contract; ``local`` skips such tests.
+  ``handle.node``) for the multi-node contract, whose tests take the fixture
+  `cluster_backend` (``redis`` and ``loopback`` only).
 """
 
 from __future__ import annotations
@@ -189,13 +190,10 @@ def contract_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
         server.kill()
 
 
-@pytest.fixture(params=["local", "redis", "loopback"])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The registry backend under test: ``local``, ``redis`` or ``loopback``."""
-    chosen: Backend
-    if request.param == "local":
-        chosen = LocalBackendUnderTest()
-    elif request.param == "redis":
+def _backend(request: pytest.FixtureRequest, which: str) -> Backend:
+    if which == "local":
+        return LocalBackendUnderTest()
+    if which == "redis":
         server = request.getfixturevalue("contract_redis")
         if server is None:
             from conftest import skip_or_fail
@@ -204,9 +202,25 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
                 "the redis contract tests need redis-py and a redis-server: "
                 "pip install -e '.[test]'"
             )
-        chosen = RedisBackendUnderTest(server)
-    else:
-        chosen = LoopbackBackendUnderTest()
+        return RedisBackendUnderTest(server)
+    return LoopbackBackendUnderTest()
+
+
+@pytest.fixture(params=["local", "redis", "loopback"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The registry backend under test: ``local``, ``redis`` or ``loopback``."""
+    chosen = _backend(request, request.param)
+    try:
+        yield chosen
+    finally:
+        chosen.cleanup()
+
+
+@pytest.fixture(params=["redis", "loopback"])
+def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """A backend with more than one node (``redis``, ``loopback``), for the
+    multi-node contract (``backend.cluster(n)``)."""
+    chosen = _backend(request, request.param)
     try:
         yield chosen
     finally:

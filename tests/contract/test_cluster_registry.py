@@ -57,8 +57,9 @@ async def log_body(log: list[Any]) -> None:
         log.append(await procreg.receive())
 
 
-def test_nodes_register_and_find_each_others_keys(backend: Backend) -> None:
+def test_nodes_register_and_find_each_others_keys(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as nodes:
             n1, n2, n3 = nodes
             pids = {}
@@ -108,8 +109,11 @@ async def _gone(node: Any, key: Any, table: str = "default") -> bool:
     return await node.run(procreg.whereis, key, table) is None
 
 
-def test_a_key_is_free_everywhere_once_its_holder_ends_on_another_node(backend: Backend) -> None:
+def test_a_key_is_free_everywhere_once_its_holder_ends_on_another_node(
+    cluster_backend: Backend,
+) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as (n1, n2, n3):
             pid = await n1.run(procreg.get_or_spawn, "k", Keyed, "k")
             assert await n2.run(procreg.whereis, "k") == pid
@@ -130,9 +134,10 @@ async def _found(node: Any, key: Any, pid: Any) -> bool:
 
 @pytest.mark.parametrize("factory", [Keyed, SlowKeyed], ids=["sync-init", "async-init"])
 def test_concurrent_get_or_spawn_from_every_node_starts_one_process_per_key(
-    backend: Backend, factory: type
+    cluster_backend: Backend, factory: type
 ) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as nodes:
             keys = [(factory.__name__, backend.id, i) for i in range(60)]
 
@@ -156,8 +161,9 @@ def test_concurrent_get_or_spawn_from_every_node_starts_one_process_per_key(
     asyncio.run(main())
 
 
-def test_hash_placement_starts_each_key_on_its_home_node(backend: Backend) -> None:
+def test_hash_placement_starts_each_key_on_its_home_node(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as nodes:
             names = sorted(n.name for n in nodes)
             keys = [("home", backend.id, i) for i in range(30)]
@@ -182,9 +188,10 @@ def test_hash_placement_starts_each_key_on_its_home_node(backend: Backend) -> No
 
 
 def test_hash_placement_raises_the_home_nodes_error_and_leaves_the_key_free(
-    backend: Backend,
+    cluster_backend: Backend,
 ) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(2) as (n1, n2):
             names = sorted([n1.name, n2.name])
             key = next(("f", i) for i in range(100) if home_node(("f", i), names) == n2.name)
@@ -200,8 +207,9 @@ def test_hash_placement_raises_the_home_nodes_error_and_leaves_the_key_free(
     asyncio.run(main())
 
 
-def test_groups_span_nodes_and_publish_reaches_every_member(backend: Backend) -> None:
+def test_groups_span_nodes_and_publish_reaches_every_member(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as nodes:
             logs: dict[str, list[Any]] = {n.name: [] for n in nodes}
             members = {}
@@ -232,8 +240,9 @@ def test_groups_span_nodes_and_publish_reaches_every_member(backend: Backend) ->
     asyncio.run(main())
 
 
-def test_a_remote_lookup_gets_the_metadata_as_json(backend: Backend) -> None:
+def test_a_remote_lookup_gets_the_metadata_as_json(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(2) as (n1, n2):
             pid = n1.spawn(idle)
             await n1.run(partial(procreg.register, meta={"pair": (1, 2)}), "k", pid)
@@ -243,8 +252,9 @@ def test_a_remote_lookup_gets_the_metadata_as_json(backend: Backend) -> None:
     asyncio.run(main())
 
 
-def test_keys_and_pids_that_cannot_cross_the_cluster_are_refused(backend: Backend) -> None:
+def test_keys_and_pids_that_cannot_cross_the_cluster_are_refused(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(2) as (n1, n2):
             with pytest.raises(TypeError):
                 await n1.run(procreg.get_or_spawn, frozenset({1}), Keyed, 1)
@@ -260,8 +270,9 @@ def test_keys_and_pids_that_cannot_cross_the_cluster_are_refused(backend: Backen
     asyncio.run(main())
 
 
-def test_key_monitors_hear_of_changes_made_on_other_nodes(backend: Backend) -> None:
+def test_key_monitors_hear_of_changes_made_on_other_nodes(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(2) as (n1, n2):
             events: list[Any] = []
             ready = asyncio.Event()
@@ -284,8 +295,9 @@ def test_key_monitors_hear_of_changes_made_on_other_nodes(backend: Backend) -> N
     asyncio.run(main())
 
 
-def test_a_stopped_nodes_keys_and_members_are_released(backend: Backend) -> None:
+def test_a_stopped_nodes_keys_and_members_are_released(cluster_backend: Backend) -> None:
     async def main() -> None:
+        backend = cluster_backend
         async with backend.cluster(3) as (n1, n2, n3):
             pid = await n3.run(procreg.get_or_spawn, "k", Keyed, "k")
             await n3.run(procreg.join, "g", pid)

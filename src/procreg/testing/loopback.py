@@ -262,6 +262,8 @@ class LoopbackNet:
         """Give `key` to `pid` unless another live process holds it (returned then);
         the same pid again replaces the metadata. One atomic step, like the Redis
         claim script."""
+        if not by.connected:
+            raise RuntimeError(f"{by!r} is not connected")  # (its backend checks first)
         current = self.holder(table, key)
         if current is not None and current != pid:
             return current
@@ -274,17 +276,18 @@ class LoopbackNet:
         """Remove `key` if `pid` holds it (`event`: ``"unregistered"`` or
         ``"ended"``, for the other nodes' key monitors); True if removed."""
         entry = self.keys.get((table, key))
-        if entry is None or entry[0] != pid:
-            return False
+        if entry is None or entry[0] != pid or not by.connected:
+            return False  # (a node cut off reaches nobody: what it held is purged)
         del self.keys[(table, key)]
         self._key_event(by, table, key, event, pid)
         return True
 
-    def group_add(self, group: Hashable, pid: Pid) -> None:
-        self.groups.setdefault(group, set()).add(pid)
+    def group_add(self, by: Member, group: Hashable, pid: Pid) -> None:
+        if by.connected:
+            self.groups.setdefault(group, set()).add(pid)
 
-    def group_remove(self, group: Hashable, pid: Pid) -> None:
-        members = self.groups.get(group)
+    def group_remove(self, by: Member, group: Hashable, pid: Pid) -> None:
+        members = self.groups.get(group) if by.connected else None
         if members is not None:
             members.discard(pid)
             if not members:

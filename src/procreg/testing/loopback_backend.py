@@ -299,7 +299,7 @@ class LoopbackBackend(LocalBackend):
         self._check_up(f"join {group!r}")
         added = await super().join(group, pid)
         if added:
-            self.net.group_add(group, pid)
+            self.net.group_add(self.member, group, pid)
         await asyncio.sleep(0)  # the store's round trip
         return added
 
@@ -307,7 +307,7 @@ class LoopbackBackend(LocalBackend):
         canon(group)
         left = await super().leave(group, pid)
         if left:
-            self.net.group_remove(group, pid)
+            self.net.group_remove(self.member, group, pid)
         return left
 
     async def members(self, group: Hashable) -> list[Pid]:
@@ -345,7 +345,7 @@ class LoopbackBackend(LocalBackend):
         ext = proc._procreg_ext
         if ext is not None and ext.groups:
             for group in ext.groups:
-                self.net.group_remove(group, pid)
+                self.net.group_remove(self.member, group, pid)
         super().process_ended(proc)
 
     def fence(self) -> None:
