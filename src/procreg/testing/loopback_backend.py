@@ -94,7 +94,10 @@ class LoopbackBackend(LocalBackend):
         pid = super().peek(key, table)
         if pid is not None or table in self._node_local:
             return pid
-        return self.net.holder(table, key)
+        pid = self.net.holder(table, key)
+        if pid is not None and pid[0] == self.node.name:
+            return None  # ours are all in the local view: one not yet is still starting
+        return pid
 
     async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
         return self.peek(key, table)
