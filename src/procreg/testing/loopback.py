@@ -324,7 +324,9 @@ class LoopbackNet:
         self._queue.append((sender.name, sender.creation, dest, item))
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = self._loop  # (set by the first attach; also from code outside the loop)
+            assert loop is not None
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Deliver what was queued (items queued meanwhile go on the next turn)."""
