@@ -332,7 +332,8 @@ class Node:
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "\t" in name):
             raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
-        cluster = cluster if cluster is not None else os.environ.get("PROCREG_CLUSTER") or None
+        if cluster is None and dist is None:
+            cluster = os.environ.get("PROCREG_CLUSTER") or None
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         check_timeout(lease, "lease")

@@ -386,3 +386,27 @@ def test_the_tests_own_code_is_outside_every_node() -> None:
             assert pid[0] == "n1"
 
     run(test)
+
+
+def test_a_loopback_node_ignores_procreg_cluster_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROCREG_CLUSTER", "redis://127.0.0.1:1/0")
+
+    async def test() -> None:
+        async with LoopbackCluster(2) as (a, b):
+            assert a.cluster is None
+            assert await b.call(a.spawn(Echo), "node") == "n1"
+
+    run(test)
+
+
+def test_a_stopped_loopback_node_says_so() -> None:
+    async def test() -> None:
+        async with LoopbackCluster(2) as cluster:
+            a, _ = cluster
+            await cluster.stop_node(a)
+            with pytest.raises(RuntimeError, match="not running"):
+                a.spawn(Echo)
+
+    run(test)

@@ -386,7 +386,10 @@ class LoopbackNode(Node):
         return self.net.member(self.name)
 
     def _context(self) -> contextvars.Context:
-        return self.member.ctx.copy()
+        member = self.net.members.get(self.name)
+        if member is None or member.node is not self:
+            raise RuntimeError(f"{self!r} is not running on its net")
+        return member.ctx.copy()
 
     def spawn(self, fn: Any, *args: Any, **options: Any) -> Pid:
         """`Node.spawn`, from any context (see the class)."""
