@@ -410,3 +410,34 @@ def test_a_stopped_loopback_node_says_so() -> None:
                 a.spawn(Echo)
 
     run(test)
+
+
+def test_a_call_to_a_node_that_is_not_there_raises_node_down() -> None:
+    async def test() -> None:
+        async with LoopbackCluster(2) as (a, _):
+            with pytest.raises(procreg.NodeDown):
+                await a.call(procreg.Pid("ghost", 1, 1), "x", timeout=5)
+
+    run(test)
+
+
+def test_replies_are_copied_too_and_an_unpicklable_one_fails_the_call() -> None:
+    class Hands(procreg.Server):
+        def init(self) -> None:
+            self.state = {"n": [1]}
+
+        def handle_call(self, request: Any) -> Any:
+            if request == "state":
+                return self.state
+            return lambda: None  # cannot cross
+
+    async def test() -> None:
+        async with LoopbackCluster(2) as (a, b):
+            pid = a.spawn(Hands)
+            got = await b.call(pid, "state")
+            got["n"].append(2)
+            assert a.local_process(pid).state == {"n": [1]}
+            with pytest.raises(procreg.ProcregError, match="unpicklable"):
+                await b.call(pid, "fn")
+
+    run(test)
