@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["LoopbackBackend"]
 
 
+def _pid_of(proc: _Proc) -> Pid:
+    pid: Pid = proc._procreg_pid
+    return pid
+
+
 def _as_json(meta: dict[str, Any] | None) -> Any:
     """`meta` as a store would give it back (`TypeError` if it is not JSON)."""
     if meta is None:
@@ -158,7 +163,7 @@ class LoopbackBackend(LocalBackend):
     ) -> bool:
         holder = self._local_holder(key, table)
         if holder is not None:  # ours, even if exiting (an async `terminate` may do it)
-            held_by = self.node_pid(holder)
+            held_by = _pid_of(holder)
             removed = await super().unregister(key, table, pid)
             if table not in self._node_local:
                 self.net.release(self.member, table, key, held_by, "unregistered")
@@ -176,11 +181,6 @@ class LoopbackBackend(LocalBackend):
             f"{key!r} in table {table!r} is held by {found!r} on node {found[0]!r}: "
             "unregister it there (or end the process)"
         )
-
-    @staticmethod
-    def node_pid(proc: _Proc) -> Pid:
-        pid: Pid = proc._procreg_pid
-        return pid
 
     async def get_or_spawn(
         self,
@@ -339,7 +339,7 @@ class LoopbackBackend(LocalBackend):
 
     # -- lifecycle ----------------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        pid = self.node_pid(proc)
+        pid = _pid_of(proc)
         reg = proc._procreg_reg
         if reg is not None:
             for table, key in reg if type(reg) is set else (reg,):
@@ -359,7 +359,7 @@ class LoopbackBackend(LocalBackend):
         for table, tab in list(self._tables.items()):
             if table not in self._node_local:
                 for proc in tab.values():
-                    ending[self.node_pid(proc)] = None
+                    ending[_pid_of(proc)] = None
         for members in self._groups.values():
             for pid in members:
                 ending[pid] = None
