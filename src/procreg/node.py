@@ -31,6 +31,7 @@ from .waits import check_wait, serving_task, started_for, waiting_on
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .seams import Attached, Carrier
 
 __all__ = [
     "Node",
@@ -61,7 +62,9 @@ class Node(Kernel):
     ``max_mailbox`` (default None: unbounded) bounds the mailbox of every process
     started on this node that sets no bound of its own, and ``overflow`` (``"drop"``,
     the default, or ``"exit"``) is the default policy when a bounded mailbox is full;
-    see `procreg.spawn`.
+    see `procreg.spawn`. ``dist`` (instead of ``cluster``) is a distribution to join
+    given as an object (`seams.Carrier`): `procreg.testing.LoopbackNet` joins nodes of
+    one event loop into an in-memory cluster, for tests.
 
     >>> import asyncio, procreg
     >>> async def main():
@@ -85,10 +88,14 @@ class Node(Kernel):
         on_conflict: Any = None,
         max_mailbox: int | None = None,
         overflow: str = "drop",
+        dist: Carrier | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "\t" in name):
             raise ValueError(f"node name must be a non-empty string without tabs, got {name!r}")
-        cluster = cluster if cluster is not None else os.environ.get("PROCREG_CLUSTER") or None
+        if dist is not None and cluster is not None:
+            raise ValueError("give a node cluster= or dist=, not both")
+        if cluster is None and dist is None:
+            cluster = os.environ.get("PROCREG_CLUSTER") or None
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         check_timeout(lease, "lease")
@@ -110,7 +117,8 @@ class Node(Kernel):
         self._secret = secret
         self._lease = lease
         self._on_conflict = on_conflict
-        self._cluster: Cluster | None = None  # when clustered
+        self._cluster: Cluster | Attached | None = None  # when clustered
+        self._carrier = dist  # a distribution given as an object (see `start`)
         self._registry_handler = registry_handler
         self.handler_config: dict[str, Any] = dict(handler_config or {})
         self.handler: Any = None
@@ -128,7 +136,20 @@ class Node(Kernel):
         the cluster if given one, make the registry backend, ``init`` the registry
         handler."""
         self._begin()
-        if self.cluster is not None:
+        if self._carrier is not None:
+            # a distribution given as an object (`seams.Carrier`, such as
+            # `procreg.testing.LoopbackNet`) gives the node its creation, its
+            # `Distribution` and its registry backend; `stop` leaves it
+            try:
+                attached = await self._carrier.attach(self)
+            except BaseException:
+                self._unbegin()
+                raise
+            self.creation = attached.creation
+            self._cluster = attached
+            self._remote = attached.remote
+            self.registry = attached.registry
+        elif self.cluster is not None:
             from .cluster import Cluster
 
             cluster = Cluster(

@@ -443,6 +443,21 @@ class Process(_Proc):
     def _procreg_call(self, caller: Any, request: Any) -> bool:
         return self._procreg_info(Call(request, caller))
 
+    def _owe_handed(self, waiter: asyncio.Future[Any] | None) -> None:
+        """A call handed to a `receive` that will not return it (the process ends
+        before its body resumes): owe it, so that the exit fails its caller with
+        `ProcessExited` instead of leaving it to time out."""
+        if waiter is None or not waiter.done() or waiter.cancelled() or waiter.exception():
+            return
+        msg = waiter.result()
+        if type(msg) is Call:
+            self._procreg_owe(msg.caller)
+
+    def _procreg_finish(self, reason: Any) -> None:
+        if self._waiter is not None and self._procreg_st != DEAD:
+            self._owe_handed(self._waiter)  # ("kill": the body never resumes first)
+        super()._procreg_finish(reason)
+
     def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [m.caller for m in mail if type(m) is Call]
 
@@ -539,6 +554,9 @@ class Process(_Proc):
             handle = loop.call_later(timeout, _expire, waiter)
         try:
             msg = await waiter
+        except BaseException:
+            self._owe_handed(waiter)  # (ending while a call was on its way in)
+            raise
         finally:
             self._waiter = None
             self._match = None
