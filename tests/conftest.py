@@ -2,8 +2,10 @@
 
 The tests are grouped by layer: ``runtime/`` (nodes, processes, messages, links,
 monitors, timers), ``behaviours/`` (`Server`, supervisors, ``pi``, the cache),
-``registry/`` (the registry and the Nitrogen handler), ``cluster/`` (node processes
-on a Redis: a package of its own, imported by those processes as ``cluster``),
+``registry/`` (the registry and the Nitrogen handler), ``contract/`` (the registry
+contract run against every backend: local, Redis, loopback; a package with its own
+``backend`` fixture), ``cluster/`` (node processes on a Redis: a package of its own,
+imported by those processes as ``cluster``), ``testing/`` (``procreg.testing``),
 ``web/`` and ``browser/``; what spans layers stays here.
 
 Test modules import the helpers by name (``from conftest import wait_until``): this

@@ -9,10 +9,11 @@ import asyncio
 from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, overload
 
-from .errors import NotInProcess
-from .node import Node, _node_var, check_timeout, current_node
+from .kernel import _node_var
+from .node import Node, check_timeout, current_node
 from .pid import Pid, Ref
-from .process import Process, _answered, current_process
+from .primitives import answered as answered
+from .primitives import caller, receive, reply, self
 from .registry import (
     DEFAULT_TABLE,
     Published,
@@ -23,7 +24,7 @@ from .registry import (
     spawn_for,
 )
 from .scope import check_scope, hooks
-from .timers import Timer, start_timer
+from .timers import send_after, send_interval
 
 if TYPE_CHECKING:
     from .server import Server
@@ -77,17 +78,6 @@ Ts = TypeVarTuple("Ts")
 # use a TypeVarTuple.)
 
 # -- processes -------------------------------------------------------------------
-
-
-def self() -> Pid:
-    """The pid of the calling process; `NotInProcess` outside one."""
-    node = current_node()
-    proc = node._current
-    if proc is None:
-        proc = current_process.get()
-        if proc is None:
-            raise NotInProcess("self() must be called from inside a process")
-    return proc._procreg_pid
 
 
 @overload
@@ -221,46 +211,6 @@ async def call(pid: Pid, request: Any, timeout: float | None = 5.0) -> Any:
     return await current_node().call(pid, request, timeout)
 
 
-def caller() -> Any:
-    """Inside ``handle_call``: the caller, to answer later with `reply` after
-    returning `NOREPLY`."""
-    return current_node().caller()
-
-
-def reply(caller: Any, value: Any) -> None:
-    """Answer a call. Replying to a caller that already got an answer, timed out or
-    went away does nothing (the first answer wins). A reply given before the handler
-    ends its process (``raise Stop(...)``, a crash, ``exit(self(), ...)``) reaches the
-    caller, whether the call was dispatched directly or scheduled: OTP's
-    ``{stop, Reason, Reply, State}``."""
-    if isinstance(caller, asyncio.Future):
-        if not caller.done():
-            caller.set_result(value)
-        return
-    caller.reply(value)
-
-
-def answered(caller: Any) -> bool:
-    """True once `caller` got its reply, an error, or gave up."""
-    return _answered(caller)
-
-
-async def receive(timeout: float | None = None, match: Callable[[Any], bool] | None = None) -> Any:
-    """Take the next message from the calling process's mailbox, waiting for one.
-
-    With `match`, take the oldest message for which ``match(msg)`` is true, leaving
-    the others in order (selective receive). Raises `TimeoutError` after `timeout`
-    seconds (``0`` polls). Only coroutine processes (`spawn`) receive; a `Server`
-    gets its messages through its handlers.
-    """
-    proc = current_process.get()
-    if proc is None or (type(proc) is not Process and not isinstance(proc, Process)):
-        raise NotInProcess("receive() must be called from inside a coroutine process (spawn)")
-    if timeout is not None:
-        check_timeout(timeout)
-    return await proc._receive(timeout, match)
-
-
 def link(pid: Pid) -> None:
     """Link the calling process with `pid`: when one ends with a reason other than
     ``"normal"``, the other gets the exit signal (and ends too, unless it traps
@@ -310,19 +260,6 @@ def monitor_nodes(on: bool = True) -> None:
 def is_alive(pid: Pid) -> bool:
     """True while `pid` is a live process of this node."""
     return current_node().is_alive(pid)
-
-
-def send_after(delay: float, pid: Pid, msg: Any) -> Timer:
-    """Send `msg` to `pid` after `delay` seconds. The timer is cancelled if the
-    target or the process that set it ends first."""
-    return start_timer(current_node(), delay, pid, msg, None)
-
-
-def send_interval(interval: float, pid: Pid, msg: Any, *, first: float | None = None) -> Timer:
-    """Send `msg` to `pid` every `interval` seconds (first after `first`, default
-    `interval`), without drift, until cancelled or either process ends."""
-    delay = interval if first is None else first
-    return start_timer(current_node(), delay, pid, msg, interval)
 
 
 def run(
@@ -443,7 +380,7 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
             node, key, factory, args, table, placement, meta, idle_timeout, scope
         )
         return pid
-    if not node._starting and node._handler_holder is None:  # (`spawn_for`'s fast path)
+    if not node._starting and not node._held:  # (`spawn_for`'s fast path)
         pid, _ = await node.registry.get_or_spawn(
             key, factory, args, table, placement, meta, idle_timeout
         )

@@ -31,10 +31,11 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final
 
 from . import pi as n2o
-from .api import self as self_pid
-from .api import send_after
-from .node import check_timeout, current_node
+from .kernel import current_node
+from .options import check_timeout
 from .pid import Pid
+from .primitives import self as self_pid
+from .timers import send_after
 
 __all__ = ["Cache", "CacheTimer", "cache", "start_cache_timer"]
 

@@ -23,22 +23,26 @@ A node uses another handler with ``Node(registry_handler=MyHandler())``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
-from .node import current_node
+from .kernel import current_node
 from .pid import Pid
-from .registry import (
-    DEFAULT_TABLE,
-    HANDLER_LOCK,
-    check_factory,
-    check_key,
-    spawn_for,
-    waiting_on,
-)
+from .registry import DEFAULT_TABLE, check_factory, check_key, spawn_for
+from .waits import TaskLock
 
-__all__ = ["NprocregHandler", "ProcessRegistryHandler", "get_pid"]
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+__all__ = [
+    "HandlerSlot",
+    "NprocregHandler",
+    "ProcessRegistryHandler",
+    "finish_handler",
+    "get_pid",
+    "start_handler",
+]
 
 
 class ProcessRegistryHandler:
@@ -123,6 +127,39 @@ class NprocregHandler(ProcessRegistryHandler):
         return pid, state
 
 
+class HandlerSlot:
+    """A node's registry handler, its config and its current state, and the lock that
+    runs a `serialized` handler's calls one at a time (a `waits.TaskLock`: a call
+    that could never get its turn raises `Deadlock`). Made by `start_handler`."""
+
+    __slots__ = ("config", "handler", "lock", "state")
+
+    def __init__(self, node: Kernel, handler: Any, config: dict[str, Any]) -> None:
+        self.handler = handler
+        self.config = config  # the node's ``handler_config`` (each callback gets a copy)
+        self.state: Any = None
+        self.lock = TaskLock(node, "the registry handler")
+
+
+_slots: WeakKeyDictionary[Kernel, HandlerSlot] = WeakKeyDictionary()
+
+
+async def start_handler(node: Kernel, handler: Any, config: dict[str, Any]) -> HandlerSlot:
+    """Give `node` its registry `handler` (`ProcessRegistryHandler`) and run the
+    handler's ``init`` with a copy of `config` (its error is raised). Called by
+    `procreg.Node.start`."""
+    slot = _slots[node] = HandlerSlot(node, handler, config)
+    slot.state = await handler.init(dict(config), None)
+    return slot
+
+
+async def finish_handler(node: Kernel) -> None:
+    """Run the ``finish`` callback of `node`'s handler (by `procreg.Node.stop`)."""
+    slot = _slots.get(node)
+    if slot is not None:
+        slot.state = await slot.handler.finish(dict(slot.config), slot.state)
+
+
 async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
     """Ask the current node's handler: ``get_pid(key)`` or ``get_pid(key, function)``.
 
@@ -131,24 +168,21 @@ async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
     could never get its turn raises `procreg.Deadlock` (see
     `ProcessRegistryHandler`). No lock is held for the default handler, which keeps
     no state: its calls run concurrently."""
-    node = current_node()
-    if not getattr(node.handler, "serialized", True):
-        return await _get_pid(node, key, function)
-    with waiting_on(node, HANDLER_LOCK):
-        await node._handler_lock.acquire()
+    slot = _slots[current_node()]
+    if not getattr(slot.handler, "serialized", True):
+        return await _get_pid(slot, key, function)
+    await slot.lock.acquire()
     try:
-        node._handler_holder = asyncio.current_task()
-        return await _get_pid(node, key, function)
+        return await _get_pid(slot, key, function)
     finally:
-        node._handler_holder = None
-        node._handler_lock.release()
+        slot.lock.release()
 
 
-async def _get_pid(node: Any, key: Hashable, function: Any) -> Pid | None:
-    handler: ProcessRegistryHandler = node.handler
-    config = dict(node.handler_config)  # the handler's to change, not the node's
+async def _get_pid(slot: HandlerSlot, key: Hashable, function: Any) -> Pid | None:
+    handler: ProcessRegistryHandler = slot.handler
+    config = dict(slot.config)  # the handler's to change, not the node's
     if function is None:
-        pid, node._handler_state = await handler.get_pid(key, config, node._handler_state)
+        pid, slot.state = await handler.get_pid(key, config, slot.state)
         return pid
-    pid, node._handler_state = await handler.get_pid(key, function, config, node._handler_state)
+    pid, slot.state = await handler.get_pid(key, function, config, slot.state)
     return pid

@@ -52,7 +52,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from .errors import AlreadyRegistered, NoProcess
-from .node import check_bound, check_timeout, current_node
+from .kernel import current_node
+from .options import check_bound, check_timeout
 from .pid import Pid
 from .registry import check_key, check_table
 from .scope import NO_STATE, check_scope, takeover

@@ -10,7 +10,7 @@ is unbounded): delivery checks it only when the mailbox already exists, and the 
 path (`_Proc._procreg_refuse`) counts the refused message and applies the overflow
 policy. Runtime signals (`Down`, `Exit`, `KeyEvent`, `NodeEvent`) are never refused.
 
-The exit sequence, run once per process however it ends (see `Node._end`):
+The exit sequence, run once per process however it ends (see `Kernel._end`):
 ``terminate`` (servers only, not on ``"kill"``) → removed from the node's table and
 its registrations dropped → callers waiting on it fail with `ProcessExited` →
 monitors get `Down` → links get the exit signal → its timers are cancelled.
@@ -24,14 +24,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import Overloaded, ProcessExited
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .pid import Pid, Ref
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
     from .timers import Timer
 
 __all__ = [
@@ -42,8 +42,6 @@ __all__ = [
     "DEAD",
     "OVERFLOWS",
     "Process",
-    "ServerClass",
-    "is_server_class",
 ]
 
 log = logging.getLogger("procreg")
@@ -76,57 +74,6 @@ current_process: contextvars.ContextVar[_Proc | None] = contextvars.ContextVar(
 )
 # The caller of the call being handled in an async ``handle_call``.
 current_caller: contextvars.ContextVar[Any] = contextvars.ContextVar("procreg_caller", default=None)
-
-
-class ServerClass(Protocol):
-    """What the runtime uses of a `procreg.Server` subclass (the class itself, not an
-    instance): see `is_server_class`."""
-
-    _procreg_async_mask: int  # which callbacks are ``async def`` (8: ``init``)
-
-    def start(
-        self,
-        *args: Any,
-        link: bool = False,
-        monitor: bool = False,
-        trap_exits: bool = False,
-        idle_timeout: float | None = None,
-        max_mailbox: int | None = None,
-        overflow: str | None = None,
-    ) -> Pid:
-        """`Server.start`."""
-
-    async def start_ready(
-        self,
-        *args: Any,
-        link: bool = False,
-        monitor: bool = False,
-        trap_exits: bool = False,
-        idle_timeout: float | None = None,
-        max_mailbox: int | None = None,
-        overflow: str | None = None,
-    ) -> Pid:
-        """`Server.start_ready`."""
-
-    def _procreg_start(
-        self,
-        args: tuple[Any, ...],
-        link: bool,
-        monitor: bool,
-        trap_exits: bool,
-        idle_timeout: float | None,
-        ready: asyncio.Future[Pid] | None,
-        pid: Pid | None = None,
-        bound: tuple[int | None, str | None] | None = None,
-    ) -> tuple[_Proc, asyncio.Future[Pid] | None]:
-        """Start a process of this class (see `procreg.server`)."""
-
-
-def is_server_class(obj: object) -> TypeGuard[ServerClass]:
-    """True if `obj` is a `procreg.Server` subclass: a class carrying the
-    ``_procreg_server`` marker (`Server` sets it; the runtime layer cannot import
-    `Server`, which sits above it). The one place that question is answered."""
-    return isinstance(obj, type) and hasattr(obj, "_procreg_server")
 
 
 class _Ext:
@@ -212,7 +159,7 @@ class _Proc:
     )
 
     _procreg_pid: Pid
-    _procreg_node: Node
+    _procreg_node: Kernel
     _procreg_mail: deque[Any] | None
     _procreg_st: int
     _procreg_ext: _Ext | None
@@ -235,7 +182,7 @@ class _Proc:
             attrgetter("_procreg_pid"), _read_only_pid, doc="The process's pid (read-only)."
         )
 
-    def _procreg_setup(self, node: Node, pid: Pid) -> None:
+    def _procreg_setup(self, node: Kernel, pid: Pid) -> None:
         self._procreg_pid = pid
         self._procreg_node = node
         self._procreg_mail = None
@@ -305,7 +252,7 @@ class _Proc:
         raise NotImplementedError
 
     def _procreg_overload(self, why: str | None) -> None:
-        """End this process with reason ``"overload"`` and count it (`Node.stats`);
+        """End this process with reason ``"overload"`` and count it (`Kernel.stats`);
         `why` is logged as a warning unless None."""
         if self._procreg_st >= EXITING:
             return
@@ -452,7 +399,7 @@ class Process(_Proc):
     _waiter: asyncio.Future[Any] | None
     _match: Callable[[Any], bool] | None
 
-    def __init__(self, node: Node, pid: Pid) -> None:
+    def __init__(self, node: Kernel, pid: Pid) -> None:
         self._procreg_setup(node, pid)
         self._task = None
         self._waiter = None
@@ -495,6 +442,21 @@ class Process(_Proc):
 
     def _procreg_call(self, caller: Any, request: Any) -> bool:
         return self._procreg_info(Call(request, caller))
+
+    def _owe_handed(self, waiter: asyncio.Future[Any] | None) -> None:
+        """A call handed to a `receive` that will not return it (the process ends
+        before its body resumes): owe it, so that the exit fails its caller with
+        `ProcessExited` instead of leaving it to time out."""
+        if waiter is None or not waiter.done() or waiter.cancelled() or waiter.exception():
+            return
+        msg = waiter.result()
+        if type(msg) is Call:
+            self._procreg_owe(msg.caller)
+
+    def _procreg_finish(self, reason: Any) -> None:
+        if self._waiter is not None and self._procreg_st != DEAD:
+            self._owe_handed(self._waiter)  # ("kill": the body never resumes first)
+        super()._procreg_finish(reason)
 
     def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
         return [m.caller for m in mail if type(m) is Call]
@@ -592,6 +554,9 @@ class Process(_Proc):
             handle = loop.call_later(timeout, _expire, waiter)
         try:
             msg = await waiter
+        except BaseException:
+            self._owe_handed(waiter)  # (ending while a call was on its way in)
+            raise
         finally:
             self._waiter = None
             self._match = None

@@ -23,20 +23,21 @@ import asyncio
 import copy
 import inspect
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .backends import DEFAULT_TABLE, MISS, RegistryBackend
 from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
 from .messages import KeyEvent
-from .node import HANDLER_LOCK, check_wait, started_for, waiting_on
 from .pid import Pid, Ref
-from .process import EXITING, _Proc, is_server_class
+from .process import EXITING, _Proc
+from .spawning import is_server_class
+from .waits import check_wait, started_for, waiting_on
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
 
 __all__ = [
     "DEFAULT_TABLE",
-    "HANDLER_LOCK",
     "MISS",
     "KeyListener",
     "LocalBackend",
@@ -50,19 +51,6 @@ __all__ = [
     "started_for",
     "waiting_on",
 ]
-
-DEFAULT_TABLE: Final = "default"
-
-
-class _Miss:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "procreg.registry.MISS"
-
-
-MISS: Final = _Miss()
-"""Returned by `RegistryBackend.peek` when only the store can answer."""
 
 
 class Published(int):
@@ -144,7 +132,7 @@ def check_factory(factory: Any) -> None:
 
 
 async def spawn_for(
-    node: Node,
+    node: Kernel,
     key: Hashable,
     factory: Any,
     args: tuple[Any, ...],
@@ -164,7 +152,7 @@ async def spawn_for(
     local `get_or_spawn` of a new key. The one cycle this misses, an async ``init``
     that calls the very process whose ``get_or_spawn`` started it, ends with that
     call's `CallTimeout` instead of `Deadlock`."""
-    if not node._starting and node._handler_holder is None:
+    if not node._starting and not node._held:
         return await node.registry.get_or_spawn(
             key, factory, args, table, placement, meta, idle_timeout
         )
@@ -174,7 +162,7 @@ async def spawn_for(
         )
 
 
-def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
+def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
     """`pid`, or the calling process's pid when `pid` is None."""
     if pid is not None:
         return pid
@@ -182,145 +170,6 @@ def caller_pid(node: Node, pid: Pid | None, what: str) -> Pid:
     if me is None:
         raise NotInProcess(f"{what} without a pid must be called from inside a process")
     return me._procreg_pid
-
-
-class RegistryBackend:
-    """What a registry backend implements. Every operation that may wait on a store
-    is ``async``; the local views (`peek`, `entries`, `tables`, `count`, `groups`)
-    are plain methods that never wait.
-
-    A backend is created by the node with the node as its only argument.
-    `process_ended` is called synchronously by the node during a process's exit
-    sequence and must drop everything that process held. Arguments reach a backend
-    already checked (hashable keys, str tables, valid factories).
-    """
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    # -- keys -----------------------------------------------------------------
-    def peek(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | _Miss | None:
-        """Answer from local knowledge without waiting: a pid, None if surely absent,
-        or `MISS` if the store must be asked."""
-        return MISS
-
-    async def whereis(self, key: Hashable, table: str = DEFAULT_TABLE) -> Pid | None:
-        """The live process registered under `key`, or None."""
-        raise NotImplementedError
-
-    async def lookup(
-        self, key: Hashable, table: str = DEFAULT_TABLE
-    ) -> tuple[Pid, dict[str, Any] | None] | None:
-        """``(pid, metadata)`` for `key`, or None."""
-        raise NotImplementedError
-
-    def register_now(
-        self,
-        key: Hashable,
-        proc: _Proc,
-        table: str = DEFAULT_TABLE,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        """Register live local process `proc` under `key` in this node's own view
-        only, at once (no store, no wait): for node-local names, such as a node's
-        supervisors' (every node has its ``"root"``). `AlreadyRegistered` if another
-        local process holds it."""
-        raise NotImplementedError
-
-    async def register(
-        self,
-        key: Hashable,
-        pid: Pid,
-        table: str = DEFAULT_TABLE,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        """Register `pid` under `key`. Raises `AlreadyRegistered` if another live
-        process holds it and `NoProcess` if `pid` is dead. Registering a key the
-        same pid already holds replaces its metadata."""
-        raise NotImplementedError
-
-    async def unregister(
-        self, key: Hashable, table: str = DEFAULT_TABLE, pid: Pid | None = None
-    ) -> bool:
-        """Remove `key`; with `pid`, only if `pid` holds it (else `NotOwner`).
-        True if an entry was removed."""
-        raise NotImplementedError
-
-    async def get_or_spawn(
-        self,
-        key: Hashable,
-        factory: Any,
-        args: tuple[Any, ...],
-        table: str = DEFAULT_TABLE,
-        placement: str = "local",
-        meta: dict[str, Any] | None = None,
-        idle_timeout: float | None = None,
-    ) -> tuple[Pid, bool]:
-        """The live process for `key`, or exactly one started from `factory`;
-        returns ``(pid, started_by_this_call)``. `idle_timeout` is passed to the
-        new process (see `procreg.spawn`)."""
-        raise NotImplementedError
-
-    def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
-        """``(key, pid)`` pairs of `table` known locally (empty for an unknown table)."""
-        raise NotImplementedError
-
-    def tables(self) -> list[str]:
-        """Names of the tables known locally."""
-        raise NotImplementedError
-
-    def count(self, table: str = DEFAULT_TABLE) -> int:
-        """Number of entries of `table` known locally, in O(1)."""
-        raise NotImplementedError
-
-    # -- key monitors -----------------------------------------------------------
-    async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
-        """Watch `key` for the process `watcher` (see `procreg.monitor_key`): from now
-        on it gets a `KeyEvent` each time the key is registered, unregistered, or its
-        holder ends, until `demonitor_key` or the end of `watcher` (`process_ended`
-        must drop its monitors). Returns the monitor's ref."""
-        raise NotImplementedError
-
-    def demonitor_key(self, ref: Ref, watcher: Pid) -> bool:
-        """Stop the key monitor `ref` of `watcher`; True if it was active."""
-        raise NotImplementedError
-
-    # -- groups -----------------------------------------------------------------
-    async def join(self, group: Hashable, pid: Pid) -> bool:
-        """Add `pid` to `group`; False if it was already a member."""
-        raise NotImplementedError
-
-    async def leave(self, group: Hashable, pid: Pid) -> bool:
-        """Remove `pid` from `group`; False if it was not a member."""
-        raise NotImplementedError
-
-    async def members(self, group: Hashable) -> list[Pid]:
-        """The members of `group`, sorted by pid (node name, creation, serial);
-        empty for an unknown group.
-
-        Every backend gives this one order. Sorted by pid, not by joining order,
-        because a store-backed backend keeps a group as a set (a Redis set has no
-        order; keeping joining order would need a join counter and an ordered
-        structure updated on every join and leave): sorting on read costs nothing
-        stored, and every node gives the same list for the same membership. Within
-        one node incarnation, pids sort in spawn order."""
-        raise NotImplementedError
-
-    async def publish(self, group: Hashable, msg: Any) -> int:
-        """Send `msg` to every member of `group`; the number of members reached, as a
-        `Published` (an int) whose ``missed`` counts the members whose delivery
-        returned False (mailbox full, or ending). A plain int is read as none
-        missed."""
-        raise NotImplementedError
-
-    def groups(self) -> list[Hashable]:
-        """Names of the groups known locally."""
-        raise NotImplementedError
-
-    # -- lifecycle --------------------------------------------------------------
-    def process_ended(self, proc: _Proc) -> None:
-        """Drop every key and group membership held by `proc` (called by the node)."""
-        raise NotImplementedError
 
 
 class KeyListener(Protocol):
@@ -343,7 +192,7 @@ class LocalBackend(RegistryBackend):
     in a side dict per table, only for entries that have some.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Kernel) -> None:
         super().__init__(node)
         self._tables: dict[str, dict[Hashable, _Proc]] = {}
         self._meta: dict[str, dict[Hashable, dict[str, Any]]] = {}
@@ -550,6 +399,12 @@ class LocalBackend(RegistryBackend):
         return len(tab) if tab is not None else 0
 
     # -- the view, for a backend that composes it ---------------------------------
+    @property
+    def key_monitors(self) -> dict[tuple[str, Hashable], dict[Ref, _Proc]]:
+        """The key monitors of this view: ``(table, key) -> {ref: watcher}`` (read
+        only: for observers and tests)."""
+        return self._key_monitors
+
     def held(self, key: Hashable, table: str) -> _Proc | None:
         """The local process holding `key` in `table`, even one that has begun
         exiting (`holder` leaves those out); None if none."""
@@ -565,6 +420,21 @@ class LocalBackend(RegistryBackend):
         """The metadata stored with `key` (not a copy: do not change it), or None."""
         metas = self._meta.get(table)
         return metas.get(key) if metas is not None else None
+
+    def holdings(self, proc: _Proc) -> tuple[list[tuple[str, Hashable]], list[Hashable]]:
+        """What `proc` holds in this view: its ``(table, key)`` entries and its
+        groups (both empty for most processes: two slot reads)."""
+        reg = proc._procreg_reg
+        ext = proc._procreg_ext
+        groups = list(ext.groups) if ext is not None and ext.groups else []
+        if reg is None:
+            return [], groups
+        tables = self._tables
+        return [
+            (table, key)
+            for table, key in (reg if type(reg) is set else (reg,))
+            if (tab := tables.get(table)) is not None and tab.get(key) is proc
+        ], groups
 
     def registrations(self) -> list[tuple[str, Hashable, _Proc]]:
         """Every ``(table, key, process)`` of this view."""

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from .process import BUSY, CALL, CAST, EXITING, IDLE, INFO, SCHEDULED
 
 if TYPE_CHECKING:
-    from .node import Node
     from .pid import Pid
     from .process import _Proc
 
@@ -120,10 +119,11 @@ class ScopedHooks(Protocol):
         be started by the cluster), taken: None if there is none."""
 
 
-def hooks(node: Node) -> ScopedHooks | None:
-    """The cluster's hooks on a clustered node, None on an embedded one."""
-    cluster = node._cluster
-    return cluster.scoped if cluster is not None else None
+def hooks(node: Any) -> ScopedHooks | None:
+    """The cluster's hooks on a clustered node (a `procreg.Node` whose cluster has
+    them), None on an embedded one."""
+    scoped: ScopedHooks | None = getattr(getattr(node, "_cluster", None), "scoped", None)
+    return scoped
 
 
 # -- a handoff, on the process's side ----------------------------------------------------

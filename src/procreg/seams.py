@@ -16,6 +16,11 @@ touches a process's fields: each side sees the other only through these protocol
 
 A node implements `Runtime` as ``node.runtime``; the cluster gives the node its
 `Distribution` when it starts.
+
+- `Carrier`: a distribution given to a node as an object (``Node(dist=...)``) rather
+  than as a cluster URL, such as `procreg.testing.LoopbackNet`; attaching a node
+  gives it an `Attached`: its creation, its `Distribution`, its registry backend.
+  (Erlang's name for a pluggable distribution is a carrier, ``-proto_dist``.)
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 from .pid import Pid, Ref
 
-__all__ = ["Distribution", "Runtime"]
+__all__ = ["Attached", "Carrier", "Distribution", "Runtime"]
 
 Delivery = Literal["send", "cast"]
 
@@ -135,3 +140,34 @@ class Distribution(Protocol):
 
     def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
         """Our process `pid`, monitored by `watcher` on another node, ended."""
+
+
+class Attached(Protocol):
+    """What a node holds while it is attached to a `Carrier`."""
+
+    @property
+    def creation(self) -> int:
+        """The node's creation in that cluster (its pids carry it)."""
+
+    @property
+    def remote(self) -> Distribution:
+        """Operations on other nodes' pids."""
+
+    @property
+    def registry(self) -> Any:
+        """The node's registry backend (a `procreg.registry.RegistryBackend`; typed
+        Any here because the registry layer sits above the runtime)."""
+
+    def live_nodes(self) -> list[str]:
+        """The names of the live nodes, this one included, sorted."""
+
+    async def stop(self) -> None:
+        """Leave (called by `Node.stop` once the node's processes have ended)."""
+
+
+class Carrier(Protocol):
+    """A distribution a node joins when it starts (``Node(dist=carrier)``)."""
+
+    async def attach(self, node: Any) -> Attached:
+        """Join `node` (a starting `procreg.Node`, its loop running, its context
+        current) and return what it holds while attached."""

@@ -32,7 +32,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from .errors import NotInProcess, ProcessExited, Stop
-from .node import _LAZY, check_bound, check_timeout, current_node, serving_task, waiting_on
+from .kernel import _LAZY, current_node
+from .options import check_bound, check_timeout
 from .pid import Pid
 from .process import (
     _SIGNALS,
@@ -49,6 +50,7 @@ from .process import (
     current_process,
     fail_caller,
 )
+from .waits import serving_task, waiting_on
 
 __all__ = ["NOREPLY", "Server"]
 

@@ -12,18 +12,18 @@ from .pid import Pid, Ref
 from .process import EXITING
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
     from .seams import Delivery
 
 __all__ = ["NodeRuntime"]
 
 
 class NodeRuntime:
-    """`seams.Runtime` for one `Node` (``node.runtime``)."""
+    """`seams.Runtime` for one `Kernel` (``node.runtime``)."""
 
     __slots__ = ("_node",)
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Kernel) -> None:
         self._node = node
 
     @property

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .node import check_timeout
+from .kernel import current_node
+from .options import check_timeout
 from .pid import Pid
 from .process import EXITING
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .kernel import Kernel
     from .process import _Proc
 
-__all__ = ["Timer", "start_timer"]
+__all__ = ["Timer", "send_after", "send_interval", "start_timer"]
 
 
 class Timer:
@@ -25,7 +26,7 @@ class Timer:
 
     __slots__ = ("_dest", "_handle", "_interval", "_msg", "_next", "_node", "_owners")
 
-    def __init__(self, node: Node, dest: Pid, msg: Any, interval: float | None) -> None:
+    def __init__(self, node: Kernel, dest: Pid, msg: Any, interval: float | None) -> None:
         self._node = node
         self._dest = dest
         self._msg = msg
@@ -79,7 +80,7 @@ class Timer:
         return f"<Timer {kind} -> {self._dest!r} {state}>"
 
 
-def start_timer(node: Node, delay: float, dest: Pid, msg: Any, interval: float | None) -> Timer:
+def start_timer(node: Kernel, delay: float, dest: Pid, msg: Any, interval: float | None) -> Timer:
     """Arm a timer on `node` (see `procreg.send_after` / `procreg.send_interval`)."""
     check_timeout(delay, "delay")
     if interval is not None:
@@ -109,3 +110,16 @@ def start_timer(node: Node, delay: float, dest: Pid, msg: Any, interval: float |
     timer._next = loop.time() + delay
     timer._handle = loop.call_at(timer._next, timer._fire, context=node._ctx)
     return timer
+
+
+def send_after(delay: float, pid: Pid, msg: Any) -> Timer:
+    """Send `msg` to `pid` after `delay` seconds. The timer is cancelled if the
+    target or the process that set it ends first."""
+    return start_timer(current_node(), delay, pid, msg, None)
+
+
+def send_interval(interval: float, pid: Pid, msg: Any, *, first: float | None = None) -> Timer:
+    """Send `msg` to `pid` every `interval` seconds (first after `first`, default
+    `interval`), without drift, until cancelled or either process ends."""
+    delay = interval if first is None else first
+    return start_timer(current_node(), delay, pid, msg, interval)

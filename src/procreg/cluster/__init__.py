@@ -48,7 +48,7 @@ from .store import Store, stop_tasks
 from .transport import Transport
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..kernel import Kernel
 
 __all__ = ["Cluster", "default_node_name"]
 
@@ -69,7 +69,7 @@ class Cluster:
 
     def __init__(
         self,
-        node: Node,
+        node: Kernel,
         url: str,
         *,
         secret: str | bytes | None = None,
@@ -84,7 +84,7 @@ class Cluster:
         self.key = load_secret(secret)
         self.lease = lease
         self.grace = grace if grace is not None else 2 * lease
-        self.store = Store(url, timeout=min(1.0, lease / 3))
+        self.store: Store = Store(url, timeout=min(1.0, lease / 3))
         self.membership = Membership(self, node.name, lease)
         self.transport = Transport(
             self.store, self.key, node.name, self._deliver, interval=lease / 3
@@ -105,7 +105,7 @@ class Cluster:
         self.on_conflict = on_conflict
         self.up_events: list[Callable[[str], Any]] = []
         self.down_events: list[Callable[[str], Any]] = []
-        self.fenced = 0
+        self.fenced: int = 0
         self.recoveries = 0
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
@@ -142,6 +142,8 @@ class Cluster:
         self._set_live(self.membership.live)
         self.membership.start()
         self.scoped.start()
+        # first of the node's shutdown hooks: hand off before supervisors stop children
+        self.node.shutdown_hooks.insert(0, self.scoped.shutdown_hook)
         return creation
 
     async def stop(self) -> None:

@@ -28,18 +28,11 @@ from collections.abc import Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ..backends import DEFAULT_TABLE, MISS, RegistryBackend, _Miss
 from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
 from ..pid import Pid, Ref
 from ..process import _Proc
-from ..registry import (
-    DEFAULT_TABLE,
-    MISS,
-    LocalBackend,
-    NotOwner,
-    Published,
-    RegistryBackend,
-    _Miss,
-)
+from ..registry import LocalBackend, NotOwner, Published
 from . import recovery
 from .claims import ClaimBatcher, Refused, SpawnAttempt
 from .codec import as_text, canon, pid_from_str, pid_str
@@ -48,9 +41,10 @@ from .keycache import KeyCache
 from .keywatch import KeyWatch
 from .releases import Releases
 from .remote import factory_name
+from .store import Store
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..kernel import Kernel
     from . import Cluster
 
 __all__ = ["RedisBackend", "home_node"]
@@ -72,15 +66,16 @@ class RedisBackend(RegistryBackend):
     """`RegistryBackend` over the cluster store, around a `LocalBackend` view of this
     node's own entries (`local`)."""
 
-    def __init__(self, node: Node, cluster: Cluster) -> None:
+    def __init__(self, node: Kernel, cluster: Cluster) -> None:
         super().__init__(node)
         self.runtime = node.runtime
         self.cluster = cluster
         self._membership = cluster.membership
-        self.store = cluster.store
-        self.local = local = LocalBackend(node)
+        self.store: Store = cluster.store
+        self.local: LocalBackend = LocalBackend(node)
+        local = self.local
         self._holder = local.holder  # (bound once: `peek` is a hot path)
-        self.keys = KeyCache(self.runtime.loop, cluster.lease)
+        self.keys: KeyCache = KeyCache(self.runtime.loop, cluster.lease)
         self._cache = self.keys.entries  # (the same dicts, for `peek`)
         self._dead = self.keys.dead
         # get_or_spawn attempts under way: joined by later callers of the same key
@@ -96,7 +91,7 @@ class RedisBackend(RegistryBackend):
         # has started, or answered noproc if it never does
         self.parked: dict[Pid, list[tuple[str, int, Any]]] = {}
         self._tkeys: dict[str, tuple[str, str]] = {}
-        self.claims = ClaimBatcher(self)
+        self.claims: ClaimBatcher = ClaimBatcher(self)
         self.releases = Releases(self)
         self.groups_ = ClusterGroups(self)
         self.keywatch = KeyWatch(self)
@@ -109,7 +104,7 @@ class RedisBackend(RegistryBackend):
 
     @property
     def _key_monitors(self) -> dict[tuple[str, Hashable], dict[Ref, _Proc]]:
-        return self.local._key_monitors  # (for tests: what the local view watches)
+        return self.local.key_monitors  # (for tests: what the local view watches)
 
     # -- names in the store -----------------------------------------------------------
     def tkey(self, table: str) -> tuple[str, str]:
@@ -412,18 +407,15 @@ class RedisBackend(RegistryBackend):
 
     # -- ends ---------------------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        reg = proc._procreg_reg
-        if reg is not None:
-            held = self.local.held
-            pid = proc._procreg_pid
-            for table, key in reg if type(reg) is set else (reg,):
-                if held(key, table) is proc and table not in self._node_local:
-                    self.releases.queue(table, key, pid, False)
-        ext = proc._procreg_ext
-        if ext is not None and ext.groups:
-            pid = proc._procreg_pid
-            for group in ext.groups:
-                self.releases.queue("", group, pid, True)
+        entries, groups = self.local.holdings(proc)
+        if entries or groups:
+            pid = proc.pid
+            queue = self.releases.queue
+            for table, key in entries:
+                if table not in self._node_local:
+                    queue(table, key, pid, False)
+            for group in groups:
+                queue("", group, pid, True)
         self.local.process_ended(proc)
 
     # -- key monitors -------------------------------------------------------------------

@@ -75,7 +75,12 @@ class ClusterGroups:
         raw = await store.script(
             "members", [store.key("g", canon(group))], [store.key("lease", "")]
         )
-        return sorted(pid_from_str(as_text(m)) for m in raw)
+        # not a member that ended here, or whose end we heard of, while its release
+        # is still on its way to the store (a process leaves its groups when it ends)
+        backend = self.backend
+        me, alive, dead = backend.node.name, backend.runtime.alive, backend.keys.dead
+        pids = (pid_from_str(as_text(m)) for m in raw)
+        return sorted(p for p in pids if not (p[0] == me and not alive(p)) and p not in dead)
 
     async def publish(self, group: Hashable, msg: Any) -> Published:
         """See `RegistryBackend.publish`."""

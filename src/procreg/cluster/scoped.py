@@ -338,7 +338,7 @@ class Scoped:
         node.send(self._watcher, ("watch", pid))
 
     async def _watch_body(self) -> None:
-        from ..api import receive
+        from ..primitives import receive
 
         node = self.node
         while True:
@@ -577,6 +577,15 @@ class Scoped:
         raise ValueError(f"unknown cluster-scoped request {op!r}")
 
     # -- handoff ---------------------------------------------------------------------------
+    async def shutdown_hook(self, deadline: float) -> None:
+        """The node's first shutdown hook (`Node.stop`, with ``stopping`` set):
+        `handoff_all` within what is left of the stop's timeout."""
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            await self.handoff_all(max(left, 0.1))
+        except Exception:
+            log.exception("handing cluster-scoped processes off failed")
+
     async def handoff_all(self, timeout: float = 5.0) -> int:
         """On a graceful stop: hand every local cluster-scoped process off to its new
         home (the key's home among the other live nodes). Returns how many moved."""

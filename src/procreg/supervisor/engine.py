@@ -13,13 +13,16 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..errors import AlreadyRegistered, NoProcess, Stop
+from ..kernel import Kernel, current_node
 from ..messages import Call, Down, Exit
-from ..node import Node, current_node
 from ..pid import Pid
-from ..process import _Proc, current_process, is_server_class
+from ..primitives import receive
+from ..process import _Proc, current_process
 from ..registry import spawn_for
 from ..scope import hooks, reset_takeover, set_takeover
+from ..spawning import is_server_class
 from .requests import _Requests, _Stop, _StopRequest
+from .roots import supervision
 from .specs import SUPERVISORS, ChildSpec, _Child
 
 __all__: list[str] = []
@@ -56,15 +59,16 @@ class _Running(_Requests):
         self._by_id: dict[Hashable, _Child] = {}
         self._by_pid: dict[Pid, _Child] = {}
         self._restarts: deque[float] = deque()
-        node._supervisors[self._me] = self._parent
+        sups = supervision(node)
+        sups.add(self._me, self._parent)
         try:
             await self._serve(node, me, specs, name, ready)
         finally:
-            node._supervisors.pop(self._me, None)
+            sups.remove(self._me)
 
     async def _serve(
         self,
-        node: Node,
+        node: Kernel,
         me: _Proc,
         specs: list[ChildSpec],
         name: Hashable | None,
@@ -128,7 +132,7 @@ class _Running(_Requests):
                 raise
         return pid
 
-    async def _start_keyed(self, node: Node, spec: ChildSpec) -> Pid:
+    async def _start_keyed(self, node: Kernel, spec: ChildSpec) -> Pid:
         """A worker with a key: the key is claimed *before* its ``init`` runs (through
         the registry's `get_or_spawn`, atomic across the cluster), so the loser of a
         race (two nodes starting one job) never runs ``init``; `AlreadyRegistered`
@@ -289,8 +293,6 @@ def _is_normal_end(reason: Any) -> bool:
 
 
 async def _receive(timeout: float | None = None, match: Any = None) -> Any:
-    from ..api import receive
-
     return await receive(timeout=timeout, match=match)
 
 

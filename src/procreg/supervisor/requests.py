@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..messages import Call
 from ..pid import Pid
+from ..primitives import reply
 from .specs import AlreadyPresent, AlreadyStarted, ChildSpec, ChildStatus, SupervisorError, _Child
 
 __all__: list[str] = []
@@ -53,8 +54,6 @@ class _Requests:
         def _remove_kid(self, kid: _Child) -> None: ...
 
     async def _on_call(self, msg: Call) -> None:
-        from ..api import reply
-
         op, *args = msg.request
         try:
             result = await getattr(self, "_do_" + op)(*args)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..errors import ProcregError
-from ..node import check_bound
+from ..options import check_bound
 from ..pid import Pid
 from ..registry import DEFAULT_TABLE, check_factory, check_key
 from ..scope import check_scope

@@ -8,12 +8,15 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from ..errors import NoProcess
+from ..kernel import current_node
 from ..messages import Down
-from ..node import check_timeout, current_node, serving_task, waiting_on
+from ..options import check_timeout
 from ..pid import Pid
 from ..registry import check_key
+from ..waits import serving_task, waiting_on
 from .engine import _flush_exit, _receive, _Running
 from .requests import _Failed, _StopRequest
+from .roots import supervision
 from .specs import SUPERVISORS, ChildSpec, ChildStatus, _SupervisorBase, _validate
 
 __all__ = ["Supervisor", "root"]
@@ -131,7 +134,7 @@ class Supervisor(_SupervisorBase):
             return
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[Any] = loop.create_future()
-        is_sup = pid in node._supervisors
+        is_sup = pid in supervision(node).supervisors
 
         async def watch() -> None:
             # a process of its own monitors the end, from outside a process too, and
@@ -186,17 +189,18 @@ async def root() -> Pid:
     pid = node.registry.peek("root", SUPERVISORS)
     if isinstance(pid, Pid) and node.is_alive(pid):
         return pid
-    flight = node._root_sup
+    sups = supervision(node)
+    flight = sups.root
     if flight is not None:
         return await asyncio.shield(flight)
-    node._root_sup = asyncio.get_running_loop().create_future()
+    sups.root = asyncio.get_running_loop().create_future()
     try:
         pid = await Supervisor.start([], name="root", intensity=1000, period=1.0)
     except BaseException as exc:
-        node._root_sup.set_exception(exc)
-        node._root_sup.exception()
+        sups.root.set_exception(exc)
+        sups.root.exception()
         raise
     finally:
-        flight, node._root_sup = node._root_sup, None
+        flight, sups.root = sups.root, None
     flight.set_result(pid)
     return pid

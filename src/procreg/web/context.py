@@ -20,7 +20,8 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import NoNode
-from ..node import Node, _node_var, current_node
+from ..kernel import _node_var
+from ..node import Node, current_node
 
 __all__ = ["NODE_STATE_KEY", "NodeMiddleware", "node_from_scope", "use_node"]
 

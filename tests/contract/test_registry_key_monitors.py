@@ -1,4 +1,5 @@
-"""Key monitors (issue 12, item 9): gproc's name monitors on the embedded registry."""
+"""Key monitors (issue 12, item 9): gproc's name monitors, on every backend (local,
+Redis, loopback)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 
 import procreg
 from procreg import KeyEvent
+
+from .conftest import Backend
 
 
 async def _idle():
@@ -24,7 +27,7 @@ async def _events(n):
     return [await procreg.receive(timeout=1) for _ in range(n)]
 
 
-def test_registered_unregistered_and_ended_are_reported_in_order():
+def test_registered_unregistered_and_ended_are_reported_in_order(backend: Backend):
     async def main():
         ref = await procreg.monitor_key("k")
         a = procreg.spawn(_idle)
@@ -35,7 +38,7 @@ def test_registered_unregistered_and_ended_are_reported_in_order():
         procreg.exit(b, "kill")
         return ref, a, b, await _events(4)
 
-    ref, a, b, events = procreg.run(main)
+    ref, a, b, events = backend.run(main)
     assert events == [
         KeyEvent(ref, "default", "k", "registered", a),
         KeyEvent(ref, "default", "k", "unregistered", a),
@@ -44,7 +47,7 @@ def test_registered_unregistered_and_ended_are_reported_in_order():
     ]
 
 
-def test_holder_end_is_reported_as_ended():
+def test_holder_end_is_reported_as_ended(backend: Backend):
     async def main():
         pid = await procreg.get_or_spawn("k", Holder, table="t")
         ref = await procreg.monitor_key("k", table="t")
@@ -52,11 +55,11 @@ def test_holder_end_is_reported_as_ended():
         event = await procreg.receive(timeout=1)
         return event == KeyEvent(ref, "t", "k", "ended", pid)
 
-    assert procreg.run(main)
+    assert backend.run(main)
 
 
 @pytest.mark.parametrize("how", ["get_or_spawn_async_init", "supervisor_key", "async_body"])
-def test_every_way_of_registering_is_reported(how):
+def test_every_way_of_registering_is_reported(backend: Backend, how):
     class AsyncInit(procreg.Server):
         async def init(self):
             await asyncio.sleep(0)
@@ -73,10 +76,10 @@ def test_every_way_of_registering_is_reported(how):
         event = await procreg.receive(timeout=1)
         return event == KeyEvent(ref, "default", "k", "registered", pid)
 
-    assert procreg.run(main)
+    assert backend.run(main)
 
 
-def test_demonitor_stops_the_events_and_flush_drops_the_delivered_ones():
+def test_demonitor_stops_the_events_and_flush_drops_the_delivered_ones(backend: Backend):
     async def main():
         ref = await procreg.monitor_key("k")
         other = await procreg.monitor_key("k")
@@ -91,12 +94,12 @@ def test_demonitor_stops_the_events_and_flush_drops_the_delivered_ones():
             await procreg.receive(timeout=0.01)
         return removed, again, [(e.ref == other, e.event) for e in events]
 
-    removed, again, events = procreg.run(main)
+    removed, again, events = backend.run(main)
     assert removed is True and again is False
     assert events == [(True, "registered"), (True, "unregistered")]
 
 
-def test_a_key_monitor_dies_with_the_monitoring_process():
+def test_a_key_monitor_dies_with_the_monitoring_process(backend: Backend):
     async def watcher(started):
         await procreg.monitor_key("k")
         started.set_result(None)
@@ -113,10 +116,10 @@ def test_a_key_monitor_dies_with_the_monitoring_process():
         await procreg.register("k", procreg.spawn(_idle))  # nobody to tell
         return before, len(registry._key_monitors)
 
-    assert procreg.run(main) == (1, 0)
+    assert backend.run(main) == (1, 0)
 
 
-def test_a_server_can_monitor_a_key_and_gets_events_in_handle_info():
+def test_a_server_can_monitor_a_key_and_gets_events_in_handle_info(backend: Backend):
     class Watcher(procreg.Server):
         async def init(self):
             self.events = []
@@ -136,10 +139,10 @@ def test_a_server_can_monitor_a_key_and_gets_events_in_handle_info():
         await asyncio.sleep(0.01)
         return await procreg.call(w, "events")
 
-    assert procreg.run(main) == [(True, "registered"), (True, "ended")]
+    assert backend.run(main) == [(True, "registered"), (True, "ended")]
 
 
-def test_monitor_key_errors():
+def test_monitor_key_errors(backend: Backend):
     async def main():
         with pytest.raises(TypeError):
             await procreg.monitor_key(["unhashable"])
@@ -147,10 +150,10 @@ def test_monitor_key_errors():
             await procreg.monitor_key("k", table=1)
         return True
 
-    assert procreg.run(main)
+    assert backend.run(main)
 
     async def outside():
-        async with procreg.Node():
+        async with backend.new_node():
             with pytest.raises(procreg.NotInProcess):
                 await procreg.monitor_key("k")
 

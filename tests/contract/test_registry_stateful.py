@@ -1,4 +1,5 @@
-"""A hypothesis state machine drives the registry against a plain Python model.
+"""A hypothesis state machine drives the registry against a plain Python model, on
+every backend (the contract suite's `backend` fixture: local, Redis, loopback).
 
 Rules: spawn, register, unregister, get_or_spawn (spawn_unique), end a process
 (kill / shutdown / crash / normal), join, leave, publish. After every step the
@@ -12,11 +13,19 @@ import asyncio
 from collections.abc import Coroutine, Hashable
 from typing import Any, TypeVar
 
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 import procreg
+
+from .conftest import Backend
 
 T = TypeVar("T")
 
@@ -64,10 +73,12 @@ FACTORIES: dict[str, Any] = {"body": member_body, "server": Member, "async-serve
 
 
 class RegistryMachine(RuleBasedStateMachine):
+    backend: Backend  # set by the test, per backend
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.node = procreg.Node()
+        self.node = self.backend.new_node()
         self.loop.run_until_complete(self.node.start())
         self.received: Received = {}
         # the model
@@ -312,5 +323,17 @@ class RegistryMachine(RuleBasedStateMachine):
             assert procreg.is_alive(pid) is (pid in self.alive), pid
 
 
-RegistryMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
-TestRegistryMachine = RegistryMachine.TestCase
+EXAMPLES = {"local": 50, "loopback": 50, "redis": 10}  # (a node joins Redis per example)
+
+
+def test_registry_machine(backend: Backend) -> None:
+    machine = type(f"RegistryMachine_{backend.id}", (RegistryMachine,), {"backend": backend})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=EXAMPLES[backend.id],
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

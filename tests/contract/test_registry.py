@@ -1,5 +1,6 @@
-"""The registry layer: tables, register/unregister/whereis/lookup, get_or_spawn,
-spawn_unique, groups and bad input (issue 3)."""
+"""The registry contract, on every backend (local, Redis, loopback): tables,
+register/unregister/whereis/lookup, get_or_spawn, spawn_unique, groups and bad input
+(issue 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 
 import procreg
-from conftest import wait_down
+from conftest import wait_down, wait_until
+
+from .conftest import Backend
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -95,7 +98,7 @@ async def dead_pid() -> procreg.Pid:
 # -- tables ------------------------------------------------------------------------
 
 
-def test_default_table_is_named_default() -> None:
+def test_default_table_is_named_default(backend: Backend) -> None:
     async def main() -> Any:
         await procreg.register("k")
         return (
@@ -106,27 +109,27 @@ def test_default_table_is_named_default() -> None:
             procreg.self(),
         )
 
-    default, entries, entries_default, found, me = procreg.run(main)
+    default, entries, entries_default, found, me = backend.run(main)
     assert default == "default"
     assert entries == [("k", me)]
     assert entries_default == [("k", me)]
     assert found == me
 
 
-def test_named_tables_are_created_on_first_use() -> None:
+def test_named_tables_are_created_on_first_use(backend: Backend) -> None:
     async def main() -> Any:
         before = procreg.tables()
         await procreg.register("k", table="sessions")
         return before, procreg.tables(), procreg.entries("sessions"), procreg.entries()
 
-    before, after, sessions, default = procreg.run(main)
+    before, after, sessions, default = backend.run(main)
     assert "sessions" not in before
     assert "sessions" in after
     assert len(sessions) == 1
     assert default == []
 
 
-def test_same_key_in_two_tables_maps_to_two_processes() -> None:
+def test_same_key_in_two_tables_maps_to_two_processes(backend: Backend) -> None:
     async def main() -> Any:
         a = await procreg.get_or_spawn("room", Box, table="chat")
         b = await procreg.get_or_spawn("room", Box, table="comet")
@@ -138,14 +141,14 @@ def test_same_key_in_two_tables_maps_to_two_processes() -> None:
             await procreg.whereis("room"),
         )
 
-    a, b, in_chat, in_comet, in_default = procreg.run(main)
+    a, b, in_chat, in_comet, in_default = backend.run(main)
     assert a != b
     assert in_chat == a
     assert in_comet == b
     assert in_default is None
 
 
-def test_entries_tables_and_count() -> None:
+def test_entries_tables_and_count(backend: Backend) -> None:
     async def main() -> Any:
         pids = {}
         for i in range(5):
@@ -162,14 +165,14 @@ def test_entries_tables_and_count() -> None:
             procreg.count(),
         )
 
-    pids, t1, t2, tables, n1, n2, n_default = procreg.run(main)
+    pids, t1, t2, tables, n1, n2, n_default = backend.run(main)
     assert t1 == sorted((i, pids[("t1", i)]) for i in range(5))
     assert t2 == sorted((i, pids[("t2", i)]) for i in range(3))
     assert {"t1", "t2"} <= tables
     assert (n1, n2, n_default) == (5, 3, 0)
 
 
-def test_count_follows_register_unregister_and_exit() -> None:
+def test_count_follows_register_unregister_and_exit(backend: Backend) -> None:
     async def main() -> list[int]:
         seen = [procreg.count("c")]
         a = procreg.spawn(worker)
@@ -184,10 +187,10 @@ def test_count_follows_register_unregister_and_exit() -> None:
         seen.append(procreg.count("c"))
         return seen
 
-    assert procreg.run(main) == [0, 1, 2, 1, 0]
+    assert backend.run(main) == [0, 1, 2, 1, 0]
 
 
-def test_unknown_table_reads_are_empty_not_errors() -> None:
+def test_unknown_table_reads_are_empty_not_errors(backend: Backend) -> None:
     async def main() -> Any:
         await procreg.register("k")
         return (
@@ -199,13 +202,13 @@ def test_unknown_table_reads_are_empty_not_errors() -> None:
             "nope" in procreg.tables(),
         )
 
-    assert procreg.run(main) == ([], 0, None, None, False, False)
+    assert backend.run(main) == ([], 0, None, None, False, False)
 
 
 # -- register / unregister / whereis / lookup ----------------------------------------
 
 
-def test_read_your_writes() -> None:
+def test_read_your_writes(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.register("k", pid)
@@ -214,21 +217,21 @@ def test_read_your_writes() -> None:
         gone = await procreg.whereis("k")
         return pid, found, gone
 
-    pid, found, gone = procreg.run(main)
+    pid, found, gone = backend.run(main)
     assert found == pid
     assert gone is None
 
 
-def test_register_without_pid_registers_the_caller() -> None:
+def test_register_without_pid_registers_the_caller(backend: Backend) -> None:
     async def main() -> Any:
         await procreg.register("me")
         return procreg.self(), await procreg.whereis("me")
 
-    me, found = procreg.run(main)
+    me, found = backend.run(main)
     assert found == me
 
 
-def test_register_with_meta_and_lookup() -> None:
+def test_register_with_meta_and_lookup(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.register("user:1", pid, meta={"role": "admin", "n": 1})
@@ -240,24 +243,24 @@ def test_register_with_meta_and_lookup() -> None:
             await procreg.lookup("user:3"),
         )
 
-    pid, one, two, three = procreg.run(main)
+    pid, one, two, three = backend.run(main)
     assert one == (pid, {"role": "admin", "n": 1})
     assert two == (pid, None)
     assert three is None
 
 
-def test_meta_is_copied_at_register() -> None:
+def test_meta_is_copied_at_register(backend: Backend) -> None:
     async def main() -> Any:
         meta = {"v": 1}
         await procreg.register("k", meta=meta)
         meta["v"] = 2
         return await procreg.lookup("k")
 
-    _, meta = procreg.run(main)
+    _, meta = backend.run(main)
     assert meta == {"v": 1}
 
 
-def test_register_held_key_raises_already_registered_with_holder_pid() -> None:
+def test_register_held_key_raises_already_registered_with_holder_pid(backend: Backend) -> None:
     async def main() -> Any:
         holder = procreg.spawn(worker)
         other = procreg.spawn(worker)
@@ -266,13 +269,13 @@ def test_register_held_key_raises_already_registered_with_holder_pid() -> None:
             await procreg.register("k", other)
         return holder, info.value, await procreg.lookup("k")
 
-    holder, err, entry = procreg.run(main)
+    holder, err, entry = backend.run(main)
     assert err.pid == holder
     assert isinstance(err, procreg.ProcregError)
     assert entry == (holder, {"who": "holder"})
 
 
-def test_reregister_by_same_pid_updates_meta() -> None:
+def test_reregister_by_same_pid_updates_meta(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.register("k", pid, meta={"v": 1})
@@ -281,23 +284,23 @@ def test_reregister_by_same_pid_updates_meta() -> None:
         second = await procreg.lookup("k")
         return pid, first, second, procreg.count()
 
-    pid, first, second, n = procreg.run(main)
+    pid, first, second, n = backend.run(main)
     assert first == (pid, {"v": 1})
     assert second == (pid, {"v": 2})
     assert n == 1
 
 
-def test_register_dead_pid_raises_no_process() -> None:
+def test_register_dead_pid_raises_no_process(backend: Backend) -> None:
     async def main() -> Any:
         pid = await dead_pid()
         with pytest.raises(procreg.NoProcess):
             await procreg.register("k", pid)
         return await procreg.whereis("k"), procreg.count()
 
-    assert procreg.run(main) == (None, 0)
+    assert backend.run(main) == (None, 0)
 
 
-def test_unregister_key_of_another_process_raises_not_owner() -> None:
+def test_unregister_key_of_another_process_raises_not_owner(backend: Backend) -> None:
     async def main() -> Any:
         holder = procreg.spawn(worker)
         await procreg.register("k", holder)
@@ -307,24 +310,24 @@ def test_unregister_key_of_another_process_raises_not_owner() -> None:
             await procreg.unregister("k", pid=procreg.self())
         return holder, await procreg.whereis("k")
 
-    holder, found = procreg.run(main)
+    holder, found = backend.run(main)
     assert found == holder
     assert issubclass(procreg.NotOwner, procreg.ProcregError)
 
 
-def test_unregister_own_key_and_missing_key() -> None:
+def test_unregister_own_key_and_missing_key(backend: Backend) -> None:
     async def main() -> Any:
         await procreg.register("mine")
         removed = await procreg.unregister("mine")
         again = await procreg.unregister("mine")
         return removed, again, await procreg.whereis("mine")
 
-    assert procreg.run(main) == (True, False, None)
+    assert backend.run(main) == (True, False, None)
 
 
-def test_unregister_outside_any_process_is_unconditional() -> None:
+def test_unregister_outside_any_process_is_unconditional(backend: Backend) -> None:
     async def main() -> Any:
-        async with procreg.Node():
+        async with backend.new_node():
             pid = procreg.spawn(worker)
             await procreg.register("k", pid)
             removed = await procreg.unregister("k")
@@ -333,9 +336,9 @@ def test_unregister_outside_any_process_is_unconditional() -> None:
     assert asyncio.run(main()) == (True, None, True)
 
 
-def test_register_from_outside_a_process_needs_a_pid() -> None:
+def test_register_from_outside_a_process_needs_a_pid(backend: Backend) -> None:
     async def main() -> None:
-        async with procreg.Node():
+        async with backend.new_node():
             with pytest.raises(procreg.NotInProcess):
                 await procreg.register("k")
             assert procreg.count() == 0
@@ -343,7 +346,7 @@ def test_register_from_outside_a_process_needs_a_pid() -> None:
     asyncio.run(main())
 
 
-def test_process_holds_several_keys_in_several_tables_all_removed_at_end() -> None:
+def test_process_holds_several_keys_in_several_tables_all_removed_at_end(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         keys = [("a", "default"), ("b", "default"), ("a", "t1"), (("x", 1), "t2")]
@@ -355,14 +358,14 @@ def test_process_holds_several_keys_in_several_tables_all_removed_at_end() -> No
         counts = [procreg.count(t) for t in ("default", "t1", "t2")]
         return pid, held, reason, after, counts
 
-    pid, held, reason, after, counts = procreg.run(main)
+    pid, held, reason, after, counts = backend.run(main)
     assert held == [pid] * 4
     assert reason == "kill"
     assert after == [None] * 4
     assert counts == [0, 0, 0]
 
 
-def test_unregister_one_key_keeps_the_others() -> None:
+def test_unregister_one_key_keeps_the_others(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.register("a", pid)
@@ -376,11 +379,11 @@ def test_unregister_one_key_keeps_the_others() -> None:
             await procreg.whereis("c", table="t"),
         )
 
-    pid, a, b, c = procreg.run(main)
+    pid, a, b, c = backend.run(main)
     assert (a, b, c) == (pid, None, pid)
 
 
-def test_key_is_free_again_after_the_holder_ends() -> None:
+def test_key_is_free_again_after_the_holder_ends(backend: Backend) -> None:
     async def main() -> Any:
         first = procreg.spawn(worker)
         await procreg.register("k", first)
@@ -389,7 +392,7 @@ def test_key_is_free_again_after_the_holder_ends() -> None:
         await procreg.register("k", second)
         return second, await procreg.whereis("k")
 
-    second, found = procreg.run(main)
+    second, found = backend.run(main)
     assert found == second
 
 
@@ -406,7 +409,7 @@ async def _start(kind: str, idle: float | None) -> procreg.Pid:
 
 @pytest.mark.parametrize("kind", ["coroutine", "server"])
 @pytest.mark.parametrize("how", REASONS)
-def test_entry_disappears_when_process_ends(kind: str, how: str) -> None:
+def test_entry_disappears_when_process_ends(backend: Backend, kind: str, how: str) -> None:
     async def main() -> Any:
         pid = await _start(kind, 0.02 if how == "idle" else None)
         await procreg.register(("k", how), pid)
@@ -436,7 +439,7 @@ def test_entry_disappears_when_process_ends(kind: str, how: str) -> None:
             await procreg.members(("g", how)),
         )
 
-    reason, alive, found, looked, members = procreg.run(main)
+    reason, alive, found, looked, members = backend.run(main)
     if how in ("normal", "kill", "shutdown", "idle"):
         assert reason == how
     else:
@@ -451,7 +454,9 @@ def test_entry_disappears_when_process_ends(kind: str, how: str) -> None:
 
 
 @pytest.mark.parametrize("factory", [Box, AsyncBox, worker], ids=["sync", "async-init", "body"])
-def test_get_or_spawn_idle_timeout_ends_process_and_frees_key(factory: Any) -> None:
+def test_get_or_spawn_idle_timeout_ends_process_and_frees_key(
+    backend: Backend, factory: Any
+) -> None:
     async def main() -> Any:
         first = await procreg.get_or_spawn("k", factory, idle_timeout=0.02)
         registered = await procreg.whereis("k")
@@ -460,7 +465,7 @@ def test_get_or_spawn_idle_timeout_ends_process_and_frees_key(factory: Any) -> N
         second = await procreg.get_or_spawn("k", factory)
         return first, registered, reason, gone, second, procreg.is_alive(second)
 
-    first, registered, reason, gone, second, alive = procreg.run(main)
+    first, registered, reason, gone, second, alive = backend.run(main)
     assert registered == first
     assert reason == "idle"
     assert gone is None
@@ -469,48 +474,52 @@ def test_get_or_spawn_idle_timeout_ends_process_and_frees_key(factory: Any) -> N
 
 
 @pytest.mark.parametrize("factory", [Box, AsyncBox], ids=["sync-init", "async-init"])
-def test_get_or_spawn_server_passes_args_and_returns_same_pid(factory: type) -> None:
+def test_get_or_spawn_server_passes_args_and_returns_same_pid(
+    backend: Backend, factory: type
+) -> None:
     async def main() -> Any:
         a = await procreg.get_or_spawn("k", factory, 1, "two")
         b = await procreg.get_or_spawn("k", factory, 3, "four")
         return a, b, await procreg.call(a, "args"), await procreg.whereis("k")
 
-    a, b, args, found = procreg.run(main)
+    a, b, args, found = backend.run(main)
     assert a == b == found
     assert args == (1, "two")
 
 
-def test_get_or_spawn_async_body_with_args() -> None:
+def test_get_or_spawn_async_body_with_args(backend: Backend) -> None:
     async def main() -> Any:
         a = await procreg.get_or_spawn("k", worker, "x", 2)
         b = await procreg.get_or_spawn("k", worker, "y", 3)
         return a, b, await procreg.call(a, "args", timeout=2), procreg.is_alive(a)
 
-    a, b, args, alive = procreg.run(main)
+    a, b, args, alive = backend.run(main)
     assert a == b
     assert args == ("x", 2)
     assert alive
 
 
-def test_get_or_spawn_with_meta() -> None:
+def test_get_or_spawn_with_meta(backend: Backend) -> None:
     async def main() -> Any:
         pid = await procreg.get_or_spawn("k", Box, meta={"room": "lobby"})
         return pid, await procreg.lookup("k")
 
-    pid, entry = procreg.run(main)
+    pid, entry = backend.run(main)
     assert entry == (pid, {"room": "lobby"})
 
 
 @pytest.mark.parametrize("factory", [Box, AsyncBox, worker], ids=["sync", "async-init", "body"])
 @pytest.mark.parametrize("how", ["kill", "crash"])
-def test_get_or_spawn_starts_a_new_process_after_the_old_one_died(factory: Any, how: str) -> None:
+def test_get_or_spawn_starts_a_new_process_after_the_old_one_died(
+    backend: Backend, factory: Any, how: str
+) -> None:
     async def main() -> Any:
         first = await procreg.get_or_spawn("k", factory)
         await end_and_wait(first, how)
         second = await procreg.get_or_spawn("k", factory)
         return first, second, procreg.is_alive(second), await procreg.whereis("k")
 
-    first, second, alive, found = procreg.run(main)
+    first, second, alive, found = backend.run(main)
     assert second != first
     assert alive
     assert found == second
@@ -530,7 +539,9 @@ class NotAServer:
     ids=["sync-def", "lambda", "plain-class", "str", "none", "builtin"],
 )
 @pytest.mark.parametrize("op", ["get_or_spawn", "spawn_unique"])
-def test_bad_factory_raises_type_error_and_registers_nothing(factory: Any, op: str) -> None:
+def test_bad_factory_raises_type_error_and_registers_nothing(
+    backend: Backend, factory: Any, op: str
+) -> None:
     async def main() -> Any:
         before = procreg.current_node().process_count()
         fn = getattr(procreg, op)
@@ -542,18 +553,18 @@ def test_bad_factory_raises_type_error_and_registers_nothing(factory: Any, op: s
             procreg.current_node().process_count() - before,
         )
 
-    assert procreg.run(main) == (None, 0, 0)
+    assert backend.run(main) == (None, 0, 0)
 
 
 @pytest.mark.parametrize("op", ["get_or_spawn", "spawn_unique"])
-def test_server_instance_as_factory_raises_type_error(op: str) -> None:
+def test_server_instance_as_factory_raises_type_error(backend: Backend, op: str) -> None:
     async def main() -> Any:
         fn = getattr(procreg, op)
         with pytest.raises(TypeError):
             await fn("k", Box())
         return await procreg.whereis("k"), procreg.count()
 
-    assert procreg.run(main) == (None, 0)
+    assert backend.run(main) == (None, 0)
 
 
 class InitFails(procreg.Server):
@@ -569,7 +580,9 @@ class AsyncInitFails(procreg.Server):
 
 @pytest.mark.parametrize("factory", [InitFails, AsyncInitFails], ids=["sync", "async"])
 @pytest.mark.parametrize("op", ["get_or_spawn", "spawn_unique"])
-def test_failing_init_raises_to_caller_and_key_stays_free(factory: type, op: str) -> None:
+def test_failing_init_raises_to_caller_and_key_stays_free(
+    backend: Backend, factory: type, op: str
+) -> None:
     async def main() -> Any:
         before = procreg.current_node().process_count()
         fn = getattr(procreg, op)
@@ -580,14 +593,14 @@ def test_failing_init_raises_to_caller_and_key_stays_free(factory: type, op: str
         good = await procreg.get_or_spawn("k", Box, table="t")
         return free, leftover, procreg.count("t"), good, await procreg.whereis("k", table="t")
 
-    free, leftover, n, good, found = procreg.run(main)
+    free, leftover, n, good, found = backend.run(main)
     assert free is None
     assert leftover == 0
     assert n == 1
     assert found == good
 
 
-def test_concurrent_callers_share_one_failing_async_init() -> None:
+def test_concurrent_callers_share_one_failing_async_init(backend: Backend) -> None:
     class Fails(procreg.Server):
         inits = 0
 
@@ -602,14 +615,14 @@ def test_concurrent_callers_share_one_failing_async_init() -> None:
         )
         return results, Fails.inits, await procreg.whereis("k")
 
-    results, inits, found = procreg.run(main)
+    results, inits, found = backend.run(main)
     assert all(isinstance(r, ValueError) for r in results)
     assert inits == 1
     assert found is None
 
 
 @pytest.mark.parametrize("op", ["get_or_spawn", "spawn_unique"])
-def test_100_concurrent_callers_async_init_start_exactly_one(op: str) -> None:
+def test_100_concurrent_callers_async_init_start_exactly_one(backend: Backend, op: str) -> None:
     inits: list[procreg.Pid] = []
 
     class Slow(procreg.Server):
@@ -623,7 +636,7 @@ def test_100_concurrent_callers_async_init_start_exactly_one(op: str) -> None:
         results = await asyncio.gather(*(fn("k", Slow) for _ in range(100)))
         return results, list(inits), await procreg.whereis("k"), procreg.count()
 
-    results, inits, found, n = procreg.run(main)
+    results, inits, found, n = backend.run(main)
     assert len(inits) == 1
     pids = [r[0] for r in results] if op == "spawn_unique" else results
     assert set(pids) == {inits[0]} == {found}
@@ -633,14 +646,14 @@ def test_100_concurrent_callers_async_init_start_exactly_one(op: str) -> None:
 
 
 @pytest.mark.parametrize("factory", [Box, AsyncBox, worker], ids=["sync", "async-init", "body"])
-def test_spawn_unique_exactly_one_started_among_racers(factory: Any) -> None:
+def test_spawn_unique_exactly_one_started_among_racers(backend: Backend, factory: Any) -> None:
     async def main() -> Any:
         results = await asyncio.gather(
             *(procreg.spawn_unique(("k", i % 5), factory) for i in range(100))
         )
         return results, sorted(procreg.entries(), key=repr)
 
-    results, entries = procreg.run(main)
+    results, entries = backend.run(main)
     by_key: dict[Any, set[procreg.Pid]] = {}
     started: dict[Any, int] = {}
     for i, (pid, was_started) in enumerate(results):
@@ -652,18 +665,18 @@ def test_spawn_unique_exactly_one_started_among_racers(factory: Any) -> None:
     assert dict(entries) == {key: next(iter(pids)) for key, pids in by_key.items()}
 
 
-def test_spawn_unique_reports_not_started_for_existing_key() -> None:
+def test_spawn_unique_reports_not_started_for_existing_key(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.register("k", pid)
         return pid, await procreg.spawn_unique("k", Box)
 
-    pid, (found, started) = procreg.run(main)
+    pid, (found, started) = backend.run(main)
     assert found == pid
     assert started is False
 
 
-def test_get_or_spawn_gives_way_to_a_register_during_async_init() -> None:
+def test_get_or_spawn_gives_way_to_a_register_during_async_init(backend: Backend) -> None:
     gate: dict[str, asyncio.Event] = {}
 
     class Gated(procreg.Server):
@@ -683,13 +696,13 @@ def test_get_or_spawn_gives_way_to_a_register_during_async_init() -> None:
         after = procreg.current_node().process_count()
         return pid, started, procreg.self(), after - before
 
-    pid, started, me, extra = procreg.run(main)
+    pid, started, me, extra = backend.run(main)
     assert pid == me
     assert started is False
     assert extra == 0
 
 
-def test_cancelling_one_caller_does_not_fail_the_others() -> None:
+def test_cancelling_one_caller_does_not_fail_the_others(backend: Backend) -> None:
     gate: dict[str, asyncio.Event] = {}
 
     class Gated(procreg.Server):
@@ -710,11 +723,11 @@ def test_cancelling_one_caller_does_not_fail_the_others() -> None:
         (result,) = await asyncio.gather(second, return_exceptions=True)
         return result
 
-    result = procreg.run(main)
+    result = backend.run(main)
     assert isinstance(result, procreg.Pid), result
 
 
-def test_cancelled_caller_leaves_no_orphan_process() -> None:
+def test_cancelled_caller_leaves_no_orphan_process(backend: Backend) -> None:
     gate: dict[str, asyncio.Event] = {}
     started: list[procreg.Pid] = []
 
@@ -732,19 +745,27 @@ def test_cancelled_caller_leaves_no_orphan_process() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         gate["e"].set()
-        for _ in range(5):
-            await asyncio.sleep(0)
+
+        # (a store-backed backend registers it once its claim and init are both done)
+        async def settled() -> bool:
+            if not started:
+                return False  # (its claim may still be on its way)
+            if all(not procreg.is_alive(p) for p in started):
+                return True
+            return await procreg.whereis("k") is not None
+
+        await wait_until(settled)
         found = await procreg.whereis("k")
         return [(p, procreg.is_alive(p)) for p in started], found
 
-    instances, found = procreg.run(main)
+    instances, found = backend.run(main)
     assert len(instances) == 1
     # every live instance is the registered one
     for pid, alive in instances:
         assert not alive or pid == found
 
 
-def test_get_or_spawn_never_hands_out_an_exiting_process() -> None:
+def test_get_or_spawn_never_hands_out_an_exiting_process(backend: Backend) -> None:
     gate: dict[str, asyncio.Event] = {}
 
     class SlowStop(procreg.Server):
@@ -769,7 +790,7 @@ def test_get_or_spawn_never_hands_out_an_exiting_process() -> None:
             pong = exc
         return first, second, procreg.is_alive(second), pong
 
-    first, second, alive, pong = procreg.run(main)
+    first, second, alive, pong = backend.run(main)
     assert second != first
     assert alive
     assert pong == "ping"
@@ -819,7 +840,7 @@ OPS = [
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("table_exists", [False, True])
 def test_unhashable_key_raises_type_error_naming_its_type(
-    op: str, key: Any, table_exists: bool
+    backend: Backend, op: str, key: Any, table_exists: bool
 ) -> None:
     async def main() -> Any:
         if table_exists:
@@ -834,32 +855,32 @@ def test_unhashable_key_raises_type_error_naming_its_type(
             procreg.count(),
         )
 
-    message, extra, n = procreg.run(main)
+    message, extra, n = backend.run(main)
     assert type(key).__name__ in message
     assert extra == 0
     assert n == (1 if table_exists else 0)
 
 
-def test_whereis_unhashable_key_when_table_exists() -> None:
+def test_whereis_unhashable_key_when_table_exists(backend: Backend) -> None:
     async def main() -> str:
         await procreg.register("other")
         with pytest.raises(TypeError) as info:
             await procreg.whereis(["a"])
         return str(info.value)
 
-    assert "list" in procreg.run(main)
+    assert "list" in backend.run(main)
 
 
-def test_whereis_unhashable_key_on_empty_table() -> None:
+def test_whereis_unhashable_key_on_empty_table(backend: Backend) -> None:
     async def main() -> str:
         with pytest.raises(TypeError) as info:
             await procreg.whereis(["a"])
         return str(info.value)
 
-    assert "list" in procreg.run(main)
+    assert "list" in backend.run(main)
 
 
-def test_non_str_table_is_a_type_error() -> None:
+def test_non_str_table_is_a_type_error(backend: Backend) -> None:
     async def main() -> None:
         with pytest.raises(TypeError):
             await procreg.register("k", table=42)  # type: ignore[arg-type]
@@ -867,22 +888,22 @@ def test_non_str_table_is_a_type_error() -> None:
             await procreg.get_or_spawn("k", Box, table=42)  # type: ignore[arg-type]
         assert procreg.count() == 0
 
-    procreg.run(main)
+    backend.run(main)
 
 
-def test_bad_placement_is_a_value_error() -> None:
+def test_bad_placement_is_a_value_error(backend: Backend) -> None:
     async def main() -> Any:
         with pytest.raises(ValueError):
             await procreg.get_or_spawn("k", Box, placement="anywhere")
         return await procreg.whereis("k")
 
-    assert procreg.run(main) is None
+    assert backend.run(main) is None
 
 
 # -- groups --------------------------------------------------------------------------
 
 
-def test_join_leave_members_publish() -> None:
+def test_join_leave_members_publish(backend: Backend) -> None:
     async def main() -> Any:
         a = procreg.spawn(worker)
         b = Box.start()
@@ -899,7 +920,7 @@ def test_join_leave_members_publish() -> None:
         n = await procreg.publish("g", "hello")
         return (a, b, c), joined, listed, left, left_again, after, n
 
-    (a, b, c), joined, listed, left, left_again, after, n = procreg.run(main)
+    (a, b, c), joined, listed, left, left_again, after, n = backend.run(main)
     assert joined == [True, True, True]
     assert listed == [a, b, c]
     assert (left, left_again) == (True, False)
@@ -907,29 +928,29 @@ def test_join_leave_members_publish() -> None:
     assert n == 2
 
 
-def test_join_twice_is_a_noop() -> None:
+def test_join_twice_is_a_noop(backend: Backend) -> None:
     async def main() -> Any:
         first = await procreg.join("g")
         second = await procreg.join("g")
         return first, second, await procreg.members("g"), await procreg.publish("g", "x")
 
-    first, second, members, n = procreg.run(main)
+    first, second, members, n = backend.run(main)
     assert (first, second) == (True, False)
     assert len(members) == 1
     assert n == 1
 
 
-def test_join_dead_pid_raises_no_process() -> None:
+def test_join_dead_pid_raises_no_process(backend: Backend) -> None:
     async def main() -> Any:
         pid = await dead_pid()
         with pytest.raises(procreg.NoProcess):
             await procreg.join("g", pid)
         return await procreg.members("g")
 
-    assert procreg.run(main) == []
+    assert backend.run(main) == []
 
 
-def test_unknown_group_is_empty() -> None:
+def test_unknown_group_is_empty(backend: Backend) -> None:
     async def main() -> Any:
         return (
             await procreg.members("nope"),
@@ -937,10 +958,10 @@ def test_unknown_group_is_empty() -> None:
             await procreg.leave("nope"),
         )
 
-    assert procreg.run(main) == ([], 0, False)
+    assert backend.run(main) == ([], 0, False)
 
 
-def test_a_process_leaves_all_its_groups_when_it_ends() -> None:
+def test_a_process_leaves_all_its_groups_when_it_ends(backend: Backend) -> None:
     async def main() -> Any:
         a = procreg.spawn(worker)
         b = procreg.spawn(worker)
@@ -950,11 +971,11 @@ def test_a_process_leaves_all_its_groups_when_it_ends() -> None:
         await end_and_wait(a, "crash")
         return b, [await procreg.members(g) for g in ("g1", "g2", "g3")]
 
-    b, members = procreg.run(main)
+    b, members = backend.run(main)
     assert members == [[], [b], []]
 
 
-def test_publish_reaches_coroutines_and_servers() -> None:
+def test_publish_reaches_coroutines_and_servers(backend: Backend) -> None:
     async def main() -> Any:
         me = procreg.self()
         coros = [procreg.spawn(worker) for _ in range(3)]
@@ -972,26 +993,26 @@ def test_publish_reaches_coroutines_and_servers() -> None:
         infos = [await procreg.call(s, "infos") for s in servers]
         return n, got, set(coros + servers), infos
 
-    n, got, expected, infos = procreg.run(main)
+    n, got, expected, infos = backend.run(main)
     assert n == 6
     assert got == expected
     assert all(len(i) == 1 and i[0][0] == "echo" for i in infos)
 
 
-def test_group_membership_is_per_process_and_separate_from_keys() -> None:
+def test_group_membership_is_per_process_and_separate_from_keys(backend: Backend) -> None:
     async def main() -> Any:
         pid = procreg.spawn(worker)
         await procreg.join("k", pid)
         return await procreg.whereis("k"), await procreg.members("k")
 
-    found, members = procreg.run(main)
+    found, members = backend.run(main)
     assert found is None
     assert len(members) == 1
 
 
-def test_join_from_outside_a_process_needs_a_pid() -> None:
+def test_join_from_outside_a_process_needs_a_pid(backend: Backend) -> None:
     async def main() -> Any:
-        async with procreg.Node():
+        async with backend.new_node():
             with pytest.raises(procreg.NotInProcess):
                 await procreg.join("g")
             pid = procreg.spawn(worker)
@@ -1002,7 +1023,7 @@ def test_join_from_outside_a_process_needs_a_pid() -> None:
     assert members == [pid]
 
 
-def test_members_are_sorted_by_pid_whatever_the_joining_order():
+def test_members_are_sorted_by_pid_whatever_the_joining_order(backend: Backend):
     """One documented order for every backend (issue 12, item 8): sorted by pid."""
 
     async def idle():
@@ -1016,5 +1037,5 @@ def test_members_are_sorted_by_pid_whatever_the_joining_order():
         await procreg.join("g", pids[4])  # rejoining does not move it to the end
         return pids, await procreg.members("g")
 
-    pids, members = procreg.run(main)
+    pids, members = backend.run(main)
     assert members == sorted(pids) == pids
