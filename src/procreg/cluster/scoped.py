@@ -51,6 +51,7 @@ from ..supervisor import AlreadyPresent, AlreadyStarted, Supervisor
 from .backend import home_node
 from .codec import canon, pid_from_str, pid_str, uncanon
 from .remote import CALL, CAST, SEND, RemoteCaller
+from .store import stop_tasks
 
 if TYPE_CHECKING:
     from . import Cluster
@@ -158,6 +159,8 @@ class Scoped:
         self._scan: asyncio.Task[None] | None = None
         self._scanning = False
         self._rescan = False
+        self._stopped = False
+        self._kicks: set[asyncio.Task[int]] = set()
         self._drop_script: Any = None
         # handed-off pids of ours -> their new instance (or, until it is known, what
         # other nodes sent them meanwhile): frames for them are forwarded, not lost
@@ -185,18 +188,16 @@ class Scoped:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """After the join: scan for orphans now and every ``2 x lease``."""
+        """After the join: scan for orphans soon, then every ``2 x lease``."""
         self._scan = asyncio.get_running_loop().create_task(self._scan_loop())
         self.cluster.down_events.append(self._node_down)
 
     async def stop(self) -> None:
-        if self._scan is not None:
-            self._scan.cancel()
-            try:
-                await self._scan
-            except BaseException:
-                pass
-            self._scan = None
+        """Stop scanning (a scan in flight is cancelled, even one a store call keeps
+        waiting) and let the last record writes go."""
+        self._stopped = True
+        await stop_tasks(self._scan, *self._kicks)
+        self._scan = None
         if self._write_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._write_task), 1.0)
@@ -368,12 +369,19 @@ class Scoped:
 
     def kick(self) -> None:
         """Scan for orphans soon (again, if a scan is running)."""
+        if self._stopped:
+            return
         if self._scanning:
             self._rescan = True
             return
-        asyncio.get_running_loop().create_task(self.adopt_orphans())
+        task = asyncio.get_running_loop().create_task(self.adopt_orphans())
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
 
     async def _scan_loop(self) -> None:
+        # the first scan a third of a lease after the join (orphans of nodes that died
+        # before we joined are not urgent; the join's own store traffic goes first)
+        await asyncio.sleep(self.cluster.lease / 3)
         while True:
             try:
                 await self.adopt_orphans()
