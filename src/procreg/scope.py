@@ -97,10 +97,15 @@ def reset_takeover(token: contextvars.Token[Takeover | None]) -> None:
 class ScopedHooks(Protocol):
     """What the cluster (`procreg.cluster.scoped.Scoped`) offers the behaviours."""
 
-    def started(self, table: str, key: Hashable, pid: Pid, record: tuple[Any, ...]) -> None:
-        """A cluster-scoped process was started (or found) as `pid` for `key`;
-        `record` says how to start it again elsewhere: ``("gos", factory, args,
-        meta, idle_timeout)`` or ``("child", supervisor_name, child_spec)``."""
+    def prepare(self, record: tuple[Any, ...]) -> bytes:
+        """How to start a cluster-scoped process again elsewhere — ``("gos",
+        factory, args, meta, idle_timeout)`` or ``("child", supervisor_name,
+        child_spec)`` — made ready for the store before it starts: `TypeError` if
+        another node could not rebuild it."""
+
+    async def started(self, table: str, key: Hashable, pid: Pid, prepared: bytes) -> None:
+        """A cluster-scoped process was started here as `pid` for `key` (`prepared`
+        from `prepare`). Returns once its record is in the store."""
 
     async def get_or_spawn(
         self,

@@ -202,3 +202,27 @@ def test_a_factory_other_nodes_cannot_rebuild_is_a_clear_error(cluster):
     assert answer["error"] == "TypeError"
     assert "cluster-scoped process needs a factory and arguments" in answer["message"]
     assert n1.ok("whereis", key="h", table="keep") is None
+
+
+def test_a_fenced_nodes_cluster_scoped_timer_moves_and_is_not_restarted_there(cluster, tmp_path):
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    lease = 1.0
+    n1, n2 = cluster(["n1", "n2"], trace_dir=trace_dir, lease=lease)
+    n1.ok("pi_start", name="/timer", module="Timer", table="caching", state={"ticks": 0, "last": 0})
+    n1.pause()  # past its lease: n2 declares it down and starts the timer again
+    time.sleep(3 * lease)
+    moved = wait_for(lambda: _timer(n2), 5.0, what="/timer on n2")
+    assert moved["node"] == "n2"
+    n1.resume()  # it wakes past its deadline: fences, ends its instance, rejoins
+    wait_for(lambda: n1.ok("stats")["fenced"] >= 1, 10.0, what="n1 fenced")
+    wait_mesh([n1, n2])
+    time.sleep(2 * lease)  # a scan or two on both
+    assert _timer(n1)["node"] == "n2" and _timer(n2)["node"] == "n2"
+    lines = read_traces(trace_dir)
+    starts = [line for line in lines if line[3] == "start"]
+    ends = [line for line in lines if line[3] == "end"]
+    assert [line[2][0] for line in starts] == ["n1", "n2"]  # not started again on n1
+    assert [(line[2][0], line[4]) for line in ends] == [("n1", "fenced")]
+    # n1's root supervisor dropped the child (no restart storm, no escalation)
+    assert n1.ok("pi_start", name="other", module="Job")["pid"][0] == "n1"

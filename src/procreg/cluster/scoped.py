@@ -140,6 +140,9 @@ return 0
 """
 
 
+_Write = tuple[str, str, bytes | None, "asyncio.Future[None]"]  # field, pid, spec, done
+
+
 class Scoped:
     """The cluster side of cluster-scoped processes on one node (`ScopedHooks`)."""
 
@@ -152,7 +155,7 @@ class Scoped:
         self._pending: dict[tuple[str, Hashable], Takeover] = {}
         self._reads: list[tuple[str, bool, asyncio.Future[Any]]] = []
         self._read_pending = False
-        self._writes: list[tuple[str, str, bytes | None]] = []
+        self._writes: list[_Write] = []
         self._write_task: asyncio.Task[None] | None = None
         self._watcher: Pid | None = None
         self._watched: dict[Pid, str] = {}
@@ -239,40 +242,50 @@ class Scoped:
             )
         finally:
             reset_takeover(token)
-        if started:
-            self._record(table, key, pid, blob)
+        if started:  # returned once recorded: from then on failover covers it
+            await self._record(table, key, pid, blob)
         return pid, started
 
-    def started(self, table: str, key: Hashable, pid: Pid, record: tuple[Any, ...]) -> None:
-        """A scoped process started here (a supervisor child): record it."""
-        blob = self._sign(portable("a factory and arguments", record))
-        self._record(table, key, pid, blob)
+    def prepare(self, record: tuple[Any, ...]) -> bytes:
+        """`record` pickled and signed, before anything starts (`TypeError` if
+        another node could not rebuild it)."""
+        return self._sign(portable("a factory and arguments", record))
+
+    async def started(self, table: str, key: Hashable, pid: Pid, prepared: bytes) -> None:
+        """A scoped process started here (a supervisor child): record it; returns
+        once the record is in the store (from then on failover covers it)."""
+        await self._record(table, key, pid, prepared)
 
     def pending_takeover(self, table: str, key: Hashable) -> Takeover | None:
         return self._pending.pop((table, key), None)
 
-    def _record(self, table: str, key: Hashable, pid: Pid, blob: bytes) -> None:
+    def _record(self, table: str, key: Hashable, pid: Pid, blob: bytes) -> asyncio.Future[None]:
+        """Record a process started here; done once the record is in the store."""
         self.local[(table, key)] = pid
         self._watch(pid, canon((table, key)))
-        self._queue_write(canon((table, key)), pid_str(pid), blob)
+        return self._queue_write(canon((table, key)), pid_str(pid), blob)
 
-    def _queue_write(self, field: str, pid: str, blob: bytes | None) -> None:
-        self._writes.append((field, pid, blob))
+    def _queue_write(self, field: str, pid: str, blob: bytes | None) -> asyncio.Future[None]:
+        """Queue one record write; the future is done once it has reached the store
+        (or failed: logged)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.append((field, pid, blob, fut))
         if self._write_task is None or self._write_task.done():
             self._write_task = asyncio.get_running_loop().create_task(self._flush_writes())
+        return fut
 
     async def _flush_writes(self) -> None:
         """The records queued in this loop turn (and while this flush ran), one
         pipeline a round: a start writes its pid and spec and clears handed-off state;
-        an end for good (``pid`` empty) drops the record if it still names the pid."""
+        an end for good (no blob) drops the record if it still names the pid."""
         await asyncio.sleep(0)
         kp, ks, kst = self._k("pid"), self._k("spec"), self._k("state")
         while self._writes:
             batch, self._writes = self._writes, []
 
-            async def run(r: Any, batch: list[tuple[str, str, bytes | None]] = batch) -> None:
+            async def run(r: Any, batch: list[_Write] = batch) -> None:
                 async with r.pipeline(transaction=False) as pipe:
-                    for field, pid, blob in batch:
+                    for field, pid, blob, _ in batch:
                         if blob is None:
                             pipe.eval(DROP, 3, kp, ks, kst, field, pid)
                         else:
@@ -283,8 +296,11 @@ class Scoped:
 
             try:
                 await self.store.run(run)
-            except (ClusterUnavailable, Exception) as exc:
+            except Exception as exc:
                 log.warning("could not record %d cluster-scoped process(es): %r", len(batch), exc)
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
 
     async def _read(self, field: str, spec: bool) -> tuple[bytes | None, bytes | None]:
         """``(spec, state)`` blobs of record `field` (spec None unless asked for).
@@ -376,7 +392,12 @@ class Scoped:
             return
         task = asyncio.get_running_loop().create_task(self.adopt_orphans())
         self._kicks.add(task)
-        task.add_done_callback(self._kicks.discard)
+        task.add_done_callback(self._kicked)
+
+    def _kicked(self, task: asyncio.Task[int]) -> None:
+        self._kicks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("scan of cluster-scoped processes failed: %r", task.exception())
 
     async def _scan_loop(self) -> None:
         # the first scan a third of a lease after the join (orphans of nodes that died
@@ -386,7 +407,7 @@ class Scoped:
             try:
                 await self.adopt_orphans()
             except Exception as exc:
-                log.debug("scan of cluster-scoped processes failed: %r", exc)
+                log.warning("scan of cluster-scoped processes failed: %r", exc)
             await asyncio.sleep(2 * self.cluster.lease)
 
     async def adopt_orphans(self) -> int:
@@ -477,7 +498,7 @@ class Scoped:
             finally:
                 reset_takeover(token)
             if started:
-                self._record(table, key, pid, blob)
+                await self._record(table, key, pid, blob)
             return pid
         _, sup, spec = record
         self._pending[(table, key)] = tko  # type: ignore[assignment]

@@ -140,12 +140,14 @@ class _Running(_Requests):
         assert spec.key is not None
         scoped = hooks(node) if spec.scope == "cluster" else None
         token = None
+        prepared = b""
         if scoped is not None:
             if self._name is None:
                 raise ValueError(
                     f"cluster-scoped child {spec.id!r} needs a named supervisor (every node "
                     "runs one by that name: it restarts the child there)"
                 )
+            prepared = scoped.prepare(("child", self._name, spec))  # TypeError: not started
             token = set_takeover(scoped.pending_takeover(spec.table, spec.key))
         try:
             pid, started = await spawn_for(
@@ -161,7 +163,7 @@ class _Running(_Requests):
             node.bound(proc, spec.max_mailbox, spec.overflow)
         node.link(pid)  # (ended already: its exit signal comes to us as for any child)
         if scoped is not None:
-            scoped.started(spec.table, spec.key, pid, ("child", self._name, spec))
+            await scoped.started(spec.table, spec.key, pid, prepared)
         return pid
 
     async def _stop_child(self, kid: _Child) -> None:
