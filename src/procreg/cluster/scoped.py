@@ -13,12 +13,12 @@ and its *record* is kept in the store, three hashes under one field per key
 - ``scoped:state``: the state its last incarnation handed off (pickled, signed), until
   a new one has started with it.
 
-- **Failover.** Each node scans ``scoped:pid`` when a node goes down, when it joins,
-  and every ``2 x lease``: a record whose pid's node incarnation is not live is an
+- **Failover.** Each node scans ``scoped:pid`` when a node goes down, soon after it
+  joins, and every ``2 x lease``: a record whose pid's node incarnation is not live is an
   orphan, and its key's home node among the live ones (rendezvous hashing) starts it
   again from the spec — through the supervisor of the same name for a child. The
   claim decides if two nodes disagree on the home: the loser never runs ``init``.
-- **Handoff** (`handoff_all`, run first thing by `Node.stop`): see docs/INTERNALS.md,
+- **Handoff** (`handoff_all`, the first of the node's shutdown hooks): see docs/INTERNALS.md,
   *Cluster-scoped processes*, for the protocol step by step, its guarantee and its
   limits.
 - **Requests between nodes** (start this key there, take these keys over) travel as
