@@ -263,6 +263,12 @@ class Runner:
         found = await pi.whereis("web", "clock")
         return {"ticks": await pi.send("web", "clock", "ticks"), "node": found[0]}
 
+    async def cmd_observer_scoped(self) -> Any:
+        """The observer's ``/api/scoped`` body."""
+        from procreg.web.observer.scoped import scoped_view
+
+        return scoped_view(self.node)
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {

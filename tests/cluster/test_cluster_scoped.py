@@ -113,6 +113,12 @@ def test_a_sigkilled_nodes_cluster_scoped_timer_runs_again_elsewhere(cluster, tm
     print(f"failover of /timer (lease {lease} s): {back_at - killed_at:.3f} s after SIGKILL")
     stats = [n.ok("scoped_stats") for n in (n2, n3)]
     assert sum(s["failovers"] for s in stats) == 1
+    # the observer shows it where it runs now, with its home and the failover
+    view = next(n for n in (n2, n3) if n.name == state["node"]).ok("observer_scoped")
+    assert [(p["key"], p["home"]) for p in view["local"]] == [("'/timer'", state["node"])]
+    assert [(e["kind"], e["from"], e["to"]) for e in view["history"]] == [
+        ("failover", "n1", state["node"])
+    ]
 
 
 def _timer(node: Any) -> Any:

@@ -210,6 +210,10 @@ def test_tree_is_empty_without_supervisors(h: Harness) -> None:
     assert h.get("/api/tree") == {"trees": []}
 
 
+def test_scoped_view_on_an_embedded_node_says_so(h: Harness) -> None:
+    assert h.get("/api/scoped") == {"clustered": False, "local": [], "history": []}
+
+
 def test_kill_needs_writable_and_the_token() -> None:
     for options in ({}, {"writable": False, "token": TOKEN}):
         app, lifespan = make(**options)

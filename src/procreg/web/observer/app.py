@@ -10,6 +10,8 @@ Routes (relative to where it is mounted):
 ``GET /api/processes?q=&cursor=&limit=``  a bounded search (see `snapshot`)
 ``GET /api/processes/{pid}``              one process
 ``GET /api/tree``                         the supervision tree
+``GET /api/scoped``                       cluster-scoped processes here with their
+                                          home node, and their moves (`scoped`)
 ``POST /api/processes/{pid}/kill``        ``exit(pid, "kill")``: only when `writable`,
                                           with the token (header ``X-Procreg-Token`` or
                                           query ``token``); otherwise 403
@@ -36,6 +38,7 @@ from ..context import node_from_scope, use_node
 from ..lifespan import lifespan
 from ..responses import asset, client_is_local, page
 from . import assets
+from .scoped import scoped_view
 from .snapshot import (
     SCAN_LIMIT,
     RateMeter,
@@ -112,6 +115,7 @@ class Observer:
                 Route("/api/processes/{pid}", self._process),
                 Route("/api/processes/{pid}/kill", self._kill, methods=["POST"]),
                 Route("/api/tree", self._tree),
+                Route("/api/scoped", self._scoped),
             ],
             exception_handlers={_BadRequest: _bad_request},
         )
@@ -186,6 +190,10 @@ class Observer:
     async def _tree(self, request: Request) -> Response:
         trees = await supervision_tree(self._node(request))
         return JSONResponse({"trees": trees}, headers={"cache-control": "no-store"})
+
+    async def _scoped(self, request: Request) -> Response:
+        body = scoped_view(self._node(request))
+        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     def _authorized(self, request: Request) -> str | None:
         """None if the request may change things, else why not."""
