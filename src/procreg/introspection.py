@@ -61,7 +61,7 @@ class ProcessInfo:
     handled: int
     """Messages it handled (count, since it started)."""
     age: float
-    """Seconds since it started, to within the time between 1,024 spawns on its node."""
+    """Seconds since it started (measured with ``time.monotonic``)."""
     status: ProcessStatus
     """Where it is in its life: see `ProcessStatus`."""
     links: int

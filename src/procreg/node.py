@@ -13,12 +13,12 @@ functions in `procreg` find the current node and delegate.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextvars
 import inspect
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -389,7 +389,7 @@ class Node:
         self.dropped = 0  # messages refused by full mailboxes
         self.overloaded = 0  # processes ended with reason "overload"
         self.started_at = 0.0
-        self._marks: list[tuple[int, float]] = []  # (serial, loop time) every 1024 spawns
+        self._born_at: float | None = None  # start time of this loop turn's new processes
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._ctx: contextvars.Context = None  # type: ignore[assignment]
         self._deadlines: _Deadlines = None  # type: ignore[assignment]
@@ -418,7 +418,6 @@ class Node:
 
         self._loop = asyncio.get_running_loop()
         self.started_at = self._loop.time()
-        self._marks = [(0, self.started_at)]
         self._deadlines = _Deadlines(self._loop)
         self._token = _node_var.set(self)
         self._ctx = contextvars.copy_context()
@@ -526,8 +525,6 @@ class Node:
         procs = self._procs
         procs[proc._procreg_pid] = proc
         self.spawned += 1
-        if not proc._procreg_pid[2] & 1023:
-            self._marks.append((proc._procreg_pid[2], self._loop.time()))
         if len(procs) >= self._next_freeze:
             GcPolicy.grew(len(procs))
             self._next_freeze = GcPolicy.next_freeze()
@@ -576,8 +573,6 @@ class Node:
         reg = proc._procreg_reg
         keys = tuple(sorted(map(repr, reg))) if type(reg) is set else ((repr(reg),) if reg else ())
         ext = proc._procreg_ext
-        index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
-        born = self._marks[max(index, 0)][1]
         groups = tuple(sorted(map(repr, ext.groups))) if ext is not None and ext.groups else ()
         waiting = len(proc._procreg_mail) if proc._procreg_mail else 0
         return new_process_info(  # positional: the fields in order, for speed
@@ -591,7 +586,7 @@ class Node:
             (ext.overflow if ext is not None else None) or self._overflow,  # overflow
             ext.dropped if ext is not None else 0,  # dropped
             proc._procreg_handled,  # handled
-            self._loop.time() - born,  # age
+            time.monotonic() - proc._procreg_born,  # age
             _STATUS[proc._procreg_st],  # status
             len(ext.links) if ext is not None and ext.links else 0,  # links
             len(ext.monitors) if ext is not None and ext.monitors else 0,  # monitors

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from operator import attrgetter
@@ -116,6 +117,22 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
         caller.fail(exc)
 
 
+_monotonic = time.monotonic
+
+
+def _turn_time(node: Node) -> float:
+    """The start time of the processes started on `node` in this loop turn
+    (`time.monotonic`, read at the first of them): one float shared by all of them
+    instead of one each (24 bytes less per process), forgotten at the next turn."""
+    born = node._born_at = _monotonic()
+    node._loop.call_soon(_next_turn, node)
+    return born
+
+
+def _next_turn(node: Node) -> None:
+    node._born_at = None
+
+
 COMPAT_NAMES: Final = ()
 """Old runtime names that `procreg.cluster` still reads, kept as read-only aliases of
 the ``_procreg_*`` ones until it is renamed; a `Server` subclass may not use them
@@ -139,6 +156,7 @@ class _Proc:
     """
 
     __slots__ = (
+        "_procreg_born",
         "_procreg_ext",
         "_procreg_handled",
         "_procreg_mail",
@@ -158,6 +176,7 @@ class _Proc:
     _procreg_reg: Any  # registry entries held: None, one (table, key) or a set of them
     _procreg_max: int | None  # mailbox bound (None: unbounded)
     _procreg_peak: int  # mailbox high-water mark, sampled when the process takes its mail
+    _procreg_born: float  # when it started (time.monotonic), for its age (`Node.info`)
 
     _procreg_kind = "process"
     _procreg_log_overload = True  # log a warning when the bound first refuses a message
@@ -184,6 +203,8 @@ class _Proc:
         self._procreg_handled = 0  # messages handled (counted per batch)
         self._procreg_max = node._max_mailbox
         self._procreg_peak = 0
+        born = node._born_at
+        self._procreg_born = born if born is not None else _turn_time(node)
 
     def _procreg_extra(self) -> _Ext:
         e = self._procreg_ext
