@@ -35,8 +35,10 @@ from .process import (
     OVERFLOWS,
     Process,
     _Proc,
+    behaviour,
     current_caller,
     current_process,
+    log_fields,
 )
 from .surface import NodeRuntime
 
@@ -388,6 +390,9 @@ class Node:
         self.handled = 0  # messages handled by all processes
         self.dropped = 0  # messages refused by full mailboxes
         self.overloaded = 0  # processes ended with reason "overload"
+        self.calls = 0  # calls handled by servers
+        self.restarts = 0  # children restarted by supervisors
+        self.exits: dict[str, int] = {}  # processes ended, by `exit_class` but "normal"
         self.started_at = 0.0
         self._born_at: float | None = None  # start time of this loop turn's new processes
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -590,6 +595,7 @@ class Node:
             _STATUS[proc._procreg_st],  # status
             len(ext.links) if ext is not None and ext.links else 0,  # links
             len(ext.monitors) if ext is not None and ext.monitors else 0,  # monitors
+            behaviour(self, proc),  # behaviour
         )
 
     def stats(self) -> NodeStats:
@@ -607,6 +613,8 @@ class Node:
             self._max_mailbox,  # max_mailbox
             len(self._runq),  # runq
             self._loop.time() - self.started_at,  # uptime
+            self.calls,  # calls
+            self.restarts,  # restarts
         )
 
     def nodes(self) -> list[str]:
@@ -982,6 +990,7 @@ class Node:
             exc,
             last,
             exc_info=exc,
+            extra=log_fields(self, proc),
         )
 
     def exit(self, pid: Pid, reason: Any) -> None:

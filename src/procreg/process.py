@@ -28,6 +28,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import Overloaded, ProcessExited
+from .introspection import exit_class, readable_key
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .pid import Pid, Ref
 
@@ -118,6 +119,44 @@ def fail_caller(caller: Any, exc: BaseException) -> None:
 
 
 _monotonic = time.monotonic
+NORMAL: Final = "normal"
+
+
+def count_exit(node: Node, reason: Any) -> None:
+    """Count an exit with `reason` in ``node.exits`` by its class (`exit_class`),
+    unless it is ``"normal"`` (the node's exits less the others)."""
+    kind = exit_class(reason)
+    if kind != "normal":
+        exits = node.exits
+        exits[kind] = exits.get(kind, 0) + 1
+
+
+def log_fields(node: Node, proc: _Proc) -> dict[str, Any]:
+    """Structured fields for a log record about `proc` (``extra=`` of the logging
+    call, so JSON formatters show them): ``procreg_pid`` (text), ``procreg_node``,
+    ``procreg_key`` (its first registered key, readable, with its table; None if it
+    holds none), ``procreg_behaviour`` (see `behaviour`)."""
+    reg = proc._procreg_reg
+    first = min(reg, key=repr) if type(reg) is set and reg else reg
+    return {
+        "procreg_pid": str(proc._procreg_pid),
+        "procreg_node": node.name,
+        "procreg_key": readable_key(first[1], first[0]) if first else None,
+        "procreg_behaviour": behaviour(node, proc),
+    }
+
+
+_BEHAVIOURS: Final = {"process": "coroutine"}
+
+
+def behaviour(node: Node, proc: _Proc) -> str:
+    """What kind of process `proc` is (`ProcessInfo.behaviour`): ``"supervisor"``
+    for a supervisor, else its class's ``_procreg_kind`` (``"process"`` read as
+    ``"coroutine"``)."""
+    if proc._procreg_pid in node._supervisors:
+        return "supervisor"
+    kind = proc._procreg_kind
+    return _BEHAVIOURS.get(kind, kind)
 
 
 def _turn_time(node: Node) -> float:
@@ -258,6 +297,7 @@ class _Proc:
                 self._procreg_pid,
                 self._procreg_kind,
                 bound,
+                extra=log_fields(node, self),
             )
 
     async def _procreg_call_direct(self, request: Any, timeout: float | None) -> Any:
@@ -275,6 +315,7 @@ class _Proc:
                 self._procreg_pid,
                 self._procreg_kind,
                 why,
+                extra=log_fields(self._procreg_node, self),
             )
         node = self._procreg_node
         node.overloaded += 1
@@ -312,6 +353,8 @@ class _Proc:
         node = self._procreg_node
         pid = self._procreg_pid
         node._forget(self)
+        if reason is not NORMAL:
+            count_exit(node, reason)
         ext = self._procreg_ext
         if self._procreg_reg is not None or (ext is not None and (ext.groups or ext.key_monitors)):
             node._drop_registrations(self)

@@ -147,3 +147,21 @@ def test_the_observer_is_mounted_and_shows_the_demo(client: TestClient) -> None:
         tree = client.get("/observer/api/tree").json()["trees"][0]
         assert tree["children"][0]["id"] == "('web', 'clock')"
         assert client.post(f"/observer/api/processes/{rows[0]['pid']}/kill").status_code == 403
+
+
+def test_the_demo_serves_prometheus_metrics(client: TestClient) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post("/api/visit")
+    with client.websocket_connect("/ws/lobby") as ws:
+        until(ws, "history")
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        kinds = {
+            s.labels["behaviour"]: s.value
+            for f in text_string_to_metric_families(response.text)
+            if f.name == "procreg_processes"
+            for s in f.samples
+        }
+    assert kinds["session"] == 1 and kinds["connection"] == 1 and kinds["pi"] == 1

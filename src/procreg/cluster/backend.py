@@ -299,6 +299,7 @@ class RedisBackend(LocalBackend):
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
+                self.cluster.counters.cache_hits += 1  # (metrics)
                 return pid
             del self._cache[(table, key)]
         return MISS
@@ -306,6 +307,7 @@ class RedisBackend(LocalBackend):
     async def _fetch(self, key: Hashable, table: str) -> tuple[Pid, Any] | None:
         tkey, _ = self._tkey(table)
         gen = self._gen
+        self.cluster.counters.store_lookups += 1  # (metrics)
         value = await self.store.batched_script(
             "lookup", [tkey], [canon(key), self.store.key("lease", "")]
         )
@@ -452,6 +454,7 @@ class RedisBackend(LocalBackend):
             self._claims_in_flight -= 1
             if self._pending_claims:
                 self._schedule_claims()
+        self.cluster.counters.claimed(len(chunk), results)  # (metrics)
         fatal: BaseException | None = None
         for i, (_, answer) in enumerate(chunk):  # every claim of the chunk is answered
             try:
@@ -811,6 +814,7 @@ class RedisBackend(LocalBackend):
     def invalidated(self, ctable: str, field: str) -> None:
         """A registry change on any node (from the ``inval`` channel)."""
         self._gen += 1
+        self.cluster.counters.invalidations += 1  # (metrics)
         if not self._cache:
             return
         try:

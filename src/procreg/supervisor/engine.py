@@ -180,6 +180,7 @@ class _Running(_Requests):
         await self._restart(kid)
 
     def _count_restart(self) -> None:
+        current_node().restarts += 1  # (`Node.stats`, metrics)
         now = time.monotonic()
         window = self._restarts
         window.append(now)
