@@ -192,6 +192,7 @@ class _Running(_Requests):
                 self._me,
                 self.intensity,
                 self.period,
+                extra={"procreg_pid": str(self._me), "procreg_node": self._me[0]},
             )
             raise _Stop("shutdown")
 
