@@ -85,9 +85,9 @@ def readable_key(key: Any, table: str | None = None) -> str:
     holds unprintable characters or `` / ``), a tuple's items joined by `` / ``,
     anything else as its repr; `table`, if given, first, before a colon (so
     ``("room", "lobby")`` in table ``"default"`` reads ``default: room / lobby``).
-    Keys of the ``"sessions"`` table (``("session", sid)``) show only the first 4
-    characters of the session id, which is half a secret."""
-    if table == "sessions" and type(key) is tuple and len(key) == 2 and key[0] == "session":
+    Session keys (``("session", sid)``, in the ``"sessions"`` table or as a group)
+    show only the first 4 characters of the session id, which is half a secret."""
+    if type(key) is tuple and len(key) == 2 and key[0] == "session":
         text = f"session / {str(key[1])[:4]}…"
     elif type(key) is tuple:
         text = " / ".join(_part(v) for v in key) if key else "()"

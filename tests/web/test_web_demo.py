@@ -114,7 +114,7 @@ def test_room_names_cannot_reach_other_pools(client: TestClient) -> None:
         lobby.send_json({"type": "say", "text": "in the lobby"})
         assert until(lobby, "chat")["text"] == "in the lobby"  # not the clock room's line
         groups = {p["group"] for p in client.get("/observer/api/overview").json()["pools"]}
-        assert {"('pool', 'clock')", "('pool', ('room', 'clock'))"} <= groups
+        assert {"pool / clock", "pool / (room / clock)"} <= groups
 
 
 def test_bad_messages_get_an_error_and_the_socket_stays(client: TestClient) -> None:
@@ -144,8 +144,10 @@ def test_the_observer_is_mounted_and_shows_the_demo(client: TestClient) -> None:
         rows = client.get("/observer/api/processes", params={"limit": 100}).json()["rows"]
         kinds = {r["kind"] for r in rows}
         assert {"AsyncPiServer", "SessionProcess", "Room", "CometProcess"} <= kinds
+        behaviours = {r["behaviour"] for r in rows}
+        assert {"pi", "session", "server", "connection", "supervisor"} <= behaviours
         tree = client.get("/observer/api/tree").json()["trees"][0]
-        assert tree["children"][0]["id"] == "('web', 'clock')"
+        assert tree["children"][0]["id"] == "web / clock"
         assert client.post(f"/observer/api/processes/{rows[0]['pid']}/kill").status_code == 403
 
 
