@@ -146,7 +146,9 @@ def test_another_nodes_processes_are_paged_searched_and_opened(cluster: Cluster)
         f"/observer/api/processes/{row['pid']}/kill", headers={"X-Procreg-Token": TOKEN}
     )
     assert response.status_code == 200
-    assert _until(lambda: cluster.client.get(f"/observer/api/processes/{row['pid']}").status_code == 404)
+    assert _until(
+        lambda: cluster.client.get(f"/observer/api/processes/{row['pid']}").status_code == 404
+    )
 
 
 def test_a_node_going_down_is_an_event(cluster: Cluster) -> None:

@@ -141,4 +141,3 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ProcregError):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}"
-

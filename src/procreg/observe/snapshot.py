@@ -251,7 +251,9 @@ class RateMeter:
         self.keep = keep
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
 
-    def sample(self, stats: NodeStats | dict[str, Any], now: float | None = None) -> dict[str, float]:
+    def sample(
+        self, stats: NodeStats | dict[str, Any], now: float | None = None
+    ) -> dict[str, float]:
         """Record `stats` (from `Node.stats()`, or its ``as_dict()``) and return the
         current rates per second: ``spawn``, ``exit``, ``crash``, ``messages``."""
         now = time.monotonic() if now is None else now

@@ -14,10 +14,10 @@ from collections.abc import Hashable
 from typing import Any, Final
 
 from ..errors import ProcregError
+from ..introspection import readable_key
 from ..node import Node
 from ..pid import Pid
 from ..supervisor import SUPERVISORS, Supervisor
-from ..introspection import readable_key
 from .snapshot import keys_and_groups
 
 __all__ = ["supervision_tree"]

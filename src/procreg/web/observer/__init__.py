@@ -14,9 +14,9 @@ supervision trees. The data comes from `procreg.observe`.
 
 from __future__ import annotations
 
-from .app import TOKEN_HEADER, Observer, create_observer_app
 from ...observe.snapshot import RateMeter, process_page, search_processes
 from ...observe.tree import supervision_tree
+from .app import TOKEN_HEADER, Observer, create_observer_app
 
 __all__ = [
     "TOKEN_HEADER",

@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ...errors import NoNode, NodeDown
+from ...errors import NodeDown, NoNode
 from ...node import Node
 from ...observe.agent import ClusterView, describe_error
 from ...observe.snapshot import SCAN_LIMIT, RateMeter, parse_pid
