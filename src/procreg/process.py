@@ -28,7 +28,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import Overloaded, ProcessExited
-from .introspection import exit_class, readable_key
+from .introspection import EXIT_CLASSES, exit_class, readable_key
 from .messages import Call, Down, Exit, KeyEvent, NodeEvent
 from .pid import Pid, Ref
 
@@ -122,13 +122,8 @@ _monotonic = time.monotonic
 NORMAL: Final = "normal"
 
 
-def count_exit(node: Node, reason: Any) -> None:
-    """Count an exit with `reason` in ``node.exits`` by its class (`exit_class`),
-    unless it is ``"normal"`` (the node's exits less the others)."""
-    kind = exit_class(reason)
-    if kind != "normal":
-        exits = node.exits
-        exits[kind] = exits.get(kind, 0) + 1
+_STR_EXITS: Final = {name: name for name in EXIT_CLASSES[:-2]}
+"""The class of each named exit reason (`exit_class` for a string, as a lookup)."""
 
 
 def log_fields(node: Node, proc: _Proc) -> dict[str, Any]:
@@ -353,8 +348,13 @@ class _Proc:
         node = self._procreg_node
         pid = self._procreg_pid
         node._forget(self)
-        if reason is not NORMAL:
-            count_exit(node, reason)
+        if reason is not NORMAL:  # counted by class (`exit_class`), for metrics
+            kind = _STR_EXITS.get(reason, "other") if reason.__class__ is str else None
+            if kind is None:
+                kind = exit_class(reason)
+            if kind != "normal":
+                exits = node.exits
+                exits[kind] = exits.get(kind, 0) + 1
         ext = self._procreg_ext
         if self._procreg_reg is not None or (ext is not None and (ext.groups or ext.key_monitors)):
             node._drop_registrations(self)

@@ -225,3 +225,13 @@ def test_metrics_of_two_cluster_nodes() -> None:
     inf = value(on_a, "procreg_cluster_lease_renewal_seconds_bucket", node="ma", le="+Inf")
     assert inf == value(on_a, "procreg_cluster_lease_renewal_seconds_count", node="ma")
     assert value(on_a, "procreg_cluster_fences_total", node="ma") == 0
+
+
+def test_the_route_answers_get_and_head_only(app: tuple[TestClient, NodeLifespan]) -> None:
+    client, _ = app
+    assert client.head("/metrics").status_code == 200
+    assert client.head("/metrics").content == b""
+    assert client.post("/metrics").status_code == 405
+    opened = client.get("/metrics", headers={"accept": "application/openmetrics-text"})
+    assert opened.headers["content-type"].startswith("application/openmetrics-text")
+    assert opened.headers["cache-control"] == "no-store"
