@@ -29,6 +29,7 @@ from typing import Any, Final
 from ..introspection import NodeStats, readable_key
 from ..node import Node
 from ..pid import Pid
+from ..process import behaviour
 
 __all__ = [
     "MAX_PAGE",
@@ -131,10 +132,16 @@ def process_page(node: Node, offset: int = 0, limit: int = 50) -> dict[str, Any]
     }
 
 
-def _haystack(row: dict[str, Any]) -> str:
-    return " ".join(
-        [row["pid"], row["kind"], row["behaviour"], *row["keys"], *row["groups"]]
-    ).lower()
+def _haystack(node: Node, pid: Pid) -> str | None:
+    """What a search looks in for the process `pid` (None if it is gone): what its
+    row shows as pid, kind, behaviour, keys and groups, without building the row."""
+    proc = node.local_process(pid)
+    if proc is None:
+        return None
+    keys, groups = keys_and_groups(node, pid)
+    kind = behaviour(node, proc)
+    cls = "Supervisor" if kind == "supervisor" else type(proc).__name__
+    return " ".join([str(pid), cls, kind, *keys, *groups]).lower()
 
 
 def search_processes(
@@ -155,10 +162,13 @@ def search_processes(
     end = min(len(pids), start + max(1, scan_limit))
     rows: list[dict[str, Any]] = []
     while cursor < end and len(rows) < limit:
-        row = process_row(node, pids[cursor])
+        pid = pids[cursor]
         cursor += 1
-        if row is not None and needle in _haystack(row):
-            rows.append(row)
+        hay = _haystack(node, pid)
+        if hay is not None and needle in hay:
+            row = process_row(node, pid)
+            if row is not None:
+                rows.append(row)
     return {
         "node": node.name,
         "query": query,
