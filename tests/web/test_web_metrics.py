@@ -203,6 +203,10 @@ def test_metrics_of_two_cluster_nodes() -> None:
                 if a._cluster.counters.renewal_count and b._cluster.counters.renewal_count:
                     break
                 await asyncio.sleep(0.05)
+            # one collector for every node of this interpreter: one family per name
+            families = [f for f in ProcregCollector().collect() if f.name == "procreg_processes"]
+            assert len(families) == 1
+            assert {sample.labels["node"] for sample in families[0].samples} == {"ma", "mb"}
             return (
                 parse(exposition(a, registry=None)[0].decode())[0],
                 parse(exposition(b, registry=None)[0].decode())[0],

@@ -41,9 +41,12 @@ class Idle(procreg.Server):
 class Cluster:
     """Node "oa" serves the observer; node "ob" runs in the same loop."""
 
-    def __init__(self, client: TestClient, other: procreg.Node) -> None:
+    def __init__(
+        self, client: TestClient, other: procreg.Node, observer: procreg.web.Observer
+    ) -> None:
         self.client = client
         self.other = other
+        self.observer = observer
 
     def get(self, path: str, status: int = 200, **params: Any) -> Any:
         response = self.client.get("/observer" + path, params=params)
@@ -82,7 +85,7 @@ def cluster() -> Iterator[Cluster]:
 
             client.portal.call(start)
             try:
-                yield Cluster(client, other)
+                yield Cluster(client, other, observer)
             finally:
 
                 async def stop() -> None:
@@ -115,6 +118,7 @@ def test_every_node_is_listed_with_its_figures_and_tables_add_up(cluster: Cluste
     things = next(t for t in body["tables"] if t["table"] == "things")
     assert things["count"] == 3 and things["nodes"] == {"ob": 3}
     assert body["clustered"] is True and set(body["history"]) == {"oa", "ob"}
+    assert body["partial"] is False
     events = {(e["kind"], e["node"], e["reporter"]) for e in body["events"]}
     assert ("join", "ob", "ob") in events and ("join", "oa", "oa") in events
     # ob answers through its agent, registered under its name
@@ -181,3 +185,21 @@ def test_asking_a_node_that_is_not_live_fails_fast(cluster: Cluster) -> None:
         return None
 
     assert "ghost" in (cluster.on_other(ask) or "")
+
+
+def test_a_node_that_does_not_answer_is_listed_as_such(cluster: Cluster) -> None:
+    _until(lambda: "ob" in [n["node"] for n in cluster.get("/api/overview")["nodes"]])
+    view = cluster.observer.view
+    real = view.ask
+
+    async def silent(node: procreg.Node, name: str, request: Any) -> Any:
+        if name == "ob":
+            raise procreg.CallTimeout("no answer")
+        return await real(node, name, request)
+
+    view.ask = silent  # type: ignore[method-assign]
+    body = cluster.get("/api/overview")
+    ob = next(n for n in body["nodes"] if n["node"] == "ob")
+    assert ob["answered"] is False and ob["error"] == "no answer in time"
+    assert body["partial"] is True
+    assert cluster.client.get("/observer/api/processes", params={"node": "ob"}).status_code == 504

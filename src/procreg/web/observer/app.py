@@ -230,6 +230,8 @@ class Observer:
                 for g, m in sorted(pool_counts.items(), key=lambda gm: (-gm[1], gm[0]))[:100]
             ],
             "groups_total": groups_total,
+            # tables, pools and groups leave out the nodes that did not answer
+            "partial": any(not row["answered"] for row in rows),
             "events": events[-EVENTS_SHOWN:],
             "writable": self.writable,
             "scan_limit": self.scan_limit,

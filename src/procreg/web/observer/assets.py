@@ -70,7 +70,7 @@ INDEX_HTML: Final = """<!doctype html>
 </section>
 <section id="registry-section" class="columns">
   <div>
-    <h2>Tables <span class="muted">(all nodes)</span></h2>
+    <h2>Tables <span id="tables-scope" class="muted">(all nodes)</span></h2>
     <table id="tables"><thead><tr><th>table</th><th class="num">entries</th>
       <th>per node</th></tr></thead><tbody></tbody></table>
   </div>

@@ -201,6 +201,8 @@ SCRIPT: Final = r"""
       cell(new Date(e.time * 1000).toLocaleTimeString()), cell(e.kind), cell(e.node),
       cell(e.detail), cell(e.reporter)], "event-" + e.kind)) :
       [tr([cell("no cluster events yet", "muted")])]));
+    $("tables-scope").textContent = data.partial ?
+      "(the nodes that answered: counts are partial)" : "(all nodes)";
     $("tables").tBodies[0].replaceChildren(...data.tables.map(t => tr([
       cell(t.table), num(count(t.count)),
       cell(Object.keys(t.nodes).sort().map(n => n + " " + count(t.nodes[n])).join(" \u00b7 ")),
