@@ -70,6 +70,10 @@ SCRIPT: Final = r"""
   }
 
   // -- charts: one line per node, y axis in events per second, x axis in seconds ago
+  function axisLabel(n) {
+    if (n >= 1000) return (n / 1000).toLocaleString("en", { maximumFractionDigits: 2 }) + "k";
+    return n.toLocaleString("en", { maximumFractionDigits: 2 });
+  }
   function niceMax(value) {
     if (value <= 0) return 1;
     const power = Math.pow(10, Math.floor(Math.log10(value)));
@@ -97,7 +101,7 @@ SCRIPT: Final = r"""
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(W - right, y); ctx.stroke();
       if (f === 0 || f === 0.5 || f === 1) {
         ctx.fillStyle = "#555";
-        ctx.fillText(rate(top_ * f) + " /s", left - 6, y);
+        ctx.fillText(axisLabel(top_ * f) + " /s", left - 6, y);
       }
     }
     ctx.textAlign = "center";
