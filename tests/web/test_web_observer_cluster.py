@@ -26,6 +26,7 @@ import procreg
 import procreg.web
 from procreg.observe import AGENTS_TABLE
 from procreg.testing import RedisServer, find_server_binary
+from procreg.web.metrics import metrics_route
 
 SECRET = "observer-cluster-secret"
 TOKEN = "observer-token-0123456789"
@@ -47,6 +48,12 @@ class Cluster:
         self.client = client
         self.other = other
         self.observer = observer
+        self.lifespan: Any = None
+
+    def lifespan_node(self) -> procreg.Node:
+        """Node "oa", the one serving the observer."""
+        assert self.lifespan.node is not None
+        return self.lifespan.node
 
     def get(self, path: str, status: int = 200, **params: Any) -> Any:
         response = self.client.get("/observer" + path, params=params)
@@ -69,7 +76,8 @@ def cluster() -> Iterator[Cluster]:
     with RedisServer() as redis:
         lifespan = procreg.web.lifespan(name="oa", cluster=redis.url, secret=SECRET, lease=1.0)
         observer = procreg.web.Observer(writable=True, token=TOKEN)
-        app = Starlette(routes=[Mount("/observer", observer)], lifespan=lifespan)
+        routes = [metrics_route(), Mount("/observer", observer)]
+        app = Starlette(routes=routes, lifespan=lifespan)
         with TestClient(app, client=("127.0.0.1", 40000)) as client:
             assert client.portal is not None
             other = procreg.Node("ob", cluster=redis.url, secret=SECRET, lease=1.0)
@@ -85,7 +93,9 @@ def cluster() -> Iterator[Cluster]:
 
             client.portal.call(start)
             try:
-                yield Cluster(client, other, observer)
+                view = Cluster(client, other, observer)
+                view.lifespan = lifespan
+                yield view
             finally:
 
                 async def stop() -> None:
@@ -203,3 +213,51 @@ def test_a_node_that_does_not_answer_is_listed_as_such(cluster: Cluster) -> None
     assert ob["answered"] is False and ob["error"] == "no answer in time"
     assert body["partial"] is True
     assert cluster.client.get("/observer/api/processes", params={"node": "ob"}).status_code == 504
+
+
+def test_metrics_of_a_cluster_node_move_with_work(cluster: Cluster) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = cluster.client.get("/metrics").text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.labels.get("node") == "oa"
+        }
+
+    def claims(samples: Any) -> float:
+        return float(
+            samples[("procreg_cluster_claims_total", (("node", "oa"), ("result", "granted")))]
+        )
+
+    def received(samples: Any) -> float:
+        return float(samples[("procreg_cluster_frames_received_total", (("node", "oa"),))])
+
+    _until(lambda: "ob" in [n["node"] for n in cluster.get("/api/overview")["nodes"]])
+    before = scrape()
+
+    async def on_a() -> procreg.Pid:
+        pid = Idle.start()
+        await procreg.register("metrics-key", pid)
+        return pid
+
+    assert cluster.client.portal is not None
+
+    async def register() -> procreg.Pid:
+        with procreg.web.use_node(cluster.lifespan_node()):
+            return await on_a()
+
+    pid = cluster.client.portal.call(register)
+
+    async def call_from_b() -> Any:
+        return await procreg.call(pid, "over the wire")
+
+    assert cluster.on_other(call_from_b) == "over the wire"
+    after = scrape()
+    assert claims(after) == claims(before) + 1
+    assert received(after) > received(before)
+    calls = ("procreg_calls_handled_total", (("node", "oa"),))
+    assert after[calls] >= before[calls] + 1
