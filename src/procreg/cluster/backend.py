@@ -132,6 +132,7 @@ class RedisBackend(RegistryBackend):
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
+                self.cluster.counters.cache_hits += 1  # (metrics)
                 return pid
             del self._cache[(table, key)]
         return MISS
@@ -142,6 +143,7 @@ class RedisBackend(RegistryBackend):
         tkey, _ = self.tkey(table)
         keys = self.keys
         gen = keys.gen
+        self.cluster.counters.store_lookups += 1  # (metrics)
         value = await self.store.batched_script(
             "lookup", [tkey], [canon(key), self.store.key("lease", "")]
         )

@@ -117,6 +117,7 @@ class ClaimBatcher:
             self.in_flight -= 1
             if self._pending:
                 self._schedule()
+        self.cluster.counters.claimed(len(chunk), results)  # (metrics)
         fatal: BaseException | None = None
         for i, (_, answer) in enumerate(chunk):  # every claim of the chunk is answered
             try:
