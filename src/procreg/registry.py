@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends import DEFAULT_TABLE, MISS, RegistryBackend
@@ -172,6 +172,9 @@ def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
     return me._procreg_pid
 
 
+_NOTHING: tuple[tuple[()], tuple[()]] = ((), ())
+
+
 class KeyListener(Protocol):
     """What a `LocalBackend` tells the backend that composes it (`listener`)."""
 
@@ -240,7 +243,9 @@ class LocalBackend(RegistryBackend):
         # a copy: what the caller changes is not the registry's
         return proc._procreg_pid, (_copy_meta(meta) if meta is not None else None)
 
-    def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+    def insert(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+        """Put live local process `proc` under `key` (no checks: the caller has
+        made sure it may), with `meta` (a copy is kept)."""
         tab = self._tables.get(table)
         if tab is None:
             tab = self._tables[table] = {}
@@ -295,7 +300,7 @@ class LocalBackend(RegistryBackend):
         holder = self.holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder._procreg_pid)
-        self._add(table, key, proc, meta)
+        self.insert(table, key, proc, meta)
 
     async def register(
         self,
@@ -344,7 +349,7 @@ class LocalBackend(RegistryBackend):
         if is_server_class(factory):
             if not factory._procreg_async_mask & 8:  # sync init: start and register in one step
                 proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None)
-                self._add(table, key, proc, meta)
+                self.insert(table, key, proc, meta)
                 return proc._procreg_pid, True
             # async init: one attempt per key, in a task of its own so that a caller
             # giving up (cancelled) neither fails the others nor orphans the process
@@ -356,7 +361,7 @@ class LocalBackend(RegistryBackend):
             return await asyncio.shield(flight)
         # an async def body: it starts running on the next loop turn; registered now
         pid = node.spawn(factory, *args, idle_timeout=idle_timeout)
-        self._add(table, key, node._procs[pid], meta)
+        self.insert(table, key, node._procs[pid], meta)
         return pid, True
 
     async def _spawn_async(
@@ -382,7 +387,7 @@ class LocalBackend(RegistryBackend):
             # registered by someone else meanwhile: theirs wins, ours goes
             node._end(proc, "shutdown")
             return holder._procreg_pid, False
-        self._add(table, key, proc, meta)
+        self.insert(table, key, proc, meta)
         return pid, True
 
     def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
@@ -411,21 +416,18 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         return tab.get(key) if tab is not None else None
 
-    def insert(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
-        """Put live local process `proc` under `key` (no checks: the caller has
-        made sure it may), with `meta` (a copy is kept)."""
-        self._add(table, key, proc, meta)
-
     def meta(self, key: Hashable, table: str) -> dict[str, Any] | None:
         """The metadata stored with `key` (not a copy: do not change it), or None."""
         metas = self._meta.get(table)
         return metas.get(key) if metas is not None else None
 
-    def holdings(self, proc: _Proc) -> tuple[list[tuple[str, Hashable]], list[Hashable]]:
+    def holdings(self, proc: _Proc) -> tuple[Sequence[tuple[str, Hashable]], Sequence[Hashable]]:
         """What `proc` holds in this view: its ``(table, key)`` entries and its
         groups (both empty for most processes: two slot reads)."""
         reg = proc._procreg_reg
         ext = proc._procreg_ext
+        if reg is None and (ext is None or not ext.groups):
+            return _NOTHING  # (most processes: no list made)
         groups = list(ext.groups) if ext is not None and ext.groups else []
         if reg is None:
             return [], groups
