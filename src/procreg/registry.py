@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends import DEFAULT_TABLE, MISS, RegistryBackend
@@ -170,9 +170,6 @@ def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
     if me is None:
         raise NotInProcess(f"{what} without a pid must be called from inside a process")
     return me._procreg_pid
-
-
-_NOTHING: tuple[tuple[()], tuple[()]] = ((), ())
 
 
 class KeyListener(Protocol):
@@ -421,20 +418,24 @@ class LocalBackend(RegistryBackend):
         metas = self._meta.get(table)
         return metas.get(key) if metas is not None else None
 
-    def holdings(self, proc: _Proc) -> tuple[Sequence[tuple[str, Hashable]], Sequence[Hashable]]:
+    def holdings(
+        self, proc: _Proc
+    ) -> tuple[Collection[tuple[str, Hashable]], Collection[Hashable]]:
         """What `proc` holds in this view: its ``(table, key)`` entries and its
-        groups (both empty for most processes: two slot reads)."""
+        groups (empty for most processes; nothing is copied for one entry). Read
+        them before `process_ended`, which drops them."""
         reg = proc._procreg_reg
         ext = proc._procreg_ext
-        if reg is None and (ext is None or not ext.groups):
-            return _NOTHING  # (most processes: no list made)
-        groups = list(ext.groups) if ext is not None and ext.groups else []
+        groups: Collection[Hashable] = ext.groups if ext is not None and ext.groups else ()
         if reg is None:
-            return [], groups
+            return (), groups
         tables = self._tables
+        if type(reg) is not set:  # one entry (the common case)
+            tab = tables.get(reg[0])
+            return ((reg,) if tab is not None and tab.get(reg[1]) is proc else ()), groups
         return [
             (table, key)
-            for table, key in (reg if type(reg) is set else (reg,))
+            for table, key in reg
             if (tab := tables.get(table)) is not None and tab.get(key) is proc
         ], groups
 
