@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Collection, Hashable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends import DEFAULT_TABLE, MISS, RegistryBackend
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TABLE",
     "MISS",
-    "KeyListener",
+    "ViewListener",
     "LocalBackend",
     "NotOwner",
     "Published",
@@ -172,8 +172,9 @@ def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
     return me._procreg_pid
 
 
-class KeyListener(Protocol):
-    """What a `LocalBackend` tells the backend that composes it (`listener`)."""
+class ViewListener(Protocol):
+    """What a `LocalBackend` tells the backend that composes it (its `listener`):
+    a store-backed backend mirrors the view's changes into its store."""
 
     def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
         """The view's holder of `key` changed: ``"registered"``, ``"unregistered"`` or
@@ -182,6 +183,13 @@ class KeyListener(Protocol):
 
     def key_unwatched(self, entry: tuple[str, Hashable]) -> None:
         """No local process monitors ``(table, key)`` any more."""
+
+    def ended(self, table: str, key: Hashable, pid: Pid) -> None:
+        """Process `pid`, which held `key` in `table`, ended: the view dropped the
+        entry (called from `process_ended`)."""
+
+    def left(self, group: Hashable, pid: Pid) -> None:
+        """Process `pid`, a member of `group`, ended (called from `process_ended`)."""
 
 
 class LocalBackend(RegistryBackend):
@@ -203,7 +211,7 @@ class LocalBackend(RegistryBackend):
         self._key_monitors: dict[tuple[str, Hashable], dict[Ref, _Proc]] = {}
         # told of this view's key changes and of keys no local process watches any more
         # (a store-backed backend that composes this view: `procreg.cluster`)
-        self.listener: KeyListener | None = None
+        self.listener: ViewListener | None = None
 
     # -- keys -----------------------------------------------------------------
     def holder(self, key: Hashable, table: str) -> _Proc | None:
@@ -418,27 +426,6 @@ class LocalBackend(RegistryBackend):
         metas = self._meta.get(table)
         return metas.get(key) if metas is not None else None
 
-    def holdings(
-        self, proc: _Proc
-    ) -> tuple[Collection[tuple[str, Hashable]], Collection[Hashable]]:
-        """What `proc` holds in this view: its ``(table, key)`` entries and its
-        groups (empty for most processes; nothing is copied for one entry). Read
-        them before `process_ended`, which drops them."""
-        reg = proc._procreg_reg
-        ext = proc._procreg_ext
-        groups: Collection[Hashable] = ext.groups if ext is not None and ext.groups else ()
-        if reg is None:
-            return (), groups
-        tables = self._tables
-        if type(reg) is not set:  # one entry (the common case)
-            tab = tables.get(reg[0])
-            return ((reg,) if tab is not None and tab.get(reg[1]) is proc else ()), groups
-        return [
-            (table, key)
-            for table, key in reg
-            if (tab := tables.get(table)) is not None and tab.get(key) is proc
-        ], groups
-
     def registrations(self) -> list[tuple[str, Hashable, _Proc]]:
         """Every ``(table, key, process)`` of this view."""
         return [(t, k, p) for t, tab in self._tables.items() for k, p in tab.items()]
@@ -558,9 +545,12 @@ class LocalBackend(RegistryBackend):
         reg = proc._procreg_reg
         if reg is not None:
             proc._procreg_reg = None
+            listener = self.listener
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
                 if tab is not None and tab.get(key) is proc:
+                    if listener is not None:
+                        listener.ended(table, key, proc._procreg_pid)
                     del tab[key]
                     if not tab:
                         del self._tables[table]
@@ -570,7 +560,10 @@ class LocalBackend(RegistryBackend):
         ext = proc._procreg_ext
         if ext is not None and ext.groups:
             pid = proc._procreg_pid
+            listener = self.listener
             for group in ext.groups:
+                if listener is not None:
+                    listener.left(group, pid)
                 members = self._groups.get(group)
                 if members is not None:
                     members.pop(pid, None)

@@ -95,7 +95,7 @@ class RedisBackend(RegistryBackend):
         self.releases = Releases(self)
         self.groups_ = ClusterGroups(self)
         self.keywatch = KeyWatch(self)
-        local.listener = self.keywatch
+        local.listener = self
 
     @property
     def unreplicated(self) -> int:
@@ -407,16 +407,23 @@ class RedisBackend(RegistryBackend):
 
     # -- ends ---------------------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        entries, groups = self.local.holdings(proc)
-        if entries or groups:
-            pid = proc.pid
-            queue = self.releases.queue
-            for table, key in entries:
-                if table not in self._node_local:
-                    queue(table, key, pid, False)
-            for group in groups:
-                queue("", group, pid, True)
-        self.local.process_ended(proc)
+        self.local.process_ended(proc)  # (which tells `ended` and `left`)
+
+    # -- what the local view tells (`registry.ViewListener`) -----------------------------
+    def ended(self, table: str, key: Hashable, pid: Pid) -> None:
+        """An entry of ours went with its process: release it in the store."""
+        if table not in self._node_local:
+            self.releases.queue(table, key, pid, False)
+
+    def left(self, group: Hashable, pid: Pid) -> None:
+        """A member of ours ended: take it out of the group in the store."""
+        self.releases.queue("", group, pid, True)
+
+    def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        self.keywatch.key_changed(table, key, event, pid)
+
+    def key_unwatched(self, entry: tuple[str, Hashable]) -> None:
+        self.keywatch.key_unwatched(entry)
 
     # -- key monitors -------------------------------------------------------------------
     async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:
