@@ -74,10 +74,11 @@ class RedisBackend(RegistryBackend):
         self.store: Store = cluster.store
         self.local: LocalBackend = LocalBackend(node)
         local = self.local
-        self._holder = local.holder  # (bound once: `peek` is a hot path)
         self.keys: KeyCache = KeyCache(self.runtime.loop, cluster.lease)
         self._cache = self.keys.entries  # (the same dicts, for `peek`)
         self._dead = self.keys.dead
+        # (no bound methods kept in attributes on the hot paths: a method found in the
+        # instance dict is not specialized by the interpreter, a class one is)
         # get_or_spawn attempts under way: joined by later callers of the same key
         self.attempts: dict[tuple[str, Hashable], SpawnAttempt | asyncio.Task[tuple[Pid, bool]]]
         self.attempts = {}
@@ -124,7 +125,7 @@ class RedisBackend(RegistryBackend):
         m = self._membership
         if m.time() >= m.deadline and not m.check():
             return None  # fenced (or past our lease deadline): we hand out nothing
-        proc = self._holder(key, table)
+        proc = self.local.holder(key, table)
         if proc is not None:
             return proc.pid
         if self._node_local and table in self._node_local:
@@ -247,7 +248,7 @@ class RedisBackend(RegistryBackend):
         proc = self.node.local_process(pid)
         if proc is None or not self.runtime.alive(pid):
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
-        holder = self._holder(key, table)
+        holder = self.local.holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder.pid)
         other = await self.claim(key, table, pid, meta)
