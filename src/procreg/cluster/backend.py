@@ -21,7 +21,6 @@ synchronous) and mirrors them into the store:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Hashable
@@ -34,7 +33,7 @@ from ..pid import Pid, Ref
 from ..process import _Proc
 from ..registry import LocalBackend, NotOwner, Published
 from . import recovery
-from .claims import ClaimBatcher, Refused, SpawnAttempt
+from .claims import ClaimBatcher, Refused, SpawnAttempt, home_node
 from .codec import as_text, canon, pid_from_str, pid_str
 from .groups import ClusterGroups
 from .keycache import KeyCache
@@ -50,16 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend", "home_node"]
 
 log = logging.getLogger("procreg.cluster")
-
-
-def home_node(key: Hashable, nodes: list[str]) -> str:
-    """Rendezvous hashing: the node with the highest score for `key`."""
-    ckey = canon(key).encode()
-
-    def score(node: str) -> bytes:
-        return hashlib.blake2b(node.encode() + b"\0" + ckey, digest_size=8).digest()
-
-    return max(sorted(nodes), key=score)
 
 
 class RedisBackend(RegistryBackend):
@@ -102,10 +91,6 @@ class RedisBackend(RegistryBackend):
     def unreplicated(self) -> int:
         """Claims not granted: too few replicas confirmed them (Redis ``WAIT``)."""
         return self.claims.unreplicated
-
-    @property
-    def _key_monitors(self) -> dict[tuple[str, Hashable], dict[Ref, _Proc]]:
-        return self.local.key_monitors  # (for tests: what the local view watches)
 
     # -- names in the store -----------------------------------------------------------
     def tkey(self, table: str) -> tuple[str, str]:
