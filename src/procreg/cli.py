@@ -144,7 +144,10 @@ def _demo(args: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"procreg demo: {exc}", file=sys.stderr)
         return 2
-    print(f"procreg demo: http://{opts.host}:{opts.port}/ (observer at /observer/)")
+    print(
+        f"procreg demo: http://{opts.host}:{opts.port}/ "
+        "(observer at /observer/, Prometheus metrics at /metrics)"
+    )
     serve(app, host=opts.host, port=opts.port)
     return 0
 
@@ -176,7 +179,11 @@ def _observer(args: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"procreg observer: {exc}", file=sys.stderr)
         return 2
-    what = "the cluster" if opts.cluster else "this process's own node (--cluster URL for more)"
+    what = (
+        "every node of the cluster"
+        if opts.cluster
+        else "this process's own node (--cluster URL to watch a cluster)"
+    )
     print(f"procreg observer: http://{opts.host}:{opts.port}/ watching {what}")
     serve(app, host=opts.host, port=opts.port)
     return 0

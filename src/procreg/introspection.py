@@ -20,11 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, make_dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from .pid import Pid
 
-__all__ = ["ProcessInfo", "ProcessStatus", "NodeStats"]
+__all__ = [
+    "BEHAVIOURS",
+    "EXIT_CLASSES",
+    "NodeStats",
+    "ProcessInfo",
+    "ProcessStatus",
+    "exit_class",
+    "readable_key",
+]
 
 _R = TypeVar("_R")
 
@@ -33,6 +41,66 @@ ProcessStatus = Literal["idle", "runnable", "busy", "exiting", "dead"]
 ``runnable`` (a server in the run queue, or a coroutine process running), ``busy``
 (an async handler is running; new mail waits), ``exiting`` (ending: its
 ``terminate`` may be running), ``dead``."""
+
+
+EXIT_CLASSES: Final = (
+    "normal",
+    "shutdown",
+    "kill",
+    "idle",
+    "noconnection",
+    "overload",
+    "fenced",
+    "conflict",
+    "exception",
+    "other",
+)
+"""The classes of exit reasons that `exit_class` sorts reasons into (and the
+``reason`` label of the ``procreg_process_exits_total`` metric): the runtime's own
+reasons by name, ``"exception"`` for a process ended by an exception (a crash, or an
+exception reason that came over a link), ``"other"`` for anything else."""
+
+_NAMED_EXITS: Final = frozenset(EXIT_CLASSES[:-2])
+
+
+def exit_class(reason: Any) -> str:
+    """The class of an exit `reason`: one of `EXIT_CLASSES`."""
+    if type(reason) is str:
+        return reason if reason in _NAMED_EXITS else "other"
+    if isinstance(reason, BaseException):
+        return "exception"
+    return "other"
+
+
+def _part(value: Any) -> str:
+    if type(value) is str:
+        return value if value and value.isprintable() and " / " not in value else repr(value)
+    if type(value) is tuple:
+        return "(" + " / ".join(_part(v) for v in value) + ")"
+    return repr(value)
+
+
+def readable_key(key: Any, table: str | None = None) -> str:
+    """`key` as people read it: a string as itself (quoted only if it is empty or
+    holds unprintable characters or `` / ``), a tuple's items joined by `` / ``,
+    anything else as its repr; `table`, if given, first, before a colon (so
+    ``("room", "lobby")`` in table ``"default"`` reads ``default: room / lobby``).
+    Session keys (``("session", sid)``, in the ``"sessions"`` table or as a group)
+    show only the first 4 characters of the session id, which is half a secret."""
+    if type(key) is tuple and len(key) == 2 and key[0] == "session":
+        text = f"session / {str(key[1])[:4]}…"
+    elif type(key) is tuple:
+        text = " / ".join(_part(v) for v in key) if key else "()"
+    else:
+        text = _part(key)
+    return text if table is None else f"{_part(table)}: {text}"
+
+
+BEHAVIOURS: Final = ("coroutine", "server", "supervisor", "pi", "session", "connection")
+"""What `ProcessInfo.behaviour` may be: a spawned ``async def`` body (``coroutine``),
+a `Server`, a supervisor, an n2o_pi process (``pi``), a web session process
+(``session``) or a WebSocket connection's process (``connection``); a behaviour a
+library adds shows under its own name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +129,16 @@ class ProcessInfo:
     handled: int
     """Messages it handled (count, since it started)."""
     age: float
-    """Seconds since it started, to within the time between 1,024 spawns on its node."""
+    """Seconds since it started (measured with ``time.monotonic``)."""
     status: ProcessStatus
     """Where it is in its life: see `ProcessStatus`."""
     links: int
     """Processes it is linked to (count)."""
     monitors: int
     """Monitors other processes hold on it (count)."""
+    behaviour: str = "coroutine"
+    """What kind of process it is, in the terms of `BEHAVIOURS` (``"server"`` for a
+    `Server` subclass, whose class name is `kind`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a new dict (``keys`` and ``groups`` as lists)."""
@@ -86,6 +157,7 @@ class ProcessInfo:
             "status": self.status,
             "links": self.links,
             "monitors": self.monitors,
+            "behaviour": self.behaviour,
         }
 
 
@@ -119,6 +191,11 @@ class NodeStats:
     """Processes waiting for their turn to run now (count)."""
     uptime: float
     """Seconds since the node started."""
+    calls: int = 0
+    """Calls handled by its servers (count; a call is one of the messages in
+    `handled`)."""
+    restarts: int = 0
+    """Children restarted by its supervisors (count)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a new dict."""
@@ -135,6 +212,8 @@ class NodeStats:
             "max_mailbox": self.max_mailbox,
             "runq": self.runq,
             "uptime": self.uptime,
+            "calls": self.calls,
+            "restarts": self.restarts,
         }
 
 

@@ -17,10 +17,10 @@ waits that could never end, `deadlines` times calls out.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextvars
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from .introspection import NodeStats, ProcessInfo, ProcessStatus, new_node_stats
 from .messages import NodeEvent
 from .options import check_bound, check_timeout
 from .pid import Pid
-from .process import EXITING, IDLE, _Proc, current_caller, current_process
+from .process import EXITING, IDLE, _Proc, behaviour, current_caller, current_process
 from .surface import NodeRuntime
 from .waits import TaskLock, check_call
 
@@ -138,8 +138,11 @@ class Kernel:
         self.handled = 0  # messages handled by all processes
         self.dropped = 0  # messages refused by full mailboxes
         self.overloaded = 0  # processes ended with reason "overload"
+        self.calls = 0  # calls handled by servers
+        self.restarts = 0  # children restarted by supervisors
+        self.exits: dict[str, int] = {}  # processes ended, by `exit_class` but "normal"
         self.started_at = 0.0
-        self._marks: list[tuple[int, float]] = []  # (serial, loop time) every 1024 spawns
+        self._born_at: float | None = None  # start time of this loop turn's new processes
         self._token: contextvars.Token[Kernel | None] | None = None
 
     def __repr__(self) -> str:
@@ -152,7 +155,6 @@ class Kernel:
             raise RuntimeError(f"{self!r} is already running")
         self._loop = asyncio.get_running_loop()
         self.started_at = self._loop.time()
-        self._marks = [(0, self.started_at)]
         self._deadlines = Deadlines(self._loop)
         self._token = _node_var.set(self)
         self._ctx = contextvars.copy_context()
@@ -221,8 +223,6 @@ class Kernel:
         procs = self._procs
         procs[proc._procreg_pid] = proc
         self.spawned += 1
-        if not proc._procreg_pid[2] & 1023:
-            self._marks.append((proc._procreg_pid[2], self._loop.time()))
         if len(procs) >= self._next_freeze:
             GcPolicy.grew(len(procs))
             self._next_freeze = GcPolicy.next_freeze()
@@ -272,8 +272,6 @@ class Kernel:
         reg = proc._procreg_reg
         keys = tuple(sorted(map(repr, reg))) if type(reg) is set else ((repr(reg),) if reg else ())
         ext = proc._procreg_ext
-        index = bisect.bisect_right(self._marks, (pid[2], float("inf"))) - 1
-        born = self._marks[max(index, 0)][1]
         groups = tuple(sorted(map(repr, ext.groups))) if ext is not None and ext.groups else ()
         waiting = len(proc._procreg_mail) if proc._procreg_mail else 0
         return new_process_info(  # positional: the fields in order, for speed
@@ -287,10 +285,11 @@ class Kernel:
             (ext.overflow if ext is not None else None) or self._overflow,  # overflow
             ext.dropped if ext is not None else 0,  # dropped
             proc._procreg_handled,  # handled
-            self._loop.time() - born,  # age
+            time.monotonic() - proc._procreg_born,  # age
             _STATUS[proc._procreg_st],  # status
             len(ext.links) if ext is not None and ext.links else 0,  # links
             len(ext.monitors) if ext is not None and ext.monitors else 0,  # monitors
+            behaviour(self, proc),  # behaviour
         )
 
     def stats(self) -> NodeStats:
@@ -308,6 +307,8 @@ class Kernel:
             self._max_mailbox,  # max_mailbox
             len(self._runq),  # runq
             self._loop.time() - self.started_at,  # uptime
+            self.calls,  # calls
+            self.restarts,  # restarts
         )
 
     def monitor_nodes(self, pid: Pid, on: bool = True) -> None:

@@ -255,6 +255,11 @@ class AsyncPiServer(Server):
         return _handoff(self.pi)
 
 
+# what the observer and the metrics call these processes (`ProcessInfo.behaviour`);
+# set here, since a Server subclass may not define runtime (``_procreg_``) names
+PiServer._procreg_kind = AsyncPiServer._procreg_kind = "pi"
+
+
 class _InitFailed(Exception):
     def __init__(self, error: Error) -> None:
         super().__init__(error.code)

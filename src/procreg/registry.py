@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TABLE",
     "MISS",
-    "KeyListener",
+    "ViewListener",
     "LocalBackend",
     "NotOwner",
     "Published",
@@ -172,8 +172,9 @@ def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
     return me._procreg_pid
 
 
-class KeyListener(Protocol):
-    """What a `LocalBackend` tells the backend that composes it (`listener`)."""
+class ViewListener(Protocol):
+    """What a `LocalBackend` tells the backend that composes it (its `listener`):
+    a store-backed backend mirrors the view's changes into its store."""
 
     def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
         """The view's holder of `key` changed: ``"registered"``, ``"unregistered"`` or
@@ -182,6 +183,13 @@ class KeyListener(Protocol):
 
     def key_unwatched(self, entry: tuple[str, Hashable]) -> None:
         """No local process monitors ``(table, key)`` any more."""
+
+    def ended(self, table: str, key: Hashable, pid: Pid) -> None:
+        """Process `pid`, which held `key` in `table`, ended: the view dropped the
+        entry (called from `process_ended`)."""
+
+    def left(self, group: Hashable, pid: Pid) -> None:
+        """Process `pid`, a member of `group`, ended (called from `process_ended`)."""
 
 
 class LocalBackend(RegistryBackend):
@@ -203,7 +211,7 @@ class LocalBackend(RegistryBackend):
         self._key_monitors: dict[tuple[str, Hashable], dict[Ref, _Proc]] = {}
         # told of this view's key changes and of keys no local process watches any more
         # (a store-backed backend that composes this view: `procreg.cluster`)
-        self.listener: KeyListener | None = None
+        self.listener: ViewListener | None = None
 
     # -- keys -----------------------------------------------------------------
     def holder(self, key: Hashable, table: str) -> _Proc | None:
@@ -240,7 +248,9 @@ class LocalBackend(RegistryBackend):
         # a copy: what the caller changes is not the registry's
         return proc._procreg_pid, (_copy_meta(meta) if meta is not None else None)
 
-    def _add(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+    def insert(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
+        """Put live local process `proc` under `key` (no checks: the caller has
+        made sure it may), with `meta` (a copy is kept)."""
         tab = self._tables.get(table)
         if tab is None:
             tab = self._tables[table] = {}
@@ -295,7 +305,7 @@ class LocalBackend(RegistryBackend):
         holder = self.holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder._procreg_pid)
-        self._add(table, key, proc, meta)
+        self.insert(table, key, proc, meta)
 
     async def register(
         self,
@@ -344,7 +354,7 @@ class LocalBackend(RegistryBackend):
         if is_server_class(factory):
             if not factory._procreg_async_mask & 8:  # sync init: start and register in one step
                 proc, _ = factory._procreg_start(args, False, False, False, idle_timeout, None)
-                self._add(table, key, proc, meta)
+                self.insert(table, key, proc, meta)
                 return proc._procreg_pid, True
             # async init: one attempt per key, in a task of its own so that a caller
             # giving up (cancelled) neither fails the others nor orphans the process
@@ -356,7 +366,7 @@ class LocalBackend(RegistryBackend):
             return await asyncio.shield(flight)
         # an async def body: it starts running on the next loop turn; registered now
         pid = node.spawn(factory, *args, idle_timeout=idle_timeout)
-        self._add(table, key, node._procs[pid], meta)
+        self.insert(table, key, node._procs[pid], meta)
         return pid, True
 
     async def _spawn_async(
@@ -382,7 +392,7 @@ class LocalBackend(RegistryBackend):
             # registered by someone else meanwhile: theirs wins, ours goes
             node._end(proc, "shutdown")
             return holder._procreg_pid, False
-        self._add(table, key, proc, meta)
+        self.insert(table, key, proc, meta)
         return pid, True
 
     def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
@@ -411,30 +421,10 @@ class LocalBackend(RegistryBackend):
         tab = self._tables.get(table)
         return tab.get(key) if tab is not None else None
 
-    def insert(self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None) -> None:
-        """Put live local process `proc` under `key` (no checks: the caller has
-        made sure it may), with `meta` (a copy is kept)."""
-        self._add(table, key, proc, meta)
-
     def meta(self, key: Hashable, table: str) -> dict[str, Any] | None:
         """The metadata stored with `key` (not a copy: do not change it), or None."""
         metas = self._meta.get(table)
         return metas.get(key) if metas is not None else None
-
-    def holdings(self, proc: _Proc) -> tuple[list[tuple[str, Hashable]], list[Hashable]]:
-        """What `proc` holds in this view: its ``(table, key)`` entries and its
-        groups (both empty for most processes: two slot reads)."""
-        reg = proc._procreg_reg
-        ext = proc._procreg_ext
-        groups = list(ext.groups) if ext is not None and ext.groups else []
-        if reg is None:
-            return [], groups
-        tables = self._tables
-        return [
-            (table, key)
-            for table, key in (reg if type(reg) is set else (reg,))
-            if (tab := tables.get(table)) is not None and tab.get(key) is proc
-        ], groups
 
     def registrations(self) -> list[tuple[str, Hashable, _Proc]]:
         """Every ``(table, key, process)`` of this view."""
@@ -555,9 +545,12 @@ class LocalBackend(RegistryBackend):
         reg = proc._procreg_reg
         if reg is not None:
             proc._procreg_reg = None
+            listener = self.listener
             for table, key in reg if type(reg) is set else (reg,):
                 tab = self._tables.get(table)
                 if tab is not None and tab.get(key) is proc:
+                    if listener is not None:
+                        listener.ended(table, key, proc._procreg_pid)
                     del tab[key]
                     if not tab:
                         del self._tables[table]
@@ -567,7 +560,10 @@ class LocalBackend(RegistryBackend):
         ext = proc._procreg_ext
         if ext is not None and ext.groups:
             pid = proc._procreg_pid
+            listener = self.listener
             for group in ext.groups:
+                if listener is not None:
+                    listener.left(group, pid)
                 members = self._groups.get(group)
                 if members is not None:
                     members.pop(pid, None)

@@ -448,6 +448,7 @@ class Server(_Proc):
         node._caller = None
         self._procreg_handled += 1
         node.handled += 1
+        node.calls += 1
         if self._procreg_st == SCHEDULED:
             if self._procreg_mail:
                 node._schedule(self)
@@ -501,6 +502,7 @@ class Server(_Proc):
                 elif tag == CALL:
                     caller = item[1]
                     node._caller = caller
+                    node.calls += 1  # (a crash below takes it back: as `handled`)
                     if amask & _ASYNC_CALL:
                         self._procreg_go_async(self.handle_call(item[2]), caller, item[2])
                         return
@@ -531,6 +533,7 @@ class Server(_Proc):
             node._caller = None
             if item is not None and item[0] == CALL:
                 self._procreg_owe(item[1])
+                node.calls -= 1
             node._fail(self, exc, item[-1] if item is not None else None)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import NoProcess, Stop
 from .messages import Down, Exit
 from .pid import Pid, Ref
-from .process import EXITING, _Proc, current_process
+from .process import EXITING, _Proc, current_process, log_fields
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -130,6 +130,7 @@ def crash_report(node: Kernel, proc: _Proc, exc: BaseException, last: Any) -> No
         exc,
         last,
         exc_info=exc,
+        extra=log_fields(node, proc),
     )
 
 

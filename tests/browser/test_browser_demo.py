@@ -153,13 +153,21 @@ def test_observer_lists_the_demo_processes(new_page: Any, tmp_path: Path) -> Non
     processes = page.locator("#processes tbody")
     for kind in ("SessionProcess", "AsyncPiServer", "Room", "CometProcess"):
         expect(processes).to_contain_text(kind)
-    expect(page.locator("#tree")).to_contain_text("('web', 'clock')")
+    for behaviour in ("session", "pi (n2o_pi)", "WebSocket connection", "supervisor"):
+        expect(processes).to_contain_text(behaviour)
+    expect(page.locator("#tree")).to_contain_text("web / clock")
     expect(page.locator("#tables")).to_contain_text("sessions")
-    expect(page.locator("#pools")).to_contain_text("('room', 'observed room')")
+    expect(page.locator("#pools")).to_contain_text("pool / (room / observed room)")
     expect(page.locator("#nodes")).to_contain_text("browser")
+    expect(page.locator("#mode")).to_have_text("read-only")
     page.fill("#search", "observed")
     page.click("#search-form button[type=submit]")
     expect(page.locator("#proc-info")).to_contain_text("matches")
-    expect(processes).to_contain_text("('rooms', ('room', 'observed room'))")
+    expect(processes).to_contain_text("rooms: room / observed room")
+    # a row opens the process's details, with its real age
+    processes.locator("tr", has_text="rooms: room / observed room").first.click()
+    detail = page.locator("#process-detail")
+    expect(detail).to_contain_text("registered keys")
+    expect(detail.locator("dd[data-field=age]")).to_have_text(re.compile(r"^\d+\.\d s$"))
     page.screenshot(path=str(tmp_path / "observer.png"), full_page=True)
     assert page.js_errors == []

@@ -350,7 +350,7 @@ def test_monitor_key_refuses_what_it_cannot_record(redis):
                 out.append(type(exc).__name__)
             me = node.me()
             assert me._procreg_ext is None or not me._procreg_ext.key_monitors
-            assert node.registry._key_monitors == {}
+            assert node.registry.local.key_monitors == {}
         return out
 
     try:

@@ -72,6 +72,24 @@ def test_info_stats_local_process_and_running():
     assert gone == (None, None)
 
 
+def test_info_age_is_each_process_own():
+    """A process's age counts from its own start (not from a mark shared by a
+    stretch of spawns): one started later is younger by at least the time between."""
+
+    async def scenario():
+        async with procreg.Node() as node:
+            old = procreg.spawn(idle)
+            await asyncio.sleep(0.05)
+            young = procreg.spawn(idle)
+            await asyncio.sleep(0)
+            return node.info(old), node.info(young), node.stats().uptime
+
+    old, young, uptime = asyncio.run(scenario())
+    assert old is not None and young is not None
+    assert old.age - young.age >= 0.05 * 0.99  # (float rounding)
+    assert 0 <= young.age <= uptime - 0.05 * 0.99
+
+
 def test_named_node_pids():
     async def scenario():
         async with procreg.Node("web1") as node:

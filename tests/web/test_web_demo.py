@@ -114,7 +114,7 @@ def test_room_names_cannot_reach_other_pools(client: TestClient) -> None:
         lobby.send_json({"type": "say", "text": "in the lobby"})
         assert until(lobby, "chat")["text"] == "in the lobby"  # not the clock room's line
         groups = {p["group"] for p in client.get("/observer/api/overview").json()["pools"]}
-        assert {"('pool', 'clock')", "('pool', ('room', 'clock'))"} <= groups
+        assert {"pool / clock", "pool / (room / clock)"} <= groups
 
 
 def test_bad_messages_get_an_error_and_the_socket_stays(client: TestClient) -> None:
@@ -144,6 +144,26 @@ def test_the_observer_is_mounted_and_shows_the_demo(client: TestClient) -> None:
         rows = client.get("/observer/api/processes", params={"limit": 100}).json()["rows"]
         kinds = {r["kind"] for r in rows}
         assert {"AsyncPiServer", "SessionProcess", "Room", "CometProcess"} <= kinds
+        behaviours = {r["behaviour"] for r in rows}
+        assert {"pi", "session", "server", "connection", "supervisor"} <= behaviours
         tree = client.get("/observer/api/tree").json()["trees"][0]
-        assert tree["children"][0]["id"] == "('web', 'clock')"
+        assert tree["children"][0]["id"] == "web / clock"
         assert client.post(f"/observer/api/processes/{rows[0]['pid']}/kill").status_code == 403
+
+
+def test_the_demo_serves_prometheus_metrics(client: TestClient) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post("/api/visit")
+    with client.websocket_connect("/ws/lobby") as ws:
+        until(ws, "history")
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        kinds = {
+            s.labels["behaviour"]: s.value
+            for f in text_string_to_metric_families(response.text)
+            if f.name == "procreg_processes"
+            for s in f.samples
+        }
+    assert kinds["session"] == 1 and kinds["connection"] == 1 and kinds["pi"] == 1

@@ -97,8 +97,10 @@ def test_overview_lists_the_node_tables_and_pools(h: Harness) -> None:
     (node,) = body["nodes"]
     assert node["node"] == "obs" and node["processes"] == 10
     assert set(node["rates"]) == {"spawn", "exit", "crash", "messages"}
-    assert {"table": "things", "count": 7} in body["tables"]
-    assert {"group": "('pool', 'lobby')", "members": 3} in body["pools"]
+    assert {"table": "things", "count": 7, "nodes": {"obs": 7}} in body["tables"]
+    assert {"group": "pool / lobby", "members": 3} in body["pools"]
+    assert body["self"] == "obs" and body["clustered"] is False and body["events"] == []
+    assert node["answered"] is True and node["self"] is True and node["cluster"] is None
     assert body["writable"] is True
 
 
@@ -121,10 +123,11 @@ def test_paging_20000_processes_builds_only_the_page(h: Harness) -> None:
     assert first["total"] == 20_000 and len(first["rows"]) == 50
     assert calls == 50
     row = first["rows"][0]
-    assert row["kind"] == "Idle" and row["keys"] == ["('many', ('many', 0))"]
+    assert row["kind"] == "Idle" and row["keys"] == ["many: many / 0"]
+    assert row["behaviour"] == "server" and row["node"] == "obs"
     assert {"mailbox", "handled", "age", "status"} <= set(row)
     last = h.get("/api/processes", offset=19_990, limit=50)
-    assert [r["keys"][0] for r in last["rows"]][-1] == "('many', ('many', 19999))"
+    assert [r["keys"][0] for r in last["rows"]][-1] == "many: many / 19999"
     assert len(last["rows"]) == 10
     assert h.get("/api/processes", offset=10**9)["rows"] == []
     assert len(h.get("/api/processes", limit=10**6)["rows"]) == 500  # capped
@@ -147,7 +150,7 @@ def test_search_is_bounded_and_resumable(h: Harness) -> None:
         page = h.get("/api/processes", q="needle", cursor=cursor)
         found += [r["keys"][0] for r in page["rows"]]
         cursor = page["next_cursor"]
-    assert found == [f"('hay', ('needle', {i}))" for i in range(3)]
+    assert found == [f"hay: needle / {i}" for i in range(3)]
     by_kind = h.get("/api/processes", q="idle", limit=5)
     assert len(by_kind["rows"]) == 5 and by_kind["truncated"] is False
     pid = by_kind["rows"][0]["pid"]
@@ -197,17 +200,18 @@ def test_supervision_tree(h: Harness) -> None:
 
     h.run(setup)
     (tree,) = h.get("/api/tree")["trees"]
-    assert tree["id"] == "'root'" and tree["kind"] == "supervisor"
+    assert tree["id"] == "root" and tree["kind"] == "supervisor"
+    assert tree["behaviour"] == "supervisor"
     children = {c["id"]: c for c in tree["children"]}
-    assert children["'w1'"]["process_kind"] == "Idle"
-    assert children["'w1'"]["keys"] == ["('default', 'w1')"]
-    inner = children["'inner'"]
+    assert children["w1"]["process_kind"] == "Idle" and children["w1"]["behaviour"] == "server"
+    assert children["w1"]["keys"] == ["default: w1"]
+    inner = children["inner"]
     assert inner["kind"] == "supervisor"
-    assert [c["id"] for c in inner["children"]] == ["'leaf'"]
+    assert [c["id"] for c in inner["children"]] == ["leaf"]
 
 
 def test_tree_is_empty_without_supervisors(h: Harness) -> None:
-    assert h.get("/api/tree") == {"trees": []}
+    assert h.get("/api/tree") == {"node": "obs", "trees": []}
 
 
 def test_scoped_view_on_an_embedded_node_says_so(h: Harness) -> None:
@@ -274,7 +278,7 @@ def test_session_ids_are_masked() -> None:
         assert isinstance(lifespan, NodeLifespan)
         sid = Harness(client, lifespan).run(open_session)
         rows = client.get("/observer/api/processes").json()["rows"]
-        assert rows[0]["keys"] == ["('sessions', ('session', 'AbCd…'))"]
+        assert rows[0]["keys"] == ["sessions: session / AbCd…"]
         assert client.get("/observer/api/processes", params={"q": sid}).json()["rows"] == []
 
 

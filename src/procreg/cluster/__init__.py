@@ -41,6 +41,7 @@ from ..pid import Pid
 from ..process import _Proc
 from .backend import RedisBackend
 from .codec import load_secret, pid_str
+from .counters import ClusterCounters
 from .membership import Membership
 from .remote import Remote
 from .scoped import SERVICE_TABLE, Scoped
@@ -112,6 +113,7 @@ class Cluster:
         self._recover_again = False
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
+        self.counters = ClusterCounters()  # for metrics and the observer
 
     @property
     def creation(self) -> int:
@@ -141,6 +143,16 @@ class Cluster:
         self.transport.creation = creation
         self._set_live(self.membership.live)
         self.membership.start()
+        live = len(self.membership.live)
+        log.info(
+            "node %s joined the cluster at %s: creation %d, %d live node(s)",
+            self.node.name,
+            self.store.url,
+            creation,
+            live,
+            extra={"procreg_node": self.node.name, "procreg_creation": creation},
+        )
+        self.counters.event("join", self.node.name, f"creation {creation}, {live} live node(s)")
         self.scoped.start()
         # first of the node's shutdown hooks: hand off before supervisors stop children
         self.node.shutdown_hooks.insert(0, self.scoped.shutdown_hook)
@@ -148,6 +160,13 @@ class Cluster:
 
     async def stop(self) -> None:
         """Leave: flush the registry, give the lease back, close connections."""
+        log.info(
+            "node %s leaves the cluster (creation %d)",
+            self.node.name,
+            self.creation,
+            extra={"procreg_node": self.node.name, "procreg_creation": self.creation},
+        )
+        self.counters.event("leave", self.node.name, f"creation {self.creation}")
         try:
             await self.backend.releases.flush()
         except Exception:
@@ -207,7 +226,13 @@ class Cluster:
 
     def node_up(self, name: str, creation: int) -> None:
         self._set_live(self.membership.live)
-        log.info("node up: %s (creation %d)", name, creation)
+        log.info(
+            "node up: %s (creation %d)",
+            name,
+            creation,
+            extra={"procreg_node": name, "procreg_creation": creation},
+        )
+        self.counters.event("up", name, f"creation {creation}")
         self.node.runtime.node_event("up", name)
         for hook in list(self.up_events):
             hook(name)
@@ -215,7 +240,13 @@ class Cluster:
     async def node_down(self, name: str, creation: int) -> None:
         """`name` (that incarnation) is down."""
         self._set_live(self.membership.live)
-        log.warning("node down: %s (creation %d)", name, creation)
+        log.warning(
+            "node down: %s (creation %d)",
+            name,
+            creation,
+            extra={"procreg_node": name, "procreg_creation": creation},
+        )
+        self.counters.event("down", name, f"creation {creation}")
         # frames of that incarnation that are still in flight are stale from now on
         known = self.transport.peer_creation.get(name, 0)
         self.transport.peer_creation[name] = max(known, creation + 1)
@@ -289,8 +320,12 @@ class Cluster:
         except UnicodeDecodeError:
             self.backend.clear_cache()
             return
+        invalidated = self.backend.keys.invalidated
+        n = 0
         for i in range(0, len(parts) - 1, 2):
-            self.backend.keys.invalidated(parts[i], parts[i + 1])
+            invalidated(parts[i], parts[i + 1])
+            n += 1
+        self.counters.invalidations += n  # (metrics)
 
     # -- failures -----------------------------------------------------------------------------
     def fence_now(self, why: str) -> None:
@@ -308,7 +343,13 @@ class Cluster:
         self.fenced += 1
         self.membership.disarm()  # (its fast check now fails)
         node = self.node
-        log.error("node %s fences itself: %s", node.name, why)
+        log.error(
+            "node %s fences itself: %s",
+            node.name,
+            why,
+            extra={"procreg_node": node.name, "procreg_creation": self.creation},
+        )
+        self.counters.event("fence", node.name, why)
         # its registered processes and group members: others may serve them soon
         procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
         procs += self.backend.local_members()
@@ -350,8 +391,13 @@ class Cluster:
         self.fencing = False
         self.membership._set_deadline()
         log.warning(
-            "node %s rejoined the cluster: creation %d -> %d", self.node.name, old, self.creation
+            "node %s rejoined the cluster: creation %d -> %d",
+            self.node.name,
+            old,
+            self.creation,
+            extra={"procreg_node": self.node.name, "procreg_creation": self.creation},
         )
+        self.counters.event("rejoin", self.node.name, f"creation {old} -> {self.creation}")
         self.start_purge(self.node.name, old)
         await self.membership.poll()
         self._set_live(self.membership.live)
@@ -374,6 +420,10 @@ class Cluster:
             changed[0][:8],
             changed[1][:8],
             self.grace,
+            extra={"procreg_node": self.node.name},
+        )
+        self.counters.event(
+            "failover", self.node.name, f"primary run id {changed[0][:8]} -> {changed[1][:8]}"
         )
         store = self.store
         await store.run(
@@ -408,6 +458,12 @@ class Cluster:
                 return
             if conflicts:
                 log.warning("%d registry conflicts while re-registering", conflicts)
+            log.info(
+                "node %s re-registered its keys and groups (%d conflict(s))",
+                self.node.name,
+                conflicts,
+                extra={"procreg_node": self.node.name},
+            )
 
     async def recover_lost_data(self) -> None:
         """The store lost its data: new epoch with a grace period, our lease back, then
@@ -415,7 +471,12 @@ class Cluster:
         key and membership registered again. Links and monitors across nodes get
         ``noconnection`` on every node alike: frames may have been lost."""
         self.recoveries += 1
-        log.error("the cluster store lost its data: re-registering (grace %.1f s)", self.grace)
+        log.error(
+            "the cluster store lost its data: re-registering (grace %.1f s)",
+            self.grace,
+            extra={"procreg_node": self.node.name},
+        )
+        self.counters.event("recovery", self.node.name, "the store lost its data")
         await self.membership.reestablish(self.grace)
         self.remote.all_down()
         self.backend.clear_cache()

@@ -21,7 +21,6 @@ synchronous) and mirrors them into the store:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Hashable
@@ -34,7 +33,7 @@ from ..pid import Pid, Ref
 from ..process import _Proc
 from ..registry import LocalBackend, NotOwner, Published
 from . import recovery
-from .claims import ClaimBatcher, Refused, SpawnAttempt
+from .claims import ClaimBatcher, Refused, SpawnAttempt, home_node
 from .codec import as_text, canon, pid_from_str, pid_str
 from .groups import ClusterGroups
 from .keycache import KeyCache
@@ -52,16 +51,6 @@ __all__ = ["RedisBackend", "home_node"]
 log = logging.getLogger("procreg.cluster")
 
 
-def home_node(key: Hashable, nodes: list[str]) -> str:
-    """Rendezvous hashing: the node with the highest score for `key`."""
-    ckey = canon(key).encode()
-
-    def score(node: str) -> bytes:
-        return hashlib.blake2b(node.encode() + b"\0" + ckey, digest_size=8).digest()
-
-    return max(sorted(nodes), key=score)
-
-
 class RedisBackend(RegistryBackend):
     """`RegistryBackend` over the cluster store, around a `LocalBackend` view of this
     node's own entries (`local`)."""
@@ -74,10 +63,11 @@ class RedisBackend(RegistryBackend):
         self.store: Store = cluster.store
         self.local: LocalBackend = LocalBackend(node)
         local = self.local
-        self._holder = local.holder  # (bound once: `peek` is a hot path)
         self.keys: KeyCache = KeyCache(self.runtime.loop, cluster.lease)
         self._cache = self.keys.entries  # (the same dicts, for `peek`)
         self._dead = self.keys.dead
+        # (no bound methods kept in attributes on the hot paths: a method found in the
+        # instance dict is not specialized by the interpreter, a class one is)
         # get_or_spawn attempts under way: joined by later callers of the same key
         self.attempts: dict[tuple[str, Hashable], SpawnAttempt | asyncio.Task[tuple[Pid, bool]]]
         self.attempts = {}
@@ -95,16 +85,12 @@ class RedisBackend(RegistryBackend):
         self.releases = Releases(self)
         self.groups_ = ClusterGroups(self)
         self.keywatch = KeyWatch(self)
-        local.listener = self.keywatch
+        local.listener = self
 
     @property
     def unreplicated(self) -> int:
         """Claims not granted: too few replicas confirmed them (Redis ``WAIT``)."""
         return self.claims.unreplicated
-
-    @property
-    def _key_monitors(self) -> dict[tuple[str, Hashable], dict[Ref, _Proc]]:
-        return self.local.key_monitors  # (for tests: what the local view watches)
 
     # -- names in the store -----------------------------------------------------------
     def tkey(self, table: str) -> tuple[str, str]:
@@ -124,7 +110,7 @@ class RedisBackend(RegistryBackend):
         m = self._membership
         if m.time() >= m.deadline and not m.check():
             return None  # fenced (or past our lease deadline): we hand out nothing
-        proc = self._holder(key, table)
+        proc = self.local.holder(key, table)
         if proc is not None:
             return proc.pid
         if self._node_local and table in self._node_local:
@@ -132,6 +118,7 @@ class RedisBackend(RegistryBackend):
         pid = self._cache.get((table, key))
         if pid is not None:
             if self.cluster.is_live(pid) and pid not in self._dead:
+                self.cluster.counters.cache_hits += 1  # (metrics)
                 return pid
             del self._cache[(table, key)]
         return MISS
@@ -142,6 +129,7 @@ class RedisBackend(RegistryBackend):
         tkey, _ = self.tkey(table)
         keys = self.keys
         gen = keys.gen
+        self.cluster.counters.store_lookups += 1  # (metrics)
         value = await self.store.batched_script(
             "lookup", [tkey], [canon(key), self.store.key("lease", "")]
         )
@@ -247,7 +235,7 @@ class RedisBackend(RegistryBackend):
         proc = self.node.local_process(pid)
         if proc is None or not self.runtime.alive(pid):
             raise NoProcess(f"cannot register {key!r}: {pid!r} is not alive")
-        holder = self._holder(key, table)
+        holder = self.local.holder(key, table)
         if holder is not None and holder is not proc:
             raise AlreadyRegistered(key, holder.pid)
         other = await self.claim(key, table, pid, meta)
@@ -407,16 +395,23 @@ class RedisBackend(RegistryBackend):
 
     # -- ends ---------------------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
-        entries, groups = self.local.holdings(proc)
-        if entries or groups:
-            pid = proc.pid
-            queue = self.releases.queue
-            for table, key in entries:
-                if table not in self._node_local:
-                    queue(table, key, pid, False)
-            for group in groups:
-                queue("", group, pid, True)
-        self.local.process_ended(proc)
+        self.local.process_ended(proc)  # (which tells `ended` and `left`)
+
+    # -- what the local view tells (`registry.ViewListener`) -----------------------------
+    def ended(self, table: str, key: Hashable, pid: Pid) -> None:
+        """An entry of ours went with its process: release it in the store."""
+        if table not in self._node_local:
+            self.releases.queue(table, key, pid, False)
+
+    def left(self, group: Hashable, pid: Pid) -> None:
+        """A member of ours ended: take it out of the group in the store."""
+        self.releases.queue("", group, pid, True)
+
+    def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
+        self.keywatch.key_changed(table, key, event, pid)
+
+    def key_unwatched(self, entry: tuple[str, Hashable]) -> None:
+        self.keywatch.key_unwatched(entry)
 
     # -- key monitors -------------------------------------------------------------------
     async def monitor_key(self, key: Hashable, table: str, watcher: Pid) -> Ref:

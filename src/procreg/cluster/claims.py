@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
 from ..pid import Pid
-from .codec import as_text, pid_from_str
+from .codec import as_text, canon, pid_from_str
 from .store import NotReplicated
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["CLAIM_BATCH", "CLAIM_CALLS", "ClaimBatcher", "Refused", "SpawnAttempt"]
+__all__ = ["CLAIM_BATCH", "CLAIM_CALLS", "ClaimBatcher", "Refused", "SpawnAttempt", "home_node"]
 
 log = logging.getLogger("procreg.cluster")
 
@@ -31,6 +32,17 @@ CLAIM_BATCH = 512  # keys per claim script call
 CLAIM_CALLS = 4  # claim script calls in flight at most (more wait their turn)
 
 Answer = Callable[[Any, BaseException | None], None]  # (result, error) of one claim
+
+
+def home_node(key: Hashable, nodes: list[str]) -> str:
+    """Rendezvous hashing: the node with the highest score for `key` (where
+    ``placement="hash"`` starts it)."""
+    ckey = canon(key).encode()
+
+    def score(node: str) -> bytes:
+        return hashlib.blake2b(node.encode() + b"\0" + ckey, digest_size=8).digest()
+
+    return max(sorted(nodes), key=score)
 
 
 class Refused(Exception):
@@ -117,6 +129,7 @@ class ClaimBatcher:
             self.in_flight -= 1
             if self._pending:
                 self._schedule()
+        self.cluster.counters.claimed(len(chunk), results)  # (metrics)
         fatal: BaseException | None = None
         for i, (_, answer) in enumerate(chunk):  # every claim of the chunk is answered
             try:

@@ -279,7 +279,7 @@ class KeyWatch:
 
     def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
         """A change made on this node (reported by the local view itself: this is its
-        `registry.KeyListener`)."""
+        `RedisBackend` forwards its `registry.ViewListener` calls here)."""
         entry = (table, key)
         known = self.known.get(entry, _MISSING)
         if known is _MISSING or known is PENDING:

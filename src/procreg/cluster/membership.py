@@ -314,6 +314,7 @@ class Membership:
         else:
             self._extend(sent)
             self.renew_seconds = self._now() - sent
+            cluster.counters.renewed(self.renew_seconds)  # (metrics)
         if run_id and store.note_run_id(run_id):
             await cluster.primary_changed()  # (quick: the re-registering is a task)
         self._start_poll()

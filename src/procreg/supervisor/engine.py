@@ -228,6 +228,7 @@ class _Running(_Requests):
         await self._restart(kid)
 
     def _count_restart(self) -> None:
+        current_node().restarts += 1  # (`Node.stats`, metrics)
         now = time.monotonic()
         window = self._restarts
         window.append(now)
@@ -239,6 +240,7 @@ class _Running(_Requests):
                 self._me,
                 self.intensity,
                 self.period,
+                extra={"procreg_pid": str(self._me), "procreg_node": self._me[0]},
             )
             raise _Stop("shutdown")
 

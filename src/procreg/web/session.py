@@ -91,6 +91,11 @@ class SessionProcess(Server):
         raise ValueError(f"unknown session request {request!r}")
 
 
+# what the observer and the metrics call it (`ProcessInfo.behaviour`); set here, since
+# a Server subclass may not define runtime (``_procreg_``) names
+SessionProcess._procreg_kind = "session"
+
+
 class Session:
     """A request's handle on its session process.
 

@@ -9,6 +9,8 @@ procreg processes, with the observer at ``/observer/``.
 ``GET /api/rooms``          the rooms that have a process, with their listeners
 ``WS /ws/{room}``           a comet connection: joins the room's pool and the clock's
 ``/observer/``              the observer (read-only unless a token is configured)
+``GET /metrics``            Prometheus metrics (when ``prometheus_client`` is
+                            installed: the ``metrics`` or ``demo`` extra)
 ==========================  ========================================================
 """
 
@@ -123,6 +125,12 @@ def create_app(
         ],
         lifespan=start_clock,
     )
+    try:
+        from ..metrics import metrics_route
+    except ImportError:  # prometheus_client is not installed: no /metrics
+        pass
+    else:
+        app.routes.append(metrics_route())
     if node_options.get("cluster") is None:  # in a cluster each node needs its own name
         node_options.setdefault("name", "demo")
     return install(
