@@ -269,6 +269,10 @@ class Runner:
 
         return scoped_view(self.node)
 
+    async def cmd_cluster_events(self) -> Any:
+        """The kinds of this node's recent cluster events, oldest first."""
+        return [e["kind"] for e in self.node._cluster.counters.events]
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {

@@ -177,6 +177,8 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
     )
     kinds = {line[4] for line in read_traces(trace_dir) if line[3] == "start"}
     assert "failover" not in kinds and "takeover" in kinds, kinds
+    # the moves are cluster events (the observer lists them)
+    assert "takeover" in nodes[1].ok("cluster_events")
     assert_never_two_live(trace_dir)
 
 

@@ -28,7 +28,9 @@ EVENTS_KEPT: Final = 200
 
 ClusterEvent = dict[str, Any]
 """One cluster event: ``time`` (Unix seconds), ``kind`` (``"join"``, ``"leave"``,
-``"up"``, ``"down"``, ``"fence"``, ``"rejoin"``, ``"recovery"``, ``"failover"``),
+``"up"``, ``"down"``, ``"fence"``, ``"rejoin"``, ``"recovery"``, ``"failover"``; for
+cluster-scoped processes ``"handoff"`` (handed off by a stopping node), ``"takeover"``
+(taken over here) and ``"restart"`` (a dead node's started here)),
 ``node`` (the node it is about) and ``detail`` (text)."""
 
 

@@ -169,6 +169,9 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
             relays += relay_calls(node, new_pid, m.mail, "no new instance")
             relays += scoped.moved_to(m.pid, new_pid)
     scoped.handed_off += moved
+    cluster.counters.event(
+        "handoff", me, f"{moved} of {len(moving)} cluster-scoped process(es) to {sorted(by_home)}"
+    )
     if relays:
         await asyncio.wait(relays, timeout=max(0.1, deadline + timeout / 2 - loop.time()))
     return moved

@@ -459,7 +459,17 @@ class Scoped:
         for (field, _), result in zip(mine, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("could not restart cluster-scoped %s: %r", uncanon(field), result)
-        return sum(1 for r in results if isinstance(r, Pid))
+        started = 0
+        sources: dict[str, int] = {}
+        for (_, source), result in zip(mine, results, strict=True):
+            if isinstance(result, Pid) and result[0] == me:
+                started += 1
+                sources[source] = sources.get(source, 0) + 1
+        for source, n in sources.items():
+            self.cluster.counters.event(
+                "restart", me, f"{n} cluster-scoped process(es) of {source} started here"
+            )
+        return started
 
     async def adopt(self, field: str, kind: str, source: str) -> Pid:
         """Start the process of record `field` here, with its handed-off state if the
@@ -594,7 +604,9 @@ class Scoped:
         if op == "start":  # get_or_spawn of a key whose home is here
             _, table, key, blob = request
             record = self._open(blob)
-            pid = await self._start_here(table, key, record, blob, None)
+            _, state = await self._read(canon((table, key)), spec=False)
+            tko = Takeover("takeover", "?", self._open(state)) if state is not None else None
+            pid = await self._start_here(table, key, record, blob, tko)
             return pid, False
         if op == "takeover":  # keys handed off by a stopping node
             _, source, fields = request
@@ -602,7 +614,12 @@ class Scoped:
                 *(self.adopt(field, "takeover", source) for field in fields),
                 return_exceptions=True,
             )
-            return [r if isinstance(r, Pid) else None for r in results], False
+            pids = [r if isinstance(r, Pid) else None for r in results]
+            here = sum(1 for p in pids if p is not None and p[0] == self.node.name)
+            self.cluster.counters.event(
+                "takeover", self.node.name, f"{here} cluster-scoped process(es) from {source}"
+            )
+            return pids, False
         raise ValueError(f"unknown cluster-scoped request {op!r}")
 
     # -- handoff ---------------------------------------------------------------------------
