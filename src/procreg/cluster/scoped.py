@@ -610,6 +610,10 @@ class Scoped:
             return pid, False
         if op == "takeover":  # keys handed off by a stopping node
             _, source, fields = request
+            if self.node.stopping or self._stopped:
+                # stopping too: what it started here would end at once, its state
+                # with it; refused, the records keep their state for a survivor
+                return [None] * len(fields), False
             results = await asyncio.gather(
                 *(self.adopt(field, "takeover", source) for field in fields),
                 return_exceptions=True,
