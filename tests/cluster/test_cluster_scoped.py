@@ -234,3 +234,19 @@ def test_a_fenced_nodes_cluster_scoped_timer_moves_and_is_not_restarted_there(cl
     assert [(line[2][0], line[4]) for line in ends] == [("n1", "fenced")]
     # n1's root supervisor dropped the child (no restart storm, no escalation)
     assert n1.ok("pi_start", name="other", module="Job")["pid"][0] == "n1"
+
+
+def test_the_last_node_keeps_states_for_the_next_one(cluster, tmp_path):
+    (n1,) = cluster(["n1"])
+    keys = [f"last-{i}" for i in range(20)]
+    n1.ok("scoped_gos", keys=keys, placement="local")
+    assert n1.ok("key_call_many", keys=keys, request=["add", "kept"]) == [1] * len(keys)
+    n1.quit()
+    (n2,) = cluster(["n2"])
+
+    def all_back() -> Any:
+        answers = n2.ok("key_call_many", keys=keys, request=["get"])
+        return answers if all(isinstance(a, dict) for a in answers) else None
+
+    answers = wait_for(all_back, 10.0, what="the keys started again on n2")
+    assert all(a["items"] == ["kept"] and a["node"] == "n2" for a in answers), answers

@@ -15,7 +15,9 @@ Step by step (docs/INTERNALS.md, *Cluster-scoped processes*, says why each is th
    node being stopping, does not restart it). Its registration is released and the
    release has reached the store before step 4.
 4. **Takeover.** Per new home (the key's rendezvous home among the *other* live
-   nodes), one request with all its keys: that node claims each key for a fresh pid
+   nodes; with none, the last node stops: the states stay in the store for the
+   first node to join again, whose orphan scan starts them), one request with all
+   its keys: that node claims each key for a fresh pid
    and, if the claim wins, starts it from the record with `procreg.takeover()` giving
    the state, and records the new pid (clearing the state).
 5. **Relay.** The mail taken in step 3 goes to the new instance in its order: casts
@@ -82,9 +84,9 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         await cluster.membership.poll()  # a node that left a moment ago is no target
     except Exception as exc:
         log.debug("membership poll before the handoff failed: %r", exc)
+    # none: the last node stops; the states stay in the store, and the first node to
+    # join again starts them with their states (its orphan scan)
     targets = [n for n in cluster.live_nodes() if n != me]
-    if not targets:
-        return 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout / 2
     waiting: list[_Moving] = []
@@ -144,6 +146,16 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
     await cluster.backend.releases.flush()
     # 4. one takeover request per new home
     by_home: dict[str, list[_Moving]] = {}
+    if not targets:
+        for m in moving:
+            lost = sum(1 for kind, _, _ in m.mail if kind != "call")
+            if lost:
+                log.error("%d message(s) to %r lost: no other node to take it", lost, m.key)
+            relay_calls(node, None, m.mail, "no other live node")
+        cluster.counters.event(
+            "handoff", me, f"{len(moving)} cluster-scoped state(s) kept for the next node"
+        )
+        return 0
     for m in moving:
         by_home.setdefault(home_node(m.key, targets), []).append(m)
     results = await asyncio.gather(
