@@ -38,7 +38,9 @@ from ..pid import Pid
 from ..scope import NO_STATE, ending, freeze, is_server, quiet, take_mail
 from .backend import home_node
 from .codec import canon, pid_str
-from .scoped import HandoffEvent, portable, relay_calls
+from .records import portable
+from .relay import relay_calls
+from .scoped import HandoffEvent
 
 if TYPE_CHECKING:
     from ..process import _Proc
@@ -123,7 +125,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         m.state = _state_of(scoped, m)
     with_state = [m for m in moving if m.state is not None]
     if with_state:
-        kp, kst = scoped._k("pid"), scoped._k("state")
+        kp, kst = scoped.records.k("pid"), scoped.records.k("state")
 
         async def write(r: Any) -> None:
             async with r.pipeline(transaction=False) as pipe:
@@ -203,7 +205,7 @@ def _state_of(scoped: Scoped, m: _Moving) -> bytes | None:
         state = hook()
         if state is NO_STATE:
             return None
-        return scoped._sign(portable("a handed-off state", state))
+        return scoped.records.sign(portable("a handed-off state", state))
     except Exception as exc:
         log.error("handoff() of %r (%r) failed, it moves without state: %r", m.pid, m.key, exc)
         return None

@@ -29,27 +29,22 @@ and its *record* is kept in the store, three hashes under one field per key
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import importlib
-import io
 import logging
-import pickle
 import time
-import types
 from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess, ProcregError
+from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
 from ..messages import Down
 from ..pid import Pid
-from ..process import fail_caller
 from ..registry import spawn_for
 from ..scope import Takeover, reset_takeover, set_takeover
 from ..supervisor import AlreadyPresent, AlreadyStarted, Supervisor
 from .backend import home_node
 from .codec import canon, pid_from_str, pid_str, uncanon
+from .records import Records, portable
+from .relay import relay
 from .remote import CALL, CAST, SEND, RemoteCaller
 from .store import stop_tasks
 
@@ -62,36 +57,6 @@ log = logging.getLogger("procreg.cluster")
 
 SERVICE_TABLE: Final = "procreg.scoped"
 """Remote spawns in this table are requests to `Scoped.serve` on the receiving node."""
-
-_MAC = 32  # bytes of HMAC-SHA256 before a signed blob
-
-
-class _Pickler(pickle.Pickler):
-    """Pickles modules by name (an n2o ``Pi``'s module is often a module)."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.ModuleType):
-            return importlib.import_module, (obj.__name__,)
-        return NotImplemented
-
-
-def _dumps(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buf.getvalue()
-
-
-def portable(what: str, obj: Any) -> bytes:
-    """`obj` pickled, or a `TypeError` saying why a cluster-scoped process needs it
-    picklable (its factory importable by name on every node)."""
-    try:
-        return _dumps(obj)
-    except Exception as exc:
-        raise TypeError(
-            f"a cluster-scoped process needs {what} that every node can rebuild (a factory "
-            "defined at module level in an importable module, picklable arguments and "
-            f"state): {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def service(*args: Any) -> Any:
@@ -127,22 +92,6 @@ class HandoffEvent:
         }
 
 
-# Drop a record if it still names the pid that ended. KEYS: pid, spec, state hashes.
-# ARGV: field, pid string.
-DROP: Final = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
-_Write = tuple[str, str, bytes | None, "asyncio.Future[None]"]  # field, pid, spec, done
-
-
 class Scoped:
     """The cluster side of cluster-scoped processes on one node (`ScopedHooks`)."""
 
@@ -151,12 +100,8 @@ class Scoped:
         self.node = cluster.node
         self.store = cluster.store
         self.local: dict[tuple[str, Hashable], Pid] = {}  # our scoped processes
-        self.homes: dict[tuple[str, Hashable], str] = {}  # where they were first asked for
         self._pending: dict[tuple[str, Hashable], Takeover] = {}
-        self._reads: list[tuple[str, bool, asyncio.Future[Any]]] = []
-        self._read_pending = False
-        self._writes: list[_Write] = []
-        self._write_task: asyncio.Task[None] | None = None
+        self.records = Records(cluster.store, cluster.key)
         self._watcher: Pid | None = None
         self._watched: dict[Pid, str] = {}
         self._scan: asyncio.Task[None] | None = None
@@ -164,7 +109,6 @@ class Scoped:
         self._rescan = False
         self._stopped = False
         self._kicks: set[asyncio.Task[int]] = set()
-        self._drop_script: Any = None
         # handed-off pids of ours -> their new instance (or, until it is known, what
         # other nodes sent them meanwhile): frames for them are forwarded, not lost
         self.moved: dict[Pid, Pid | list[tuple[str, Any]] | None] = {}
@@ -172,22 +116,6 @@ class Scoped:
         self.failovers = 0  # processes this node started again after their node died
         self.takeovers = 0  # processes this node took over on a graceful stop
         self.handed_off = 0  # processes this node handed off
-
-    # -- keys and blobs --------------------------------------------------------------
-    def _k(self, what: str) -> str:
-        return self.store.key("scoped", what)
-
-    def _sign(self, blob: bytes) -> bytes:
-        return hmac.new(self.cluster.key, blob, hashlib.sha256).digest() + blob
-
-    def _open(self, signed: bytes | None) -> Any:
-        if signed is None:
-            return None
-        mac, blob = signed[:_MAC], signed[_MAC:]
-        want = hmac.new(self.cluster.key, blob, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, want):
-            raise ValueError("a cluster-scoped record is not signed with the cluster secret")
-        return pickle.loads(blob)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -201,11 +129,7 @@ class Scoped:
         self._stopped = True
         await stop_tasks(self._scan, *self._kicks)
         self._scan = None
-        if self._write_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._write_task), 1.0)
-            except BaseException:
-                pass
+        await self.records.drain()
 
     # -- starting --------------------------------------------------------------------------
     async def get_or_spawn(
@@ -225,7 +149,7 @@ class Scoped:
         if isinstance(found, Pid):
             return found, False
         record = ("gos", factory, args, meta, idle_timeout)
-        blob = self._sign(portable("a factory and arguments", record))
+        blob = self.records.sign(portable("a factory and arguments", record))
         if placement == "hash":
             home = home_node(key, self.cluster.live_nodes())
             if home != node.name:
@@ -233,8 +157,8 @@ class Scoped:
                 return pid, False
         # a state handed off while the key was free (between the old instance's
         # release and its new home's claim): whoever wins the claim starts with it
-        _, state = await self._read(canon((table, key)), spec=False)
-        tko = Takeover("takeover", "?", self._open(state)) if state is not None else None
+        _, state = await self.records.read(canon((table, key)), spec=False)
+        tko = Takeover("takeover", "?", self.records.open(state)) if state is not None else None
         token = set_takeover(tko)
         try:
             pid, started = await spawn_for(
@@ -249,7 +173,7 @@ class Scoped:
     def prepare(self, record: tuple[Any, ...]) -> bytes:
         """`record` pickled and signed, before anything starts (`TypeError` if
         another node could not rebuild it)."""
-        return self._sign(portable("a factory and arguments", record))
+        return self.records.sign(portable("a factory and arguments", record))
 
     async def started(self, table: str, key: Hashable, pid: Pid, prepared: bytes) -> None:
         """A scoped process started here (a supervisor child): record it; returns
@@ -263,88 +187,7 @@ class Scoped:
         """Record a process started here; done once the record is in the store."""
         self.local[(table, key)] = pid
         self._watch(pid, canon((table, key)))
-        return self._queue_write(canon((table, key)), pid_str(pid), blob)
-
-    def _queue_write(self, field: str, pid: str, blob: bytes | None) -> asyncio.Future[None]:
-        """Queue one record write; the future is done once it has reached the store
-        (or failed: logged)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writes.append((field, pid, blob, fut))
-        if self._write_task is None or self._write_task.done():
-            self._write_task = asyncio.get_running_loop().create_task(self._flush_writes())
-        return fut
-
-    async def _flush_writes(self) -> None:
-        """The records queued in this loop turn (and while this flush ran), one
-        pipeline a round: a start writes its pid and spec and clears handed-off state;
-        an end for good (no blob) drops the record if it still names the pid."""
-        await asyncio.sleep(0)
-        kp, ks, kst = self._k("pid"), self._k("spec"), self._k("state")
-        while self._writes:
-            batch, self._writes = self._writes, []
-
-            async def run(r: Any, batch: list[_Write] = batch) -> None:
-                async with r.pipeline(transaction=False) as pipe:
-                    for field, pid, blob, _ in batch:
-                        if blob is None:
-                            pipe.eval(DROP, 3, kp, ks, kst, field, pid)
-                        else:
-                            pipe.hset(kp, field, pid)
-                            pipe.hset(ks, field, blob)
-                            pipe.hdel(kst, field)
-                    await pipe.execute()
-
-            try:
-                await self.store.run(run)
-            except Exception as exc:
-                log.warning("could not record %d cluster-scoped process(es): %r", len(batch), exc)
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-
-    async def _read(self, field: str, spec: bool) -> tuple[bytes | None, bytes | None]:
-        """``(spec, state)`` blobs of record `field` (spec None unless asked for).
-        The reads of one loop turn go in one pipeline (two ``HMGET``s), so that a
-        thousand starts at once do not take a thousand connections."""
-        fut: asyncio.Future[tuple[bytes | None, bytes | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._reads.append((field, spec, fut))
-        if not self._read_pending:
-            self._read_pending = True
-            asyncio.get_running_loop().call_soon(self._send_reads)
-        return await fut
-
-    def _send_reads(self) -> None:
-        self._read_pending = False
-        batch, self._reads = self._reads, []
-        if batch:
-            asyncio.get_running_loop().create_task(self._run_reads(batch))
-
-    async def _run_reads(self, batch: list[tuple[str, bool, asyncio.Future[Any]]]) -> None:
-        fields = [field for field, _, _ in batch]
-        with_spec = [field for field, spec, _ in batch if spec]
-
-        async def run(r: Any) -> list[Any]:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.hmget(self._k("state"), fields)
-                if with_spec:
-                    pipe.hmget(self._k("spec"), with_spec)
-                return await pipe.execute()  # type: ignore[no-any-return]
-
-        try:
-            answers = await self.store.run(run)
-        except BaseException as exc:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        specs = dict(zip(with_spec, answers[1], strict=True)) if with_spec else {}
-        for (field, _, fut), state in zip(batch, answers[0], strict=True):
-            if not fut.done():
-                fut.set_result((specs.get(field), state))
+        return self.records.write(canon((table, key)), pid_str(pid), blob)
 
     # -- watching our scoped processes ----------------------------------------------------
     def _watch(self, pid: Pid, field: str) -> None:
@@ -377,7 +220,7 @@ class Scoped:
         if not moved and not self.cluster.fencing:
             # ended for good (normal, crash, idle, stopped): not to be started again,
             # unless its supervisor restarts it (which records it anew)
-            self._queue_write(field, pid_str(pid), None)
+            self.records.write(field, pid_str(pid), None)
 
     # -- failover ------------------------------------------------------------------------
     def _node_down(self, name: str) -> None:
@@ -431,7 +274,7 @@ class Scoped:
         if self.cluster.fencing or self.node.stopping:
             return 0
         try:
-            pids = await self.store.run(lambda r: r.hgetall(self._k("pid")))
+            pids = await self.store.run(lambda r: r.hgetall(self.records.k("pid")))
         except ClusterUnavailable:
             return 0
         me = self.node.name
@@ -474,15 +317,15 @@ class Scoped:
     async def adopt(self, field: str, kind: str, source: str) -> Pid:
         """Start the process of record `field` here, with its handed-off state if the
         store holds one. The claim decides a race: a loser returns the holder."""
-        spec_blob, state_blob = await self._read(field, spec=True)
+        spec_blob, state_blob = await self.records.read(field, spec=True)
         if spec_blob is None:
             raise NoProcess(f"no record of cluster-scoped {uncanon(field)!r}")
-        record = self._open(spec_blob)
+        record = self.records.open(spec_blob)
         tk = uncanon(field)
         assert isinstance(tk, tuple)
         table, key = tk
         if state_blob is not None:
-            tko = Takeover("takeover", source, self._open(state_blob))
+            tko = Takeover("takeover", source, self.records.open(state_blob))
         else:
             tko = Takeover(kind, source, None)
         pid = await self._start_here(table, key, record, spec_blob, tko)
@@ -573,7 +416,7 @@ class Scoped:
             if new is None:
                 caller.fail(NoProcess(f"{item[2]!r} was handed off and no new instance started"))
                 return None
-            return asyncio.get_running_loop().create_task(_relay(node, new, caller, item[3]))
+            return asyncio.get_running_loop().create_task(relay(node, new, caller, item[3]))
         if new is None:
             log.error(
                 "a message from %s to handed-off %r is lost: no new instance", sender, item[1]
@@ -603,9 +446,9 @@ class Scoped:
         op = request[0]
         if op == "start":  # get_or_spawn of a key whose home is here
             _, table, key, blob = request
-            record = self._open(blob)
-            _, state = await self._read(canon((table, key)), spec=False)
-            tko = Takeover("takeover", "?", self._open(state)) if state is not None else None
+            record = self.records.open(blob)
+            _, state = await self.records.read(canon((table, key)), spec=False)
+            tko = Takeover("takeover", "?", self.records.open(state)) if state is not None else None
             pid = await self._start_here(table, key, record, blob, tko)
             return pid, False
         if op == "takeover":  # keys handed off by a stopping node
@@ -642,39 +485,3 @@ class Scoped:
         from .handoff import hand_off
 
         return await hand_off(self, timeout)
-
-
-def relay_calls(
-    node: Any, pid: Pid | None, mail: list[tuple[str, Any, Any]], why: str
-) -> list[Any]:
-    """Deliver what a handed-off process had not handled to its new incarnation `pid`
-    in order; a call is relayed (its caller gets the new incarnation's answer or
-    error). With no new incarnation, callers fail at once with `ProcessExited`."""
-    tasks = []
-    for kind, a, b in mail:
-        if kind == "call":
-            if pid is None:
-                from ..errors import ProcessExited
-
-                fail_caller(a, ProcessExited(("handoff", why), None))
-                continue
-            tasks.append(asyncio.get_running_loop().create_task(_relay(node, pid, a, b)))
-        elif pid is not None:
-            if kind == "cast":
-                node.cast(pid, a)
-            else:
-                node.send(pid, a)
-    return tasks
-
-
-async def _relay(node: Any, pid: Pid, caller: Any, request: Any) -> None:
-    try:
-        value = await node.call(pid, request, 30.0)
-    except (ProcregError, TimeoutError) as exc:
-        fail_caller(caller, exc)
-        return
-    if isinstance(caller, asyncio.Future):
-        if not caller.done():
-            caller.set_result(value)
-    else:
-        caller.reply(value)

@@ -1,0 +1,46 @@
+"""Relaying what a handed-off process had not handled to its new instance."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import ProcessExited, ProcregError
+from ..pid import Pid
+from ..process import fail_caller
+
+__all__ = ["relay", "relay_calls"]
+
+
+def relay_calls(
+    node: Any, pid: Pid | None, mail: list[tuple[str, Any, Any]], why: str
+) -> list[Any]:
+    """Deliver what a handed-off process had not handled to its new incarnation `pid`
+    in order; a call is relayed (its caller gets the new incarnation's answer or
+    error). With no new incarnation, callers fail at once with `ProcessExited`."""
+    tasks = []
+    for kind, a, b in mail:
+        if kind == "call":
+            if pid is None:
+                fail_caller(a, ProcessExited(("handoff", why), None))
+                continue
+            tasks.append(asyncio.get_running_loop().create_task(relay(node, pid, a, b)))
+        elif pid is not None:
+            if kind == "cast":
+                node.cast(pid, a)
+            else:
+                node.send(pid, a)
+    return tasks
+
+
+async def relay(node: Any, pid: Pid, caller: Any, request: Any) -> None:
+    try:
+        value = await node.call(pid, request, 30.0)
+    except (ProcregError, TimeoutError) as exc:
+        fail_caller(caller, exc)
+        return
+    if isinstance(caller, asyncio.Future):
+        if not caller.done():
+            caller.set_result(value)
+    else:
+        caller.reply(value)
