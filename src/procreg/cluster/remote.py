@@ -188,19 +188,22 @@ class Remote:
         return pid[1] > self.downs.get(name, -1)
 
     # -- outgoing -------------------------------------------------------------------
+    # The target of a send, cast or call crosses as a plain tuple (a `Pid` costs a
+    # Python-level reduce to pickle and a constructor call to unpickle); `deliver`
+    # makes it a `Pid` again.
     def send(self, pid: Pid, msg: Any) -> None:
-        item = pack_item((SEND, pid, msg))
+        item = pack_item((SEND, (*pid,), msg))
         if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     def cast(self, pid: Pid, msg: Any) -> None:
-        item = pack_item((CAST, pid, msg))
+        item = pack_item((CAST, (*pid,), msg))
         if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None) -> Any:
         call_id = next(self._ids)
-        item = pack_item((CALL, call_id, pid, request))
+        item = pack_item((CALL, call_id, (*pid,), request))
         if not self.transport.store.up:  # the frame could not leave: fail at once
             raise ClusterUnavailable(f"cannot call {pid!r}: the cluster store is unreachable")
         if not self.reachable(pid):
@@ -297,11 +300,12 @@ class Remote:
         op = item[0]
         rt = self.runtime
         if op in (SEND, CAST):
-            pid = item[1]
+            pid = Pid(*item[1])
             if not rt.deliver(pid, item[2], "send" if op == SEND else "cast") and not rt.alive(pid):
                 self.park(sender, creation, item, pid)
         elif op == CALL:
-            _, call_id, pid, request = item
+            _, call_id, target, request = item
+            pid = Pid(*target)
             if not rt.alive(pid) and self.park(sender, creation, item, pid):
                 return
             caller = RemoteCaller(self, sender, call_id)
@@ -381,7 +385,8 @@ class Remote:
         if op == CALL:
             RemoteCaller(self, sender, item[1]).fail(
                 DecodeError(
-                    f"node {me!r} could not decode the request of a call to {item[2]!r}: {why}"
+                    f"node {me!r} could not decode the request of a call to {Pid(*item[2])!r}: "
+                    f"{why}"
                 )
             )
         elif op == SPAWN:
@@ -394,7 +399,7 @@ class Remote:
         elif op in (EXIT, LINK_EXIT, DOWN):
             self.deliver(sender, creation, (*item[:-1], f"<undecodable reason: {why}>"))
         else:
-            target = item[1] if op in (SEND, CAST) else item[1:2]
+            target = Pid(*item[1]) if op in (SEND, CAST) else item[1:2]
             self._warn(
                 f"dropped a message from node {sender!r} to {target!r}: cannot decode it: {why}"
             )
