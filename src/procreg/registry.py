@@ -527,6 +527,10 @@ class LocalBackend(RegistryBackend):
         return sorted(members) if members is not None else []
 
     async def publish(self, group: Hashable, msg: Any) -> int:  # a Published
+        return self.publish_now(group, msg)
+
+    def publish_now(self, group: Hashable, msg: Any) -> Published:
+        """`publish` without awaiting: `msg` to every member of `group` here."""
         members = self._groups.get(group)
         if not members:
             return Published(0, 0)
@@ -539,6 +543,11 @@ class LocalBackend(RegistryBackend):
 
     def groups(self) -> list[Hashable]:
         return list(self._groups)
+
+    def group_size(self, group: Hashable) -> int:
+        """How many members `group` has here."""
+        members = self._groups.get(group)
+        return len(members) if members is not None else 0
 
     # -- lifecycle --------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:

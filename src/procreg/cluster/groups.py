@@ -1,16 +1,20 @@
 """Groups across nodes: each node keeps its own members in its local view and adds
 them to the store's set of the group (``g:<group>``) and to its owned set (so that a
-reconnect can reconcile them); `publish` reads the live members once and sends one
-transport item per node."""
+reconnect can reconcile them); `publish` sends one transport item to each node of its
+view of the group (`groupview`: loaded from the store once, kept current by the
+members' nodes), with no store round trip."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
 from .codec import as_text, canon, pid_from_str, pid_str
+from .groupview import GroupViews
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -28,6 +32,13 @@ class ClusterGroups:
         self.backend = backend
         self.store = backend.store
         self.local = backend.local
+        self.views = GroupViews(backend)
+        # the watchers of each group we have members of, as the store last told us
+        # (leaves and ends update their counts; see `groupview`)
+        self.watchers: dict[str, list[str]] = {}
+        # groups whose watchers all route to this node: a join here confirmed it, and
+        # we have had members ever since (a watcher drops us only once we have none)
+        self.routed: set[str] = set()
 
     async def join(self, group: Hashable, pid: Pid) -> bool:
         """See `RegistryBackend.join`; `pid` must be of this node (`ValueError`)."""
@@ -36,28 +47,99 @@ class ClusterGroups:
             raise ValueError(f"join {pid!r} to a group on its own node ({pid[0]!r})")
         added = await self.local.join(group, pid)
         if added:
+            cgroup = canon(group)
             try:
-                await self.record(group, pid)
+                watchers = await self.record(group, pid)
+                if cgroup in self.routed:
+                    self.notify(cgroup, watchers, [pid], [])  # counts only
+                else:
+                    # every watcher must route to this node before join returns
+                    await self.confirm(cgroup, watchers, [pid])
+                    if self.local.group_size(group):
+                        self.routed.add(cgroup)
             except BaseException:
                 await self.local.leave(group, pid)
                 raise
         return added
 
-    async def record(self, group: Hashable, pid: Pid) -> None:
-        """Add `pid` to the store's set of `group` and to this node's owned set."""
+    async def record(self, group: Hashable, pid: Pid) -> list[str]:
+        """Add `pid` to the store's set of `group` and to this node's owned set;
+        returns the group's watchers (``node\tcreation``), read after the add."""
         store = self.store
         cgroup = canon(group)
         member = pid_str(pid)
         key1, key2 = store.key("g", cgroup), self.backend.owned()
+        key3 = self.views.watcher_key(cgroup)
         member2 = f"g{SEP}{cgroup}{SEP}{member}"
 
-        async def run(r: Any) -> None:
+        async def run(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             pipe.sadd(key1, member)
             pipe.sadd(key2, member2)
-            await pipe.execute()
+            pipe.smembers(key3)  # after the add, on the same connection
+            answers: list[Any] = await pipe.execute()
+            return answers
 
-        await store.run(run)
+        answers = await store.run(run)
+        watchers = sorted(as_text(w) for w in answers[2])
+        self.watchers[cgroup] = watchers
+        return watchers
+
+    def _targets(self, watchers: list[str]) -> list[str]:
+        """The nodes among `watchers` (``node\tcreation``) that may be live, but us."""
+        remote = self.backend.cluster.remote
+        me = self.backend.node.name
+        nodes: list[str] = []
+        for watcher in watchers:
+            name, _, creation = watcher.partition("\t")
+            if (
+                name != me
+                and name not in nodes
+                and creation.isdigit()
+                and remote.reachable(Pid(name, int(creation), 0))
+            ):
+                nodes.append(name)
+        return nodes
+
+    def notify(
+        self, cgroup: str, watchers: list[str], added: list[Pid], removed: list[Pid]
+    ) -> None:
+        """Send the members `added` and `removed` here to the group's watchers (they
+        update their counts; no answer is awaited)."""
+        remote = self.backend.cluster.remote
+        for name in self._targets(watchers):
+            remote.group_view_nowait(name, cgroup, added, removed)
+
+    async def confirm(self, cgroup: str, watchers: list[str], added: list[Pid]) -> None:
+        """Send the members `added` here to the group's watchers and return once every
+        one has applied them. `ClusterUnavailable` if one could not be told while it
+        may still hold a view (our frames to it were lost in a store outage, or it did
+        not answer within 2 x lease)."""
+        backend = self.backend
+        remote = backend.cluster.remote
+        nodes = self._targets(watchers)
+        if not nodes:
+            return
+        store = self.store
+        failures = store.failures
+        timeout = 2 * backend.cluster.lease
+        results = await asyncio.gather(
+            *(remote.group_view(name, cgroup, added, timeout) for name in nodes),
+            return_exceptions=True,
+        )
+        for name, result in zip(nodes, results, strict=True):
+            if result is None:
+                continue
+            if isinstance(result, NodeDown) and store.up and store.failures == failures:
+                # it went down, or our frames reached no subscriber of it: either way
+                # its views are gone (a node that re-subscribes drops them)
+                continue
+            if isinstance(result, (NodeDown, CallTimeout, ClusterUnavailable)):
+                raise ClusterUnavailable(
+                    f"could not tell node {name!r} that a member joined group {cgroup}: {result!r}"
+                ) from result
+            if isinstance(result, BaseException):
+                raise result
 
     async def leave(self, group: Hashable, pid: Pid) -> bool:
         """See `RegistryBackend.leave` (returns once the store has it)."""
@@ -67,7 +149,21 @@ class ClusterGroups:
             releases = self.backend.releases
             releases.queue("", group, pid, True)
             await releases.flush()
+            self.left(group, pid)
         return left
+
+    def left(self, group: Hashable, pid: Pid, present: bool = False) -> None:
+        """`pid` left `group` (or ended; `present`: the local view still lists it):
+        the watchers we know update their counts."""
+        cgroup = canon(group)
+        empty = self.local.group_size(group) <= (1 if present else 0)
+        if empty:
+            self.routed.discard(cgroup)
+        watchers = self.watchers.get(cgroup)
+        if watchers:
+            if empty:
+                del self.watchers[cgroup]
+            self.notify(cgroup, watchers, [], [pid])
 
     async def members(self, group: Hashable) -> list[Pid]:
         """See `RegistryBackend.members`: the live members, from the store."""
@@ -83,24 +179,34 @@ class ClusterGroups:
         return sorted(p for p in pids if not (p[0] == me and not alive(p)) and p not in dead)
 
     async def publish(self, group: Hashable, msg: Any) -> Published:
-        """See `RegistryBackend.publish`."""
+        """See `RegistryBackend.publish`: the members here at once, one item to each
+        other node in this node's view of the group (loaded from the store the first
+        time), counted as reached once handed to the transport."""
         backend = self.backend
-        pids = await self.members(group)
-        by_node: dict[str, list[Pid]] = {}
-        for pid in pids:
-            by_node.setdefault(pid[0], []).append(pid)
-        reached = 0
-        missed = 0  # local members the message could not be queued to
-        me = backend.node.name
-        deliver = backend.runtime.deliver
-        for name, members in by_node.items():
-            if name == me:
-                for pid in members:
-                    if deliver(pid, msg, "send"):
-                        reached += 1
-                    else:  # mailbox full, ending, or already gone
-                        missed += 1
-            else:
-                backend.cluster.remote.group_send(name, members, msg)
+        cgroup = canon(group)
+        if not self.store.up:
+            raise ClusterUnavailable(
+                f"cannot publish to {group!r}: the cluster store is unreachable"
+            )
+        view = self.views.views.get(cgroup)
+        if view is None:
+            view = await self.views.view(group, cgroup)
+        published = self.local.publish_now(group, msg)
+        if not view:
+            return published
+        reached = published.reached
+        remote = backend.cluster.remote
+        live = remote.live
+        for name, members in view.items():
+            if name in live:
+                remote.group_publish(name, cgroup, group, msg)
                 reached += len(members)
-        return Published(reached, missed)
+        return Published(reached, published.missed)
+
+    def deliver(self, sender: str, group: Any, msg: Any) -> bool:
+        """A ``GPUB`` from `sender`: `msg` to our members of `group`; False if we have
+        none (the sender then drops us from its view)."""
+        if not self.local.group_size(group):
+            return False
+        self.local.publish_now(group, msg)
+        return True

@@ -56,6 +56,9 @@ DOWN: Final = 12
 GROUP_SEND: Final = 13
 SPAWN: Final = 14
 RESET: Final = 15  # "I dropped our links, monitors and calls": treat me as disconnected
+GPUB: Final = 16  # a publish to a group: for the members the receiver has (`groupview`)
+GNONE: Final = 17  # "I have no member of this group": drop me from your view of it
+GVIEW: Final = 18  # members added and removed here (acknowledged if it has a call id)
 
 
 def _pack_lenient(item: tuple[Any, ...]) -> bytes:
@@ -164,6 +167,11 @@ class Remote:
         # (sender, creation, item, pid) for an item to a pid of ours with no process:
         # True if kept until a claim in flight for that pid settles
         self.park: Callable[[str, int, Any, Pid], bool] = lambda *_: False
+        # group views (`groupview`): (sender, group, msg) -> whether it had members
+        self.on_gpub: Callable[[str, Any, Any], bool] = lambda *_: True
+        self.on_gview: Callable[[str, str, list[Pid], list[Pid]], None] = lambda *_: None
+        self.on_gnone: Callable[[str, str], None] = lambda *_: None
+        self.on_reset: Callable[[str], None] = lambda _: None  # a peer lost frames
         self._ids = itertools.count(1)
         self._last_warning = 0.0
 
@@ -266,6 +274,37 @@ class Remote:
     def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
         self.transport.enqueue(node, pack_item((GROUP_SEND, pids, msg)))
 
+    def group_publish(self, node: str, cgroup: str, group: Any, msg: Any) -> None:
+        """Publish `msg` to the members of `group` (canonical name `cgroup`) that
+        `node` has when the item arrives."""
+        self.transport.enqueue(node, pack_item((GPUB, cgroup, group, msg)))
+
+    def group_view_nowait(
+        self, node: str, cgroup: str, added: list[Pid], removed: list[Pid]
+    ) -> None:
+        """Tell `node` (a watcher of the group) the members added and removed here."""
+        adds = [(*p,) for p in added]
+        dels = [(*p,) for p in removed]
+        self.transport.enqueue(node, pack_item((GVIEW, 0, cgroup, adds, dels)))
+
+    async def group_view(self, node: str, cgroup: str, added: list[Pid], timeout: float) -> None:
+        """Tell `node` (a watcher of the group) the members added here and wait (up to
+        `timeout` seconds) until it has applied them (`NodeDown` if it goes down or
+        cannot be reached first, `CallTimeout`)."""
+        adds = [(*p,) for p in added]
+        creation = self.live.get(node)
+        call_id = next(self._ids)
+        item = pack_item((GVIEW, call_id, cgroup, adds, []))
+        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
+        peer = self._peer(node)
+        peer.calls[call_id] = (fut, Pid(node, creation if creation is not None else 0, 0))
+        self.transport.enqueue(node, item)
+        self.runtime.add_deadline(timeout, fut)
+        try:
+            await fut
+        finally:
+            peer.calls.pop(call_id, None)
+
     async def spawn(
         self,
         node: str,
@@ -364,12 +403,24 @@ class Remote:
             _, pids, msg = item
             for pid in pids:
                 rt.deliver(pid, msg, "send")
+        elif op == GPUB:
+            _, cgroup, group, msg = item
+            if not self.on_gpub(sender, group, msg):
+                self.transport.enqueue(sender, pack_item((GNONE, cgroup)))
+        elif op == GNONE:
+            self.on_gnone(sender, item[1])
+        elif op == GVIEW:
+            _, call_id, cgroup, adds, dels = item
+            self.on_gview(sender, cgroup, [Pid(*p) for p in adds], [Pid(*p) for p in dels])
+            if call_id:
+                self.transport.enqueue(sender, pack_item((REPLY, call_id, True)))
         elif op == SPAWN:
             rt.loop.create_task(self._spawn_here(sender, item))
         elif op == RESET:
             # the sender lost frames (a store outage) and ended its side of our links
             # and monitors: end ours, as when an Erlang distribution connection drops
             self.node_down(sender)
+            self.on_reset(sender)
         else:
             log.warning("unknown item %r from %s", op, sender)
 
