@@ -58,7 +58,8 @@ class Published(int):
     *is* that int, so ``n = await publish(...)`` keeps working), and `missed`, the
     members it could not reach: their mailbox was full (see ``max_mailbox``) or they
     were ending. Members on other nodes count as reached once the message is handed
-    to the cluster transport.
+    to the cluster transport, as many as the publishing node's view of the group
+    holds (see docs/INTERNALS.md, *Group views*).
 
     >>> n = Published(3, missed=1)
     >>> n == 3, n.reached, n.missed, n.members

@@ -310,3 +310,21 @@ def test_publish_from_a_view_reaches_every_member_that_joined_before_it(cluster)
     assert n1.ok("publish", group="v", msg="four") == 2
     wait_for(lambda: got(n2, d, "four") and got(n3, c, "four"), 5, what="'four'")
     assert n1.ok("group_view", group="v")["loads"] == 1
+
+
+def test_a_join_is_not_held_by_a_watcher_that_is_gone(cluster):
+    """A node that watched a group (it published to it) and was SIGKILLed: a first
+    member joining elsewhere does not wait for its acknowledgement past the frame
+    that reaches no subscriber, and the other watchers route to it."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+    assert n1.ok("publish", group="w", msg="x") == 0  # n1 and n3 watch the group
+    assert n3.ok("publish", group="w", msg="x") == 0
+    n1.kill()
+    member = n2.ok("join", group="w")
+    assert n3.ok("group_view", group="w")["view"] == {"n2": [member]}
+    assert n3.ok("publish", group="w", msg="after") == 1
+    wait_for(
+        lambda: ["info", "after"] in n2.ok("call", pid=member, request=["log"]),
+        5,
+        what="the member on n2 to get it",
+    )
