@@ -187,7 +187,7 @@ class Peer:
 
     def __init__(self, url: str, name: str, keys: int, members: int) -> None:
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        self.log = tempfile.TemporaryFile("w+")  # its stderr: why it died, if it does
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (its stderr, closed in close())
         self.proc = subprocess.Popen(
             [
                 sys.executable,
