@@ -69,7 +69,7 @@ CALL = Figure(
     "µs",
     "lower",
     "1 run",
-    Target("<=", 300),
+    Target("<=", 150),  # issue 18; the path through Redis pub/sub does not reach it here
     "baseline: redis-py GET round trip",
 )
 CALL_P99 = Figure(
