@@ -85,20 +85,19 @@ class ClusterGroups:
         self.watchers[cgroup] = watchers
         return watchers
 
-    def _targets(self, watchers: list[str]) -> list[str]:
-        """The nodes among `watchers` (``node\tcreation``) that may be live, but us."""
+    def _targets(self, watchers: list[str]) -> dict[str, int]:
+        """The incarnations among `watchers` (``node\tcreation``) that may be live, but
+        ours: node -> creation (the newest listed)."""
         remote = self.backend.cluster.remote
         me = self.backend.node.name
-        nodes: list[str] = []
+        nodes: dict[str, int] = {}
         for watcher in watchers:
-            name, _, creation = watcher.partition("\t")
-            if (
-                name != me
-                and name not in nodes
-                and creation.isdigit()
-                and remote.reachable(Pid(name, int(creation), 0))
-            ):
-                nodes.append(name)
+            name, _, text = watcher.partition("\t")
+            if name == me or not text.isdigit():
+                continue
+            creation = int(text)
+            if creation > nodes.get(name, -1) and remote.reachable(Pid(name, creation, 0)):
+                nodes[name] = creation
         return nodes
 
     def notify(
@@ -124,7 +123,7 @@ class ClusterGroups:
         failures = store.failures
         timeout = 2 * backend.cluster.lease
         results = await asyncio.gather(
-            *(remote.group_view(name, cgroup, added, timeout) for name in nodes),
+            *(remote.group_view(n, c, cgroup, added, timeout) for n, c in nodes.items()),
             return_exceptions=True,
         )
         for name, result in zip(nodes, results, strict=True):

@@ -71,7 +71,12 @@ class GroupViews:
             return found
         loading = self.loading.get(cgroup)
         if loading is not None:
-            return await asyncio.shield(loading[0])
+            try:
+                return await asyncio.shield(loading[0])
+            except asyncio.CancelledError:
+                if not loading[0].cancelled():
+                    raise  # we were cancelled
+                return await self.view(group, cgroup)  # its loader was: load it again
         fut: asyncio.Future[View] = self.backend.runtime.loop.create_future()
         updates: list[tuple[str, Any, Any]] = []
         self.loading[cgroup] = (fut, updates)
@@ -86,8 +91,11 @@ class GroupViews:
             fut.set_result(view)
             return view
         except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # (retrieved: waiters, if any, get it too)
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()  # (waiters, if any, load it themselves)
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # (retrieved: waiters, if any, get it too)
             raise
         finally:
             self.loading.pop(cgroup, None)

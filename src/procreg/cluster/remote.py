@@ -287,17 +287,19 @@ class Remote:
         dels = [(*p,) for p in removed]
         self.transport.enqueue(node, pack_item((GVIEW, 0, cgroup, adds, dels)))
 
-    async def group_view(self, node: str, cgroup: str, added: list[Pid], timeout: float) -> None:
-        """Tell `node` (a watcher of the group) the members added here and wait (up to
-        `timeout` seconds) until it has applied them (`NodeDown` if it goes down or
-        cannot be reached first, `CallTimeout`)."""
+    async def group_view(
+        self, node: str, creation: int, cgroup: str, added: list[Pid], timeout: float
+    ) -> None:
+        """Tell `node` (its incarnation `creation`, a watcher of the group) the members
+        added here and wait (up to `timeout` seconds) until it has applied them
+        (`NodeDown` if that incarnation goes down or cannot be reached first,
+        `CallTimeout`)."""
         adds = [(*p,) for p in added]
-        creation = self.live.get(node)
         call_id = next(self._ids)
         item = pack_item((GVIEW, call_id, cgroup, adds, []))
         fut: asyncio.Future[Any] = self.runtime.loop.create_future()
         peer = self._peer(node)
-        peer.calls[call_id] = (fut, Pid(node, creation if creation is not None else 0, 0))
+        peer.calls[call_id] = (fut, Pid(node, creation, 0))
         self.transport.enqueue(node, item)
         self.runtime.add_deadline(timeout, fut)
         try:
