@@ -195,11 +195,11 @@ class ClusterGroups:
             return published
         reached = published.reached
         remote = backend.cluster.remote
-        live = remote.live
+        # every node of the view, even one our membership poll has not seen yet (a
+        # node that goes down leaves the views)
         for name, members in view.items():
-            if name in live:
-                remote.group_publish(name, cgroup, group, msg)
-                reached += len(members)
+            remote.group_publish(name, cgroup, group, msg)
+            reached += len(members)
         return Published(reached, published.missed)
 
     def deliver(self, sender: str, group: Any, msg: Any) -> bool:
