@@ -195,11 +195,12 @@ class ClusterGroups:
             return published
         reached = published.reached
         remote = backend.cluster.remote
+        dead = backend.keys.dead  # (members whose end we heard of are not counted)
         # every node of the view, even one our membership poll has not seen yet (a
         # node that goes down leaves the views)
         for name, members in view.items():
             remote.group_publish(name, cgroup, group, msg)
-            reached += len(members)
+            reached += sum(1 for p in members if p not in dead) if dead else len(members)
         return Published(reached, published.missed)
 
     def deliver(self, sender: str, group: Any, msg: Any) -> bool:
