@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
-from .codec import as_text, canon, pid_from_str, pid_str
+from .codec import as_text, canon, pack_item, pid_from_str, pid_str
 from .groupview import GroupViews
+from .remote import GPUB, GVIEW
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -105,9 +106,10 @@ class ClusterGroups:
     ) -> None:
         """Send the members `added` and `removed` here to the group's watchers (they
         update their counts; no answer is awaited)."""
-        remote = self.backend.cluster.remote
+        enqueue = self.backend.cluster.remote.transport.enqueue
+        item = pack_item((GVIEW, 0, cgroup, [(*p,) for p in added], [(*p,) for p in removed]))
         for name in self._targets(watchers):
-            remote.group_view_nowait(name, cgroup, added, removed)
+            enqueue(name, item)
 
     async def confirm(self, cgroup: str, watchers: list[str], added: list[Pid]) -> None:
         """Send the members `added` here to the group's watchers and return once every
@@ -122,8 +124,12 @@ class ClusterGroups:
         store = self.store
         failures = store.failures
         timeout = 2 * backend.cluster.lease
+        adds = [(*p,) for p in added]
         results = await asyncio.gather(
-            *(remote.group_view(n, c, cgroup, added, timeout) for n, c in nodes.items()),
+            *(
+                remote.request(n, c, lambda call_id: (GVIEW, call_id, cgroup, adds, []), timeout)
+                for n, c in nodes.items()
+            ),
             return_exceptions=True,
         )
         for name, result in zip(nodes, results, strict=True):
@@ -194,12 +200,13 @@ class ClusterGroups:
         if not view:
             return published
         reached = published.reached
-        remote = backend.cluster.remote
+        enqueue = backend.cluster.remote.transport.enqueue
+        item = pack_item((GPUB, cgroup, group, msg))  # delivered to its members there
         dead = backend.keys.dead  # (members whose end we heard of are not counted)
         # every node of the view, even one our membership poll has not seen yet (a
         # node that goes down leaves the views)
         for name, members in view.items():
-            remote.group_publish(name, cgroup, group, msg)
+            enqueue(name, item)
             reached += sum(1 for p in members if p not in dead) if dead else len(members)
         return Published(reached, published.missed)
 

@@ -13,7 +13,6 @@ does when a distribution connection drops.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import logging
 import pickle
@@ -31,6 +30,7 @@ from ..errors import (
     ProcregError,
 )
 from ..pid import Pid, Ref
+from .claims import factory_name, resolve_factory
 from .codec import pack_item
 
 if TYPE_CHECKING:
@@ -122,31 +122,6 @@ class Peer:
         self.watch_out: dict[Ref, tuple[Pid, Pid]] = {}  # ref -> (our watcher, their pid)
         self.watch_in: dict[Ref, tuple[Pid, Pid]] = {}  # ref -> (our pid, their watcher)
         self.calls: dict[int, tuple[asyncio.Future[Any], Pid]] = {}
-
-
-def factory_name(factory: Any) -> str:
-    """``module:qualname`` of a factory that every node can import by that name."""
-    module = getattr(factory, "__module__", None)
-    qualname = getattr(factory, "__qualname__", None)
-    if module and qualname and "<" not in qualname:
-        try:
-            if resolve_factory(f"{module}:{qualname}") is factory:
-                return f"{module}:{qualname}"
-        except (ImportError, AttributeError):
-            pass
-    raise TypeError(
-        f"placement='hash' needs a factory importable by name on every node, got {factory!r} "
-        "(define it at module level in an importable module)"
-    )
-
-
-def resolve_factory(name: str) -> Any:
-    """The object `factory_name` named."""
-    module, _, qualname = name.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 class Remote:
@@ -274,36 +249,22 @@ class Remote:
     def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
         self.transport.enqueue(node, pack_item((GROUP_SEND, pids, msg)))
 
-    def group_publish(self, node: str, cgroup: str, group: Any, msg: Any) -> None:
-        """Publish `msg` to the members of `group` (canonical name `cgroup`) that
-        `node` has when the item arrives."""
-        self.transport.enqueue(node, pack_item((GPUB, cgroup, group, msg)))
-
-    def group_view_nowait(
-        self, node: str, cgroup: str, added: list[Pid], removed: list[Pid]
-    ) -> None:
-        """Tell `node` (a watcher of the group) the members added and removed here."""
-        adds = [(*p,) for p in added]
-        dels = [(*p,) for p in removed]
-        self.transport.enqueue(node, pack_item((GVIEW, 0, cgroup, adds, dels)))
-
-    async def group_view(
-        self, node: str, creation: int, cgroup: str, added: list[Pid], timeout: float
-    ) -> None:
-        """Tell `node` (its incarnation `creation`, a watcher of the group) the members
-        added here and wait (up to `timeout` seconds) until it has applied them
-        (`NodeDown` if that incarnation goes down or cannot be reached first,
-        `CallTimeout`)."""
-        adds = [(*p,) for p in added]
+    async def request(
+        self, node: str, creation: int, item: Callable[[int], tuple[Any, ...]], timeout: float
+    ) -> Any:
+        """Send ``item(call_id)`` to `node` (its incarnation `creation`) and return
+        the answer it sends back (`REPLY`/`FAIL` with that call id); `NodeDown` if that
+        incarnation goes down or cannot be reached first, `CallTimeout` after
+        `timeout` seconds."""
         call_id = next(self._ids)
-        item = pack_item((GVIEW, call_id, cgroup, adds, []))
+        data = pack_item(item(call_id))
         fut: asyncio.Future[Any] = self.runtime.loop.create_future()
         peer = self._peer(node)
         peer.calls[call_id] = (fut, Pid(node, creation, 0))
-        self.transport.enqueue(node, item)
+        self.transport.enqueue(node, data)
         self.runtime.add_deadline(timeout, fut)
         try:
-            await fut
+            return await fut
         finally:
             peer.calls.pop(call_id, None)
 
@@ -320,19 +281,15 @@ class Remote:
     ) -> tuple[Pid, bool]:
         """Ask `node` to get_or_spawn `key` there (placement="hash")."""
         name = factory_name(factory)
-        call_id = next(self._ids)
-        item = pack_item((SPAWN, call_id, table, key, name, args, meta, idle_timeout))
+        pack_item((SPAWN, 0, table, key, name, args, meta, idle_timeout))  # (TypeError here)
         if node not in self.live:
             raise NodeDown(f"node {node!r} is down")
-        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
-        peer = self._peer(node)
-        peer.calls[call_id] = (fut, Pid(node, self.live[node], 0))
-        self.transport.enqueue(node, item)
-        self.runtime.add_deadline(timeout, fut)
-        try:
-            result: tuple[Pid, bool] = await fut
-        finally:
-            peer.calls.pop(call_id, None)
+        result: tuple[Pid, bool] = await self.request(
+            node,
+            self.live[node],
+            lambda call_id: (SPAWN, call_id, table, key, name, args, meta, idle_timeout),
+            timeout,
+        )
         return result
 
     # -- incoming -------------------------------------------------------------------
