@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ CALL = Figure(
     "µs",
     "lower",
     "1 run",
-    Target("<=", 300),
+    Target("<=", 150),  # issue 18; the path through Redis pub/sub does not reach it here
     "baseline: redis-py GET round trip",
 )
 CALL_P99 = Figure(
@@ -186,6 +187,7 @@ class Peer:
 
     def __init__(self, url: str, name: str, keys: int, members: int) -> None:
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (its stderr, closed in close())
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -199,6 +201,7 @@ class Peer:
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self.log,
             cwd=ROOT,
             env=env,
             text=True,
@@ -209,7 +212,9 @@ class Peer:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the peer node died")
+            self.log.seek(0)
+            tail = "".join(self.log.read().splitlines(keepends=True)[-20:])
+            raise RuntimeError(f"the peer node died; its last words:\n{tail}")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -229,6 +234,7 @@ class Peer:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(5)
+        self.log.close()
 
 
 def _ns(samples: list[int]) -> tuple[float, float]:

@@ -8,7 +8,9 @@ processes, the WebSocket fan-out) or serve HTTP, which always get a fresh
 interpreter. Inside a measurement each implementation starts its own event loop (and
 procreg node).
 
-Usage: ``procreg bench [--quick] [--only NAME[,NAME]] [--json PATH] [--uvloop]``.
+Usage: ``procreg bench [--quick] [--only NAME[,NAME]] [--json PATH] [--uvloop]``;
+``procreg bench --peers [--quick] [--json PATH]`` compares the cluster with its peers
+instead (`bench.peers`).
 """
 
 from __future__ import annotations
@@ -384,8 +386,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         metavar="PATH",
-        default="bench-results.json",
-        help="where to write the results (default: %(default)s)",
+        default=None,
+        help="where to write the results (default: bench-results.json, bench-peers.json)",
     )
     p.add_argument(
         "--uvloop",
@@ -407,6 +409,14 @@ def _parser() -> argparse.ArgumentParser:
         help="every measurement in this interpreter (the default with --quick)",
     )
     p.add_argument("--list", action="store_true", help="list benchmarks and figures, then exit")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help=(
+            "instead of the suite: the cluster against channels_redis and xoscar on one "
+            "Redis, with a redis-py GET baseline (bench/peers.py; the bench extra)"
+        ),
+    )
     p.add_argument("--child", nargs=2, metavar=("BENCH", "IMPL"), help=argparse.SUPPRESS)
     return p
 
@@ -419,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print(format_list())
         return 0
+    if args.peers:
+        from . import peers
+
+        out = args.json or "bench-peers.json"
+        return peers.main([*(["--quick"] if args.quick else []), "--json", out])
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -431,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=progress,
     )
     print(format_table(report))
-    path = Path(args.json)
+    path = Path(args.json or "bench-results.json")
     if path.parent != Path():
         path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

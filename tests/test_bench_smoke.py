@@ -92,3 +92,37 @@ def test_bench_without_checkout_says_so(
     monkeypatch.setitem(sys.modules, "bench.harness", None)
     assert cli.main(["bench", "--quick"]) == 2
     assert "source repository" in capsys.readouterr().err
+
+
+def test_peers_run_measures_every_installed_peer_on_one_redis(tmp_path: Path) -> None:
+    """``procreg bench --peers --quick``: every installed system gets its figures, the
+    ones not installed are reported as skipped, never as errors."""
+    from bench.peers import FIGURES, PEERS
+
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "procreg", "bench", "--peers", "--quick", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["kind"] == "peers" and not report["errors"]
+    assert set(report["figures"]) == set(FIGURES)
+    measured = {
+        "procreg": [f for f in FIGURES if not f.startswith("get_")],
+        "channels_redis": ["fanout_rate", "hop_publish_median", "hop_send_median"],
+        "xoscar": ["goc_new_median", "goc_existing_median", "call_median"],
+        "redis-py": ["get_median", "get_p99"],
+    }
+    for side, (column, modules) in PEERS.items():
+        if not all(map(importlib.util.find_spec, modules)):
+            assert column in report["skipped"], side
+            continue
+        for name in measured[column]:
+            value = report["figures"][name][column]
+            assert isinstance(value, (int, float)) and value > 0, (column, name, value)
+    assert "redis-py GET" in proc.stdout

@@ -108,6 +108,9 @@ class Kernel:
         # before it handles a message, so a node woken from a pause past its lease
         # deadline fences itself before any registered process acts
         self._lease_guard: Callable[[], bool] | None = None
+        # run after each pass over the run queue (the cluster sends the frames the
+        # handlers made in that pass at once, rather than one loop turn later)
+        self._after_drain: Callable[[], None] | None = None
         self._remote: Distribution | None = None  # operations on other nodes' pids
         self.registry: RegistryBackend = None  # type: ignore[assignment]
         self.runtime = NodeRuntime(self)  # what backends may do to local processes
@@ -379,6 +382,8 @@ class Kernel:
                 n -= 1
                 proc = runq.popleft()
                 proc._procreg_run()
+            if self._after_drain is not None:
+                self._after_drain()
         finally:  # even if KeyboardInterrupt escapes a handler, the queue keeps going
             if runq:
                 self._loop.call_soon(self._drain, context=self._ctx)

@@ -168,6 +168,7 @@ class Node(Kernel):
             self._cluster = cluster
             self._remote = cluster.remote
             self._lease_guard = cluster.membership.check
+            self._after_drain = cluster.transport.flush_now
             self.registry = cluster.backend
         else:
             self.registry = LocalBackend(self)

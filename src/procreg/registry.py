@@ -58,7 +58,8 @@ class Published(int):
     *is* that int, so ``n = await publish(...)`` keeps working), and `missed`, the
     members it could not reach: their mailbox was full (see ``max_mailbox``) or they
     were ending. Members on other nodes count as reached once the message is handed
-    to the cluster transport.
+    to the cluster transport, as many as the publishing node's view of the group
+    holds (see docs/INTERNALS.md, *Group views*).
 
     >>> n = Published(3, missed=1)
     >>> n == 3, n.reached, n.missed, n.members
@@ -527,6 +528,10 @@ class LocalBackend(RegistryBackend):
         return sorted(members) if members is not None else []
 
     async def publish(self, group: Hashable, msg: Any) -> int:  # a Published
+        return self.publish_now(group, msg)
+
+    def publish_now(self, group: Hashable, msg: Any) -> Published:
+        """`publish` without awaiting: `msg` to every member of `group` here."""
         members = self._groups.get(group)
         if not members:
             return Published(0, 0)
@@ -539,6 +544,11 @@ class LocalBackend(RegistryBackend):
 
     def groups(self) -> list[Hashable]:
         return list(self._groups)
+
+    def group_size(self, group: Hashable) -> int:
+        """How many members `group` has here."""
+        members = self._groups.get(group)
+        return len(members) if members is not None else 0
 
     # -- lifecycle --------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:

@@ -64,7 +64,8 @@ class Runtime(Protocol):
     def deliver_call(self, pid: Pid, caller: Any, request: Any) -> bool:
         """Hand a call from another node to local process `pid`; `caller` has
         ``reply(value)`` and ``fail(exc)``. False (and nothing done) if there is no
-        such live process."""
+        such live process. An idle server with a sync ``handle_call`` may answer
+        before this returns (as a local caller's direct dispatch does)."""
 
     def attach_link(self, ours: Pid, theirs: Pid) -> bool:
         """Record a link of local process `ours` with `theirs` (on another node);

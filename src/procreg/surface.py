@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .messages import Down
 from .pid import Pid, Ref
-from .process import EXITING
+from .process import EXITING, IDLE
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -53,9 +53,18 @@ class NodeRuntime:
         return bool(proc._procreg_info(msg))
 
     def deliver_call(self, pid: Pid, caller: Any, request: Any) -> bool:
-        proc = self._node._procs.get(pid)
+        node = self._node
+        proc = node._procs.get(pid)
         if proc is None or proc._procreg_st >= EXITING:
             return False
+        if proc._procreg_st == IDLE and proc._procreg_direct_call and node._current is None:
+            # an idle server with a sync handle_call: nothing is queued ahead of the
+            # request, so handling it now (its mailbox run, lease check included) is
+            # the scheduled path without the loop turn in between; the drain that
+            # `_procreg_call` scheduled finds it idle again and skips it
+            if proc._procreg_call(caller, request):
+                proc._procreg_run()
+            return True
         proc._procreg_call(caller, request)
         return True
 

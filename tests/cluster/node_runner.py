@@ -391,6 +391,16 @@ class Runner:
     async def cmd_publish(self, group: Any, msg: Any) -> Any:
         return await self.procreg.publish(group, msg)
 
+    async def cmd_group_view(self, group: Any) -> Any:
+        """This node's view of `group` (node -> sorted members; None: no view) and how
+        many views it has loaded from the store."""
+        from procreg.cluster.codec import canon
+
+        views = self.node._cluster.backend.groups_.views
+        view = views.views.get(canon(group))
+        nodes = None if view is None else {n: sorted(p) for n, p in view.items()}
+        return {"view": nodes, "loads": views.loads}
+
     async def cmd_join_pid(self, group: Any, pid: list[Any]) -> Any:
         """Join a given local process (not a new Echo) to `group`."""
         return await self.procreg.join(group, self.pid(pid))

@@ -11,15 +11,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
 import os
 import pickle
 import struct
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from procreg.cluster.codec import MAC_SIZE, MAGIC, encode_frame
+from procreg.cluster.codec import (
+    MAC_SIZE,
+    MAGIC,
+    decode_frame,
+    encode_frame,
+    pack_header,
+    sign,
+)
 
 from .conftest import SECRET
 from .harness import wait_for
@@ -41,9 +49,8 @@ def _sign(body: bytes, key: bytes = SECRET.encode()) -> bytes:
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
-def _header(*fields) -> bytes:
-    header = json.dumps(list(fields), separators=(",", ":")).encode()
-    return MAGIC + struct.pack(">I", len(header)) + header
+def _header(sender: str, creation: int, seq: int, dest: str) -> bytes:
+    return pack_header(sender, creation, seq, dest)
 
 
 def _capture(client, channel: str, trigger, timeout: float = 5.0) -> bytes:
@@ -112,8 +119,22 @@ def test_bad_frames_are_dropped_counted_and_never_unpickled(cluster, redis, tmp_
             _header("n1", c1, 10**9, "n2") + struct.pack(">I", len(evil)) + evil + bytes(MAC_SIZE),
             "signature",
         ),
-        "signed, header not a list": (
+        "signed, header shorter than its fixed fields": (
             _sign(MAGIC + struct.pack(">I", 15) + b'{"not":"list"}1'),
+            "malformed",
+        ),
+        "signed, sender's name past the header": (
+            _sign(MAGIC + struct.pack(">I", 20) + struct.pack(">QQH", c1, 10**9, 500) + b"n1"),
+            "malformed",
+        ),
+        "signed, sender's name not UTF-8": (
+            _sign(
+                MAGIC
+                + struct.pack(">I", 22)
+                + struct.pack(">QQH", c1, 10**9, 2)
+                + b"\xff\xfe"
+                + b"n2"
+            ),
             "malformed",
         ),
         "signed, header length past the end": (
@@ -187,3 +208,13 @@ def test_a_node_with_another_secret_is_refused_and_cannot_talk_to_the_others(clu
     assert n1.ok("call", pid=p1, request=["log"]) == []
     # the nodes with the right secret are unaffected
     assert n2.ok("call", pid=p1, request=["echo", 2]) == 2
+
+
+@given(key=st.binary(min_size=1, max_size=200), body=st.binary(max_size=3000))
+def test_frames_are_signed_with_hmac_sha256(key: bytes, body: bytes) -> None:
+    """`codec.sign` (pads prepared once per key) is HMAC-SHA256, keys longer than a
+    block included, and a frame's last 32 bytes are that MAC of the rest."""
+    assert sign(key, body) == hmac.digest(key, body, "sha256")
+    frame = encode_frame(key, "n1", 7, 1, "n2", [body])
+    assert frame[-MAC_SIZE:] == hmac.digest(key, frame[:-MAC_SIZE], "sha256")
+    assert decode_frame(key, frame, "n2") == ("n1", 7, 1, [body])

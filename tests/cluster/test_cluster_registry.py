@@ -264,3 +264,67 @@ def test_no_dead_pid_stays_cached_after_a_remote_spawn_races_with_an_end(cluster
         handed = n1.ok("gos", key=key, placement="hash")
         assert handed["pid"] != dead, f"get_or_spawn({key!r}) handed out the dead {dead}"
     assert stale == [], f"{len(stale)} dead pids cached on n1, e.g. {stale[:3]}"
+
+
+def test_publish_from_a_view_reaches_every_member_that_joined_before_it(cluster):
+    """`publish` loads a view of the group once, then reads no store: a member whose
+    join returned before publish was called is reached (the first member of a node
+    waits until every watcher routes to its node), members on a node already routed
+    to are delivered by that node on arrival, a node with no member left is dropped
+    from the view (it answers GNONE) and routed to again when a member joins there."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+
+    def got(node, pid, msg):
+        return ["info", msg] in node.ok("call", pid=pid, request=["log"])
+
+    assert n1.ok("publish", group="v", msg="nobody") == 0
+    assert n1.ok("group_view", group="v") == {"view": {}, "loads": 1}
+    a = n2.ok("join", group="v")  # n2's first member: n1 (a watcher) confirmed it
+    assert n1.ok("group_view", group="v")["view"] == {"n2": [a]}
+    assert n1.ok("publish", group="v", msg="one") == 1
+    wait_for(lambda: got(n2, a, "one"), 5, what="the first member to get it")
+    b = n2.ok("join", group="v")  # n2 is routed to already: delivered on arrival
+    c = n3.ok("join", group="v")
+    n1.ok("publish", group="v", msg="two")
+    for node, pid in ((n2, a), (n2, b), (n3, c)):
+        wait_for(lambda n=node, p=pid: got(n, p, "two"), 5, what=f"{pid} to get 'two'")
+    wait_for(
+        lambda: n1.ok("group_view", group="v")["view"] == {"n2": sorted([a, b]), "n3": [c]},
+        5,
+        what="the counts to catch up",
+    )
+    # every publish so far came from the one view loaded first
+    assert n1.ok("group_view", group="v")["loads"] == 1
+    # n2's members leave: n1 still sends there until n2 says it has none
+    assert n2.ok("leave", group="v", pid=a) is True
+    n2.ok("exit", pid=b, reason="kill")
+    n1.ok("publish", group="v", msg="three")
+    wait_for(
+        lambda: n1.ok("group_view", group="v")["view"] == {"n3": [c]},
+        5,
+        what="n2 to drop out of n1's view",
+    )
+    assert not got(n2, a, "three")
+    d = n2.ok("join", group="v")  # n2's first member again: confirmed again
+    assert n1.ok("group_view", group="v")["view"]["n2"] == [d]
+    assert n1.ok("publish", group="v", msg="four") == 2
+    wait_for(lambda: got(n2, d, "four") and got(n3, c, "four"), 5, what="'four'")
+    assert n1.ok("group_view", group="v")["loads"] == 1
+
+
+def test_a_join_is_not_held_by_a_watcher_that_is_gone(cluster):
+    """A node that watched a group (it published to it) and was SIGKILLed: a first
+    member joining elsewhere does not wait for its acknowledgement past the frame
+    that reaches no subscriber, and the other watchers route to it."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+    assert n1.ok("publish", group="w", msg="x") == 0  # n1 and n3 watch the group
+    assert n3.ok("publish", group="w", msg="x") == 0
+    n1.kill()
+    member = n2.ok("join", group="w")
+    assert n3.ok("group_view", group="w")["view"] == {"n2": [member]}
+    assert n3.ok("publish", group="w", msg="after") == 1
+    wait_for(
+        lambda: ["info", "after"] in n2.ok("call", pid=member, request=["log"]),
+        5,
+        what="the member on n2 to get it",
+    )

@@ -101,6 +101,10 @@ class Cluster:
         self.remote.park = self._park
         self.remote.get_or_spawn = self._remote_get_or_spawn
         self.scoped = Scoped(self)  # cluster-scoped processes (`procreg.scope`)
+        self.remote.on_gpub = self.backend.groups_.deliver
+        self.remote.on_gview = self.backend.groups_.views.update
+        self.remote.on_gnone = self.backend.groups_.views.none
+        self.remote.on_reset = self._reset_views
         self.transport.on_resubscribe = self._resubscribed
         self.transport.on_kev = self.backend.keywatch.on_message
         self.on_conflict = on_conflict
@@ -252,6 +256,7 @@ class Cluster:
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
+        self.backend.groups_.views.node_down(name)
         self.start_purge(name, creation)
         self.node.runtime.node_event("down", name)
         for hook in list(self.down_events):
@@ -305,6 +310,10 @@ class Cluster:
             return
         log.warning("frames to node %s reach no subscriber: treating it as disconnected", name)
         self.remote.node_down(name)
+
+    def _reset_views(self, name: str) -> None:
+        """`name` lost frames (some to us, maybe updates of group views): drop ours."""
+        self.backend.groups_.views.clear()
 
     def _resubscribed(self) -> None:
         """Subscribed again after a lost connection: invalidations and key events

@@ -404,8 +404,10 @@ class RedisBackend(RegistryBackend):
             self.releases.queue(table, key, pid, False)
 
     def left(self, group: Hashable, pid: Pid) -> None:
-        """A member of ours ended: take it out of the group in the store."""
+        """A member of ours ended: take it out of the group in the store, and tell
+        the group's watchers (`groupview`; told before the local view drops it)."""
         self.releases.queue("", group, pid, True)
+        self.groups_.left(group, pid, present=True)
 
     def key_changed(self, table: str, key: Hashable, event: str, pid: Pid) -> None:
         self.keywatch.key_changed(table, key, event, pid)
@@ -446,8 +448,10 @@ class RedisBackend(RegistryBackend):
 
     # -- the cache, parked items ---------------------------------------------
     def clear_cache(self) -> None:
-        """Forget every cached entry (invalidations may have been missed)."""
+        """Forget every cached entry and group view (invalidations and view updates
+        may have been missed)."""
         self.keys.clear()
+        self.groups_.views.clear()
 
     def park(self, sender: str, creation: int, item: Any, pid: Pid) -> bool:
         """Keep an item for one of our pids whose claim is in flight (True), to

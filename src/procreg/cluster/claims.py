@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import importlib
 import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,16 @@ from .store import NotReplicated
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["CLAIM_BATCH", "CLAIM_CALLS", "ClaimBatcher", "Refused", "SpawnAttempt", "home_node"]
+__all__ = [
+    "CLAIM_BATCH",
+    "CLAIM_CALLS",
+    "ClaimBatcher",
+    "Refused",
+    "SpawnAttempt",
+    "factory_name",
+    "home_node",
+    "resolve_factory",
+]
 
 log = logging.getLogger("procreg.cluster")
 
@@ -43,6 +53,31 @@ def home_node(key: Hashable, nodes: list[str]) -> str:
         return hashlib.blake2b(node.encode() + b"\0" + ckey, digest_size=8).digest()
 
     return max(sorted(nodes), key=score)
+
+
+def factory_name(factory: Any) -> str:
+    """``module:qualname`` of a factory that every node can import by that name."""
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None)
+    if module and qualname and "<" not in qualname:
+        try:
+            if resolve_factory(f"{module}:{qualname}") is factory:
+                return f"{module}:{qualname}"
+        except (ImportError, AttributeError):
+            pass
+    raise TypeError(
+        f"placement='hash' needs a factory importable by name on every node, got {factory!r} "
+        "(define it at module level in an importable module)"
+    )
+
+
+def resolve_factory(name: str) -> Any:
+    """The object `factory_name` named."""
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 class Refused(Exception):

@@ -1,16 +1,21 @@
 """Groups across nodes: each node keeps its own members in its local view and adds
 them to the store's set of the group (``g:<group>``) and to its owned set (so that a
-reconnect can reconcile them); `publish` reads the live members once and sends one
-transport item per node."""
+reconnect can reconcile them); `publish` sends one transport item to each node of its
+view of the group (`groupview`: loaded from the store once, kept current by the
+members' nodes), with no store round trip."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
-from .codec import as_text, canon, pid_from_str, pid_str
+from .codec import as_text, canon, pack_item, pid_from_str, pid_str
+from .groupview import GroupViews
+from .remote import GPUB, GVIEW
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -28,6 +33,13 @@ class ClusterGroups:
         self.backend = backend
         self.store = backend.store
         self.local = backend.local
+        self.views = GroupViews(backend)
+        # the watchers of each group we have members of, as the store last told us
+        # (leaves and ends update their counts; see `groupview`)
+        self.watchers: dict[str, list[str]] = {}
+        # groups whose watchers all route to this node: a join here confirmed it, and
+        # we have had members ever since (a watcher drops us only once we have none)
+        self.routed: set[str] = set()
 
     async def join(self, group: Hashable, pid: Pid) -> bool:
         """See `RegistryBackend.join`; `pid` must be of this node (`ValueError`)."""
@@ -36,28 +48,103 @@ class ClusterGroups:
             raise ValueError(f"join {pid!r} to a group on its own node ({pid[0]!r})")
         added = await self.local.join(group, pid)
         if added:
+            cgroup = canon(group)
             try:
-                await self.record(group, pid)
+                watchers = await self.record(group, pid)
+                if cgroup in self.routed:
+                    self.notify(cgroup, watchers, [pid], [])  # counts only
+                else:
+                    # every watcher must route to this node before join returns
+                    await self.confirm(cgroup, watchers, [pid])
+                    if self.local.group_size(group):
+                        self.routed.add(cgroup)
             except BaseException:
                 await self.local.leave(group, pid)
                 raise
         return added
 
-    async def record(self, group: Hashable, pid: Pid) -> None:
-        """Add `pid` to the store's set of `group` and to this node's owned set."""
+    async def record(self, group: Hashable, pid: Pid) -> list[str]:
+        """Add `pid` to the store's set of `group` and to this node's owned set;
+        returns the group's watchers (``node\tcreation``), read after the add."""
         store = self.store
         cgroup = canon(group)
         member = pid_str(pid)
         key1, key2 = store.key("g", cgroup), self.backend.owned()
+        key3 = self.views.watcher_key(cgroup)
         member2 = f"g{SEP}{cgroup}{SEP}{member}"
 
-        async def run(r: Any) -> None:
+        async def run(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             pipe.sadd(key1, member)
             pipe.sadd(key2, member2)
-            await pipe.execute()
+            pipe.smembers(key3)  # after the add, on the same connection
+            answers: list[Any] = await pipe.execute()
+            return answers
 
-        await store.run(run)
+        answers = await store.run(run)
+        watchers = sorted(as_text(w) for w in answers[2])
+        self.watchers[cgroup] = watchers
+        return watchers
+
+    def _targets(self, watchers: list[str]) -> dict[str, int]:
+        """The incarnations among `watchers` (``node\tcreation``) that may be live, but
+        ours: node -> creation (the newest listed)."""
+        remote = self.backend.cluster.remote
+        me = self.backend.node.name
+        nodes: dict[str, int] = {}
+        for watcher in watchers:
+            name, _, text = watcher.partition("\t")
+            if name == me or not text.isdigit():
+                continue
+            creation = int(text)
+            if creation > nodes.get(name, -1) and remote.reachable(Pid(name, creation, 0)):
+                nodes[name] = creation
+        return nodes
+
+    def notify(
+        self, cgroup: str, watchers: list[str], added: list[Pid], removed: list[Pid]
+    ) -> None:
+        """Send the members `added` and `removed` here to the group's watchers (they
+        update their counts; no answer is awaited)."""
+        enqueue = self.backend.cluster.remote.transport.enqueue
+        item = pack_item((GVIEW, 0, cgroup, [(*p,) for p in added], [(*p,) for p in removed]))
+        for name in self._targets(watchers):
+            enqueue(name, item)
+
+    async def confirm(self, cgroup: str, watchers: list[str], added: list[Pid]) -> None:
+        """Send the members `added` here to the group's watchers and return once every
+        one has applied them. `ClusterUnavailable` if one could not be told while it
+        may still hold a view (our frames to it were lost in a store outage, or it did
+        not answer within 2 x lease)."""
+        backend = self.backend
+        remote = backend.cluster.remote
+        nodes = self._targets(watchers)
+        if not nodes:
+            return
+        store = self.store
+        failures = store.failures
+        timeout = 2 * backend.cluster.lease
+        adds = [(*p,) for p in added]
+        results = await asyncio.gather(
+            *(
+                remote.request(n, c, lambda call_id: (GVIEW, call_id, cgroup, adds, []), timeout)
+                for n, c in nodes.items()
+            ),
+            return_exceptions=True,
+        )
+        for name, result in zip(nodes, results, strict=True):
+            if result is None:
+                continue
+            if isinstance(result, NodeDown) and store.up and store.failures == failures:
+                # it went down, or our frames reached no subscriber of it: either way
+                # its views are gone (a node that re-subscribes drops them)
+                continue
+            if isinstance(result, (NodeDown, CallTimeout, ClusterUnavailable)):
+                raise ClusterUnavailable(
+                    f"could not tell node {name!r} that a member joined group {cgroup}: {result!r}"
+                ) from result
+            if isinstance(result, BaseException):
+                raise result
 
     async def leave(self, group: Hashable, pid: Pid) -> bool:
         """See `RegistryBackend.leave` (returns once the store has it)."""
@@ -67,7 +154,21 @@ class ClusterGroups:
             releases = self.backend.releases
             releases.queue("", group, pid, True)
             await releases.flush()
+            self.left(group, pid)
         return left
+
+    def left(self, group: Hashable, pid: Pid, present: bool = False) -> None:
+        """`pid` left `group` (or ended; `present`: the local view still lists it):
+        the watchers we know update their counts."""
+        cgroup = canon(group)
+        empty = self.local.group_size(group) <= (1 if present else 0)
+        if empty:
+            self.routed.discard(cgroup)
+        watchers = self.watchers.get(cgroup)
+        if watchers:
+            if empty:
+                del self.watchers[cgroup]
+            self.notify(cgroup, watchers, [], [pid])
 
     async def members(self, group: Hashable) -> list[Pid]:
         """See `RegistryBackend.members`: the live members, from the store."""
@@ -83,24 +184,36 @@ class ClusterGroups:
         return sorted(p for p in pids if not (p[0] == me and not alive(p)) and p not in dead)
 
     async def publish(self, group: Hashable, msg: Any) -> Published:
-        """See `RegistryBackend.publish`."""
+        """See `RegistryBackend.publish`: the members here at once, one item to each
+        other node in this node's view of the group (loaded from the store the first
+        time), counted as reached once handed to the transport."""
         backend = self.backend
-        pids = await self.members(group)
-        by_node: dict[str, list[Pid]] = {}
-        for pid in pids:
-            by_node.setdefault(pid[0], []).append(pid)
-        reached = 0
-        missed = 0  # local members the message could not be queued to
-        me = backend.node.name
-        deliver = backend.runtime.deliver
-        for name, members in by_node.items():
-            if name == me:
-                for pid in members:
-                    if deliver(pid, msg, "send"):
-                        reached += 1
-                    else:  # mailbox full, ending, or already gone
-                        missed += 1
-            else:
-                backend.cluster.remote.group_send(name, members, msg)
-                reached += len(members)
-        return Published(reached, missed)
+        cgroup = canon(group)
+        if not self.store.up:
+            raise ClusterUnavailable(
+                f"cannot publish to {group!r}: the cluster store is unreachable"
+            )
+        view = self.views.views.get(cgroup)
+        if view is None:
+            view = await self.views.view(group, cgroup)
+        published = self.local.publish_now(group, msg)
+        if not view:
+            return published
+        reached = published.reached
+        enqueue = backend.cluster.remote.transport.enqueue
+        item = pack_item((GPUB, cgroup, group, msg))  # delivered to its members there
+        dead = backend.keys.dead  # (members whose end we heard of are not counted)
+        # every node of the view, even one our membership poll has not seen yet (a
+        # node that goes down leaves the views)
+        for name, members in view.items():
+            enqueue(name, item)
+            reached += sum(1 for p in members if p not in dead) if dead else len(members)
+        return Published(reached, published.missed)
+
+    def deliver(self, sender: str, group: Any, msg: Any) -> bool:
+        """A ``GPUB`` from `sender`: `msg` to our members of `group`; False if we have
+        none (the sender then drops us from its view)."""
+        if not self.local.group_size(group):
+            return False
+        self.local.publish_now(group, msg)
+        return True

@@ -13,7 +13,6 @@ does when a distribution connection drops.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import logging
 import pickle
@@ -31,6 +30,7 @@ from ..errors import (
     ProcregError,
 )
 from ..pid import Pid, Ref
+from .claims import factory_name, resolve_factory
 from .codec import pack_item
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ DOWN: Final = 12
 GROUP_SEND: Final = 13
 SPAWN: Final = 14
 RESET: Final = 15  # "I dropped our links, monitors and calls": treat me as disconnected
+GPUB: Final = 16  # a publish to a group: for the members the receiver has (`groupview`)
+GNONE: Final = 17  # "I have no member of this group": drop me from your view of it
+GVIEW: Final = 18  # members added and removed here (acknowledged if it has a call id)
 
 
 def _pack_lenient(item: tuple[Any, ...]) -> bytes:
@@ -121,31 +124,6 @@ class Peer:
         self.calls: dict[int, tuple[asyncio.Future[Any], Pid]] = {}
 
 
-def factory_name(factory: Any) -> str:
-    """``module:qualname`` of a factory that every node can import by that name."""
-    module = getattr(factory, "__module__", None)
-    qualname = getattr(factory, "__qualname__", None)
-    if module and qualname and "<" not in qualname:
-        try:
-            if resolve_factory(f"{module}:{qualname}") is factory:
-                return f"{module}:{qualname}"
-        except (ImportError, AttributeError):
-            pass
-    raise TypeError(
-        f"placement='hash' needs a factory importable by name on every node, got {factory!r} "
-        "(define it at module level in an importable module)"
-    )
-
-
-def resolve_factory(name: str) -> Any:
-    """The object `factory_name` named."""
-    module, _, qualname = name.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 class Remote:
     """Operations on remote pids, and the handling of items from other nodes."""
 
@@ -164,6 +142,11 @@ class Remote:
         # (sender, creation, item, pid) for an item to a pid of ours with no process:
         # True if kept until a claim in flight for that pid settles
         self.park: Callable[[str, int, Any, Pid], bool] = lambda *_: False
+        # group views (`groupview`): (sender, group, msg) -> whether it had members
+        self.on_gpub: Callable[[str, Any, Any], bool] = lambda *_: True
+        self.on_gview: Callable[[str, str, list[Pid], list[Pid]], None] = lambda *_: None
+        self.on_gnone: Callable[[str, str], None] = lambda *_: None
+        self.on_reset: Callable[[str], None] = lambda _: None  # a peer lost frames
         self._ids = itertools.count(1)
         self._last_warning = 0.0
 
@@ -188,19 +171,22 @@ class Remote:
         return pid[1] > self.downs.get(name, -1)
 
     # -- outgoing -------------------------------------------------------------------
+    # The target of a send, cast or call crosses as a plain tuple (a `Pid` costs a
+    # Python-level reduce to pickle and a constructor call to unpickle); `deliver`
+    # makes it a `Pid` again.
     def send(self, pid: Pid, msg: Any) -> None:
-        item = pack_item((SEND, pid, msg))
+        item = pack_item((SEND, (*pid,), msg))
         if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     def cast(self, pid: Pid, msg: Any) -> None:
-        item = pack_item((CAST, pid, msg))
+        item = pack_item((CAST, (*pid,), msg))
         if self.reachable(pid):
             self.transport.enqueue(pid[0], item)
 
     async def call(self, pid: Pid, request: Any, timeout: float | None) -> Any:
         call_id = next(self._ids)
-        item = pack_item((CALL, call_id, pid, request))
+        item = pack_item((CALL, call_id, (*pid,), request))
         if not self.transport.store.up:  # the frame could not leave: fail at once
             raise ClusterUnavailable(f"cannot call {pid!r}: the cluster store is unreachable")
         if not self.reachable(pid):
@@ -263,6 +249,25 @@ class Remote:
     def group_send(self, node: str, pids: list[Pid], msg: Any) -> None:
         self.transport.enqueue(node, pack_item((GROUP_SEND, pids, msg)))
 
+    async def request(
+        self, node: str, creation: int, item: Callable[[int], tuple[Any, ...]], timeout: float
+    ) -> Any:
+        """Send ``item(call_id)`` to `node` (its incarnation `creation`) and return
+        the answer it sends back (`REPLY`/`FAIL` with that call id); `NodeDown` if that
+        incarnation goes down or cannot be reached first, `CallTimeout` after
+        `timeout` seconds."""
+        call_id = next(self._ids)
+        data = pack_item(item(call_id))
+        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
+        peer = self._peer(node)
+        peer.calls[call_id] = (fut, Pid(node, creation, 0))
+        self.transport.enqueue(node, data)
+        self.runtime.add_deadline(timeout, fut)
+        try:
+            return await fut
+        finally:
+            peer.calls.pop(call_id, None)
+
     async def spawn(
         self,
         node: str,
@@ -276,19 +281,15 @@ class Remote:
     ) -> tuple[Pid, bool]:
         """Ask `node` to get_or_spawn `key` there (placement="hash")."""
         name = factory_name(factory)
-        call_id = next(self._ids)
-        item = pack_item((SPAWN, call_id, table, key, name, args, meta, idle_timeout))
+        pack_item((SPAWN, 0, table, key, name, args, meta, idle_timeout))  # (TypeError here)
         if node not in self.live:
             raise NodeDown(f"node {node!r} is down")
-        fut: asyncio.Future[Any] = self.runtime.loop.create_future()
-        peer = self._peer(node)
-        peer.calls[call_id] = (fut, Pid(node, self.live[node], 0))
-        self.transport.enqueue(node, item)
-        self.runtime.add_deadline(timeout, fut)
-        try:
-            result: tuple[Pid, bool] = await fut
-        finally:
-            peer.calls.pop(call_id, None)
+        result: tuple[Pid, bool] = await self.request(
+            node,
+            self.live[node],
+            lambda call_id: (SPAWN, call_id, table, key, name, args, meta, idle_timeout),
+            timeout,
+        )
         return result
 
     # -- incoming -------------------------------------------------------------------
@@ -297,11 +298,12 @@ class Remote:
         op = item[0]
         rt = self.runtime
         if op in (SEND, CAST):
-            pid = item[1]
+            pid = Pid(*item[1])
             if not rt.deliver(pid, item[2], "send" if op == SEND else "cast") and not rt.alive(pid):
                 self.park(sender, creation, item, pid)
         elif op == CALL:
-            _, call_id, pid, request = item
+            _, call_id, target, request = item
+            pid = Pid(*target)
             if not rt.alive(pid) and self.park(sender, creation, item, pid):
                 return
             caller = RemoteCaller(self, sender, call_id)
@@ -360,12 +362,24 @@ class Remote:
             _, pids, msg = item
             for pid in pids:
                 rt.deliver(pid, msg, "send")
+        elif op == GPUB:
+            _, cgroup, group, msg = item
+            if not self.on_gpub(sender, group, msg):
+                self.transport.enqueue(sender, pack_item((GNONE, cgroup)))
+        elif op == GNONE:
+            self.on_gnone(sender, item[1])
+        elif op == GVIEW:
+            _, call_id, cgroup, adds, dels = item
+            self.on_gview(sender, cgroup, [Pid(*p) for p in adds], [Pid(*p) for p in dels])
+            if call_id:
+                self.transport.enqueue(sender, pack_item((REPLY, call_id, True)))
         elif op == SPAWN:
             rt.loop.create_task(self._spawn_here(sender, item))
         elif op == RESET:
             # the sender lost frames (a store outage) and ended its side of our links
             # and monitors: end ours, as when an Erlang distribution connection drops
             self.node_down(sender)
+            self.on_reset(sender)
         else:
             log.warning("unknown item %r from %s", op, sender)
 
@@ -381,7 +395,8 @@ class Remote:
         if op == CALL:
             RemoteCaller(self, sender, item[1]).fail(
                 DecodeError(
-                    f"node {me!r} could not decode the request of a call to {item[2]!r}: {why}"
+                    f"node {me!r} could not decode the request of a call to {Pid(*item[2])!r}: "
+                    f"{why}"
                 )
             )
         elif op == SPAWN:
@@ -394,7 +409,7 @@ class Remote:
         elif op in (EXIT, LINK_EXIT, DOWN):
             self.deliver(sender, creation, (*item[:-1], f"<undecodable reason: {why}>"))
         else:
-            target = item[1] if op in (SEND, CAST) else item[1:2]
+            target = Pid(*item[1]) if op in (SEND, CAST) else item[1:2]
             self._warn(
                 f"dropped a message from node {sender!r} to {target!r}: cannot decode it: {why}"
             )

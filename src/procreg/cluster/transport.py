@@ -121,6 +121,7 @@ class Transport:
         self._sub: Wire | None = None
         self._channels: dict[str, str] = {}
         self._mine = self.channel(name).encode()
+        self._me = name.encode()
         self._inval = store.key("inval").encode()
         self._kev = store.key("kev").encode()
         self._lost = asyncio.Event()
@@ -164,7 +165,8 @@ class Transport:
             self._dests.clear()
             self._beats.clear()
         if self._sub is None:
-            sub = await Wire.open(self.store, self._pushed, self._wire_lost)
+            # what the frames of one read made (replies, mostly) leaves at once
+            sub = await Wire.open(self.store, self._pushed, self._wire_lost, self.flush_now)
             self._sub_confirmed.clear()
             self._confirmed_at = math.inf
             # its client id first: once a later connection's subscription is
@@ -268,15 +270,29 @@ class Transport:
 
     # -- sending ------------------------------------------------------------------
     def enqueue(self, node: str, item: bytes) -> None:
-        """Queue one pickled item for `node`; it leaves at the end of this loop turn."""
+        """Queue one pickled item for `node`. It leaves at once if no frame is in
+        flight on the publishing connection (every PUBLISH answered: a lone call or
+        reply does not wait for the end of the loop turn), else with the others at
+        the end of this loop turn, in one frame per node (so a burst is batched)."""
         queue = self._out.get(node)
         if queue is None:
             queue = self._out[node] = []
         queue.append(item)
         if not self._flush_pending:
+            pub = self._pub
+            if pub is not None and pub.sent == pub.replies and not self._waiting:
+                self._flush()
+                return
             self._flush_pending = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
+
+    def flush_now(self) -> None:
+        """Send what is queued now instead of at the end of the loop turn (the node
+        calls it after each pass over its run queue, so that a handler's reply leaves
+        in the turn it was made; items stay in the order they were queued)."""
+        if self._out:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -420,7 +436,7 @@ class Transport:
     def receive(self, frame: Any) -> bool:
         """Check one frame and deliver its items; False (and counted) if rejected."""
         try:
-            sender, creation, seq, items = decode_frame(self.key, frame, self.name)
+            sender, creation, seq, items = decode_frame(self.key, frame, self._me)
             known = self.peer_creation.get(sender)
             if known is not None and creation < known:
                 raise BadFrame("stale")

@@ -42,18 +42,21 @@ class Wire(asyncio.Protocol):
     """One Redis connection: `send` writes commands, `on_reply` gets every reply and
     pushed message (``[b"message", channel, data]`` on a subscribed connection) in
     order, ``on_lost(wire, error)`` is called once when the connection ends for any
-    reason other than `close` or `abort`."""
+    reason other than `close` or `abort`; `on_batch` (if given) once the replies that
+    arrived together have all been handled."""
 
     def __init__(
         self,
         on_reply: Callable[[Any], None],
         on_lost: Callable[[Wire, BaseException], None],
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         if hiredis is None:  # pragma: no cover - hiredis is part of the cluster extra
             raise ImportError("the cluster needs hiredis: pip install 'procreg[cluster]'")
         self._parser = hiredis.Reader()
         self._on_reply = on_reply
         self._on_lost = on_lost
+        self._on_batch = on_batch
         self._transport: asyncio.Transport | None = None
         self._conn: Any = None  # the redis-py connection that opened the socket
         self.closed = False
@@ -67,9 +70,10 @@ class Wire(asyncio.Protocol):
         store: Store,
         on_reply: Callable[[Any], None],
         on_lost: Callable[[Wire, BaseException], None],
+        on_batch: Callable[[], None] | None = None,
     ) -> Wire:
         """Connect through redis-py (handshake included) and take the socket over."""
-        wire = cls(on_reply, on_lost)
+        wire = cls(on_reply, on_lost, on_batch)
         conn = await store.raw_connection()
         writer = getattr(conn, "_writer", None)
         reader = getattr(conn, "_reader", None)
@@ -153,12 +157,17 @@ class Wire(asyncio.Protocol):
                 self._lose(exc)
                 return
             if reply is False:
-                return
+                break
             self.replies += 1
             try:
                 on_reply(reply)
             except Exception:
                 log.exception("handling a reply from the cluster store failed")
+        if self._on_batch is not None and not self.closed:
+            try:
+                self._on_batch()
+            except Exception:
+                log.exception("handling replies from the cluster store failed")
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows

@@ -1,0 +1,161 @@
+"""Views of group memberships, so that `publish` needs no store round trip.
+
+A node that publishes to a group keeps a *view* of it: for every other node that
+has members, the set of those members. The first `publish` to a group loads the view
+from the store (the live members of ``g:<group>``) after recording this node as a
+*watcher* of the group (``gw:<group>``, a set of ``node\\tcreation``); from then on a
+publish sends one ``GPUB`` item to each node in the view, and the receiving node
+delivers the message to the members it has *when the item arrives* (its own local
+view is exact). The view is kept current by the members' nodes, which send
+``GVIEW`` items (members added, members removed) to the group's watchers:
+
+- a **join** reads the watchers in the same round trip as it records the member
+  (``SADD g:<group>``, then ``SMEMBERS gw:<group>`` on one connection). The first
+  member of a group on a node waits until every watcher has applied it
+  (acknowledged), so **a member whose `join` returned before `publish` was called,
+  on any node, is reached** (while it is a member and the nodes stay connected):
+  either the publishing node watched the group before that join (it got the update
+  before the join returned) or it loaded the view after (the member was in the store).
+  Later members of a node already in the views only update the counts, and are not
+  waited for.
+- **leaves and ends** update the counts of the watchers the node knows (fire and
+  forget); a node is dropped from a view only when it says it has no member left
+  (``GNONE``, its answer to a ``GPUB`` it could deliver to nobody), when it goes
+  down, or when the view is dropped. A stale view costs a frame, never a lost
+  member.
+- a view is **dropped** (loaded again at the next publish) whenever updates may have
+  been missed: a lost subscription, a store outage, a fence, a data loss, a peer's
+  ``RESET``.
+
+`Published` counts a remote node's members from the view: exact for joins and
+explicit leaves that returned, possibly stale by one frame for members that just
+ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from ..pid import Pid
+from .codec import as_text, pid_from_str
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
+
+__all__ = ["GroupViews"]
+
+View = dict[str, set[Pid]]  # node -> its members of the group (not ours)
+
+
+class GroupViews:
+    """The group views of one node (`RedisBackend.views`)."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.store = backend.store
+        self.views: dict[str, View] = {}  # canonical group -> view
+        # loads under way: canonical group -> (future of the view, updates meanwhile)
+        self.loading: dict[str, tuple[asyncio.Future[View], list[tuple[str, Any, Any]]]] = {}
+        self.gen = 0  # bumped by `clear`: a load that spans it is used once, not kept
+        self.loads = 0  # views loaded from the store (for tests and stats)
+
+    def watcher_key(self, cgroup: str) -> str:
+        return self.store.key("gw", cgroup)
+
+    async def view(self, group: Hashable, cgroup: str) -> View:
+        """The view of `group`, loaded from the store if this node has none."""
+        found = self.views.get(cgroup)
+        if found is not None:
+            return found
+        loading = self.loading.get(cgroup)
+        if loading is not None:
+            try:
+                return await asyncio.shield(loading[0])
+            except asyncio.CancelledError:
+                if not loading[0].cancelled():
+                    raise  # we were cancelled
+                return await self.view(group, cgroup)  # its loader was: load it again
+        fut: asyncio.Future[View] = self.backend.runtime.loop.create_future()
+        updates: list[tuple[str, Any, Any]] = []
+        self.loading[cgroup] = (fut, updates)
+        gen = self.gen
+        try:
+            view = await self._load(cgroup)
+            for op, node, pids in updates:  # what arrived while the load was in flight
+                self._apply(view, op, node, pids)
+            if gen == self.gen:
+                self.views[cgroup] = view
+            self.loads += 1
+            fut.set_result(view)
+            return view
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()  # (waiters, if any, load it themselves)
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # (retrieved: waiters, if any, get it too)
+            raise
+        finally:
+            self.loading.pop(cgroup, None)
+
+    async def _load(self, cgroup: str) -> View:
+        """Record this node as a watcher of the group, then read its live members
+        (in that order: a join that misses us as a watcher is in what we read)."""
+        store = self.store
+        me = self.backend.node.name
+        watcher = f"{me}\t{self.backend.cluster.creation}"
+        key = self.watcher_key(cgroup)
+
+        async def record(r: Any) -> None:
+            await r.sadd(key, watcher)
+
+        await store.run(record)
+        raw = await store.script("members", [store.key("g", cgroup)], [store.key("lease", "")])
+        view: View = {}
+        for m in raw:
+            pid = pid_from_str(as_text(m))
+            if pid[0] != me:
+                view.setdefault(pid[0], set()).add(pid)
+        return view
+
+    # -- updates from the members' nodes (in the transport's I/O callback) ------------
+    def update(self, node: str, cgroup: str, added: list[Pid], removed: list[Pid]) -> None:
+        """A ``GVIEW`` from `node`: members added and removed there."""
+        self._route(cgroup, "update", node, (added, removed))
+
+    def none(self, node: str, cgroup: str) -> None:
+        """A ``GNONE`` from `node`: it has no member of the group any more."""
+        self._route(cgroup, "none", node, None)
+
+    def _route(self, cgroup: str, op: str, node: str, pids: Any) -> None:
+        view = self.views.get(cgroup)
+        if view is not None:
+            self._apply(view, op, node, pids)
+        loading = self.loading.get(cgroup)
+        if loading is not None:
+            loading[1].append((op, node, pids))
+
+    @staticmethod
+    def _apply(view: View, op: str, node: str, pids: Any) -> None:
+        if op == "none":
+            view.pop(node, None)
+            return
+        added, removed = pids
+        members = view.get(node)
+        if members is None:
+            members = view[node] = set()
+        members.update(added)
+        members.difference_update(removed)  # (the node stays: only GNONE drops it)
+
+    # -- invalidation ----------------------------------------------------------------
+    def node_down(self, name: str) -> None:
+        """`name` went down: its members are gone from every view."""
+        for view in self.views.values():
+            view.pop(name, None)
+
+    def clear(self) -> None:
+        """Drop every view (updates may have been missed); loaded again when needed."""
+        self.gen += 1
+        self.views.clear()

@@ -1,0 +1,91 @@
+"""`groupview.GroupViews` on its own (no Redis): a view loads once, updates that
+arrive while its load is in flight are applied after what the load read, ``GNONE``
+drops a node, removals never drop one, and `clear` makes the next publish load again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from procreg.cluster.codec import pid_str
+from procreg.cluster.groupview import GroupViews
+from procreg.pid import Pid
+
+
+class FakeStore:
+    """Answers `MEMBERS` with `members` once `release` is set; records the calls."""
+
+    def __init__(self, members: list[Pid]) -> None:
+        self.members = members
+        self.release = asyncio.Event()
+        self.calls: list[str] = []
+
+    def key(self, *parts: str) -> str:
+        return "procreg:" + ":".join(parts)
+
+    async def run(self, fn: Any) -> Any:
+        self.calls.append("watch")
+        return await fn(SimpleNamespace(sadd=self._sadd))
+
+    async def _sadd(self, key: str, member: str) -> int:
+        return 1
+
+    async def script(self, name: str, keys: list[str], args: list[str]) -> list[bytes]:
+        self.calls.append(name)
+        await self.release.wait()
+        return [pid_str(p).encode() for p in self.members]
+
+
+def views_for(store: FakeStore) -> GroupViews:
+    backend = SimpleNamespace(
+        store=store,
+        node=SimpleNamespace(name="me"),
+        cluster=SimpleNamespace(creation=7),
+        runtime=SimpleNamespace(loop=asyncio.get_running_loop()),
+    )
+    return GroupViews(backend)  # type: ignore[arg-type]
+
+
+def test_updates_during_a_load_are_applied_after_it() -> None:
+    a1, b1, b2, b3 = Pid("a", 1, 1), Pid("b", 1, 1), Pid("b", 1, 2), Pid("b", 1, 3)
+
+    async def main() -> None:
+        store = FakeStore([a1, b1, Pid("me", 7, 5)])  # our own members are not in it
+        views = views_for(store)
+        first = asyncio.ensure_future(views.view("g", '"g"'))
+        second = asyncio.ensure_future(views.view("g", '"g"'))  # shares the load
+        await asyncio.sleep(0)
+        assert store.calls == ["watch", "members"]  # watcher first, then members
+        views.update("b", '"g"', [b2, b3], [b1])  # in flight: applied after the load
+        views.none("a", '"g"')
+        store.release.set()
+        view = await first
+        assert view == {"b": {b2, b3}}
+        assert await second is view
+        assert views.loads == 1 and store.calls == ["watch", "members"]
+        views.update("b", '"g"', [], [b2, b3])
+        assert views.views['"g"'] == {"b": set()}  # removals never drop a node
+        views.none("b", '"g"')
+        assert views.views['"g"'] == {}
+        views.update("c", '"h"', [Pid("c", 1, 1)], [])  # a group we do not watch
+        assert '"h"' not in views.views
+        views.clear()
+        assert await views.view("g", '"g"') == {"a": {a1}, "b": {b1}}
+        assert views.loads == 2
+
+    asyncio.run(main())
+
+
+def test_a_node_going_down_leaves_every_view() -> None:
+    async def main() -> None:
+        store = FakeStore([Pid("a", 1, 1), Pid("b", 1, 1)])
+        store.release.set()
+        views = views_for(store)
+        await views.view("g", '"g"')
+        await views.view("h", '"h"')
+        views.node_down("a")
+        assert views.views == {'"g"': {"b": {Pid("b", 1, 1)}}, '"h"': {"b": {Pid("b", 1, 1)}}}
+
+    asyncio.run(main())
