@@ -139,11 +139,22 @@ def quiet(proc: _Proc) -> bool:
     )
 
 
+def idle(proc: _Proc) -> bool:
+    """True if `proc` is `quiet` with an empty mailbox."""
+    return proc._procreg_st == IDLE and quiet(proc)
+
+
 def freeze(proc: _Proc) -> None:
     """Stop `proc` from handling mail (it must be `quiet`): it stays alive and
     registered, and what is sent to it queues in its mailbox, as while an async
-    handler runs. Only `take_mail` and its end follow."""
+    handler runs. Its timers are cancelled now (they die with it anyway): a tick
+    of its own timer must not reach its next incarnation, which arms its own.
+    Only `take_mail` and its end follow."""
     proc._procreg_st = BUSY
+    ext = proc._procreg_ext
+    if ext is not None and ext.timers:
+        for timer in list(ext.timers):
+            timer.cancel()
 
 
 def take_mail(proc: _Proc) -> list[tuple[str, Any, Any]]:

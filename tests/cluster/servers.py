@@ -292,20 +292,25 @@ class Job:
 class Timer:
     """The cluster-scoped ``"/timer"`` of the tests: ticks every 50 ms, counting in
     its state (``{"ticks": n, "last": time}``); hands the state off on a graceful
-    stop. ``"get"`` answers the state and the node it runs on."""
+    stop. ``"get"`` answers the state and the node it runs on. A tick from an earlier
+    incarnation's timer is counted in ``"foreign"`` (a handoff must not forward it)."""
 
     @staticmethod
     def proc(msg: Any, p: Any) -> Any:
         from procreg import pi
 
+        me = procreg.self()
         if msg is pi.INIT:
             moved = procreg.takeover()
-            trace(p.name, procreg.self(), "start", moved.kind if moved else None)
-            procreg.send_after(0.05, procreg.self(), "tick")
+            trace(p.name, me, "start", moved.kind if moved else None)
+            procreg.send_after(p.state.get("every", 0.05), me, ("tick", me))
             return pi.Ok(p)
-        if msg == "tick":
-            p.state = {"ticks": p.state["ticks"] + 1, "last": time.time()}
-            procreg.send_after(0.05, procreg.self(), "tick")
+        if isinstance(msg, tuple) and msg[0] == "tick":
+            if msg[1] != me:  # an earlier incarnation's timer: it must not reach us
+                p.state = {**p.state, "foreign": p.state.get("foreign", 0) + 1}
+                return pi.Ok(p)
+            p.state = {**p.state, "ticks": p.state["ticks"] + 1, "last": time.time()}
+            procreg.send_after(p.state.get("every", 0.05), me, ("tick", me))
             return pi.Ok(p)
         if msg == "get":
             return pi.Reply({**p.state, "node": procreg.current_node().name}, p)

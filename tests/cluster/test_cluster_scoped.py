@@ -138,6 +138,11 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
         "pi_start", name="/timer", module="Timer", table="caching", state={"ticks": 0, "last": 0}
     )
     assert "pid" in started
+    # a timer ticking every millisecond: it almost always has a tick in its mailbox
+    busy = {"ticks": 0, "last": 0, "every": 0.001}
+    assert "pid" in nodes[0].ok(
+        "pi_start", name="/busy", module="Timer", table="caching", state=busy
+    )
     sent: dict[str, list[int]] = {k: [] for k in keys}
     missing = 0
     for round_, node in enumerate(nodes):
@@ -177,6 +182,9 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
     )
     kinds = {line[4] for line in read_traces(trace_dir) if line[3] == "start"}
     assert "failover" not in kinds and "takeover" in kinds, kinds
+    for name in ("/timer", "/busy"):  # no earlier incarnation's tick was forwarded
+        state = nodes[0].ok("pi_send", name=name, table="caching", msg="get")
+        assert state.get("foreign", 0) == 0 and state["ticks"] > 0, (name, state)
     # the moves are cluster events (the observer lists them)
     assert "takeover" in nodes[1].ok("cluster_events")
     assert_never_two_live(trace_dir)

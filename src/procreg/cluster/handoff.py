@@ -3,7 +3,8 @@
 Step by step (docs/INTERNALS.md, *Cluster-scoped processes*, says why each is there):
 
 1. **Freeze.** Each local cluster-scoped server that is not in the middle of an async
-   handler is frozen: it stays alive and registered, and what is sent to it queues
+   handler (and has an empty mailbox, if that comes within 50 ms) is frozen, and its
+   timers cancelled: it stays alive and registered, and what is sent to it queues
    in its mailbox, unhandled. (One still busy after half the stop's timeout is left
    to the ordinary stop: it ends with ``"shutdown"`` and is restarted by failover,
    without state, once this node has left.)
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable, ProcregError
 from ..pid import Pid
-from ..scope import NO_STATE, ending, freeze, is_server, quiet, take_mail
+from ..scope import NO_STATE, ending, freeze, idle, is_server, quiet, take_mail
 from .backend import home_node
 from .codec import canon, pid_str
 from .records import portable
@@ -96,14 +97,18 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         proc = node.local_process(pid)
         if proc is not None and not ending(proc):
             waiting.append(_Moving(table, key, pid, proc))
-    # 1. freeze each when it is not in a handler
+    # 1. freeze each when it is not in a handler, with no mail if it can be had
+    # soon (mail already there may hold a tick of its own timer, which must not
+    # reach the next incarnation; a process under a steady stream is taken as is)
     moving: list[_Moving] = []
+    drained_by = loop.time() + min(0.05, timeout / 8)
     while waiting:
         busy = []
         for m in waiting:
             if ending(m.proc):
                 continue
-            if not is_server(m.proc) or quiet(m.proc):
+            ready = idle(m.proc) or (loop.time() >= drained_by and quiet(m.proc))
+            if not is_server(m.proc) or ready:
                 if is_server(m.proc):
                     freeze(m.proc)
                 moving.append(m)
