@@ -26,9 +26,12 @@ A node implements `Runtime` as ``node.runtime``; the cluster gives the node its
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar
 
 from .pid import Pid, Ref
+
+T = TypeVar("T")
 
 __all__ = ["Attached", "Carrier", "Distribution", "Runtime"]
 
@@ -94,6 +97,11 @@ class Runtime(Protocol):
 
     def end(self, pid: Pid, reason: Any) -> None:
         """End local process `pid` with `reason` (the full exit sequence)."""
+
+    def run_as(self, pid: Pid, fn: Callable[[], T]) -> T:
+        """Call `fn()` synchronously as local server `pid` (``procreg.self()`` answers
+        `pid` inside it, as in its handlers) and return what it returns; `LookupError`
+        if `pid` is not a live local process."""
 
     def add_deadline(self, timeout: float, fut: asyncio.Future[Any]) -> None:
         """Fail `fut` with `CallTimeout` after `timeout` seconds unless it is done."""

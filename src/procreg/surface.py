@@ -5,11 +5,14 @@ writes process state here, in the runtime layer, so that no backend needs to."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .messages import Down
 from .pid import Pid, Ref
 from .process import EXITING, IDLE
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -137,6 +140,18 @@ class NodeRuntime:
         proc = self._node._procs.get(pid)
         if proc is not None:
             self._node._end(proc, reason)
+
+    def run_as(self, pid: Pid, fn: Callable[[], T]) -> T:
+        node = self._node
+        proc = node._procs.get(pid)
+        if proc is None:
+            raise LookupError(f"no live local process {pid!r}")
+        prev = node._current
+        node._current = proc
+        try:
+            return fn()
+        finally:
+            node._current = prev
 
     def add_deadline(self, timeout: float, fut: asyncio.Future[Any]) -> None:
         self._node._deadlines.add(timeout, fut)

@@ -147,7 +147,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         if is_server(m.proc):
             m.mail = take_mail(m.proc)
         scoped.moved[m.pid] = []  # frames for it from now on wait for its new instance
-        node._end(m.proc, "handoff")
+        node.runtime.end(m.pid, "handoff")
     while any(node.is_alive(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
         await asyncio.sleep(0.001)
     await cluster.backend.releases.flush()
@@ -199,23 +199,18 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
 def _state_of(scoped: Scoped, m: _Moving) -> bytes | None:
     """The signed, pickled state `m`'s ``handoff()`` gives (None: no hook, or it
     failed: logged)."""
-    node: Any = scoped.node
     proc: Any = m.proc
     hook = getattr(proc, "handoff", None) if is_server(proc) else None
     if hook is None:
         return None
-    prev = node._current
-    node._current = proc
     try:
-        state = hook()
+        state = scoped.node.runtime.run_as(m.pid, hook)
         if state is NO_STATE:
             return None
         return scoped.records.sign(portable("a handed-off state", state))
     except Exception as exc:
         log.error("handoff() of %r (%r) failed, it moves without state: %r", m.pid, m.key, exc)
         return None
-    finally:
-        node._current = prev
 
 
 async def _take_over(scoped: Scoped, home: str, group: list[_Moving]) -> list[Pid | None]:
