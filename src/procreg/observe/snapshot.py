@@ -196,10 +196,9 @@ def pools(node: Node, limit: int = 100) -> list[dict[str, Any]]:
     """Groups (comet pools among them) with the number of this node's processes in
     each, largest first; at most `limit` rows, from the first `MAX_GROUPS` groups."""
     registry = node.registry
-    local: dict[Any, Any] = getattr(registry, "_groups", {})
     sizes = [
-        (len(members), readable_key(group))
-        for group, members in itertools.islice(local.items(), MAX_GROUPS)
+        (registry.group_size(group), readable_key(group))
+        for group in itertools.islice(registry.groups(), MAX_GROUPS)
     ]
     sizes.sort(key=lambda r: (-r[0], r[1]))
     return [{"group": name, "members": size} for size, name in sizes[:limit]]
