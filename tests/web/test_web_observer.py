@@ -260,7 +260,7 @@ def test_bad_query_parameters_get_400(h: Harness) -> None:
 
 
 def test_malformed_pids_are_not_found_not_a_crash(h: Harness) -> None:
-    # "²" and "١" pass str.isdigit; int() refuses the first; a 5000-digit serial
+    # "²" passes str.isdigit but int() refuses it; a 5000-digit serial
     # is past int()'s default digit limit
     for text in ("<obs.1.²>", "<obs.².1>", "obs.1." + "9" * 5000):
         assert h.client.get(f"/observer/api/processes/{text}").status_code == 404, text
