@@ -68,3 +68,37 @@ def test_supervisors_are_named_in_info_and_stopped_first():
     assert kinds == ("Supervisor", "Worker")
     assert after is None
     assert order == [("supervised", "shutdown"), ("loose", "shutdown")]
+
+
+def test_a_start_whose_handler_init_fails_leaves_the_cluster_and_can_be_retried():
+    from procreg.nitrogen import NprocregHandler
+    from procreg.testing import LoopbackNet
+
+    class Flaky(NprocregHandler):
+        fail = True
+
+        async def init(self, config, state):
+            if Flaky.fail:
+                raise RuntimeError("handler init failed")
+            return await super().init(config, state)
+
+    async def scenario():
+        net = LoopbackNet()
+        async with procreg.Node("b", dist=net) as b:
+            node = procreg.Node("x", dist=net, registry_handler=Flaky())
+            try:
+                await node.start()
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("start should have failed")
+            seen = (sorted(net.members), b.nodes(), node.running)
+            Flaky.fail = False
+            await node.start()  # the same object, started again
+            again = b.nodes()
+            await node.stop()
+        return seen, again
+
+    seen, again = asyncio.run(scenario())
+    assert seen == (["b"], ["b"], False)  # not left half-joined
+    assert again == ["b", "x"]
