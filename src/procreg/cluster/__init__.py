@@ -191,6 +191,7 @@ class Cluster:
         others = {n: c for n, c in live.items() if n != self.node.name}
         self.remote.live = others
         self.transport.peer_creation.update(others)
+        self.transport.forget_stale()
 
     def adopt_creation(self, creation: int) -> None:
         """This node's pids carry `creation` from now on."""
@@ -223,6 +224,7 @@ class Cluster:
         # frames of that incarnation that are still in flight are stale from now on
         known = self.transport.peer_creation.get(name, 0)
         self.transport.peer_creation[name] = max(known, creation + 1)
+        self.transport.forget_stale()
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
         self.backend.groups_.views.node_down(name)
