@@ -43,3 +43,20 @@ def test_sequence_numbers_of_dead_incarnations_are_forgotten(redis) -> None:
     # one sequence number for b at most (its newest incarnation: a may not have
     # polled it down yet), not one per incarnation that ever sent a frame
     assert len([s for s in seqs if s[0] == "b"]) <= 1, seqs
+
+
+def test_stop_right_after_a_fence_leaves_no_task_behind(redis) -> None:
+    async def main() -> list[str]:
+        node = procreg.Node("a", cluster=redis.url, secret=SECRET, lease=1.0)
+        await node.start()
+        before = asyncio.all_tasks()
+        node._cluster.fence_now("test")  # schedules the rejoin
+        await node.stop()
+        await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() - before if not t.done()]
+        names = [repr(t.get_coro()) for t in left]
+        for task in left:
+            task.cancel()
+        return names
+
+    assert asyncio.run(main()) == []

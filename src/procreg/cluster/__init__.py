@@ -112,6 +112,7 @@ class Cluster:
         self.recoveries = 0
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
+        self._rejoining: asyncio.Task[None] | None = None  # the rejoin after a fence
         self._recover_again = False
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
@@ -166,6 +167,8 @@ class Cluster:
             extra={"procreg_node": self.node.name, "procreg_creation": self.creation},
         )
         self.counters.event("leave", self.node.name, f"creation {self.creation}")
+        # a rejoin after a fence must not register us again while we leave
+        await stop_tasks(self._rejoining)
         try:
             await self.backend.releases.flush()
         except Exception:
@@ -344,7 +347,8 @@ class Cluster:
             self.backend.clear_cache()
         if self.store.up and not self.membership._closing:
             # rejoin promptly (the membership step takes its lock; it rejoins)
-            asyncio.get_running_loop().create_task(self._step_quietly())
+            if self._rejoining is None or self._rejoining.done():
+                self._rejoining = asyncio.get_running_loop().create_task(self._step_quietly())
 
     async def _step_quietly(self) -> None:
         try:
