@@ -345,10 +345,10 @@ class Cluster:
         finally:
             self.remote.all_down()
             self.backend.clear_cache()
-        if self.store.up and not self.membership._closing:
+        rejoining = self._rejoining is not None and not self._rejoining.done()
+        if self.store.up and not self.membership._closing and not rejoining:
             # rejoin promptly (the membership step takes its lock; it rejoins)
-            if self._rejoining is None or self._rejoining.done():
-                self._rejoining = asyncio.get_running_loop().create_task(self._step_quietly())
+            self._rejoining = asyncio.get_running_loop().create_task(self._step_quietly())
 
     async def _step_quietly(self) -> None:
         try:
