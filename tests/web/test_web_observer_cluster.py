@@ -182,6 +182,9 @@ def test_a_node_going_down_is_an_event(cluster: Cluster) -> None:
     body = _until(down)
     assert body is not None, "no down event for ob"
     assert [n["node"] for n in body["nodes"]] == ["oa"]
+    # nothing is kept about a node that is gone (its rates, its agent's pid)
+    assert set(cluster.observer.meters) == {"oa"}
+    assert "ob" not in cluster.observer.view._agents
 
 
 def test_asking_a_node_that_is_not_live_fails_fast(cluster: Cluster) -> None:
