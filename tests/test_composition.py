@@ -102,3 +102,20 @@ def test_a_start_whose_handler_init_fails_leaves_the_cluster_and_can_be_retried(
     seen, again = asyncio.run(scenario())
     assert seen == (["b"], ["b"], False)  # not left half-joined
     assert again == ["b", "x"]
+
+
+def test_a_stopped_node_is_garbage_collected():
+    # the state the layers above keep per node (the handler's slot, the supervision
+    # state) must not keep the node alive once nothing else refers to it
+    import gc
+    import weakref
+
+    async def one():
+        node = procreg.Node("gone")
+        async with node:
+            await procreg.supervisor.root()
+        return weakref.ref(node)
+
+    ref = asyncio.run(one())
+    gc.collect()
+    assert ref() is None

@@ -133,6 +133,11 @@ class Kernel:
         # run first by `stop`, given its deadline (loop time): a supervision layer
         # stops its trees top-down there
         self.shutdown_hooks: list[Callable[[float], Awaitable[None]]] = []
+        # the per-node state of the layers above, by layer (the registry handler's
+        # slot, the supervision state): kept here, where it dies with the node (a
+        # module-level WeakKeyDictionary whose values refer to the node never lets
+        # the node go)
+        self.layers: dict[str, Any] = {}
         self._running = False
         self.stopping = False  # True while stop() ends the processes
         self.spawned = 0
