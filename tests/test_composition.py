@@ -119,3 +119,18 @@ def test_a_stopped_node_is_garbage_collected():
     ref = asyncio.run(one())
     gc.collect()
     assert ref() is None
+
+
+def test_a_failing_shutdown_hook_does_not_stop_the_stop():
+    async def broken(deadline):
+        raise RuntimeError("hook failed")
+
+    async def scenario():
+        node = procreg.Node("hooks")
+        await node.start()
+        node.shutdown_hooks.append(broken)
+        procreg.spawn(procreg.receive)
+        await node.stop()
+        return node.running, node.process_count()
+
+    assert asyncio.run(scenario()) == (False, 0)

@@ -188,7 +188,10 @@ class Kernel:
         self.stopping = True
         deadline = self._loop.time() + timeout
         for hook in list(self.shutdown_hooks):
-            await hook(deadline)
+            try:
+                await hook(deadline)
+            except Exception:  # the rest of the stop must still happen
+                log.exception("a shutdown hook of %r failed", self)
         for _ in range(100):  # terminate callbacks may spawn: repeat until none is left
             if not self._procs:
                 break
