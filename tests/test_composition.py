@@ -68,3 +68,69 @@ def test_supervisors_are_named_in_info_and_stopped_first():
     assert kinds == ("Supervisor", "Worker")
     assert after is None
     assert order == [("supervised", "shutdown"), ("loose", "shutdown")]
+
+
+def test_a_start_whose_handler_init_fails_leaves_the_cluster_and_can_be_retried():
+    from procreg.nitrogen import NprocregHandler
+    from procreg.testing import LoopbackNet
+
+    class Flaky(NprocregHandler):
+        fail = True
+
+        async def init(self, config, state):
+            if Flaky.fail:
+                raise RuntimeError("handler init failed")
+            return await super().init(config, state)
+
+    async def scenario():
+        net = LoopbackNet()
+        async with procreg.Node("b", dist=net) as b:
+            node = procreg.Node("x", dist=net, registry_handler=Flaky())
+            try:
+                await node.start()
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("start should have failed")
+            seen = (sorted(net.members), b.nodes(), node.running)
+            Flaky.fail = False
+            await node.start()  # the same object, started again
+            again = b.nodes()
+            await node.stop()
+        return seen, again
+
+    seen, again = asyncio.run(scenario())
+    assert seen == (["b"], ["b"], False)  # not left half-joined
+    assert again == ["b", "x"]
+
+
+def test_a_stopped_node_is_garbage_collected():
+    # the state the layers above keep per node (the handler's slot, the supervision
+    # state) must not keep the node alive once nothing else refers to it
+    import gc
+    import weakref
+
+    async def one():
+        node = procreg.Node("gone")
+        async with node:
+            await procreg.supervisor.root()
+        return weakref.ref(node)
+
+    ref = asyncio.run(one())
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_failing_shutdown_hook_does_not_stop_the_stop():
+    async def broken(deadline):
+        raise RuntimeError("hook failed")
+
+    async def scenario():
+        node = procreg.Node("hooks")
+        await node.start()
+        node.shutdown_hooks.append(broken)
+        procreg.spawn(procreg.receive)
+        await node.stop()
+        return node.running, node.process_count()
+
+    assert asyncio.run(scenario()) == (False, 0)

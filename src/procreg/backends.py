@@ -166,6 +166,11 @@ class RegistryBackend:
         """Names of the groups known locally."""
         raise NotImplementedError
 
+    def group_size(self, group: Hashable) -> int:
+        """How many of this node's processes are members of `group` (0 for an
+        unknown group), in O(1): for observers (`procreg.observe`)."""
+        raise NotImplementedError
+
     # -- lifecycle --------------------------------------------------------------
     def process_ended(self, proc: _Proc) -> None:
         """Drop every key and group membership held by `proc` (called by the node)."""

@@ -133,6 +133,11 @@ class Kernel:
         # run first by `stop`, given its deadline (loop time): a supervision layer
         # stops its trees top-down there
         self.shutdown_hooks: list[Callable[[float], Awaitable[None]]] = []
+        # the per-node state of the layers above, by layer (the registry handler's
+        # slot, the supervision state): kept here, where it dies with the node (a
+        # module-level WeakKeyDictionary whose values refer to the node never lets
+        # the node go)
+        self.layers: dict[str, Any] = {}
         self._running = False
         self.stopping = False  # True while stop() ends the processes
         self.spawned = 0
@@ -183,7 +188,10 @@ class Kernel:
         self.stopping = True
         deadline = self._loop.time() + timeout
         for hook in list(self.shutdown_hooks):
-            await hook(deadline)
+            try:
+                await hook(deadline)
+            except Exception:  # the rest of the stop must still happen
+                log.exception("a shutdown hook of %r failed", self)
         for _ in range(100):  # terminate callbacks may spawn: repeat until none is left
             if not self._procs:
                 break

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from .kernel import current_node
 from .pid import Pid
@@ -141,21 +140,21 @@ class HandlerSlot:
         self.lock = TaskLock(node, "the registry handler")
 
 
-_slots: WeakKeyDictionary[Kernel, HandlerSlot] = WeakKeyDictionary()
+_LAYER = "nitrogen"  # (the node's ``layers`` key of its `HandlerSlot`)
 
 
 async def start_handler(node: Kernel, handler: Any, config: dict[str, Any]) -> HandlerSlot:
     """Give `node` its registry `handler` (`ProcessRegistryHandler`) and run the
     handler's ``init`` with a copy of `config` (its error is raised). Called by
     `procreg.Node.start`."""
-    slot = _slots[node] = HandlerSlot(node, handler, config)
+    slot = node.layers[_LAYER] = HandlerSlot(node, handler, config)
     slot.state = await handler.init(dict(config), None)
     return slot
 
 
 async def finish_handler(node: Kernel) -> None:
     """Run the ``finish`` callback of `node`'s handler (by `procreg.Node.stop`)."""
-    slot = _slots.get(node)
+    slot: HandlerSlot | None = node.layers.get(_LAYER)
     if slot is not None:
         slot.state = await slot.handler.finish(dict(slot.config), slot.state)
 
@@ -168,7 +167,7 @@ async def get_pid(key: Hashable, function: Any = None) -> Pid | None:
     could never get its turn raises `procreg.Deadlock` (see
     `ProcessRegistryHandler`). No lock is held for the default handler, which keeps
     no state: its calls run concurrently."""
-    slot = _slots[current_node()]
+    slot: HandlerSlot = current_node().layers[_LAYER]
     if not getattr(slot.handler, "serialized", True):
         return await _get_pid(slot, key, function)
     await slot.lock.acquire()

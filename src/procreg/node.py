@@ -179,8 +179,29 @@ class Node(Kernel):
             else nitrogen.NprocregHandler()
         )
         self.handler = handler
-        await nitrogen.start_handler(self, handler, self.handler_config)
+        try:
+            await nitrogen.start_handler(self, handler, self.handler_config)
+        except BaseException:
+            # not started: leave the cluster joined above (its heartbeat would keep
+            # the node listed as live) and stop being the current node
+            await self._leave_cluster()
+            self._deadlines.close()
+            self._unbegin()
+            raise
         self._open()
+
+    async def _leave_cluster(self) -> None:
+        """Leave the cluster or distribution joined by `start`, if any (its error
+        logged, not raised)."""
+        cluster, self._cluster = self._cluster, None
+        self._remote = None
+        self._lease_guard = None
+        self._after_drain = None
+        if cluster is not None:
+            try:
+                await cluster.stop()
+            except Exception:
+                log.exception("leaving the cluster failed")
 
     async def stop(self, timeout: float = 5.0) -> None:
         """End every process with reason ``"shutdown"`` (supervision trees first,

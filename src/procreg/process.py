@@ -138,13 +138,19 @@ def log_fields(node: Kernel, proc: _Proc) -> dict[str, Any]:
     """Structured fields for a log record about `proc` (``extra=`` of the logging
     call, so JSON formatters show them): ``procreg_pid`` (text), ``procreg_node``,
     ``procreg_key`` (its first registered key, readable, with its table; None if it
-    holds none), ``procreg_behaviour`` (see `behaviour`)."""
+    holds none; ``"<unprintable key>"`` if its repr raises: a record about a
+    process must never fail, or the exit it reports would not happen),
+    ``procreg_behaviour`` (see `behaviour`)."""
     reg = proc._procreg_reg
-    first = min(reg, key=repr) if type(reg) is set and reg else reg
+    try:
+        first = min(reg, key=repr) if type(reg) is set and reg else reg
+        key = readable_key(first[1], first[0]) if first else None
+    except Exception:
+        key = "<unprintable key>"
     return {
         "procreg_pid": str(proc._procreg_pid),
         "procreg_node": node.name,
-        "procreg_key": readable_key(first[1], first[0]) if first else None,
+        "procreg_key": key,
         "procreg_behaviour": behaviour(node, proc),
     }
 

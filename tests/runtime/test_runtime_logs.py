@@ -97,3 +97,36 @@ def test_dropped_frame_warnings_stay_rate_limited(caplog: pytest.LogCaptureFixtu
     records = [r for r in caplog.records if "dropped a frame" in r.getMessage()]
     assert len(records) == 1  # at most one a second
     assert transport.dropped["malformed"] == 500
+
+
+class Unprintable:
+    """A key whose repr raises: logging about its holder must not fail."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unprintable)
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_crash_ends_the_process_even_if_its_key_cannot_be_printed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> bool:
+        pid = Crashy.start()
+        await procreg.register(Unprintable(), pid)
+        procreg.cast(pid, "boom")
+        for _ in range(100):
+            if not procreg.is_alive(pid):
+                break
+            await asyncio.sleep(0.001)
+        return procreg.is_alive(pid)
+
+    with caplog.at_level(logging.ERROR, logger="procreg"):
+        alive = procreg.run(main, name="logs")
+    assert alive is False
+    (record,) = [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert record.procreg_key == "<unprintable key>"  # type: ignore[attr-defined]

@@ -263,6 +263,17 @@ def test_bad_query_parameters_get_400(h: Harness) -> None:
     assert h.client.get("/observer/api/processes", params={"offset": "x"}).status_code == 400
 
 
+def test_malformed_pids_are_not_found_not_a_crash(h: Harness) -> None:
+    # "²" passes str.isdigit but int() refuses it; a 5000-digit serial
+    # is past int()'s default digit limit
+    for text in ("<obs.1.²>", "<obs.².1>", "obs.1." + "9" * 5000):
+        assert h.client.get(f"/observer/api/processes/{text}").status_code == 404, text
+        response = h.client.post(
+            f"/observer/api/processes/{text}/kill", headers={"X-Procreg-Token": TOKEN}
+        )
+        assert response.status_code == 404, text
+
+
 def test_session_ids_are_masked() -> None:
     app = procreg.web.install(Starlette(), secret="0123456789abcdef-secret", observer=True)
     with TestClient(app, client=LOCAL) as client:
@@ -314,5 +325,6 @@ def test_helpers() -> None:
     assert parse_pid("<web.1.42>") == procreg.Pid("web", 1, 42)
     assert parse_pid("my.node.3.7") == procreg.Pid("my.node", 3, 7)
     assert parse_pid("1.2") is None and parse_pid("a.b.c") is None
+    assert parse_pid("web.1.²") is None and parse_pid("web.²³.1") is None
     assert mask_key("('session', 'abcdefghijklmnopqrst')") == "('session', 'abcd…')"
     assert mask_key("('room', 'lobby')") == "('room', 'lobby')"

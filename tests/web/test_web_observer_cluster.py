@@ -182,6 +182,9 @@ def test_a_node_going_down_is_an_event(cluster: Cluster) -> None:
     body = _until(down)
     assert body is not None, "no down event for ob"
     assert [n["node"] for n in body["nodes"]] == ["oa"]
+    # nothing is kept about a node that is gone (its rates, its agent's pid)
+    assert set(cluster.observer.meters) == {"oa"}
+    assert "ob" not in cluster.observer.view._agents
 
 
 def test_asking_a_node_that_is_not_live_fails_fast(cluster: Cluster) -> None:
@@ -261,3 +264,22 @@ def test_metrics_of_a_cluster_node_move_with_work(cluster: Cluster) -> None:
     assert received(after) > received(before)
     calls = ("procreg_calls_handled_total", (("node", "oa"),))
     assert after[calls] >= before[calls] + 1
+
+
+def test_pools_of_cluster_nodes_are_counted(cluster: Cluster) -> None:
+    # a cluster node's registry (`RedisBackend`) composes its local view: the overview
+    # must still count the group members each node holds
+    async def join_two() -> None:
+        for _ in range(2):
+            await procreg.join(("pool", "lobby"), Idle.start())
+
+    cluster.on_other(join_two)
+
+    def counted() -> Any:
+        body = cluster.get("/api/overview")
+        ob = [n for n in body["nodes"] if n["node"] == "ob" and n["answered"]]
+        return body["pools"] if ob else None
+
+    pools = _until(counted)
+    assert pools is not None, "ob never answered"
+    assert {"group": "pool / lobby", "members": 2} in pools

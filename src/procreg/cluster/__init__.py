@@ -114,6 +114,7 @@ class Cluster:
         self.recoveries = 0
         self._purges: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
+        self._rejoining: asyncio.Task[None] | None = None  # the rejoin after a fence
         self._recover_again = False
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
@@ -171,6 +172,8 @@ class Cluster:
             extra={"procreg_node": self.node.name, "procreg_creation": self.creation},
         )
         self.counters.event("leave", self.node.name, f"creation {self.creation}")
+        # a rejoin after a fence must not register us again while we leave
+        await stop_tasks(self._rejoining)
         try:
             await self.backend.releases.flush()
         except Exception:
@@ -222,6 +225,7 @@ class Cluster:
         others = {n: c for n, c in live.items() if n != self.node.name}
         self.remote.live = others
         self.transport.peer_creation.update(others)
+        self.transport.forget_stale()
 
     def adopt_creation(self, creation: int) -> None:
         """This node's pids carry `creation` from now on."""
@@ -254,6 +258,7 @@ class Cluster:
         # frames of that incarnation that are still in flight are stale from now on
         known = self.transport.peer_creation.get(name, 0)
         self.transport.peer_creation[name] = max(known, creation + 1)
+        self.transport.forget_stale()
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
         self.backend.groups_.views.node_down(name)
@@ -371,9 +376,10 @@ class Cluster:
         finally:
             self.remote.all_down()
             self.backend.clear_cache()
-        if self.store.up and not self.membership._closing:
+        rejoining = self._rejoining is not None and not self._rejoining.done()
+        if self.store.up and not self.membership._closing and not rejoining:
             # rejoin promptly (the membership step takes its lock; it rejoins)
-            asyncio.get_running_loop().create_task(self._step_quietly())
+            self._rejoining = asyncio.get_running_loop().create_task(self._step_quietly())
 
     async def _step_quietly(self) -> None:
         try:

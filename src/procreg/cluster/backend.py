@@ -446,6 +446,9 @@ class RedisBackend(RegistryBackend):
     def groups(self) -> list[Hashable]:
         return self.local.groups()
 
+    def group_size(self, group: Hashable) -> int:
+        return self.local.group_size(group)
+
     # -- the cache, parked items ---------------------------------------------
     def clear_cache(self) -> None:
         """Forget every cached entry and group view (invalidations and view updates

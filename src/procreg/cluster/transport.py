@@ -443,6 +443,8 @@ class Transport:
             last = self._last_seq.get((sender, creation), 0)
             if seq <= last:
                 raise BadFrame("replay")
+            if not last and (known is None or creation > known):
+                self._new_incarnation(sender, creation)  # (once per incarnation)
             self._last_seq[(sender, creation)] = seq
         except BadFrame as bad:
             self._reject(bad.reason)
@@ -463,6 +465,27 @@ class Transport:
             except Exception:
                 log.exception("delivering %r from %s failed", item[:1], sender)
         return True
+
+    def _new_incarnation(self, sender: str, creation: int) -> None:
+        """The first signed frame from incarnation `creation` of node `sender`, newer
+        than any we knew of: its older incarnations are gone (a name's lease is taken
+        with NX, so this one joined after the last of them lost its lease), and
+        their frames still in flight are stale from now on, as after
+        `Cluster.node_down` (which our membership poll may never call for an
+        incarnation that came and went between two polls)."""
+        self.peer_creation[sender] = creation
+        self.forget_stale()
+
+    def forget_stale(self) -> None:
+        """Forget the sequence numbers of the incarnations older than the one
+        `peer_creation` knows for their node: their frames are refused as stale
+        before the number is read, and without this one entry would stay for every
+        incarnation of every node that ever sent us a frame. Called when
+        `peer_creation` changes."""
+        known = self.peer_creation
+        last = self._last_seq
+        for stale in [k for k in last if k[1] < known.get(k[0], 0)]:
+            del last[stale]
 
     def _reject(self, reason: str, detail: str = "") -> None:
         self.dropped[reason] += 1

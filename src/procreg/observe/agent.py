@@ -123,7 +123,11 @@ class ClusterView:
     async def ask_all(
         self, node: Node, names: list[str], request: tuple[Any, ...]
     ) -> dict[str, Any]:
-        """`ask` each of `names` at once: name -> answer, or the exception raised."""
+        """`ask` each of `names` at once: name -> answer, or the exception raised.
+        `names` are all the live nodes: the agents of the others are forgotten (with
+        default node names, ``<host>-<pid>``, a restarted node never comes back)."""
+        for gone in set(self._agents) - set(names):
+            del self._agents[gone]
         results = await asyncio.gather(
             *(self.ask(node, name, request) for name in names), return_exceptions=True
         )

@@ -64,13 +64,20 @@ def mask_key(text: str) -> str:
 
 
 def parse_pid(text: str) -> Pid | None:
-    """A pid from its text form ``<node.creation.serial>`` (brackets optional)."""
+    """A pid from its text form ``<node.creation.serial>`` (brackets optional); None
+    if `text` is not one (the numbers must be ASCII digits, at most 20 of them)."""
     text = text.strip().removeprefix("<").removesuffix(">")
     node, _, rest = text.rpartition(".")
     node, _, creation = node.rpartition(".")
-    if not node or not creation.isdigit() or not rest.isdigit():
+    if not node or not _number(creation) or not _number(rest):
         return None
     return Pid(node, int(creation), int(rest))
+
+
+def _number(text: str) -> bool:
+    """True if `text` is a number `parse_pid` takes: 1 to 20 ASCII digits (``str.isdigit``
+    alone takes ``"²"``, which ``int`` refuses)."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
 
 
 def keys_and_groups(node: Node, pid: Pid) -> tuple[list[str], list[str]]:
@@ -196,10 +203,9 @@ def pools(node: Node, limit: int = 100) -> list[dict[str, Any]]:
     """Groups (comet pools among them) with the number of this node's processes in
     each, largest first; at most `limit` rows, from the first `MAX_GROUPS` groups."""
     registry = node.registry
-    local: dict[Any, Any] = getattr(registry, "_groups", {})
     sizes = [
-        (len(members), readable_key(group))
-        for group, members in itertools.islice(local.items(), MAX_GROUPS)
+        (registry.group_size(group), readable_key(group))
+        for group in itertools.islice(registry.groups(), MAX_GROUPS)
     ]
     sizes.sort(key=lambda r: (-r[0], r[1]))
     return [{"group": name, "members": size} for size, name in sizes[:limit]]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from ..pid import Pid
 
@@ -23,7 +22,7 @@ __all__ = ["Supervision", "supervision"]
 class Supervision:
     """The supervisors of one node (see the module)."""
 
-    __slots__ = ("__weakref__", "node", "root", "supervisors")
+    __slots__ = ("node", "root", "supervisors")
 
     def __init__(self, node: Kernel) -> None:
         self.node = node
@@ -54,12 +53,12 @@ class Supervision:
             await asyncio.sleep(0.002)
 
 
-_states: WeakKeyDictionary[Kernel, Supervision] = WeakKeyDictionary()
+_LAYER = "supervision"  # (the node's ``layers`` key of its `Supervision`)
 
 
 def supervision(node: Kernel) -> Supervision:
-    """The supervision state of `node` (made on first use)."""
-    state = _states.get(node)
+    """The supervision state of `node` (made on first use; kept in its ``layers``)."""
+    state: Supervision | None = node.layers.get(_LAYER)
     if state is None:
-        state = _states[node] = Supervision(node)
+        state = node.layers[_LAYER] = Supervision(node)
     return state
