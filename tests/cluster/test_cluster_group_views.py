@@ -85,7 +85,31 @@ def test_a_node_going_down_leaves_every_view() -> None:
         views = views_for(store)
         await views.view("g", '"g"')
         await views.view("h", '"h"')
-        views.node_down("a")
+        views.node_down("a", 1)
         assert views.views == {'"g"': {"b": {Pid("b", 1, 1)}}, '"h"': {"b": {Pid("b", 1, 1)}}}
+
+    asyncio.run(main())
+
+
+def test_a_newer_incarnation_stays_when_an_older_one_goes_down() -> None:
+    """b restarted under its name: its new incarnation's member (a GVIEW that came
+    before our poll saw the old one go) stays in the view; the old ones go, also from
+    a load in flight."""
+    b1, b2 = Pid("b", 1, 1), Pid("b", 2, 1)
+
+    async def main() -> None:
+        store = FakeStore([b1])
+        views = views_for(store)
+        loading = asyncio.ensure_future(views.view("h", '"h"'))
+        await asyncio.sleep(0)
+        store.release.set()
+        views.node_down("b", 1)  # while "h" loads: applied after what it read
+        assert await loading == {}
+        await views.view("g", '"g"')
+        views.update("b", '"g"', [b2], [])
+        views.node_down("b", 1)
+        assert views.views['"g"'] == {"b": {b2}}
+        views.node_down("b", 2)
+        assert views.views['"g"'] == {}
 
     asyncio.run(main())

@@ -142,6 +142,13 @@ class GroupViews:
         if op == "none":
             view.pop(node, None)
             return
+        if op == "down":  # `pids`: the creation that went down (and older ones)
+            members = view.get(node)
+            if members is not None:
+                members.difference_update([p for p in members if p[1] <= pids])
+                if not members:
+                    del view[node]
+            return
         added, removed = pids
         members = view.get(node)
         if members is None:
@@ -150,10 +157,14 @@ class GroupViews:
         members.difference_update(removed)  # (the node stays: only GNONE drops it)
 
     # -- invalidation ----------------------------------------------------------------
-    def node_down(self, name: str) -> None:
-        """`name` went down: its members are gone from every view."""
+    def node_down(self, name: str, creation: int) -> None:
+        """`name`'s incarnation `creation` (and older) went down: its members are gone
+        from every view. Members of a newer incarnation stay: it may have restarted
+        under the same name and confirmed a member before our poll saw the old one go."""
         for view in self.views.values():
-            view.pop(name, None)
+            self._apply(view, "down", name, creation)
+        for _, updates in self.loading.values():
+            updates.append(("down", name, creation))
 
     def clear(self) -> None:
         """Drop every view (updates may have been missed); loaded again when needed."""
