@@ -6,13 +6,19 @@ written against.
    seen the old incarnation go; the poll then drops the whole node from every view
    (`GroupViews.node_down` took the name only), new members included, and publish
    from the watcher never reaches them.
+2. Redis restarted empty: a watcher that recovers first and publishes loads its view
+   again before a member's node has recorded its members again; the re-recording
+   (`recovery.reregister`) told no watcher, so the view lacked that node for good
+   and every later publish from the watcher missed its members.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from .harness import wait_for
+from .harness import wait_back, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,3 +60,35 @@ def test_a_member_of_a_restarted_node_is_reached_after_the_old_incarnation_goes(
             explain=lambda: f"n1's view: {n1.ok('group_view', group='r')}",
         )
     assert raced, "the restart never beat n1's membership poll (test did not exercise it)"
+
+
+def test_a_view_reloaded_during_a_data_loss_learns_the_members_registered_again(cluster, redis):
+    """Redis restarts empty while n2 (with a member of "d") is paused: n1 recovers
+    first and publishes, so its view is loaded again before n2 has recorded its
+    member again, and lacks n2. Once n2 has recovered, n1's publishes must reach the
+    member (it joined long before, is a member, and both nodes are live)."""
+    n1, n2 = cluster(["n1", "n2"], lease=3.0)
+    member = n2.ok("join", group="d")
+    assert n1.ok("publish", group="d", msg="before") == 1
+    paused_at = n2.pause()
+    redis.stop()
+    redis.start()
+
+    def published() -> bool:
+        return n1.req("publish", group="d", msg="during")["ok"]
+
+    wait_back(published, [n1], redis, 5, "n1 to publish after the data loss")
+    reloaded = n1.ok("group_view", group="d")
+    time.sleep(max(0.0, 0.3 * 3.0 - (time.time() - paused_at)))
+    n2.resume()
+    for node in (n1, n2):
+        wait_back(lambda n=node: n.ok("stats")["recoveries"] >= 1, [n1, n2], redis, 10, "recovery")
+    wait_back(lambda: n1.ok("members", group="d") == [member], [n1, n2], redis, 10, "re-recorded")
+    n1.ok("publish", group="d", msg="after")
+    wait_for(
+        lambda: got(n2, member, "after"),
+        5,
+        what="n2's member to get a publish after the recovery",
+        explain=lambda: f"n1's view: reloaded {reloaded}, now {n1.ok('group_view', group='d')}",
+    )
+    assert n2.ok("stats")["fenced"] == 0
