@@ -92,3 +92,77 @@ def test_a_view_reloaded_during_a_data_loss_learns_the_members_registered_again(
         explain=lambda: f"n1's view: reloaded {reloaded}, now {n1.ok('group_view', group='d')}",
     )
     assert n2.ok("stats")["fenced"] == 0
+
+
+def test_a_remote_call_to_a_registered_idle_server_of_a_node_past_its_lease_is_not_answered(
+    cluster,
+):
+    """Attack on the in-callback call path: n2's registered, idle, sync Echo gets a
+    call from n1 while n2 is SIGSTOPped past its lease; on waking, n2 must fence
+    (ending it) before it handles the call: the caller gets an error, never the
+    echo, and the key is served by one process only."""
+    n1, n2 = cluster(["n1", "n2"], lease=1.0)
+    for rnd in range(3):
+        key = f"lease-{rnd}"
+        pid = n2.ok("gos", key=key)["pid"]
+        assert n1.ok("call", pid=pid, request=["echo", "warm"]) == "warm"
+        n2.pause()
+        call = n1.send("call", pid=pid, request=["echo", "late"], timeout=10.0)
+        wait_for(lambda k=key: n1.ok("gos", key=k)["pid"][0] == "n1", 10, what="n1 takes the key")
+        n2.resume()
+        answer = call.wait(15)
+        assert not answer.get("ok"), f"round {rnd}: a fenced node answered: {answer}"
+        wait_for(lambda: n2.ok("stats")["fenced"] >= rnd + 1, 10, what="n2 to fence")
+        wait_for(lambda: sorted(n1.ok("nodes")) == ["n1", "n2"], 10, what="n2 back")
+
+
+def test_join_then_publish_from_any_node_with_churn(cluster):
+    """Joins on one node, each followed at once by a publish from a random node (the
+    joiner included), with leaves and member ends in between, on a few groups: every
+    member whose join returned before the publish gets it."""
+    import random
+
+    rng = random.Random(18)
+    nodes = cluster(["n1", "n2", "n3"])
+    members: dict[str, list[tuple[object, list]]] = {"a": [], "b": [], "c": []}
+    for i in range(60):
+        group = rng.choice(sorted(members))
+        joiner, publisher = rng.choice(nodes), rng.choice(nodes)
+        pid = joiner.ok("join", group=group)
+        members[group].append((joiner, pid))
+        if members[group] and rng.random() < 0.3:  # churn: one member goes
+            node, gone = members[group].pop(rng.randrange(len(members[group])))
+            if rng.random() < 0.5:
+                node.ok("leave", group=group, pid=gone)
+            else:
+                node.ok("exit", pid=gone, reason="kill")
+        msg = f"m{i}"
+        publisher.ok("publish", group=group, msg=msg)
+        for node, p in members[group]:
+            wait_for(
+                lambda n=node, q=p, m=msg: got(n, q, m),
+                5,
+                what=f"{p} in {group!r} to get {msg} from {publisher.name}",
+                explain=lambda g=group: {n.name: n.ok("group_view", group=g) for n in nodes},
+            )
+
+
+def test_a_first_join_racing_with_a_first_publish(cluster):
+    """A new group each round: a node's first member joins while another node's first
+    publish loads its view, at the same time; a publish after the join returned
+    reaches the member (whichever of the join's add and the load ran first)."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+    for i in range(40):
+        group = f"race{i}"
+        joiner, publisher = (n1, n2) if i % 2 else (n2, n3)
+        loading = publisher.send("publish", group=group, msg="first")
+        joining = joiner.send("join", group=group)
+        pid = joining.result()
+        loading.result()
+        publisher.ok("publish", group=group, msg="second")
+        wait_for(
+            lambda n=joiner, p=pid: got(n, p, "second"),
+            5,
+            what=f"round {i}: the member to get the publish after its join",
+            explain=lambda g=group, p=publisher: p.ok("group_view", group=g),
+        )
