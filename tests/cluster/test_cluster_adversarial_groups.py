@@ -112,7 +112,7 @@ def test_a_remote_call_to_a_registered_idle_server_of_a_node_past_its_lease_is_n
         n2.resume()
         answer = call.wait(15)
         assert not answer.get("ok"), f"round {rnd}: a fenced node answered: {answer}"
-        wait_for(lambda: n2.ok("stats")["fenced"] >= rnd + 1, 10, what="n2 to fence")
+        wait_for(lambda r=rnd: n2.ok("stats")["fenced"] >= r + 1, 10, what="n2 to fence")
         wait_for(lambda: sorted(n1.ok("nodes")) == ["n1", "n2"], 10, what="n2 back")
 
 
