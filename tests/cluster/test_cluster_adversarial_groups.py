@@ -10,6 +10,10 @@ written against.
    again before a member's node has recorded its members again; the re-recording
    (`recovery.reregister`) told no watcher, so the view lacked that node for good
    and every later publish from the watcher missed its members.
+3. Watchers that died stayed in the group's watcher set (``gw:<group>``) for good:
+   it grew by one entry per dead incarnation, and every first join read them all.
+
+The other tests here are attacks that held (kept as regression tests).
 """
 
 from __future__ import annotations
@@ -166,3 +170,25 @@ def test_a_first_join_racing_with_a_first_publish(cluster):
             what=f"round {i}: the member to get the publish after its join",
             explain=lambda g=group, p=publisher: p.ok("group_view", group=g),
         )
+
+
+def test_a_dead_watcher_leaves_the_groups_watcher_sets(cluster, redis):
+    """Nodes that published to a group (watchers) and then died, one after another:
+    once their incarnations are purged, the group's watcher set in the store lists
+    only live watchers (it grew by one entry per dead incarnation for good, and every
+    first join of a member read them all and sent each a frame)."""
+    (n1,) = cluster(["n1"])
+    assert n1.ok("publish", group="leak", msg="x") == 0
+    client = redis.client()
+    key = next(k for k in client.keys("procreg:gw:*") if b"leak" in k)
+    for i in range(3):
+        (w,) = cluster([f"w{i}"])
+        assert w.ok("publish", group="leak", msg="x") == 0
+        w.kill()
+        wait_for(lambda n=w.name: n not in n1.ok("nodes"), 10, what=f"n1 to see w{i} down")
+    wait_for(
+        lambda: {m.split(b"\t")[0] for m in client.smembers(key)} == {b"n1"},
+        10,
+        what="the dead watchers to leave the watcher set",
+        explain=lambda: sorted(client.smembers(key)),
+    )

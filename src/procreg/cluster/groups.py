@@ -14,15 +14,13 @@ from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
 from .codec import as_text, canon, pack_item, pid_from_str, pid_str
-from .groupview import GroupViews
+from .groupview import SEP, GroupViews
 from .remote import GPUB, GVIEW
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
 __all__ = ["SEP", "ClusterGroups"]
-
-SEP = "\x1f"  # between the fields of an owned-set member
 
 
 class ClusterGroups:

@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 from ..pid import Pid
 from .codec import as_text, pid_from_str
 
+SEP = "\x1f"  # between the fields of an owned-set member
+
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["GroupViews"]
+__all__ = ["SEP", "GroupViews"]
 
 View = dict[str, set[Pid]]  # node -> its members of the group (not ours)
 
@@ -107,9 +109,15 @@ class GroupViews:
         me = self.backend.node.name
         watcher = f"{me}\t{self.backend.cluster.creation}"
         key = self.watcher_key(cgroup)
+        # in our owned set too, so that the purge of this incarnation takes us out
+        # of the watcher set (a dead watcher would otherwise stay in it for good)
+        owned, entry = self.backend.owned(), f"v{SEP}{cgroup}{SEP}{watcher}"
 
         async def record(r: Any) -> None:
-            await r.sadd(key, watcher)
+            pipe = r.pipeline(transaction=False)
+            pipe.sadd(key, watcher)
+            pipe.sadd(owned, entry)
+            await pipe.execute()
 
         await store.run(record)
         raw = await store.script("members", [store.key("g", cgroup)], [store.key("lease", "")])
