@@ -192,3 +192,33 @@ def test_a_dead_watcher_leaves_the_groups_watcher_sets(cluster, redis):
         what="the dead watchers to leave the watcher set",
         explain=lambda: sorted(client.smembers(key)),
     )
+
+
+def test_a_frame_replayed_to_a_restarted_receiver_is_dropped(cluster, redis):
+    """Someone who can PUBLISH on the store (no secret) captures a frame n1 sent to
+    n2 (a group publish), and replays it once n2 has restarted under the same name:
+    the new incarnation must drop it rather than deliver the old message to its
+    members. (It does: its first member's join was confirmed by n1, whose answer
+    carried a later sequence number of n1's incarnation. A replay that comes before
+    any frame of n1 reaches the new incarnation is accepted: see the report.)"""
+    from .test_cluster_frames import _capture
+
+    n1, n2 = cluster(["n1", "n2"])
+    old = n2.ok("join", group="p")
+    client = redis.client()
+    frame = _capture(client, "procreg:ch:n2", lambda: n1.ok("publish", group="p", msg="once"))
+    wait_for(lambda: got(n2, old, "once"), 5, what="the captured publish to arrive")
+    n2.kill()
+    n2.start()
+    n2.wait_ready()
+    new = n2.ok("join", group="p")
+    wait_for(lambda: "n2" in n1.ok("nodes"), 10, what="n1 to see n2 again")
+    before = n2.ok("stats")["dropped"]
+    client.publish("procreg:ch:n2", frame)
+    wait_for(
+        lambda: n2.ok("stats")["dropped"].get("replay", 0) > before.get("replay", 0),
+        5,
+        what="n2 to drop the replayed frame",
+        explain=lambda: f"n2's member got it: {got(n2, new, 'once')}",
+    )
+    assert not got(n2, new, "once")
