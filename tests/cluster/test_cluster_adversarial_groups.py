@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from .harness import wait_back, wait_for
+from .harness import cluster_state, wait_back, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -222,3 +222,40 @@ def test_a_frame_replayed_to_a_restarted_receiver_is_dropped(cluster, redis):
         explain=lambda: f"n2's member got it: {got(n2, new, 'once')}",
     )
     assert not got(n2, new, "once")
+
+
+def test_a_watcher_frozen_from_the_store_reaches_members_that_joined_meanwhile(
+    cluster, redis, proxy
+):
+    """Every connection of watcher a is frozen (silent, not closed) while b's member
+    leaves and another joins (b's updates to a are swallowed by a's dead
+    subscription; the join either waits for a's answer or fails with
+    ClusterUnavailable); once a has re-opened its connections, its publishes reach
+    the members b has."""
+    (b,) = cluster(["b"], lease=1.0)
+    (a,) = cluster(["a"], lease=1.0, url=proxy.url())
+    m1 = b.ok("join", group="f")
+    assert a.ok("publish", group="f", msg="x") == 1
+    proxy.freeze()
+    b.ok("leave", group="f", pid=m1)
+    joined = b.req("join", group="f", wait=10)
+    members = [joined["result"]] if joined["ok"] else []
+    if not joined["ok"]:
+        assert joined["error"] == "ClusterUnavailable", joined
+        members = [b.ok("join", group="f")]  # after a is back (or gone)
+    wait_for(
+        lambda: a.req("publish", group="f", msg="back")["ok"],
+        10,
+        what="a to publish again",
+        explain=lambda: cluster_state([a, b], redis),
+    )
+    msg = "after"
+    a.ok("publish", group="f", msg=msg)
+    for pid in members:
+        wait_for(
+            lambda p=pid: got(b, p, msg),
+            5,
+            what=f"{pid} to get a's publish after the freeze",
+            explain=lambda: a.ok("group_view", group="f"),
+        )
+    assert not got(b, m1, msg)
