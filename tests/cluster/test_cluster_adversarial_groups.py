@@ -13,6 +13,10 @@ written against.
 3. Watchers that died stayed in the group's watcher set (``gw:<group>``) for good:
    it grew by one entry per dead incarnation, and every first join read them all.
 
+4. FLUSHALL (a data loss with the connections up): before any node noticed it, a
+   first join read an empty watcher set and returned at once, and a publish from a
+   watcher's old view missed the member (3 runs in 3).
+
 The other tests here are attacks that held (kept as regression tests).
 """
 
@@ -259,3 +263,63 @@ def test_a_watcher_frozen_from_the_store_reaches_members_that_joined_meanwhile(
             explain=lambda: a.ok("group_view", group="f"),
         )
     assert not got(b, m1, msg)
+
+
+def test_a_first_join_after_a_redis_restart_reaches_a_watcher_once_it_noticed(cluster, redis):
+    """Redis restarts empty (the watcher sets go with it) while watcher n1 is paused;
+    n2 recovers and its first member of the group joins (n1, whose subscription is
+    gone, is skipped: frames to it reach no subscriber). n1 wakes with its old view
+    (n2 not in it). A publish n1 runs before it notices its lost connections may
+    miss the member (documented: the nodes were not connected; 3 rounds in 18 here), or
+    fail with ClusterUnavailable; once n1 has recovered, its publishes reach it."""
+    n1, n2 = cluster(["n1", "n2"], lease=3.0)
+    outcomes = []
+    for rnd in range(3):
+        group = f"e{rnd}"
+        wait_back(  # n1 watches the group, n2 not in its view
+            lambda g=group: n1.req("publish", group=g, msg="x").get("result") == 0,
+            [n1, n2],
+            redis,
+            10,
+            "n1's first publish",
+        )
+        paused_at = n1.pause()
+        redis.stop()
+        redis.start()
+        pid = wait_back(
+            lambda g=group: n2.req("join", group=g).get("result"), [n2], redis, 5, "n2's join"
+        )
+        publishing = n1.send("publish", group=group, msg="at once")
+        time.sleep(max(0.0, 0.3 * 3.0 - (time.time() - paused_at)))
+        n1.resume()
+        answer = publishing.wait(10)
+        outcomes.append(answer["result"] if answer["ok"] else answer["error"])
+        wait_back(lambda r=rnd: n1.ok("stats")["recoveries"] > r, [n1, n2], redis, 10, "n1 rec")
+        wait_back(lambda: sorted(n1.ok("nodes")) == ["n1", "n2"], [n1, n2], redis, 10, "mesh")
+        wait_back(
+            lambda g=group: n1.req("publish", group=g, msg="after")["ok"],
+            [n1, n2],
+            redis,
+            10,
+            "n1 to publish after its recovery",
+        )
+        wait_for(
+            lambda p=pid: got(n2, p, "after"),
+            5,
+            what=f"round {rnd}: the member to get n1's publish after its recovery",
+            explain=lambda g=group: n1.ok("group_view", group=g),
+        )
+    print("publish at once, as n1 woke:", outcomes)
+
+
+def test_a_first_join_right_after_a_flushall_reaches_an_old_view(cluster, redis):
+    """FLUSHALL (connections stay up; nodes notice the data loss at their next
+    membership step, within lease / 3): n2's first member joins at once and reads no
+    watcher (the set went); n1's publish from its old view must still reach it (the
+    join sees that n2's lease is gone and confirms with every live node)."""
+    n1, n2 = cluster(["n1", "n2"], lease=3.0)
+    assert n1.ok("publish", group="flush", msg="x") == 0
+    redis.client().flushall()
+    pid = n2.ok("join", group="flush")
+    n1.ok("publish", group="flush", msg="after")
+    wait_for(lambda: got(n2, pid, "after"), 3, what="the member to get it")

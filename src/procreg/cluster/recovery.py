@@ -63,7 +63,7 @@ async def reregister(backend: RedisBackend, mode: str) -> int:
     watchers: dict[str, list[str]] = {}
     for group, pid, _ in local.memberships():
         cgroup = canon(group)
-        watchers[cgroup] = await groups.record(group, pid)
+        watchers[cgroup] = (await groups.record(group, pid))[0]
         again.setdefault(cgroup, []).append(pid)
     for cgroup, pids in again.items():
         groups.notify(cgroup, watchers[cgroup], pids, [])
