@@ -323,3 +323,30 @@ def test_a_first_join_right_after_a_flushall_reaches_an_old_view(cluster, redis)
     pid = n2.ok("join", group="flush")
     n1.ok("publish", group="flush", msg="after")
     wait_for(lambda: got(n2, pid, "after"), 3, what="the member to get it")
+
+
+def test_a_watcher_restarted_under_its_name_reaches_every_member(cluster):
+    """Watcher n1 (a view of "wr" with n2's member) is SIGKILLed and restarted under
+    the same name, in rounds; n2's members join before and after n1's new
+    incarnation loads its view (n2 is routed: later joins are not waited for): n1's
+    publishes reach every member."""
+    n1, n2 = cluster(["n1", "n2"])
+    members = [n2.ok("join", group="wr")]
+    assert n1.ok("publish", group="wr", msg="x") == 1
+    for rnd in range(3):
+        n1.kill()
+        members.append(n2.ok("join", group="wr"))  # n1 gone: nobody to wait for
+        n1.start()
+        n1.wait_ready()
+        msg = f"first-{rnd}"
+        assert n1.ok("publish", group="wr", msg=msg) == len(members)  # loads the view
+        members.append(n2.ok("join", group="wr"))  # counts only (routed)
+        msg2 = f"second-{rnd}"
+        n1.ok("publish", group="wr", msg=msg2)
+        for pid in members:
+            wait_for(
+                lambda p=pid, m=msg2: got(n2, p, m),
+                5,
+                what=f"round {rnd}: {pid} to get {msg2}",
+                explain=lambda: n1.ok("group_view", group="wr"),
+            )
