@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from procreg.cluster.codec import (
     MAC_SIZE,
     MAGIC,
+    BadFrame,
     decode_frame,
     encode_frame,
     pack_header,
@@ -218,3 +219,29 @@ def test_frames_are_signed_with_hmac_sha256(key: bytes, body: bytes) -> None:
     frame = encode_frame(key, "n1", 7, 1, "n2", [body])
     assert frame[-MAC_SIZE:] == hmac.digest(key, frame[:-MAC_SIZE], "sha256")
     assert decode_frame(key, frame, "n2") == ("n1", 7, 1, [body])
+
+
+@given(
+    items=st.lists(st.binary(max_size=40), max_size=4),
+    edits=st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10**4),
+    noise=st.binary(max_size=60),
+)
+def test_the_frame_parser_only_accepts_well_formed_frames(
+    items: list[bytes], edits: list[tuple[int, int]], cut: int, noise: bytes
+) -> None:
+    """Fuzz `decode_frame` with frames *signed with the right key* whose body was
+    edited, truncated or is noise after the magic: it raises `BadFrame` or returns
+    items that lie inside the frame, never another error (the receiving I/O callback
+    only catches `BadFrame`)."""
+    key = SECRET.encode()
+    body = bytearray(encode_frame(key, "n1", 7, 3, "n2", items)[:-MAC_SIZE])
+    for pos, value in edits:
+        body[pos % len(body)] = value
+    for candidate in (bytes(body), bytes(body[: cut % (len(body) + 1)]), MAGIC + noise):
+        try:
+            sender, creation, seq, got = decode_frame(key, candidate + sign(key, candidate), "n2")
+        except BadFrame:
+            continue
+        assert isinstance(sender, str) and creation >= 0 and seq >= 0
+        assert sum(4 + len(i) for i in got) <= len(candidate)

@@ -27,10 +27,16 @@ class FakeStore:
 
     async def run(self, fn: Any) -> Any:
         self.calls.append("watch")
-        return await fn(SimpleNamespace(sadd=self._sadd))
+        return await fn(SimpleNamespace(pipeline=self._pipeline))
 
-    async def _sadd(self, key: str, member: str) -> int:
-        return 1
+    def _pipeline(self, transaction: bool = True) -> Any:
+        added: list[tuple[str, str]] = []
+
+        async def execute() -> list[int]:
+            self.added = added
+            return [1] * len(added)
+
+        return SimpleNamespace(sadd=lambda k, m: added.append((k, m)), execute=execute)
 
     async def script(self, name: str, keys: list[str], args: list[str]) -> list[bytes]:
         self.calls.append(name)
@@ -43,6 +49,7 @@ def views_for(store: FakeStore) -> GroupViews:
         store=store,
         node=SimpleNamespace(name="me"),
         cluster=SimpleNamespace(creation=7),
+        owned=lambda: "procreg:owned:me:7",
         runtime=SimpleNamespace(loop=asyncio.get_running_loop()),
     )
     return GroupViews(backend)  # type: ignore[arg-type]
@@ -58,6 +65,11 @@ def test_updates_during_a_load_are_applied_after_it() -> None:
         second = asyncio.ensure_future(views.view("g", '"g"'))  # shares the load
         await asyncio.sleep(0)
         assert store.calls == ["watch", "members"]  # watcher first, then members
+        # in the group's watcher set, and in our owned set (the purge takes it out)
+        assert store.added == [
+            ('procreg:gw:"g"', "me\t7"),
+            ("procreg:owned:me:7", 'v\x1f"g"\x1fme\t7'),
+        ]
         views.update("b", '"g"', [b2, b3], [b1])  # in flight: applied after the load
         views.none("a", '"g"')
         store.release.set()
@@ -85,7 +97,31 @@ def test_a_node_going_down_leaves_every_view() -> None:
         views = views_for(store)
         await views.view("g", '"g"')
         await views.view("h", '"h"')
-        views.node_down("a")
+        views.node_down("a", 1)
         assert views.views == {'"g"': {"b": {Pid("b", 1, 1)}}, '"h"': {"b": {Pid("b", 1, 1)}}}
+
+    asyncio.run(main())
+
+
+def test_a_newer_incarnation_stays_when_an_older_one_goes_down() -> None:
+    """b restarted under its name: its new incarnation's member (a GVIEW that came
+    before our poll saw the old one go) stays in the view; the old ones go, also from
+    a load in flight."""
+    b1, b2 = Pid("b", 1, 1), Pid("b", 2, 1)
+
+    async def main() -> None:
+        store = FakeStore([b1])
+        views = views_for(store)
+        loading = asyncio.ensure_future(views.view("h", '"h"'))
+        await asyncio.sleep(0)
+        store.release.set()
+        views.node_down("b", 1)  # while "h" loads: applied after what it read
+        assert await loading == {}
+        await views.view("g", '"g"')
+        views.update("b", '"g"', [b2], [])
+        views.node_down("b", 1)
+        assert views.views['"g"'] == {"b": {b2}}
+        views.node_down("b", 2)
+        assert views.views['"g"'] == {}
 
     asyncio.run(main())

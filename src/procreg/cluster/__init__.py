@@ -261,7 +261,7 @@ class Cluster:
         self.transport.forget_stale()
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
-        self.backend.groups_.views.node_down(name)
+        self.backend.groups_.views.node_down(name, creation)
         self.start_purge(name, creation)
         self.node.runtime.node_event("down", name)
         for hook in list(self.down_events):

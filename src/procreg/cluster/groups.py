@@ -14,15 +14,13 @@ from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
 from .codec import as_text, canon, pack_item, pid_from_str, pid_str
-from .groupview import GroupViews
+from .groupview import SEP, GroupViews
 from .remote import GPUB, GVIEW
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
 __all__ = ["SEP", "ClusterGroups"]
-
-SEP = "\x1f"  # between the fields of an owned-set member
 
 
 class ClusterGroups:
@@ -50,8 +48,15 @@ class ClusterGroups:
         if added:
             cgroup = canon(group)
             try:
-                watchers = await self.record(group, pid)
-                if cgroup in self.routed:
+                watchers, lost = await self.record(group, pid)
+                if lost:
+                    # the store lost data (the watcher sets too) and a node may not
+                    # have noticed yet (its old view may lack us): every live node
+                    # must route to this node before join returns
+                    live = self.backend.cluster.remote.live
+                    watchers = [*watchers, *(f"{n}\t{c}" for n, c in live.items())]
+                    await self.confirm(cgroup, watchers, [pid])
+                elif cgroup in self.routed:
                     self.notify(cgroup, watchers, [pid], [])  # counts only
                 else:
                     # every watcher must route to this node before join returns
@@ -63,28 +68,36 @@ class ClusterGroups:
                 raise
         return added
 
-    async def record(self, group: Hashable, pid: Pid) -> list[str]:
+    async def record(self, group: Hashable, pid: Pid) -> tuple[list[str], bool]:
         """Add `pid` to the store's set of `group` and to this node's owned set;
-        returns the group's watchers (``node\tcreation``), read after the add."""
+        returns the group's watchers (``node\tcreation``), read after the add, and
+        whether the store may have lost data that no node has recovered from yet
+        (our lease does not hold our creation, or a grace period is on: the watcher
+        sets may be gone, and another node may not have noticed)."""
         store = self.store
         cgroup = canon(group)
         member = pid_str(pid)
         key1, key2 = store.key("g", cgroup), self.backend.owned()
         key3 = self.views.watcher_key(cgroup)
         member2 = f"g{SEP}{cgroup}{SEP}{member}"
+        cluster = self.backend.cluster
+        lease, grace = cluster.membership.lease_key(self.backend.node.name), store.key("grace")
 
         async def run(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             pipe.sadd(key1, member)
             pipe.sadd(key2, member2)
             pipe.smembers(key3)  # after the add, on the same connection
+            pipe.get(lease)
+            pipe.exists(grace)
             answers: list[Any] = await pipe.execute()
             return answers
 
         answers = await store.run(run)
         watchers = sorted(as_text(w) for w in answers[2])
         self.watchers[cgroup] = watchers
-        return watchers
+        held = answers[3] is not None and as_text(answers[3]) == str(cluster.creation)
+        return watchers, not held or bool(answers[4])
 
     def _targets(self, watchers: list[str]) -> dict[str, int]:
         """The incarnations among `watchers` (``node\tcreation``) that may be live, but

@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 from ..pid import Pid
 from .codec import as_text, pid_from_str
 
+SEP = "\x1f"  # between the fields of an owned-set member
+
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["GroupViews"]
+__all__ = ["SEP", "GroupViews"]
 
 View = dict[str, set[Pid]]  # node -> its members of the group (not ours)
 
@@ -107,9 +109,15 @@ class GroupViews:
         me = self.backend.node.name
         watcher = f"{me}\t{self.backend.cluster.creation}"
         key = self.watcher_key(cgroup)
+        # in our owned set too, so that the purge of this incarnation takes us out
+        # of the watcher set (a dead watcher would otherwise stay in it for good)
+        owned, entry = self.backend.owned(), f"v{SEP}{cgroup}{SEP}{watcher}"
 
         async def record(r: Any) -> None:
-            await r.sadd(key, watcher)
+            pipe = r.pipeline(transaction=False)
+            pipe.sadd(key, watcher)
+            pipe.sadd(owned, entry)
+            await pipe.execute()
 
         await store.run(record)
         raw = await store.script("members", [store.key("g", cgroup)], [store.key("lease", "")])
@@ -142,6 +150,13 @@ class GroupViews:
         if op == "none":
             view.pop(node, None)
             return
+        if op == "down":  # `pids`: the creation that went down (and older ones)
+            members = view.get(node)
+            if members is not None:
+                members.difference_update([p for p in members if p[1] <= pids])
+                if not members:
+                    del view[node]
+            return
         added, removed = pids
         members = view.get(node)
         if members is None:
@@ -150,10 +165,14 @@ class GroupViews:
         members.difference_update(removed)  # (the node stays: only GNONE drops it)
 
     # -- invalidation ----------------------------------------------------------------
-    def node_down(self, name: str) -> None:
-        """`name` went down: its members are gone from every view."""
+    def node_down(self, name: str, creation: int) -> None:
+        """`name`'s incarnation `creation` (and older) went down: its members are gone
+        from every view. Members of a newer incarnation stay: it may have restarted
+        under the same name and confirmed a member before our poll saw the old one go."""
         for view in self.views.values():
-            view.pop(name, None)
+            self._apply(view, "down", name, creation)
+        for _, updates in self.loading.values():
+            updates.append(("down", name, creation))
 
     def clear(self) -> None:
         """Drop every view (updates may have been missed); loaded again when needed."""

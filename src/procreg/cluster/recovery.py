@@ -55,8 +55,18 @@ async def reregister(backend: RedisBackend, mode: str) -> int:
             await backend.cluster.conflict(table, key, proc, holder)
         elif not runtime.alive(proc.pid):  # ended while we claimed: give it back
             backend.releases.queue(table, key, proc.pid, False)
+    # members recorded again: the group's watchers are told, as of a join, since a
+    # watcher may have loaded its view (after the store lost them) before this
+    # (`groupview`); the watchers read after a group's last add know every one of them
+    groups = backend.groups_
+    again: dict[str, list[Pid]] = {}
+    watchers: dict[str, list[str]] = {}
     for group, pid, _ in local.memberships():
-        await backend.groups_.record(group, pid)
+        cgroup = canon(group)
+        watchers[cgroup] = (await groups.record(group, pid))[0]
+        again.setdefault(cgroup, []).append(pid)
+    for cgroup, pids in again.items():
+        groups.notify(cgroup, watchers[cgroup], pids, [])
     return conflicts
 
 

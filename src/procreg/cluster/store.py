@@ -18,6 +18,7 @@ Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
 | ``nodes`` | hash | node -> creation, for membership polling |
 | ``t:<table>`` | hash | canonical key -> ``node\\tcreation\\tserial\\tmeta-json`` |
 | ``g:<group>`` | set | member pids (``node\\tcreation\\tserial``) |
+| ``gw:<group>`` | set | the group's watchers (``node\\tcreation``: `groupview`) |
 | ``owned:<node>:<creation>`` | set | what that incarnation registered (and watches), for cleanup |
 | ``kw`` | hash | ``<table>\\n<key>`` -> how many node incarnations watch it (`keywatch`) |
 | ``scoped:<what>`` | hash | cluster-scoped processes: ``pid``, ``spec``, ``state`` |
@@ -166,7 +167,8 @@ return out
 #       and returns how many are left: the caller repeats until 0, so a node that held
 #       a million keys does not block the server for seconds. A dropped entry of a
 #       watched key publishes an "e" key event; the incarnation's own watches ("w"
-#       members) are counted out of ``kw``.
+#       members) are counted out of ``kw``; its group watches ("v" members) leave
+#       their ``gw`` sets.
 PURGE: Final = """
 local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[4]))
 local inval = {}
@@ -188,6 +190,8 @@ for _, m in ipairs(members) do
     end
   elseif kind == 'g' then
     redis.call('SREM', ARGV[3] .. 'g:' .. key, field)
+  elseif kind == 'v' then
+    redis.call('SREM', ARGV[3] .. 'gw:' .. key, field)
   elseif kind == 'w' then
     if redis.call('HINCRBY', kw, key .. '\\n' .. field, -1) <= 0 then
       redis.call('HDEL', kw, key .. '\\n' .. field)
