@@ -8,8 +8,9 @@
   time, each with its current node, its key's home node, its behaviour (asked of its
   node) and the moves of its key this node has seen; what the page shows.
 
-Keys are shown as `procreg.introspection.readable_key` writes them (session ids cut
-to their first 4 characters, as everywhere in the observer).
+Session ids in keys are cut to their first 4 characters, as everywhere in the
+observer (`scoped_page` shows keys as `procreg.introspection.readable_key` writes
+them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ...introspection import readable_key
 from ...kernel import Kernel
 from ...node import Node
 from ...observe.agent import ClusterView
-from ...observe.snapshot import parse_pid
+from ...observe.snapshot import mask_key, parse_pid
 
 __all__ = ["MOVES_SHOWN", "SCAN_CAP", "BehaviourCache", "scoped_page", "scoped_view"]
 
@@ -37,16 +38,18 @@ def _scoped(node: Kernel) -> Any:
     return getattr(getattr(node, "_cluster", None), "scoped", None)
 
 
-def _move(event: Any) -> dict[str, Any]:
-    return {**event.as_dict(), "key": readable_key(event.key, event.table)}
+def _move(event: Any, readable: bool = True) -> dict[str, Any]:
+    key = readable_key(event.key, event.table) if readable else mask_key(repr(event.key))
+    return {**event.as_dict(), "key": key}
 
 
 def scoped_view(node: Kernel, limit: int = 200) -> dict[str, Any]:
     """``{"clustered": bool, "local": [{table, key, pid, home}], "history": [...],
-    "failovers", "takeovers", "handed_off"}`` about `node` only; keys and pids as
-    text. `home` is the key's home node among the live nodes now (rendezvous
-    hashing), where it would be placed again; `history` is newest first, at most
-    `limit` of each."""
+    "failovers", "takeovers", "handed_off"}`` about `node` only; pids as text, keys
+    as their repr with session ids cut (`procreg.observe.snapshot.mask_key`).
+    `home` is the key's home node among the live nodes now (rendezvous hashing),
+    where it would be placed again; `history` is newest first, at most `limit` of
+    each."""
     scoped = _scoped(node)
     if scoped is None:
         return {"clustered": False, "local": [], "history": []}
@@ -56,13 +59,13 @@ def scoped_view(node: Kernel, limit: int = 200) -> dict[str, Any]:
     local = [
         {
             "table": table,
-            "key": readable_key(key, table),
+            "key": mask_key(repr(key)),
             "pid": str(pid),
             "home": home_node(key, live),
         }
         for (table, key), pid in list(scoped.local.items())[:limit]
     ]
-    history = [_move(event) for event in list(scoped.history)[::-1][:limit]]
+    history = [_move(event, False) for event in list(scoped.history)[::-1][:limit]]
     return {
         "clustered": True,
         "local": local,
