@@ -160,6 +160,9 @@ def test_observer_lists_the_demo_processes(new_page: Any, tmp_path: Path) -> Non
     expect(page.locator("#pools")).to_contain_text("pool / (room / observed room)")
     expect(page.locator("#nodes")).to_contain_text("browser")
     expect(page.locator("#mode")).to_have_text("read-only")
+    # an embedded node has no cluster-scoped processes, and the section says why
+    expect(page.locator("#scoped-info")).to_contain_text("embedded node, not in a cluster")
+    expect(page.locator("#scoped tbody tr")).to_have_count(0)
     page.fill("#search", "observed")
     page.click("#search-form button[type=submit]")
     expect(page.locator("#proc-info")).to_contain_text("matches")

@@ -215,7 +215,10 @@ def test_tree_is_empty_without_supervisors(h: Harness) -> None:
 
 
 def test_scoped_view_on_an_embedded_node_says_so(h: Harness) -> None:
-    assert h.get("/api/scoped") == {"clustered": False, "local": [], "history": []}
+    body = h.get("/api/scoped")
+    assert body["clustered"] is False and body["self"] == "obs"
+    assert body["processes"] == [] and body["local"] == [] and body["history"] == []
+    assert body["total"] == 0 and body["truncated"] is False
 
 
 def test_kill_needs_writable_and_the_token() -> None:

@@ -283,3 +283,66 @@ def test_pools_of_cluster_nodes_are_counted(cluster: Cluster) -> None:
     pools = _until(counted)
     assert pools is not None, "ob never answered"
     assert {"group": "pool / lobby", "members": 2} in pools
+
+
+class Job(procreg.Server):
+    """A cluster-scoped server whose state moves on a graceful stop."""
+
+    def init(self) -> None:
+        handed = procreg.takeover()
+        self.count = handed.state if handed is not None and handed.state is not None else 0
+
+    def handle_call(self, request: object) -> object:
+        return self.count
+
+    def handoff(self) -> int:
+        return self.count + 1
+
+
+def test_cluster_scoped_processes_are_listed_with_home_and_handoffs(cluster: Cluster) -> None:
+    """Every cluster-scoped process of the cluster is listed (paged) on the observer
+    of either node, with its node, home node and behaviour; after "ob" stops
+    gracefully its processes are on "oa" and their handoff from "ob" is in their moves."""
+    _until(lambda: "ob" in [n["node"] for n in cluster.get("/api/overview")["nodes"]])
+
+    async def start() -> None:
+        for i in range(5):
+            await procreg.get_or_spawn(("job", i), Job, table="jobs", scope="cluster")
+
+    cluster.on_other(start)
+    body = cluster.get("/api/scoped", limit=3)
+    assert body["clustered"] is True and body["self"] == "oa"
+    assert body["total"] == 5 and body["truncated"] is False
+    rows = body["processes"]
+    assert [r["key"] for r in rows] == ["jobs: job / 0", "jobs: job / 1", "jobs: job / 2"]
+    for row in rows:
+        assert row["node"] == "ob" and row["local"] is False and row["pid"].startswith("<ob.")
+        assert row["home"] in ("oa", "ob") and row["behaviour"] == "server"
+        assert row["moves"] == []
+    rest = cluster.get("/api/scoped", offset=3, limit=3)["processes"]
+    assert [r["key"] for r in rest] == ["jobs: job / 3", "jobs: job / 4"]
+
+    async def stop() -> None:
+        await cluster.other.stop()
+
+    assert cluster.client.portal is not None
+    cluster.client.portal.call(stop)
+
+    def moved() -> Any:
+        body = cluster.get("/api/scoped")
+        rows = body["processes"]
+        # (its home is "oa" once "ob" has left the live nodes, which may come later)
+        done = len(rows) == 5 and all(r["node"] == r["home"] == "oa" for r in rows)
+        return body if done else None
+
+    body = _until(moved)
+    assert body is not None, "the cluster-scoped processes never moved to oa"
+    for row in body["processes"]:
+        assert row["local"] is True and row["home"] == "oa" and row["behaviour"] == "server"
+        (move,) = row["moves"]
+        assert (move["kind"], move["from"], move["to"]) == ("takeover", "ob", "oa")
+        assert move["key"] == row["key"]
+    assert body["takeovers"] == 5
+    # the move is a cluster event as well
+    events = {(e["kind"], e["node"]) for e in cluster.get("/api/overview")["events"]}
+    assert ("takeover", "oa") in events

@@ -16,9 +16,10 @@ Routes (relative to where it is mounted):
                                                    `procreg.observe.snapshot`)
 ``GET /api/processes/{pid}``                       one process, asked of its node
 ``GET /api/tree?node=``                            a node's supervision trees
-``GET /api/scoped``                                this node's cluster-scoped processes
-                                                   with their home node, and their
-                                                   moves (`scoped`)
+``GET /api/scoped?offset=&limit=``                 a page of the cluster's cluster-scoped
+                                                   processes with their node, home
+                                                   node, behaviour and the moves this
+                                                   node saw (`scoped.scoped_page`)
 ``POST /api/processes/{pid}/kill``                 ``exit(pid, "kill")``: only when
                                                    `writable`, with the token (header
                                                    ``X-Procreg-Token`` or query
@@ -43,7 +44,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ...errors import NodeDown, NoNode
+from ...errors import ClusterUnavailable, NodeDown, NoNode
 from ...node import Node
 from ...observe.agent import ClusterView, describe_error
 from ...observe.snapshot import SCAN_LIMIT, RateMeter, parse_pid
@@ -51,7 +52,7 @@ from ..context import node_from_scope, use_node
 from ..lifespan import lifespan
 from ..responses import asset, client_is_local, page
 from . import assets
-from .scoped import scoped_view
+from .scoped import BehaviourCache, scoped_page
 
 __all__ = ["TOKEN_HEADER", "Observer", "create_observer_app"]
 
@@ -124,6 +125,7 @@ class Observer:
         self.scan_limit = scan_limit
         self.view = ClusterView(timeout)
         self.meters: dict[str, RateMeter] = {}  # node name -> its rates
+        self.behaviours = BehaviourCache()  # of cluster-scoped processes, by pid
         self._app = Starlette(
             routes=[
                 Route("/", self._index),
@@ -289,8 +291,13 @@ class Observer:
         return _no_store({"node": name, "trees": trees})
 
     async def _scoped(self, request: Request) -> Response:
-        body = scoped_view(self._node(request))
-        return JSONResponse(body, headers={"cache-control": "no-store"})
+        offset = _int(request, "offset", 0, 0, 1 << 62)
+        limit = _int(request, "limit", 50, 1, 200)
+        try:
+            body = await scoped_page(self._node(request), self.view, self.behaviours, offset, limit)
+        except ClusterUnavailable as exc:
+            return JSONResponse({"error": describe_error(exc)}, 503)
+        return _no_store(body)
 
     def _authorized(self, request: Request) -> str | None:
         """None if the request may change things, else why not."""

@@ -68,6 +68,24 @@ INDEX_HTML: Final = """<!doctype html>
     <tbody></tbody>
   </table>
 </section>
+<section id="scoped-section">
+  <h2>Cluster-scoped processes <span id="scoped-count" class="muted"></span></h2>
+  <p id="scoped-info" class="muted"></p>
+  <div class="scroll">
+  <table id="scoped">
+    <thead><tr><th>key</th><th>pid</th><th>node</th>
+      <th title="where the key would be placed now (rendezvous hashing over the live nodes)">home
+        node</th><th>behaviour</th>
+      <th title="handoffs on graceful stops and restarts after failures, newest first">moves
+        (newest first)</th></tr></thead>
+    <tbody></tbody>
+  </table>
+  </div>
+  <p class="pager">
+    <button type="button" id="scoped-prev">&lsaquo; previous</button>
+    <button type="button" id="scoped-next">next &rsaquo;</button>
+  </p>
+</section>
 <section id="registry-section" class="columns">
   <div>
     <h2>Tables <span id="tables-scope" class="muted">(all nodes)</span></h2>
@@ -153,6 +171,11 @@ tr.down td { color: #b91c1c; }
 tr.self td:first-child { font-weight: 600; }
 tr.event-down td, tr.event-fence td { color: #b91c1c; }
 tr.event-up td, tr.event-join td, tr.event-rejoin td { color: #166534; }
+tr.event-handoff td, tr.event-takeover td, tr.event-restart td { color: #1d4ed8; }
+#scoped td { max-width: 28em; overflow-wrap: anywhere; }
+#scoped tr.away td:nth-child(4) { color: #b45309; }
+ul.moves { margin: 0; padding-left: 1.1em; }
+ul.moves li.move-failover { color: #b91c1c; }
 #processes tbody tr { cursor: pointer; }
 #processes tbody tr:hover { background: #f1f5f9; }
 button.kill { color: #b91c1c; }

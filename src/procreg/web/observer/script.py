@@ -1,4 +1,5 @@
-"""The observer page's script (see `assets`): it polls the JSON routes every second,
+"""The observer page's script (see `assets`; its cluster-scoped section is in
+`script_scoped`): it polls the JSON routes every second,
 draws the per-node rate charts (axes in events per second and seconds ago), and
 inserts every value with ``textContent``, never as HTML."""
 
@@ -6,9 +7,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from .script_scoped import SCOPED_SCRIPT
+
 __all__ = ["SCRIPT"]
 
-SCRIPT: Final = r"""
+_SCRIPT: Final = r"""
 "use strict";
 (function () {
   const params = new URLSearchParams(location.search);
@@ -397,6 +400,7 @@ SCRIPT: Final = r"""
     tree().catch(err => setStatus(err.message));
   });
 
+/*SCOPED*/
   async function tick() {
     try {
       const first = state.node === null;
@@ -404,6 +408,7 @@ SCRIPT: Final = r"""
       if (first) tree().catch(err => setStatus(err.message));
       if (!state.query) await processes();
       if (state.detail !== null) await openProcess(state.detail);
+      await scopedProcesses();
       setStatus("live \u00b7 " + new Date().toLocaleTimeString());
     } catch (err) {
       setStatus("disconnected: " + err.message);
@@ -414,3 +419,6 @@ SCRIPT: Final = r"""
   setInterval(() => { tree().catch(() => {}); }, 5000);
 })();
 """
+
+SCRIPT: Final = _SCRIPT.replace("/*SCOPED*/", SCOPED_SCRIPT)
+"""The whole script, the cluster-scoped section (`script_scoped`) included."""
