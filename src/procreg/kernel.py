@@ -149,6 +149,7 @@ class Kernel:
         self.calls = 0  # calls handled by servers
         self.restarts = 0  # children restarted by supervisors
         self.exits: dict[str, int] = {}  # processes ended, by `exit_class` but "normal"
+        self.killed = 0  # ... and those ended with the reason object "kill" (not in exits)
         self.started_at = 0.0
         self._born_at: float | None = None  # start time of this loop turn's new processes
         self._token: contextvars.Token[Kernel | None] | None = None

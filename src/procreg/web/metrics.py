@@ -245,6 +245,7 @@ def node_metrics(node: Node) -> list[Metric]:
     one("procreg_processes_spawned_total", node.spawned)
     family = _family("procreg_process_exits_total")
     exits = dict(node.exits)
+    exits["kill"] = exits.get("kill", 0) + node.killed
     family.add_metric([name, "normal"], max(0, node.exited - sum(exits.values())))
     for reason in EXIT_CLASSES[1:]:
         family.add_metric([name, reason], exits.get(reason, 0))
