@@ -273,6 +273,10 @@ class Runner:
         """The kinds of this node's recent cluster events, oldest first."""
         return [e["kind"] for e in self.node._cluster.counters.events]
 
+    async def cmd_cluster_event_details(self, kind: str) -> Any:
+        """The details of this node's recent cluster events of `kind`, oldest first."""
+        return [e["detail"] for e in self.node._cluster.counters.events if e["kind"] == kind]
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {
