@@ -306,3 +306,18 @@ def test_a_takeover_answers_a_new_instance_on_the_receiving_node(cluster, tmp_pa
         holder.wait_ready()
         wait_mesh(nodes)
     assert_never_two_live(trace_dir)
+
+
+def test_a_takeover_of_a_key_held_by_a_live_instance_elsewhere_is_refused(cluster):
+    """A node asked to take over a key another node's live instance holds answers
+    None (`NotTakenOver`), never that pid, and starts nothing: the node handing off
+    keeps the state in the store for failover."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+    (held,) = n3.ok("scoped_gos", keys=["held"], factory="Keeper", placement="local")
+    assert held[0] == "n3"
+    gone = n1.ok("spawn")  # a pid of n1's standing in for its handed-off instance
+    n1.ok("exit", pid=gone, reason="kill")
+    assert n2.ok("takeover_request", keys=["held"], source="n1", old=[gone]) == [None]
+    assert n2.ok("scoped_stats")["takeovers"] == 0
+    assert n2.ok("whereis", key="held", table="keep") == held
+    assert n3.ok("alive", pid=held) is True
