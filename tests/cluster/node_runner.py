@@ -273,6 +273,22 @@ class Runner:
         """The kinds of this node's recent cluster events, oldest first."""
         return [e["kind"] for e in self.node._cluster.counters.events]
 
+    async def cmd_cluster_event_details(self, kind: str) -> Any:
+        """The details of this node's recent cluster events of `kind`, oldest first."""
+        return [e["detail"] for e in self.node._cluster.counters.events if e["kind"] == kind]
+
+    async def cmd_takeover_request(
+        self, keys: list[Any], source: str, old: list[Any], table: str = "keep"
+    ) -> Any:
+        """Serve a takeover request for `keys` as if node `source` were handing off
+        its instances `old` (what `Scoped.serve` answers: a pid or None per key)."""
+        from procreg.cluster.codec import canon, pid_str
+
+        fields = [canon((table, k)) for k in keys]
+        olds = [pid_str(self.pid(p)) for p in old]
+        pids, _ = await self.node._cluster.scoped.serve(("takeover", source, fields, olds))
+        return pids
+
     async def cmd_scoped_stats(self) -> Any:
         s = self.node._cluster.scoped
         return {

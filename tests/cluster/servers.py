@@ -356,3 +356,47 @@ class Keeper(procreg.Server):
 
 
 FACTORIES["Keeper"] = Keeper
+
+
+class PiKeeper:
+    """A cluster-scoped ``pi`` (a supervised child, like the demo's clock) with state:
+    ``["add", x]`` (a cast) appends `x` to its ``"items"``, ``"get"`` answers the state
+    and the node it runs on; the state moves with ``handoff``."""
+
+    @staticmethod
+    async def proc(msg: Any, p: Any) -> Any:  # async, as the demo's clock
+        from procreg import pi
+
+        me = procreg.self()
+        if msg is pi.INIT:
+            moved = procreg.takeover()
+            if moved is not None and moved.state is not None:
+                p.state = moved.state
+            trace(p.name, me, "start", moved.kind if moved else None)
+            return pi.Ok(p)
+        if isinstance(msg, list) and msg[0] == "add":
+            p.state = {**p.state, "items": [*p.state["items"], msg[1]]}
+            return pi.Ok(p)
+        if msg == "get":
+            return pi.Reply({**p.state, "node": procreg.current_node().name}, p)
+        return pi.Ok(p)
+
+    @staticmethod
+    def handoff(p: Any) -> Any:
+        return p.state
+
+    @staticmethod
+    def terminate(reason: Any, p: Any) -> None:
+        trace(p.name, procreg.self(), "end", plain(reason))
+
+
+class AsyncKeeper(Keeper):
+    """`Keeper` with an async ``terminate`` (its exit completes a loop turn or more
+    after it is asked to end)."""
+
+    async def terminate(self, reason: Any) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        trace(self.key, self.pid, "end", plain(reason))
+
+
+FACTORIES["AsyncKeeper"] = AsyncKeeper

@@ -258,3 +258,66 @@ def test_the_last_node_keeps_states_for_the_next_one(cluster, tmp_path):
 
     answers = wait_for(all_back, 10.0, what="the keys started again on n2")
     assert all(a["items"] == ["kept"] and a["node"] == "n2" for a in answers), answers
+
+
+def test_a_takeover_answers_a_new_instance_on_the_receiving_node(cluster, tmp_path):
+    """The node taking over a cluster-scoped process it has just looked up (its cache
+    names the stopping node's instance) starts a new instance; it never answers the
+    old pid (whose frames the stopping node would forward to a dead process). Both a
+    supervised ``pi`` (like the demo's clock) and a ``get_or_spawn`` one, round after
+    round (the race was intermittent)."""
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    nodes = cluster(["n1", "n2"], trace_dir=trace_dir)
+    for round_ in range(4):
+        holder, other = nodes[round_ % 2], nodes[(round_ + 1) % 2]
+        name, key = f"/pk{round_}", f"g{round_}"
+        old_pi = holder.ok(
+            "pi_start", name=name, module="PiKeeper", table="pikeep", state={"items": []}
+        )["pid"]
+        gos = holder.ok("scoped_gos", keys=[key], factory="AsyncKeeper", placement="local")
+        old_gos = gos[0]
+        assert old_pi[0] == holder.name and old_gos[0] == holder.name, (old_pi, gos)
+        # the receiver looks both up (and caches the holder's pids) before the stop
+        assert other.ok("pi_send", name=name, table="pikeep", msg="get")["node"] == holder.name
+        assert other.ok("key_call_many", keys=[key], request=["get"])[0]["node"] == holder.name
+        before = other.ok("scoped_stats")["takeovers"]
+        casting_pi = other.send("cast_keys_for", keys=[name], seconds=1.0, table="pikeep")
+        casting_gos = other.send("cast_keys_for", keys=[key], seconds=1.0, table="keep")
+        time.sleep(0.3)
+        holder.quit()
+        sent_pi, sent_gos = casting_pi.result(30), casting_gos.result(30)
+        details = other.ok("cluster_event_details", kind="takeover")
+        # every round's processes move together (they all live on the holder)
+        moving = 2 * (round_ + 1)
+        assert details[-1] == f"{moving} cluster-scoped process(es) from {holder.name}", details
+        assert other.ok("scoped_stats")["takeovers"] == before + moving
+        new_pi = other.ok("whereis", key=name, table="pikeep")
+        new_gos = other.ok("whereis", key=key, table="keep")
+        for new, old in ((new_pi, old_pi), (new_gos, old_gos)):
+            assert new is not None and new[0] == other.name and new != old, (new, old)
+            assert other.ok("alive", pid=new) is True
+        # every cast sent during the move was handled by the new instance
+        got_pi = other.ok("pi_send", name=name, table="pikeep", msg="get")
+        assert sorted(n for _, n in got_pi["items"]) == sent_pi["sent"][name], got_pi
+        got_gos = other.ok("key_call_many", keys=[key], request=["get"])[0]
+        assert sorted(n for _, n in got_gos["items"]) == sent_gos["sent"][key], got_gos
+        holder.start()
+        holder.wait_ready()
+        wait_mesh(nodes)
+    assert_never_two_live(trace_dir)
+
+
+def test_a_takeover_of_a_key_held_by_a_live_instance_elsewhere_is_refused(cluster):
+    """A node asked to take over a key another node's live instance holds answers
+    None (`NotTakenOver`), never that pid, and starts nothing: the node handing off
+    keeps the state in the store for failover."""
+    n1, n2, n3 = cluster(["n1", "n2", "n3"])
+    (held,) = n3.ok("scoped_gos", keys=["held"], factory="Keeper", placement="local")
+    assert held[0] == "n3"
+    gone = n1.ok("spawn")  # a pid of n1's standing in for its handed-off instance
+    n1.ok("exit", pid=gone, reason="kill")
+    assert n2.ok("takeover_request", keys=["held"], source="n1", old=[gone]) == [None]
+    assert n2.ok("scoped_stats")["takeovers"] == 0
+    assert n2.ok("whereis", key="held", table="keep") == held
+    assert n3.ok("alive", pid=held) is True

@@ -13,14 +13,24 @@ Step by step (docs/INTERNALS.md, *Cluster-scoped processes*, says why each is th
    that still names this process.
 3. **End.** Its unhandled mail is taken out, and it ends with reason ``"handoff"``
    (``terminate`` runs; monitors get ``Down(..., "handoff")``; its supervisor, the
-   node being stopping, does not restart it). Its registration is released and the
-   release has reached the store before step 4.
+   node being stopping, does not restart it). Step 4 waits until its exit has
+   completed (after an async ``terminate`` or an async ``pi`` has unwound: only then
+   is its registration dropped, though it stopped being alive before) and its
+   release has reached the store. One whose exit has not completed by then is not
+   handed off (its state stays in the store: failover starts it once this node has
+   left).
 4. **Takeover.** Per new home (the key's rendezvous home among the *other* live
    nodes; with none, the last node stops: the states stay in the store for the
    first node to join again, whose orphan scan starts them), one request with all
-   its keys: that node claims each key for a fresh pid
-   and, if the claim wins, starts it from the record with `procreg.takeover()` giving
-   the state, and records the new pid (clearing the state).
+   its keys and their old pids: that node no longer hands those pids out (nor a
+   cached holder of the key on this node), claims each key for a fresh pid (a claim
+   that finds an old pid still in the store waits for its release) and, if the claim
+   wins, starts it from the record with `procreg.takeover()` giving the state, and
+   records the new pid (clearing the state). It answers only pids it started itself;
+   a key still held by anything else is `NotTakenOver` (None in the answer). This
+   node accepts only an answer on that node, never its own old pid; keys not taken
+   over are asked again once (after another release flush), then given up: their
+   states stay in the store and the failover after this node has left starts them.
 5. **Relay.** The mail taken in step 3 goes to the new instance in its order: casts
    and messages as they were sent, calls relayed (their callers get the new
    instance's reply or error). If no new instance could be started, those callers get
@@ -148,8 +158,23 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
             m.mail = take_mail(m.proc)
         scoped.moved[m.pid] = []  # frames for it from now on wait for its new instance
         node.runtime.end(m.pid, "handoff")
-    while any(node.is_alive(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
+    # gone, not just not alive: an exit completes (and the registration is dropped,
+    # its release queued) only after an async terminate or handler has unwound
+    runtime = node.runtime
+    while any(runtime.exists(m.pid) for m in moving) and loop.time() < deadline + timeout / 4:
         await asyncio.sleep(0.001)
+    stuck = [m for m in moving if runtime.exists(m.pid)]
+    if stuck:
+        log.error(
+            "%d cluster-scoped process(es) did not finish their exit: not handed off "
+            "(their states stay in the store; failover starts them)",
+            len(stuck),
+        )
+        for m in stuck:
+            _give_up(scoped, m, "its exit did not complete")
+        moving = [m for m in moving if not runtime.exists(m.pid)]
+        if not moving:
+            return 0
     await cluster.backend.releases.flush()
     # 4. one takeover request per new home
     by_home: dict[str, list[_Moving]] = {}
@@ -165,18 +190,12 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         return 0
     for m in moving:
         by_home.setdefault(home_node(m.key, targets), []).append(m)
-    results = await asyncio.gather(
-        *(_take_over(scoped, home, group) for home, group in by_home.items()),
-        return_exceptions=True,
-    )
+    answers = await _take_over_all(scoped, by_home, deadline + timeout / 4)
     moved = 0
     relays: list[Any] = []
-    for (home, group), result in zip(by_home.items(), results, strict=True):
-        if isinstance(result, BaseException):
-            log.error("handing %d process(es) off to %s failed: %r", len(group), home, result)
-            result = [None] * len(group)
-        for m, new in zip(group, result, strict=True):
-            new_pid = new if isinstance(new, Pid) else None
+    for group in by_home.values():
+        for m in group:
+            new_pid = answers.get(m.field)
             if new_pid is not None:
                 moved += 1
                 scoped.history.append(HandoffEvent("takeover", m.table, m.key, me, new_pid[0]))
@@ -194,6 +213,50 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
     if relays:
         await asyncio.wait(relays, timeout=max(0.1, deadline + timeout / 2 - loop.time()))
     return moved
+
+
+def _give_up(scoped: Scoped, m: _Moving, why: str) -> None:
+    """`m` is not handed off: what waited for it fails (calls) or is logged lost."""
+    lost = sum(1 for kind, _, _ in m.mail if kind != "call")
+    if lost:
+        log.error("%d message(s) to %r lost: %s", lost, m.key, why)
+    relay_calls(scoped.node, None, m.mail, why)
+    m.mail = []
+    scoped.moved_to(m.pid, None)  # (calls kept for it fail at once: no relays)
+
+
+async def _take_over_all(
+    scoped: Scoped, by_home: dict[str, list[_Moving]], retry_by: float
+) -> dict[str, Pid]:
+    """Step 4: the new instance of each key taken over (by field). An answer that is
+    not a pid on the node asked (the old pid above all) is a refusal; the refused
+    keys are asked once more after another release flush, if time is left."""
+    loop = asyncio.get_running_loop()
+    answers: dict[str, Pid] = {}
+    pending = by_home
+    for attempt in range(2):
+        results = await asyncio.gather(
+            *(_take_over(scoped, home, group) for home, group in pending.items()),
+            return_exceptions=True,
+        )
+        refused: dict[str, list[_Moving]] = {}
+        for (home, group), result in zip(pending.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("handing %d process(es) off to %s failed: %r", len(group), home, result)
+                continue  # the node did not answer: not asked again
+            for m, new in zip(group, result, strict=True):
+                if isinstance(new, Pid) and new[0] == home and new != m.pid:
+                    answers[m.field] = new
+                else:
+                    if new is not None:
+                        log.error("takeover of %r by %s answered %r: refused", m.key, home, new)
+                    refused.setdefault(home, []).append(m)
+        if not refused or attempt or loop.time() >= retry_by:
+            break
+        await scoped.cluster.backend.releases.flush()
+        await asyncio.sleep(0.05)
+        pending = refused
+    return answers
 
 
 def _state_of(scoped: Scoped, m: _Moving) -> bytes | None:
@@ -215,9 +278,13 @@ def _state_of(scoped: Scoped, m: _Moving) -> bytes | None:
 
 async def _take_over(scoped: Scoped, home: str, group: list[_Moving]) -> list[Pid | None]:
     try:
-        result: list[Pid | None] = await scoped._request(
-            home, ("takeover", scoped.node.name, [m.field for m in group])
+        request = (
+            "takeover",
+            scoped.node.name,
+            [m.field for m in group],
+            [pid_str(m.pid) for m in group],
         )
+        result: list[Pid | None] = await scoped._request(home, request)
     except (ProcregError, TimeoutError) as exc:
         raise ClusterUnavailable(f"node {home} did not take over: {exc}") from exc
     return result

@@ -17,7 +17,10 @@ def relay_calls(
 ) -> list[Any]:
     """Deliver what a handed-off process had not handled to its new incarnation `pid`
     in order; a call is relayed (its caller gets the new incarnation's answer or
-    error). With no new incarnation, callers fail at once with `ProcessExited`."""
+    error). With no new incarnation, callers fail at once with `ProcessExited`; a
+    `pid` of this (handing-off) node is never a new incarnation: taken as none."""
+    if pid is not None and pid[0] == node.name:
+        pid = None
     tasks = []
     for kind, a, b in mail:
         if kind == "call":

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess
+from ..errors import AlreadyRegistered, ClusterUnavailable, NoProcess, ProcregError
 from ..messages import Down
 from ..pid import Pid
 from ..registry import spawn_for
@@ -51,7 +51,7 @@ from .store import stop_tasks
 if TYPE_CHECKING:
     from . import Cluster
 
-__all__ = ["SERVICE_TABLE", "HandoffEvent", "Scoped", "portable", "service"]
+__all__ = ["SERVICE_TABLE", "HandoffEvent", "NotTakenOver", "Scoped", "portable", "service"]
 
 log = logging.getLogger("procreg.cluster")
 
@@ -63,6 +63,19 @@ def service(*args: Any) -> Any:
     """Names the requests of `SERVICE_TABLE` (a remote spawn needs a factory that
     every node imports by name); never called."""
     raise RuntimeError("procreg.cluster.scoped.service is a marker, not a factory")
+
+
+class NotTakenOver(ProcregError):
+    """A node asked to start a cluster-scoped process again (a takeover, a failover)
+    found its key held by `holder`, a process it did not start: the instance being
+    replaced (its release has not reached the store) or, for a takeover, any
+    instance elsewhere. Never answered as the new instance: the node handing off
+    keeps the state in the store (failover starts it) and fails what waited for it."""
+
+    def __init__(self, key: Hashable, holder: Pid) -> None:
+        super().__init__(f"cluster-scoped {key!r} is still held by {holder!r}")
+        self.key = key
+        self.holder = holder
 
 
 class HandoffEvent:
@@ -279,7 +292,7 @@ class Scoped:
             return 0
         me = self.node.name
         live = self.cluster.live_nodes()
-        mine: list[tuple[str, str]] = []
+        mine: list[tuple[str, Pid]] = []  # (field, the orphan's pid)
         for raw_field, raw_pid in pids.items():
             field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
             text = raw_pid.decode() if isinstance(raw_pid, bytes) else raw_pid
@@ -292,11 +305,11 @@ class Scoped:
             tk = uncanon(field)
             assert isinstance(tk, tuple)
             if home_node(tk[1], live) == me:
-                mine.append((field, pid[0]))
+                mine.append((field, pid))
         if not mine:
             return 0
         results = await asyncio.gather(
-            *(self.adopt(field, "failover", source) for field, source in mine),
+            *(self.adopt(field, "failover", old[0], old) for field, old in mine),
             return_exceptions=True,
         )
         for (field, _), result in zip(mine, results, strict=True):
@@ -304,7 +317,8 @@ class Scoped:
                 log.error("could not restart cluster-scoped %s: %r", uncanon(field), result)
         started = 0
         sources: dict[str, int] = {}
-        for (_, source), result in zip(mine, results, strict=True):
+        for (_, old), result in zip(mine, results, strict=True):
+            source = old[0]
             if isinstance(result, Pid) and result[0] == me:
                 started += 1
                 sources[source] = sources.get(source, 0) + 1
@@ -314,9 +328,13 @@ class Scoped:
             )
         return started
 
-    async def adopt(self, field: str, kind: str, source: str) -> Pid:
+    async def adopt(self, field: str, kind: str, source: str, old: Pid | None = None) -> Pid:
         """Start the process of record `field` here, with its handed-off state if the
-        store holds one. The claim decides a race: a loser returns the holder."""
+        store holds one, in place of `old` (the instance of node `source` it
+        replaces, which has ended). The claim decides a race: a failover's loser
+        returns the live holder. A takeover answers only a pid it started here, and
+        neither ever answers `old` or another pid of `source`'s that is not live:
+        `NotTakenOver`."""
         spec_blob, state_blob = await self.records.read(field, spec=True)
         if spec_blob is None:
             raise NoProcess(f"no record of cluster-scoped {uncanon(field)!r}")
@@ -324,18 +342,37 @@ class Scoped:
         tk = uncanon(field)
         assert isinstance(tk, tuple)
         table, key = tk
+        backend = self.cluster.backend
+        if old is not None and old[0] != self.node.name:
+            # it has ended: no lookup here hands it out any more, and a claim that
+            # finds it still in the store waits for its release instead of losing
+            backend.keys.pid_ended(old)
+        cached = backend._cache.get((table, key))
+        if cached is not None and cached[0] == source:
+            del backend._cache[(table, key)]  # the replaced node's instance: not trusted
         if state_blob is not None:
             tko = Takeover("takeover", source, self.records.open(state_blob))
         else:
             tko = Takeover(kind, source, None)
         pid = await self._start_here(table, key, record, spec_blob, tko)
-        if pid[0] == self.node.name and self.local.get((table, key)) == pid:
+        ours = pid[0] == self.node.name and self.local.get((table, key)) == pid
+        if not ours and (
+            kind == "takeover" or pid == old or (pid[0] == source and not self._live_elsewhere(pid))
+        ):
+            raise NotTakenOver(key, pid)
+        if ours:
             if tko.kind == "failover":
                 self.failovers += 1
             else:
                 self.takeovers += 1
             self.history.append(HandoffEvent(tko.kind, table, key, source, self.node.name))
         return pid
+
+    def _live_elsewhere(self, pid: Pid) -> bool:
+        """True if `pid` is of a live node incarnation (this one: a live process)."""
+        if pid[0] == self.node.name:
+            return pid[1] == self.cluster.creation and self.node.is_alive(pid)
+        return self.cluster.is_live(pid)
 
     async def _start_here(
         self, table: str, key: Hashable, record: Any, blob: bytes, tko: Takeover | None
@@ -398,6 +435,10 @@ class Scoped:
     def moved_to(self, pid: Pid, new: Pid | None) -> list[Any]:
         """`pid`'s new instance is `new` (None: none could be started): the frames
         kept for it are forwarded; returns the relays of calls under way."""
+        if new is not None and (new == pid or new[0] == self.node.name):
+            # never the handed-off pid itself, nor any other of this stopping node's
+            log.error("handoff of %r answered %r, not a new instance elsewhere", pid, new)
+            new = None
         kept = self.moved.get(pid)
         self.moved[pid] = new
         tasks: list[Any] = []
@@ -452,15 +493,26 @@ class Scoped:
             pid = await self._start_here(table, key, record, blob, tko)
             return pid, False
         if op == "takeover":  # keys handed off by a stopping node
-            _, source, fields = request
+            # ("takeover", source, fields, old pids) (a node of an earlier version
+            # sends no old pids)
+            source, fields = request[1], request[2]
+            olds: list[Pid | None] = (
+                [pid_from_str(p) for p in request[3]] if len(request) > 3 else [None] * len(fields)
+            )
             if self.node.stopping or self._stopped:
                 # stopping too: what it started here would end at once, its state
                 # with it; refused, the records keep their state for a survivor
                 return [None] * len(fields), False
             results = await asyncio.gather(
-                *(self.adopt(field, "takeover", source) for field in fields),
+                *(
+                    self.adopt(field, "takeover", source, old)
+                    for field, old in zip(fields, olds, strict=True)
+                ),
                 return_exceptions=True,
             )
+            for field, r in zip(fields, results, strict=True):
+                if isinstance(r, BaseException):
+                    log.error("could not take cluster-scoped %r over: %r", uncanon(field), r)
             pids = [r if isinstance(r, Pid) else None for r in results]
             here = sum(1 for p in pids if p is not None and p[0] == self.node.name)
             self.cluster.counters.event(
