@@ -10,19 +10,12 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, overload
 
 from .kernel import _node_var
+from .keys import caller_pid, check_factory, check_key, check_table, spawn_for
 from .node import Node, check_timeout, current_node
 from .pid import Pid, Ref
 from .primitives import answered as answered
 from .primitives import caller, receive, reply, self
-from .registry import (
-    DEFAULT_TABLE,
-    Published,
-    caller_pid,
-    check_factory,
-    check_key,
-    check_table,
-    spawn_for,
-)
+from .registry import DEFAULT_TABLE, Published
 from .scope import check_scope, hooks
 from .timers import send_after, send_interval
 
