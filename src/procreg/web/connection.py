@@ -22,9 +22,10 @@ from starlette.websockets import WebSocket
 
 from ..api import publish as _publish
 from ..api import receive
+from ..coroutines import Process
 from ..node import Node
 from ..pid import Pid
-from ..process import EXITING, OVERLOAD, Process, current_process
+from ..process import EXITING, OVERLOAD, current_process
 from ..registry import Published, check_key
 from .session import SESSION_SCOPE_KEY, Session
 
