@@ -53,9 +53,9 @@ from typing import Any, Final
 
 from .errors import AlreadyRegistered, NoProcess
 from .kernel import current_node
+from .keys import check_key, check_table
 from .options import check_bound, check_timeout
 from .pid import Pid
-from .registry import check_key, check_table
 from .scope import NO_STATE, check_scope, takeover
 from .server import Server
 from .supervisor import RESTARTS, AlreadyPresent, AlreadyStarted, Supervisor, child

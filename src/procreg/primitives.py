@@ -10,11 +10,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from .coroutines import Process
 from .errors import NotInProcess
 from .kernel import current_node
 from .options import check_timeout
 from .pid import Pid
-from .process import Process, _answered, current_process
+from .process import _answered, current_process
 
 __all__ = ["answered", "caller", "receive", "reply", "self"]
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import inspect
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends import DEFAULT_TABLE, MISS, RegistryBackend
-from .errors import AlreadyRegistered, NoProcess, NotInProcess, ProcregError
+from .errors import AlreadyRegistered, NoProcess, ProcregError
+from .keys import caller_pid, check_factory, check_key, check_table, spawn_for
 from .messages import KeyEvent
 from .pid import Pid, Ref
 from .process import EXITING, _Proc
@@ -44,8 +44,10 @@ __all__ = [
     "NotOwner",
     "Published",
     "RegistryBackend",
+    "caller_pid",
     "check_factory",
     "check_key",
+    "check_table",
     "check_wait",
     "spawn_for",
     "started_for",
@@ -91,26 +93,6 @@ class NotOwner(ProcregError):
     """A process tried to unregister a key held by another process."""
 
 
-def check_key(key: Any, what: str = "key") -> None:
-    """Raise `TypeError` naming the type of an unhashable key."""
-    try:
-        hash(key)
-    except TypeError:
-        raise TypeError(
-            f"registry {what} must be hashable, got {type(key).__name__}: {key!r}"
-        ) from None
-
-
-def check_table(table: Any) -> None:
-    """Raise `TypeError` for a table name that is not a str."""
-    if not isinstance(table, str):
-        raise TypeError(f"table must be a str, got {type(table).__name__}: {table!r}")
-
-
-def _safe_repr(value: Any) -> str:
-    return object.__repr__(value) if isinstance(value, _Proc) else repr(value)
-
-
 def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of entry metadata, as a store-backed registry's (JSON) gives: what
     the caller changes, before registering or after a lookup, is not the entry's."""
@@ -118,59 +100,6 @@ def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
         return copy.deepcopy(meta)
     except Exception:  # something that cannot be copied: the dict at least
         return dict(meta)
-
-
-def check_factory(factory: Any) -> None:
-    """A factory is a `Server` subclass or an ``async def`` function."""
-    if is_server_class(factory):
-        return
-    if inspect.iscoroutinefunction(factory):
-        return
-    raise TypeError(
-        "factory must be a Server subclass or an `async def` function, got "
-        f"{type(factory).__name__} {_safe_repr(factory)}"
-    )
-
-
-async def spawn_for(
-    node: Kernel,
-    key: Hashable,
-    factory: Any,
-    args: tuple[Any, ...],
-    table: str,
-    placement: str,
-    meta: dict[str, Any] | None,
-    idle_timeout: float | None,
-) -> tuple[Pid, bool]:
-    """``node.registry.get_or_spawn(...)`` for every caller (the `procreg` functions
-    and the Nitrogen handler), whatever the backend: raises `Deadlock` when the
-    caller would wait on its own start (an async ``init`` that waits on its own key,
-    directly or through other keys), instead of waiting forever.
-
-    While no start with an async ``init`` is under way on the node and no task holds
-    the handler lock (the common case), no chain of waits can lead back to the
-    caller, so the wait is not recorded: recording it costs about a third of a
-    local `get_or_spawn` of a new key. The one cycle this misses, an async ``init``
-    that calls the very process whose ``get_or_spawn`` started it, ends with that
-    call's `CallTimeout` instead of `Deadlock`."""
-    if not node._starting and not node._held:
-        return await node.registry.get_or_spawn(
-            key, factory, args, table, placement, meta, idle_timeout
-        )
-    with waiting_on(node, (table, key)):
-        return await node.registry.get_or_spawn(
-            key, factory, args, table, placement, meta, idle_timeout
-        )
-
-
-def caller_pid(node: Kernel, pid: Pid | None, what: str) -> Pid:
-    """`pid`, or the calling process's pid when `pid` is None."""
-    if pid is not None:
-        return pid
-    me = node.me()
-    if me is None:
-        raise NotInProcess(f"{what} without a pid must be called from inside a process")
-    return me._procreg_pid
 
 
 class ViewListener(Protocol):

@@ -31,7 +31,9 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
-from .errors import NotInProcess, ProcessExited, Stop
+from . import asyncsteps
+from .asyncsteps import NOREPLY, _init_cut, _reply_any
+from .errors import NotInProcess, ProcessExited
 from .kernel import _LAZY, current_node
 from .options import check_bound, check_timeout
 from .pid import Pid
@@ -46,7 +48,6 @@ from .process import (
     INFO,
     SCHEDULED,
     _Proc,
-    current_caller,
     current_process,
     fail_caller,
 )
@@ -64,16 +65,6 @@ _ASYNC_TERMINATE: Final = 16
 _BOUNDED: Final = 32  # (not async: the class sets max_mailbox or overflow)
 _RARE: Final = _ASYNC_INIT | _BOUNDED
 
-
-class _NoReply:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "procreg.NOREPLY"
-
-
-NOREPLY: Final = _NoReply()
-"""Returned by ``handle_call`` to answer later with `procreg.reply`."""
 
 S = TypeVar("S", bound="Server")
 
@@ -306,48 +297,7 @@ class Server(_Proc):
         node.setup(proc, parent, link, monitor, trap_exits, idle_timeout)
         return proc, None
 
-    async def _procreg_init_async(
-        self,
-        args: tuple[Any, ...],
-        ready: asyncio.Future[Pid] | None,
-        parent: _Proc | None,
-        link: bool,
-        monitor: bool,
-    ) -> None:
-        current_process.set(self)
-        node = self._procreg_node
-        try:
-            await self.init(*args)
-        except asyncio.CancelledError:
-            if ready is not None and not ready.done():
-                reason = (
-                    self._procreg_ext.exit_reason if self._procreg_ext is not None else "killed"
-                )
-                ready.set_exception(ProcessExited(reason, self._procreg_pid))
-            return
-        except BaseException as exc:
-            self._procreg_extra().task = None
-            waited = ready is not None and not ready.done()
-            if waited:
-                assert ready is not None
-                ready.set_exception(exc)
-            if self._procreg_st < EXITING:
-                if not waited and not isinstance(exc, Stop):
-                    node._crash_report(self, exc, ("init", args))
-                self._procreg_st = EXITING  # init failed: no terminate
-                self._procreg_finish(exc.reason if isinstance(exc, Stop) else exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._procreg_extra().task = None
-        if parent is not None:
-            if parent._procreg_st >= EXITING:  # the starter is gone: nobody to link or report to
-                node._end(self, "shutdown")
-                return
-            node.setup(self, parent, link, monitor, False, None)
-        if ready is not None and not ready.done():
-            ready.set_result(self._procreg_pid)
-        self._procreg_resume()
+    _procreg_init_async = asyncsteps.init_async
 
     def _procreg_resume(self) -> None:
         """After an async step: back to idle, or to the run queue if mail waits."""
@@ -552,58 +502,8 @@ class Server(_Proc):
             if ext is not None and ext.idle_timeout is not None:
                 ext.idle_last = node._loop.time()
 
-    def _procreg_go_async(self, coro: Any, caller: Any, msg: Any) -> None:
-        node = self._procreg_node
-        node._current = None
-        self._procreg_handled += 1
-        node.handled += 1
-        self._procreg_st = BUSY
-        if caller is not None:
-            self._procreg_owe(caller)
-        ext = self._procreg_extra()
-        if ext.idle_timeout is not None:
-            ext.idle_last = node._loop.time()
-        task = ext.task = node._loop.create_task(self._procreg_async_step(coro, caller, msg))
-        # a task cancelled before its first step never awaits `coro`: close it then
-        task.add_done_callback(partial(_close, coro))
-        if self._procreg_mail is not None and not self._procreg_mail:
-            self._procreg_mail = None
-
-    async def _procreg_async_step(self, coro: Any, caller: Any, msg: Any) -> None:
-        current_process.set(self)
-        if caller is not None:
-            current_caller.set(caller)
-        node = self._procreg_node
-        ext = self._procreg_extra()
-        me = asyncio.current_task()
-
-        def release() -> None:
-            if ext.task is me:  # not the terminate task that may have replaced it
-                ext.task = None
-
-        try:
-            result = await coro
-        except asyncio.CancelledError:
-            release()
-            if self._procreg_st < EXITING:  # cancelled from outside procreg
-                node._end(self, "shutdown")
-            return
-        except BaseException as exc:
-            release()
-            node._fail(self, exc, msg)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return
-        release()
-        if self._procreg_st >= EXITING:
-            if caller is not None and result is not NOREPLY:
-                _reply_any(caller, result)
-            return
-        if caller is not None and result is not NOREPLY:
-            if ext.deferred is not None:
-                ext.deferred.discard(caller)
-            _reply_any(caller, result)
-        self._procreg_resume()
+    _procreg_go_async = asyncsteps.go_async
+    _procreg_async_step = asyncsteps.async_step
 
     # -- exit -----------------------------------------------------------------
     def _procreg_pending_callers(self, mail: deque[Any]) -> list[Any]:
@@ -640,22 +540,3 @@ class Server(_Proc):
 
     def _procreg_message(self, item: Any) -> Any:
         return item[1] if item[0] == INFO else None
-
-
-def _close(coro: Any, _task: Any) -> None:
-    coro.close()
-
-
-def _init_cut(proc: Server, ready: asyncio.Future[Pid], _task: Any) -> None:
-    if not ready.done():
-        ext = proc._procreg_ext
-        reason = ext.exit_reason if ext is not None and ext.exit_reason is not None else "killed"
-        ready.set_exception(ProcessExited(reason, proc._procreg_pid))
-
-
-def _reply_any(caller: Any, value: Any) -> None:
-    if isinstance(caller, asyncio.Future):
-        if not caller.done():
-            caller.set_result(value)
-    else:
-        caller.reply(value)

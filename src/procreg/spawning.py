@@ -15,10 +15,11 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
+from .coroutines import Process
 from .errors import NotInProcess
 from .options import check_bound, check_timeout
 from .pid import Pid, Ref
-from .process import Process, _Proc
+from .process import _Proc
 from .waits import started_for
 
 if TYPE_CHECKING:

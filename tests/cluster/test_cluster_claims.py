@@ -7,8 +7,8 @@ The node runs in the test process (``procreg.run(main, cluster=redis.url, ...)``
   many callers race, cancelled callers orphan nothing, a failing ``init`` reaches
   every caller and frees the key, and the rare outcomes (a grace period, a stale
   entry of our own) fall back to the general path (`RedisBackend.spawn_general`);
-- `store.CLAIM` publishes on ``inval`` only for claims that replaced an entry, all
-  of one script call in one message; `store.PURGE` names what it dropped in several
+- `scripts.CLAIM` publishes on ``inval`` only for claims that replaced an entry, all
+  of one script call in one message; `scripts.PURGE` names what it dropped in several
   messages of bounded size; the node's listener splits such messages and the cache
   drops every key named.
 """

@@ -9,7 +9,7 @@ join; `Cluster` ties the pieces together:
 - `remote.Remote`: send/call/link/monitor/exit on remote pids, and node-down cleanup;
 - `backend.RedisBackend`: the registry in the store, with a local cache.
 
-Failure handling (docs/INTERNALS.md has the protocol step by step):
+Failure handling (`fencing`; docs/INTERNALS.md has the protocol step by step):
 
 - a node whose lease lapsed is *down*: `node_down` delivers noconnection everywhere
   and purges what that incarnation held in the store;
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
 from ..pid import Pid
-from ..process import _Proc
+from . import fencing
 from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .counters import ClusterCounters
@@ -341,189 +341,14 @@ class Cluster:
             n += 1
         self.counters.invalidations += n  # (metrics)
 
-    # -- failures -----------------------------------------------------------------------------
-    def fence_now(self, why: str) -> None:
-        """Fence this node now (synchronously): its lease may have lapsed, or has
-        (`why`). Its registered processes and group members end with reason
-        ``"fenced"`` (the others may start their keys elsewhere once the lease has
-        expired in the store), every peer is treated as down (our links and monitors
-        get ``noconnection``), the lookup cache is dropped, and until `rejoin` is done
-        nothing is claimed or handed out: `whereis` answers None, claims raise
-        `ClusterUnavailable`. The rejoin runs at the next membership step that
-        reaches the store."""
-        if self.fencing:
-            return
-        self.fencing = True  # no claims, no lookups until we have rejoined
-        self.fenced += 1
-        self.membership.disarm()  # (its fast check now fails)
-        node = self.node
-        log.error(
-            "node %s fences itself: %s",
-            node.name,
-            why,
-            extra={"procreg_node": node.name, "procreg_creation": self.creation},
-        )
-        self.counters.event("fence", node.name, why)
-        # its registered processes and group members: others may serve them soon
-        procs: list[_Proc] = [p for _, _, p in self.backend.local_entries()]
-        procs += self.backend.local_members()
-        try:
-            for proc in {id(p): p for p in procs}.values():
-                try:
-                    node.runtime.end(proc.pid, "fenced")
-                except Exception:
-                    log.exception("ending %r while fencing failed", proc.pid)
-        finally:
-            self.remote.all_down()
-            self.backend.clear_cache()
-        rejoining = self._rejoining is not None and not self._rejoining.done()
-        if self.store.up and not self.membership._closing and not rejoining:
-            # rejoin promptly (the membership step takes its lock; it rejoins)
-            self._rejoining = asyncio.get_running_loop().create_task(self._step_quietly())
-
-    async def _step_quietly(self) -> None:
-        try:
-            await self.membership.step()
-        except ClusterUnavailable as exc:
-            log.debug("rejoining failed for now: %r", exc)
-        except Exception:
-            log.exception("rejoining failed")
-
-    async def fence(self, why: str) -> None:
-        """We were declared dead (or must act as if): `fence_now`, then rejoin."""
-        self.fence_now(why)
-        await self.rejoin()
-
-    async def rejoin(self) -> None:
-        """After a fence: a new creation and lease; the old incarnation's entries are
-        purged (the others do it too); fencing ends."""
-        if not self.fencing:
-            return
-        old = self.membership.creation
-        # frames sent to us once the others see our new creation must reach us
-        await self.transport.wait_subscribed(timeout=self.lease / 3)
-        await self.membership.rejoin()
-        self.fencing = False
-        self.membership._set_deadline()
-        log.warning(
-            "node %s rejoined the cluster: creation %d -> %d",
-            self.node.name,
-            old,
-            self.creation,
-            extra={"procreg_node": self.node.name, "procreg_creation": self.creation},
-        )
-        self.counters.event("rejoin", self.node.name, f"creation {old} -> {self.creation}")
-        self.start_purge(self.node.name, old)
-        await self.membership.poll()
-        self._set_live(self.membership.live)
-        self.backend.keywatch.recheck()  # our watches were the old incarnation's
-        self.scoped.kick()  # our old incarnation's cluster-scoped processes are orphans
-
-    async def primary_changed(self) -> None:
-        """Another server answers as the primary (a failover or a restart): writes the
-        old one acknowledged may be missing (asynchronous replication). Logged as a
-        possible partial data loss; new claims wait out a grace period while every
-        node re-registers what it holds and releases what it no longer holds."""
-        changed = self.store.changed_primary
-        self.store.changed_primary = None
-        if changed is None:
-            return
-        self.failovers += 1
-        log.error(
-            "the cluster store's primary changed (run id %s -> %s): recent writes may be "
-            "lost; re-registering under a grace period of %.1f s",
-            changed[0][:8],
-            changed[1][:8],
-            self.grace,
-            extra={"procreg_node": self.node.name},
-        )
-        self.counters.event(
-            "failover", self.node.name, f"primary run id {changed[0][:8]} -> {changed[1][:8]}"
-        )
-        store = self.store
-        await store.run(
-            lambda r: r.set(store.key("grace"), 1, px=max(1, int(self.grace * 1000)), nx=True)
-        )
-        self.backend.clear_cache()
-        self.backend.keywatch.recheck()  # (it waits out the grace period)
-        # our transport connections may still reach the old primary (a replica now)
-        self.transport.reopen("the store's primary changed")
-        self._start_recovery()
-
-    def _start_recovery(self) -> None:
-        """Re-register what we hold, in a task of its own (a million keys take
-        seconds, and the membership step that asked must go on renewing our lease).
-        A request made while one runs is not dropped: the task goes round again."""
-        self._recover_again = True
-        if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.get_running_loop().create_task(self._recover())
-
-    async def _recover(self) -> None:
-        while self._recover_again and not self.membership._closing:
-            self._recover_again = False
-            try:
-                conflicts = await self.backend.reconcile()
-            except ClusterUnavailable as exc:
-                log.warning("re-registering failed (%s): trying again", exc)
-                self._recover_again = True
-                await asyncio.sleep(self.lease / 3)
-                continue
-            except Exception:
-                log.exception("re-registering failed")
-                return
-            if conflicts:
-                log.warning("%d registry conflicts while re-registering", conflicts)
-            log.info(
-                "node %s re-registered its keys and groups (%d conflict(s))",
-                self.node.name,
-                conflicts,
-                extra={"procreg_node": self.node.name},
-            )
-
-    async def recover_lost_data(self) -> None:
-        """The store lost its data: new epoch with a grace period, our lease back, then
-        (in a task of its own, so that lease renewals go on meanwhile) every live local
-        key and membership registered again. Links and monitors across nodes get
-        ``noconnection`` on every node alike: frames may have been lost."""
-        self.recoveries += 1
-        log.error(
-            "the cluster store lost its data: re-registering (grace %.1f s)",
-            self.grace,
-            extra={"procreg_node": self.node.name},
-        )
-        self.counters.event("recovery", self.node.name, "the store lost its data")
-        await self.membership.reestablish(self.grace)
-        self.remote.all_down()
-        self.backend.clear_cache()
-        self.backend.keywatch.recheck()  # (it waits out the grace period)
-        self._start_recovery()
-
-    async def conflict(self, table: str, key: Any, ours: _Proc, theirs: Pid) -> None:
-        """Two live processes claim `key`: by default the registered one (`theirs`)
-        stays and ours ends with reason ``"conflict"``; `on_conflict(table, key,
-        ours_pid, theirs_pid)` may decide otherwise by ending one itself."""
-        if self.on_conflict is not None:
-            result = self.on_conflict(table, key, ours.pid, theirs)
-            if asyncio.iscoroutine(result):
-                await result
-            return
-        log.warning("conflict on %r in %r: keeping %r, ending %r", key, table, theirs, ours.pid)
-        self.node.runtime.end(ours.pid, "conflict")
-
-    async def _resync(self) -> None:
-        """Back in touch with the store: check the epoch and our lease (or rejoin, if
-        we fenced ourselves meanwhile), reconcile. Frames were dropped meanwhile (ours
-        and maybe others'), so links and monitors across nodes end with
-        ``noconnection``, as after a network partition."""
-        peers = self.remote.all_down()
-        self.backend.clear_cache()  # invalidations may have been missed
-        await self.membership.step()
-        if self.fencing:  # the rejoin failed: the next step tries again
-            raise ClusterUnavailable("rejoining the cluster failed")
-        # the peers may never have seen the frames we lost: tell them we ended our side
-        self.remote.reset(peers)
-        if self.store.changed_primary is not None:
-            await self.primary_changed()  # (it reconciles)
-        else:
-            await self.backend.reconcile()
-        self.backend.keywatch.recheck()  # key events may have been missed
+    # -- failures (written in `fencing`) ---------------------------------------------------
+    fence_now = fencing.fence_now
+    _step_quietly = fencing.step_quietly
+    fence = fencing.fence
+    rejoin = fencing.rejoin
+    primary_changed = fencing.primary_changed
+    _start_recovery = fencing.start_recovery
+    _recover = fencing.recover
+    recover_lost_data = fencing.recover_lost_data
+    conflict = fencing.conflict
+    _resync = fencing.resync

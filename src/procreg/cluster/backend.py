@@ -4,13 +4,13 @@ Each node keeps its own processes' registrations in a `LocalBackend` view of its
 (`RedisBackend.local`: so `entries`, exit cleanup and read-your-writes stay local and
 synchronous) and mirrors them into the store:
 
-- **Claims** (`claims`): one `store.CLAIM` script call for many keys, refused while
+- **Claims** (`claims`): one `scripts.CLAIM` script call for many keys, refused while
   this node is fenced or, for new claims, during a grace period after a data loss.
 - **get_or_spawn** allocates the pid *first*, claims the key for it in one round
   trip, and starts the process only if the claim won; a losing caller gets the
   holder's pid and no duplicate ever runs its ``init``. Concurrent callers on one node
   share one attempt (`claims.SpawnAttempt`, or a task on the general path).
-- **Lookups** of other nodes' keys go to the store (`store.LOOKUP`, which checks the
+- **Lookups** of other nodes' keys go to the store (`scripts.LOOKUP`, which checks the
   owner's lease) and are cached (`keycache`).
 - **Releases** (`releases`): the local view changes at once, the store at the end of
   the loop turn, in batches.

@@ -1,7 +1,7 @@
 """Claims: keys claimed in the store for pids, in batches (`ClaimBatcher`), and the
 task-free `get_or_spawn` attempt built on them (`SpawnAttempt`).
 
-A claim is one `store.CLAIM` script call for many keys: it refuses if the epoch
+A claim is one `scripts.CLAIM` script call for many keys: it refuses if the epoch
 changed, if our own lease is gone (a fenced node cannot claim), or, for new claims,
 during a grace period after a data loss; it treats an entry whose owner's lease
 lapsed as free; and it publishes the change on the ``inval`` channel.

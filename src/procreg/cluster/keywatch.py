@@ -4,10 +4,10 @@
 make. This module adds the changes made on other nodes:
 
 - **Recording.** The first local watcher of a key records it in the store with the
-  `store.WATCH` script: a ``w`` member in this incarnation's owned set, counted (once
-  per incarnation) in the ``kw`` hash. The last one gone removes it (`store.UNWATCH`,
+  `scripts.WATCH` script: a ``w`` member in this incarnation's owned set, counted (once
+  per incarnation) in the ``kw`` hash. The last one gone removes it (`scripts.UNWATCH`,
   batched at the end of the loop turn). A dead incarnation's watches are counted out
-  by `store.PURGE` with the rest of what it held.
+  by `scripts.PURGE` with the rest of what it held.
 - **Events.** `CLAIM`, `RELEASE` and `PURGE` test ``kw`` once per call (``EXISTS``)
   and, only if some key is watched, each changed key (``HEXISTS``); for a watched one
   they publish key events on ``kev``: ``code\\ntable\\nkey\\npid`` records, newline
@@ -161,7 +161,7 @@ class KeyWatch:
                 await self._watch_script(entries[start : start + WATCH_BATCH], "init")
 
     async def _watch_script(self, entries: list[Entry], mode: str) -> None:
-        """Run `store.WATCH` for `entries`; its marker is applied in `mode` ("init":
+        """Run `scripts.WATCH` for `entries`; its marker is applied in `mode` ("init":
         learn the holders; "diff": report changes) when it arrives."""
         store = self.store
         backend = self.backend

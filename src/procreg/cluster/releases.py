@@ -1,6 +1,6 @@
 """Releases of one node's registry entries, batched: a process ended, a key was
 unregistered, a member left a group. The local view changes at once; the store at the
-end of the loop turn, `RELEASE_BATCH` releases to a `store.RELEASE` script call. What
+end of the loop turn, `RELEASE_BATCH` releases to a `scripts.RELEASE` script call. What
 cannot reach the store (it is down) is reconciled from the owned set on reconnect
 (`recovery.reconcile`)."""
 
