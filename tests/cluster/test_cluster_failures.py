@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+import procreg
+
+from .conftest import SECRET
 from .harness import NodeProc, cluster_state, free_port, wait_back, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -517,3 +520,37 @@ def test_pooled_connections_are_renewed_after_a_restart(cluster, redis):
     time.sleep(2.5 * LEASE)  # past the grace period for new claims
     after = n1.ok("gos_many", keys=[f"new-{i}" for i in range(300)], chunk=1, pace=0.0)
     assert after["errors"] == {}, after["samples"]
+
+
+def test_a_recovery_cut_short_recovers_again_instead_of_fencing(redis):
+    """After a data loss, a node adopts the new epoch and then writes its lease back;
+    if that write fails (a connection the restart closed), the next renewal must
+    recover again. It once found the epoch matching and its lease missing, answered
+    "lost", and the node fenced itself in a short outage (seen in a full CI run)."""
+    from procreg.errors import ClusterUnavailable
+
+    async def main() -> dict[str, int]:
+        cluster = procreg.current_node()._cluster
+        membership = cluster.membership
+        real = membership._write_lease
+        failed = 0
+
+        async def flaky(nx: bool) -> bool:
+            nonlocal failed
+            if not failed:
+                failed += 1
+                raise ClusterUnavailable("the first write after the restart fails")
+            return await real(nx)
+
+        membership._write_lease = flaky
+        redis.client().flushall()  # the data loss
+        for _ in range(4):
+            try:
+                await membership.step()
+            except ClusterUnavailable:
+                pass
+        return {"failed": failed, "recoveries": cluster.recoveries, "fenced": cluster.fenced}
+
+    result = procreg.run(main, name="a", cluster=redis.url, secret=SECRET, lease=3.0)
+    assert result["failed"] == 1, result
+    assert result["recoveries"] >= 2 and result["fenced"] == 0, result

@@ -430,5 +430,12 @@ class Membership:
         entry in ``nodes`` written again."""
         store = self.store
         await self._restore_epoch(grace)
-        await self._write_lease(nx=False)
-        await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
+        try:
+            await self._write_lease(nx=False)
+            await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
+        except BaseException:
+            # not re-established: forget the epoch we adopted, so that the next renewal
+            # answers "epoch" and recovers again (with it, a renewal that found our
+            # lease still missing answered "lost", and the node fenced itself)
+            self.epoch = ""
+            raise
