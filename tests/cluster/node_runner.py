@@ -417,6 +417,15 @@ class Runner:
         nodes = None if view is None else {n: sorted(p) for n, p in view.items()}
         return {"view": nodes, "loads": views.loads}
 
+    async def cmd_sweep_views(self) -> Any:
+        """Run one sweep of idle group views now and wait for its store writes; the
+        groups this node still has views of."""
+        views = self.node._cluster.backend.groups_.views
+        views.sweep()
+        if views._unwatching is not None:
+            await views._unwatching
+        return sorted(views.views)
+
     async def cmd_join_pid(self, group: Any, pid: list[Any]) -> Any:
         """Join a given local process (not a new Echo) to `group`."""
         return await self.procreg.join(group, self.pid(pid))

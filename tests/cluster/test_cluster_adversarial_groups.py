@@ -16,6 +16,8 @@ written against.
 4. FLUSHALL (a data loss with the connections up): before any node noticed it, a
    first join read an empty watcher set and returned at once, and a publish from a
    watcher's old view missed the member (3 runs in 3).
+5. A node kept a view of every group it ever published to, and stayed in each
+   group's watcher set, for as long as it lived.
 
 The other tests here are attacks that held (kept as regression tests).
 """
@@ -350,3 +352,35 @@ def test_a_watcher_restarted_under_its_name_reaches_every_member(cluster):
                 what=f"round {rnd}: {pid} to get {msg2}",
                 explain=lambda: n1.ok("group_view", group="wr"),
             )
+
+
+def test_idle_views_are_dropped_and_their_watcher_entries_leave_the_store(cluster, redis):
+    """n1 publishes to 12 groups, then to 3 of them only: two sweeps later it holds
+    views of those 3, and the 9 others' watcher sets no longer list it. A member that
+    joins a dropped group afterwards is reached: the next publish loads the view."""
+    n1, n2 = cluster(["n1", "n2"])
+    groups = [f"idle{i}" for i in range(12)]
+    members = {g: n2.ok("join", group=g) for g in groups}
+    for g in groups:
+        assert n1.ok("publish", group=g, msg=("first", g)) == 1
+    client = redis.client()
+
+    def watched(group: str) -> bool:
+        keys = [k for k in client.keys("procreg:gw:*") if k.endswith(group.encode() + b'"')]
+        return any(m.split(b"\t")[0] == b"n1" for k in keys for m in client.smembers(k))
+
+    assert all(watched(g) for g in groups)
+    kept = sorted(n1.ok("sweep_views"))  # the loads count as a use: all kept
+    assert len(kept) == 12
+    for g in groups[:3]:
+        n1.ok("publish", group=g, msg=("again", g))
+    kept = n1.ok("sweep_views")
+    assert len(kept) == 3 and all(any(g in k for k in kept) for g in groups[:3])
+    assert [g for g in groups if watched(g)] == groups[:3]
+    # the rule still holds for a dropped group: a member that joined before the
+    # publish is reached (the publish loads the view again)
+    late = n2.ok("join", group="idle7")
+    assert n1.ok("publish", group="idle7", msg="late") == 2
+    for pid in (members["idle7"], late):
+        wait_for(lambda p=pid: got(n2, p, "late"), 10, what=f"{pid} to get the publish")
+    assert watched("idle7")

@@ -21,6 +21,9 @@ class FakeStore:
         self.members = members
         self.release = asyncio.Event()
         self.calls: list[str] = []
+        self.removed: list[tuple[str, str]] = []
+
+    up = True
 
     def key(self, *parts: str) -> str:
         return "procreg:" + ":".join(parts)
@@ -36,7 +39,10 @@ class FakeStore:
             self.added = added
             return [1] * len(added)
 
-        return SimpleNamespace(sadd=lambda k, m: added.append((k, m)), execute=execute)
+        def srem(k: str, m: str) -> None:
+            self.removed.append((k, m))
+
+        return SimpleNamespace(sadd=lambda k, m: added.append((k, m)), srem=srem, execute=execute)
 
     async def script(self, name: str, keys: list[str], args: list[str]) -> list[bytes]:
         self.calls.append(name)
@@ -67,8 +73,8 @@ def test_updates_during_a_load_are_applied_after_it() -> None:
         assert store.calls == ["watch", "members"]  # watcher first, then members
         # in the group's watcher set, and in our owned set (the purge takes it out)
         assert store.added == [
-            ('procreg:gw:"g"', "me\t7"),
-            ("procreg:owned:me:7", 'v\x1f"g"\x1fme\t7'),
+            ('procreg:gw:"g"', "me\t7\t1"),
+            ("procreg:owned:me:7", 'v\x1f"g"\x1fme\t7\t1'),
         ]
         views.update("b", '"g"', [b2, b3], [b1])  # in flight: applied after the load
         views.none("a", '"g"')
@@ -123,5 +129,39 @@ def test_a_newer_incarnation_stays_when_an_older_one_goes_down() -> None:
         assert views.views['"g"'] == {"b": {b2}}
         views.node_down("b", 2)
         assert views.views['"g"'] == {}
+
+    asyncio.run(main())
+
+
+def test_an_idle_view_is_dropped_and_a_late_removal_cannot_take_a_new_entry() -> None:
+    """A view not published to between two sweeps is dropped and its own watcher
+    entry removed; a view loaded again records a new entry (another serial), so a
+    removal of the old one that reaches the store late leaves the new one."""
+
+    async def main() -> None:
+        store = FakeStore([Pid("a", 1, 1)])
+        store.release.set()
+        views = views_for(store)
+        await views.view("g", '"g"')
+        await views.view("h", '"h"')
+        views.sweep()  # the loads were a use
+        assert sorted(views.views) == ['"g"', '"h"'] and store.removed == []
+        views.used.add('"g"')  # (what a publish from the view does)
+        views.sweep()
+        assert sorted(views.views) == ['"g"']
+        await views._unwatching  # type: ignore[misc]
+        assert store.removed == [
+            ('procreg:gw:"h"', "me\t7\t2"),
+            ("procreg:owned:me:7", 'v\x1f"h"\x1fme\t7\t2'),
+        ]
+        await views.view("h", '"h"')
+        assert store.added[0] == ('procreg:gw:"h"', "me\t7\t3")
+        views.clear()  # every kept entry is taken out at the next sweep
+        assert sorted(e for _, e in views.stale) == ["me\t7\t1", "me\t7\t3"]
+        views.sweep()
+        await views._unwatching  # type: ignore[misc]
+        assert views.stale == [] and views.views == {}
+        await views.close()
+        assert views._sweeper is None
 
     asyncio.run(main())

@@ -179,6 +179,7 @@ class Cluster:
         except Exception:
             pass
         await self.backend.keywatch.close()
+        await self.backend.groups_.views.close()
         await self.scoped.stop()
         await self.membership.stop()
         await stop_tasks(*self._purges.values(), self._recovery)

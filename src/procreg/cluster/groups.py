@@ -14,7 +14,7 @@ from ..errors import CallTimeout, ClusterUnavailable, NodeDown
 from ..pid import Pid
 from ..registry import Published
 from .codec import as_text, canon, pack_item, pid_from_str, pid_str
-from .groupview import SEP, GroupViews
+from .groupview import SEP, GroupViews, watcher_node
 from .remote import GPUB, GVIEW
 
 if TYPE_CHECKING:
@@ -106,10 +106,10 @@ class ClusterGroups:
         me = self.backend.node.name
         nodes: dict[str, int] = {}
         for watcher in watchers:
-            name, _, text = watcher.partition("\t")
-            if name == me or not text.isdigit():
+            found = watcher_node(watcher)
+            if found is None or found[0] == me:
                 continue
-            creation = int(text)
+            name, creation = found
             if creation > nodes.get(name, -1) and remote.reachable(Pid(name, creation, 0)):
                 nodes[name] = creation
         return nodes
@@ -206,9 +206,12 @@ class ClusterGroups:
             raise ClusterUnavailable(
                 f"cannot publish to {group!r}: the cluster store is unreachable"
             )
-        view = self.views.views.get(cgroup)
+        views = self.views
+        view = views.views.get(cgroup)
         if view is None:
-            view = await self.views.view(group, cgroup)
+            view = await views.view(group, cgroup)
+        else:
+            views.used.add(cgroup)  # (kept by the next sweep)
         published = self.local.publish_now(group, msg)
         if not view:
             return published

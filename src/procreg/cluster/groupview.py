@@ -3,10 +3,10 @@
 A node that publishes to a group keeps a *view* of it: for every other node that
 has members, the set of those members. The first `publish` to a group loads the view
 from the store (the live members of ``g:<group>``) after recording this node as a
-*watcher* of the group (``gw:<group>``, a set of ``node\\tcreation``); from then on a
-publish sends one ``GPUB`` item to each node in the view, and the receiving node
-delivers the message to the members it has *when the item arrives* (its own local
-view is exact). The view is kept current by the members' nodes, which send
+*watcher* of the group (``gw:<group>``, a set of ``node\\tcreation\\tserial``); from
+then on a publish sends one ``GPUB`` item to each node in the view, and the receiving
+node delivers the message to the members it has *when the item arrives* (its own
+local view is exact). The view is kept current by the members' nodes, which send
 ``GVIEW`` items (members added, members removed) to the group's watchers:
 
 - a **join** reads the watchers in the same round trip as it records the member
@@ -25,7 +25,16 @@ view is exact). The view is kept current by the members' nodes, which send
   member.
 - a view is **dropped** (loaded again at the next publish) whenever updates may have
   been missed: a lost subscription, a store outage, a fence, a data loss, a peer's
-  ``RESET``.
+  ``RESET``; and when it is **idle**: a view not published to between two sweeps
+  (`VIEW_IDLE` seconds apart) is dropped and this node leaves the group's watchers,
+  so a node holds views only of the groups it published to in the last
+  2 x `VIEW_IDLE` seconds, and members' nodes stop sending it updates.
+
+Each load records a watcher entry of its own (``node\tcreation\tserial``), and a
+dropped view's entry is taken out of ``gw:<group>`` by a later sweep (again at each
+sweep until the store confirms it): a removal that reaches the store late, even
+after a new load of the same group, can only remove its own entry, never the new
+one, so the rule above needs no ordering between the two.
 
 `Published` counts a remote node's members from the view: exact for joins and
 explicit leaves that returned, possibly stale by one frame for members that just
@@ -35,6 +44,7 @@ ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +52,23 @@ from ..pid import Pid
 from .codec import as_text, pid_from_str
 
 SEP = "\x1f"  # between the fields of an owned-set member
+VIEW_IDLE = 120.0  # seconds between sweeps: a view unused since the last one is dropped
+UNWATCH_BATCH = 1_000  # dropped views' watcher entries taken out per sweep, at most
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["SEP", "GroupViews"]
+__all__ = ["SEP", "VIEW_IDLE", "GroupViews", "watcher_node"]
 
 View = dict[str, set[Pid]]  # node -> its members of the group (not ours)
+
+
+def watcher_node(entry: str) -> tuple[str, int] | None:
+    """The node and creation of a watcher entry (``node\tcreation[\tserial]``), or
+    None if it is not one."""
+    name, _, rest = entry.partition("\t")
+    text = rest.partition("\t")[0]
+    return (name, int(text)) if text.isdigit() else None
 
 
 class GroupViews:
@@ -62,6 +82,13 @@ class GroupViews:
         self.loading: dict[str, tuple[asyncio.Future[View], list[tuple[str, Any, Any]]]] = {}
         self.gen = 0  # bumped by `clear`: a load that spans it is used once, not kept
         self.loads = 0  # views loaded from the store (for tests and stats)
+        self.idle = VIEW_IDLE  # seconds between sweeps (see the module's docstring)
+        self.used: set[str] = set()  # groups published to since the last sweep
+        self.entries: dict[str, str] = {}  # canonical group -> its view's watcher entry
+        self.stale: list[tuple[str, str]] = []  # (group, entry) to leave ``gw`` sets
+        self.serial = 0  # of the watcher entries this incarnation recorded
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._unwatching: asyncio.Task[None] | None = None
 
     def watcher_key(self, cgroup: str) -> str:
         return self.store.key("gw", cgroup)
@@ -83,12 +110,18 @@ class GroupViews:
         updates: list[tuple[str, Any, Any]] = []
         self.loading[cgroup] = (fut, updates)
         gen = self.gen
+        self.serial += 1
+        entry = f"{self.backend.node.name}\t{self.backend.cluster.creation}\t{self.serial}"
+        kept = False
         try:
-            view = await self._load(cgroup)
+            view = await self._load(cgroup, entry)
             for op, node, pids in updates:  # what arrived while the load was in flight
                 self._apply(view, op, node, pids)
             if gen == self.gen:
                 self.views[cgroup] = view
+                self.entries[cgroup] = entry
+                self.used.add(cgroup)
+                kept = True
             self.loads += 1
             fut.set_result(view)
             return view
@@ -101,13 +134,16 @@ class GroupViews:
             raise
         finally:
             self.loading.pop(cgroup, None)
+            if not kept:  # (recorded, or perhaps recorded: taken out by a sweep)
+                self.stale.append((cgroup, entry))
+            self._arm()
 
-    async def _load(self, cgroup: str) -> View:
-        """Record this node as a watcher of the group, then read its live members
-        (in that order: a join that misses us as a watcher is in what we read)."""
+    async def _load(self, cgroup: str, watcher: str) -> View:
+        """Record this node as a watcher of the group (entry `watcher`), then read its
+        live members (in that order: a join that misses us as a watcher is in what we
+        read)."""
         store = self.store
         me = self.backend.node.name
-        watcher = f"{me}\t{self.backend.cluster.creation}"
         key = self.watcher_key(cgroup)
         # in our owned set too, so that the purge of this incarnation takes us out
         # of the watcher set (a dead watcher would otherwise stay in it for good)
@@ -178,3 +214,55 @@ class GroupViews:
         """Drop every view (updates may have been missed); loaded again when needed."""
         self.gen += 1
         self.views.clear()
+        self.stale.extend(self.entries.items())
+        self.entries.clear()
+        self.used.clear()
+
+    # -- idle views ------------------------------------------------------------------
+    def _arm(self) -> None:
+        if self._sweeper is None and (self.views or self.stale):
+            self._sweeper = self.backend.runtime.loop.call_later(self.idle, self.sweep)
+
+    def sweep(self) -> None:
+        """Drop the views not published to since the last sweep, and start taking
+        the watcher entries of dropped views out of the store (`VIEW_IDLE`)."""
+        self._sweeper = None
+        used = self.used
+        for cgroup in [g for g in self.views if g not in used]:
+            del self.views[cgroup]
+            entry = self.entries.pop(cgroup, None)
+            if entry is not None:
+                self.stale.append((cgroup, entry))
+        used.clear()
+        busy = self._unwatching is not None and not self._unwatching.done()
+        if self.stale and self.store.up and not busy:
+            batch, self.stale = self.stale[:UNWATCH_BATCH], self.stale[UNWATCH_BATCH:]
+            self._unwatching = self.backend.runtime.loop.create_task(self._unwatch(batch))
+        self._arm()
+
+    async def _unwatch(self, batch: list[tuple[str, str]]) -> None:
+        store, owned = self.store, self.backend.owned()
+
+        async def run(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for cgroup, entry in batch:
+                pipe.srem(self.watcher_key(cgroup), entry)
+                pipe.srem(owned, f"v{SEP}{cgroup}{SEP}{entry}")
+            await pipe.execute()
+
+        try:
+            await store.run(run)
+        except Exception:
+            self.stale.extend(batch)  # (again at the next sweep)
+            self._arm()
+
+    async def close(self) -> None:
+        """Stop sweeping (the node leaves; its purge takes its entries out)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        task, self._unwatching = self._unwatching, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
