@@ -78,8 +78,9 @@ class RedisBackend(RegistryBackend):
         # pids allocated for a claim whose process does not exist yet: what other
         # nodes send them meanwhile (they may have found the pid in the store before
         # our claim's answer came back) waits here, and is delivered once the process
-        # has started, or answered noproc if it never does
-        self.parked: dict[Pid, list[tuple[str, int, Any]]] = {}
+        # has started, or answered noproc if it never does (an empty tuple until
+        # something waits: no list per claim)
+        self.parked: dict[Pid, list[tuple[str, int, Any]] | tuple[()]] = {}
         self._tkeys: dict[str, tuple[str, str]] = {}
         self.claims: ClaimBatcher = ClaimBatcher(self)
         self.releases = Releases(self)
@@ -342,7 +343,7 @@ class RedisBackend(RegistryBackend):
                     self._cache[(table, key)] = result[0]
                 return result
         pid = self.runtime.new_pid()
-        self.parked[pid] = []
+        self.parked[pid] = ()
         try:
             holder = await self.claim(key, table, pid, meta)
             if holder is not None:
@@ -462,6 +463,8 @@ class RedisBackend(RegistryBackend):
         parked = self.parked.get(pid)
         if parked is None:
             return False
+        if not isinstance(parked, list):
+            parked = self.parked[pid] = []
         parked.append((sender, creation, item))
         return True
 
