@@ -134,7 +134,7 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
         )
         return pid
     if not node._starting and not node._held:  # (`spawn_for`'s fast path)
-        pid, _ = await node.registry.get_or_spawn(
+        pid, _ = await node.registry.get_or_spawn_missed(
             key, factory, args, table, placement, meta, idle_timeout
         )
         return pid

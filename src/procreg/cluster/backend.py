@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +310,32 @@ class RedisBackend(RegistryBackend):
         self.attempts[(table, key)] = task
         task.add_done_callback(partial(self._attempt_done, (table, key)))
         return await asyncio.shield(task)
+
+    def get_or_spawn_missed(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Awaitable[tuple[Pid, bool]]:
+        """`get_or_spawn` right after a `peek` that missed (`RegistryBackend`): the
+        common case (local placement, a factory that starts at once, no attempt for
+        the key under way, not fencing) answers with the new attempt's future, with
+        no coroutine and no second `peek`; every other case is `get_or_spawn`."""
+        if (
+            placement == "local"
+            and not self.cluster.fencing
+            and (table, key) not in self.attempts
+            and self.node.starts_now(factory)
+        ):
+            attempt = SpawnAttempt(self, key, canon(key), table, factory, args, meta, idle_timeout)
+            attempt.claim()
+            self.attempts[(table, key)] = attempt
+            return attempt.wait()
+        return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
     def _attempt_done(
         self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]
