@@ -301,9 +301,9 @@ class RedisBackend(RegistryBackend):
             # the common case, without a task: the claim's answer starts the process
             # (or fails) in a callback, so a cancelled caller orphans nothing
             attempt = SpawnAttempt(self, key, ckey, table, factory, args, meta, idle_timeout)
-            attempt.claim()
+            first = attempt.claim()
             self.attempts[(table, key)] = attempt
-            return await attempt.wait()
+            return await first
         task = self.runtime.loop.create_task(
             self.spawn_general(key, factory, args, table, placement, meta, idle_timeout)
         )
@@ -332,9 +332,9 @@ class RedisBackend(RegistryBackend):
             and self.node.starts_now(factory)
         ):
             attempt = SpawnAttempt(self, key, canon(key), table, factory, args, meta, idle_timeout)
-            attempt.claim()
+            first = attempt.claim()
             self.attempts[(table, key)] = attempt
-            return attempt.wait()
+            return first
         return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
     def _attempt_done(
@@ -499,9 +499,13 @@ class RedisBackend(RegistryBackend):
         process, or answered noproc if it never started)."""
         parked = self.parked.pop(pid, None)
         if parked:
-            deliver = self.cluster.remote.deliver
-            for sender, creation, item in parked:
-                deliver(sender, creation, item)
+            self.deliver_parked(parked)
+
+    def deliver_parked(self, parked: list[tuple[str, int, Any]] | tuple[()]) -> None:
+        """Deliver items `unpark` took, in order."""
+        deliver = self.cluster.remote.deliver
+        for sender, creation, item in parked:
+            deliver(sender, creation, item)
 
     # -- node-local names and recovery ----------------------------------------------------
     def register_now(

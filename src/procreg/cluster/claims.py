@@ -315,8 +315,9 @@ class SpawnAttempt(Claim):
             self.more.append(fut)
         return fut
 
-    def claim(self) -> None:
-        """Queue the claim (raises at once if this node is being fenced)."""
+    def claim(self) -> asyncio.Future[tuple[Pid, bool]]:
+        """Queue the claim and return the first caller's future (raises at once if
+        this node is being fenced)."""
         b = self.backend
         self.pid = pid = b.node._new_pid()
         fenced = b.fenced_error(self.key, pid)
@@ -330,6 +331,8 @@ class SpawnAttempt(Claim):
         self.ctx = contextvars.copy_context()
         self.triple = b.triple(self.table, self.ckey, pid, self.meta)
         b.claims.queue("new", self)
+        self.first = fut = b.runtime.loop.create_future()
+        return fut
 
     def answer(self, result: Any, error: BaseException | None) -> None:
         """The claim's answer: every outcome settles every waiter, even an error
@@ -388,11 +391,16 @@ class SpawnAttempt(Claim):
         key = (self.table, self.key)
         if attempts.get(key) is self:
             del attempts[key]
-        b.unpark(self.pid)
+        parked = b.parked.pop(self.pid, None)
+        if parked:
+            b.deliver_parked(parked)
         fut = self.first
         if fut is not None:
             self.first = None
-            _settle_one(fut, outcome, error)
+            if outcome is not None and error is None and not fut.done():
+                fut.set_result(outcome)
+            else:
+                _settle_one(fut, outcome, error)
         more, self.more = self.more, None
         if more is not None:
             for fut in more:
