@@ -120,10 +120,10 @@ class RegistryBackend:
         meta: dict[str, Any] | None = None,
         idle_timeout: float | None = None,
     ) -> Awaitable[tuple[Pid, bool]]:
-        """`get_or_spawn` for a caller whose `peek` of `key` has just missed, in the
-        same step (nothing ran in between): a backend may skip its own look and, in
-        its common case, hand back the attempt's future itself rather than a
-        coroutine around it (`procreg.get_or_spawn` does this). By default, simply
+        """`get_or_spawn` for a caller whose `peek` of `key` has just answered `MISS`,
+        in the same step (nothing ran in between): a backend may skip its own look
+        and, in its common case, hand back the attempt's future itself rather than a
+        coroutine around it (`procreg.get_or_spawn` calls it so). By default, simply
         `get_or_spawn`."""
         return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
