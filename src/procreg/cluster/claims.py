@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import hashlib
 import importlib
+import json
 import logging
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,7 @@ class ClaimBatcher:
         self.backend = backend
         self.store = backend.store
         self.cluster = backend.cluster
-        self._loop = backend.runtime.loop
+        self.loop = self._loop = backend.runtime.loop
         # claims waiting for a script call, by mode ("new", "resync")
         self._pending: dict[str, list[Claim]] = {}
         self._scheduled = False
@@ -319,19 +320,29 @@ class SpawnAttempt(Claim):
         """Queue the claim and return the first caller's future (raises at once if
         this node is being fenced)."""
         b = self.backend
+        cluster = b.cluster
         self.pid = pid = b.node._new_pid()
-        fenced = b.fenced_error(self.key, pid)
-        if fenced is not None:
-            raise fenced
+        m = cluster.membership
+        # `fenced_error`'s checks, its fast path inline (`Membership.check`'s own)
+        if not (m.time() < m.deadline and pid[1] == m.creation):
+            fenced = b.fenced_error(self.key, pid)
+            if fenced is not None:
+                raise fenced
         self.gen = b.keys.gen
-        self.fences = b.cluster.fenced  # a fence while the claim is in flight voids it
+        self.fences = cluster.fenced  # a fence while the claim is in flight voids it
         b.parked[pid] = ()  # (a list once something is parked: `RedisBackend.park`)
         # the process starts in the answer's callback, but under its caller's context
         # variables, as it would locally (request ids, tenants, tracing)
         self.ctx = contextvars.copy_context()
-        self.triple = b.triple(self.table, self.ckey, pid, self.meta)
-        b.claims.queue("new", self)
-        self.first = fut = b.runtime.loop.create_future()
+        meta = self.meta
+        self.triple = (
+            b.tkey(self.table)[1],
+            self.ckey,
+            f"{pid[0]}\t{pid[1]}\t{pid[2]}\t" + (json.dumps(meta) if meta else ""),
+        )  # (`RedisBackend.triple`, inline)
+        claims = b.claims
+        claims.queue("new", self)
+        self.first = fut = claims.loop.create_future()
         return fut
 
     def answer(self, result: Any, error: BaseException | None) -> None:
@@ -370,7 +381,9 @@ class SpawnAttempt(Claim):
             return
         pid = self.pid
         cluster = b.cluster
-        cluster.membership.check()  # past our lease deadline: fence first
+        m = cluster.membership
+        if m.time() >= m.deadline:  # (`Membership.check`'s fast path, inline)
+            m.check()  # past our lease deadline: fence first
         if cluster.fenced != self.fences:
             # won while our lease still held, but we were fenced since: the others may
             # have started the key again; give it back
