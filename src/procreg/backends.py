@@ -8,7 +8,7 @@ these names.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from .pid import Pid, Ref
@@ -109,6 +109,23 @@ class RegistryBackend:
         returns ``(pid, started_by_this_call)``. `idle_timeout` is passed to the
         new process (see `procreg.spawn`)."""
         raise NotImplementedError
+
+    def get_or_spawn_missed(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Awaitable[tuple[Pid, bool]]:
+        """`get_or_spawn` for a caller whose `peek` of `key` has just answered `MISS`,
+        in the same step (nothing ran in between): a backend may skip its own look
+        and, in its common case, hand back the attempt's future itself rather than a
+        coroutine around it (`procreg.get_or_spawn` calls it so). By default, simply
+        `get_or_spawn`."""
+        return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
     def entries(self, table: str = DEFAULT_TABLE) -> list[tuple[Hashable, Pid]]:
         """``(key, pid)`` pairs of `table` known locally (empty for an unknown table)."""

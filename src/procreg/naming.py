@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVarTuple, Unpack, overload
 
+from .backends import MISS
 from .keys import caller_pid, check_factory, check_key, check_table, spawn_for
 from .node import Node, check_timeout, current_node
 from .pid import Pid, Ref
@@ -134,9 +135,14 @@ async def get_or_spawn(  # type: ignore[misc, unused-ignore]
         )
         return pid
     if not node._starting and not node._held:  # (`spawn_for`'s fast path)
-        pid, _ = await node.registry.get_or_spawn(
-            key, factory, args, table, placement, meta, idle_timeout
-        )
+        if pid is MISS:  # only the store knows: the backend need not look again
+            pid, _ = await node.registry.get_or_spawn_missed(
+                key, factory, args, table, placement, meta, idle_timeout
+            )
+        else:
+            pid, _ = await node.registry.get_or_spawn(
+                key, factory, args, table, placement, meta, idle_timeout
+            )
         return pid
     pid, _ = await spawn_for(node, key, factory, args, table, placement, meta, idle_timeout)
     return pid

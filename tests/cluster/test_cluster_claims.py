@@ -613,3 +613,35 @@ def test_an_error_handling_the_answer_reaches_every_caller(redis) -> None:
         assert Counted.started == []
 
     run_node(redis.url, main)
+
+
+def test_items_for_a_pid_whose_claim_is_in_flight_wait_for_it(redis) -> None:
+    """What reaches a pid whose claim is in flight (`RedisBackend.park`) waits, in
+    order, and is delivered once the claim settled; no list is made for a claim that
+    nothing reaches, and nothing is kept once it settled."""
+
+    async def main() -> None:
+        node = procreg.current_node()
+        backend: Any = node.registry
+        remote = backend.cluster.remote
+        delivered: list[Any] = []
+        remote.deliver = lambda sender, creation, item: delivered.append((sender, item))
+        try:
+            quiet = asyncio.ensure_future(procreg.get_or_spawn("quiet", Counted))
+            busy = asyncio.ensure_future(procreg.get_or_spawn("busy", Counted))
+            await asyncio.sleep(0)  # both attempts queued their claims
+            pid_quiet = backend.attempts[("default", "quiet")].pid
+            pid_busy = backend.attempts[("default", "busy")].pid
+            assert backend.parked[pid_quiet] == () and backend.parked[pid_busy] == ()
+            assert backend.park("b", 1, "first", pid_busy)
+            assert backend.park("b", 1, "second", pid_busy)
+            assert backend.parked[pid_quiet] == ()
+            assert delivered == []
+            assert await busy == pid_busy and await quiet == pid_quiet
+            assert delivered == [("b", "first"), ("b", "second")]
+            assert pid_busy not in backend.parked and pid_quiet not in backend.parked
+            assert not backend.park("b", 1, "late", pid_busy)  # started: delivered directly
+        finally:
+            del remote.deliver
+
+    run_node(redis.url, main)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +78,9 @@ class RedisBackend(RegistryBackend):
         # pids allocated for a claim whose process does not exist yet: what other
         # nodes send them meanwhile (they may have found the pid in the store before
         # our claim's answer came back) waits here, and is delivered once the process
-        # has started, or answered noproc if it never does
-        self.parked: dict[Pid, list[tuple[str, int, Any]]] = {}
+        # has started, or answered noproc if it never does (an empty tuple until
+        # something waits: no list per claim)
+        self.parked: dict[Pid, list[tuple[str, int, Any]] | tuple[()]] = {}
         self._tkeys: dict[str, tuple[str, str]] = {}
         self.claims: ClaimBatcher = ClaimBatcher(self)
         self.releases = Releases(self)
@@ -300,15 +301,41 @@ class RedisBackend(RegistryBackend):
             # the common case, without a task: the claim's answer starts the process
             # (or fails) in a callback, so a cancelled caller orphans nothing
             attempt = SpawnAttempt(self, key, ckey, table, factory, args, meta, idle_timeout)
-            attempt.claim()
+            first = attempt.claim()
             self.attempts[(table, key)] = attempt
-            return await attempt.wait()
+            return await first
         task = self.runtime.loop.create_task(
             self.spawn_general(key, factory, args, table, placement, meta, idle_timeout)
         )
         self.attempts[(table, key)] = task
         task.add_done_callback(partial(self._attempt_done, (table, key)))
         return await asyncio.shield(task)
+
+    def get_or_spawn_missed(
+        self,
+        key: Hashable,
+        factory: Any,
+        args: tuple[Any, ...],
+        table: str = DEFAULT_TABLE,
+        placement: str = "local",
+        meta: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Awaitable[tuple[Pid, bool]]:
+        """`get_or_spawn` right after a `peek` that missed (`RegistryBackend`): the
+        common case (local placement, a factory that starts at once, no attempt for
+        the key under way, not fencing) answers with the new attempt's future, with
+        no coroutine and no second `peek`; every other case is `get_or_spawn`."""
+        if (
+            placement == "local"
+            and not self.cluster.fencing
+            and (table, key) not in self.attempts
+            and self.node.starts_now(factory)
+        ):
+            attempt = SpawnAttempt(self, key, canon(key), table, factory, args, meta, idle_timeout)
+            first = attempt.claim()
+            self.attempts[(table, key)] = attempt
+            return first
+        return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
 
     def _attempt_done(
         self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]
@@ -342,7 +369,7 @@ class RedisBackend(RegistryBackend):
                     self._cache[(table, key)] = result[0]
                 return result
         pid = self.runtime.new_pid()
-        self.parked[pid] = []
+        self.parked[pid] = ()
         try:
             holder = await self.claim(key, table, pid, meta)
             if holder is not None:
@@ -462,6 +489,8 @@ class RedisBackend(RegistryBackend):
         parked = self.parked.get(pid)
         if parked is None:
             return False
+        if not isinstance(parked, list):
+            parked = self.parked[pid] = []
         parked.append((sender, creation, item))
         return True
 
@@ -470,9 +499,13 @@ class RedisBackend(RegistryBackend):
         process, or answered noproc if it never started)."""
         parked = self.parked.pop(pid, None)
         if parked:
-            deliver = self.cluster.remote.deliver
-            for sender, creation, item in parked:
-                deliver(sender, creation, item)
+            self.deliver_parked(parked)
+
+    def deliver_parked(self, parked: list[tuple[str, int, Any]] | tuple[()]) -> None:
+        """Deliver items `unpark` took, in order."""
+        deliver = self.cluster.remote.deliver
+        for sender, creation, item in parked:
+            deliver(sender, creation, item)
 
     # -- node-local names and recovery ----------------------------------------------------
     def register_now(

@@ -13,8 +13,9 @@ import asyncio
 import contextvars
 import hashlib
 import importlib
+import json
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_BATCH",
     "CLAIM_CALLS",
+    "Claim",
     "ClaimBatcher",
     "Refused",
     "SpawnAttempt",
@@ -41,7 +43,38 @@ log = logging.getLogger("procreg.cluster")
 CLAIM_BATCH = 512  # keys per claim script call
 CLAIM_CALLS = 4  # claim script calls in flight at most (more wait their turn)
 
-Answer = Callable[[Any, BaseException | None], None]  # (result, error) of one claim
+
+class Claim:
+    """One key's claim, as `ClaimBatcher.queue` takes it: `triple` is what `CLAIM`
+    takes for it (canonical table, canonical key, value); `answer(result, error)` is
+    called once with the script's answer for it (subclasses say what it does). The
+    claim itself is the queue's item: no tuple or bound method per key."""
+
+    __slots__ = ("triple",)
+
+    triple: tuple[str, str, str]
+
+    def answer(self, result: Any, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class _Awaited(Claim):
+    """A claim a coroutine awaits (`ClaimBatcher.claim`)."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, triple: tuple[str, str, str], fut: asyncio.Future[Any]) -> None:
+        self.triple = triple
+        self.fut = fut
+
+    def answer(self, result: Any, error: BaseException | None) -> None:
+        fut = self.fut
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
 
 
 def home_node(key: Hashable, nodes: list[str]) -> str:
@@ -95,9 +128,9 @@ class ClaimBatcher:
         self.backend = backend
         self.store = backend.store
         self.cluster = backend.cluster
-        self._loop = backend.runtime.loop
+        self.loop = self._loop = backend.runtime.loop
         # claims waiting for a script call, by mode ("new", "resync")
-        self._pending: dict[str, list[tuple[tuple[str, str, str], Answer]]] = {}
+        self._pending: dict[str, list[Claim]] = {}
         self._scheduled = False
         self.in_flight = 0
         self.unreplicated = 0  # claims not granted: too few replicas confirmed them
@@ -105,21 +138,12 @@ class ClaimBatcher:
     async def claim(self, mode: str, triple: tuple[str, str, str]) -> Any:
         """Claim one key (see `queue`) and wait for the answer."""
         fut: asyncio.Future[Any] = self._loop.create_future()
-
-        def answer(result: Any, error: BaseException | None) -> None:
-            if fut.done():
-                return
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(result)
-
-        self.queue(mode, triple, answer)
+        self.queue(mode, _Awaited(triple, fut))
         return await fut
 
-    def queue(self, mode: str, triple: tuple[str, str, str], answer: Answer) -> None:
-        """Claim one key; `answer(result, error)` is called with the script's answer
-        for it. With no claim in flight it goes at once; claims made while others are
+    def queue(self, mode: str, claim: Claim) -> None:
+        """Claim one key; ``claim.answer(result, error)`` is called with the script's
+        answer for it. With no claim in flight it goes at once; claims made while others are
         in flight go together, one script call per loop turn (up to `CLAIM_BATCH`
         keys each), at most `CLAIM_CALLS` calls at a time: a burst (say, re-registering
         a million keys) neither exhausts the connection pool nor holds the server up
@@ -127,13 +151,15 @@ class ClaimBatcher:
         pending = self._pending
         if not pending and not self.in_flight:
             self.in_flight += 1
-            self._loop.create_task(self._run(mode, [(triple, answer)]))
+            self._loop.create_task(self._run(mode, [claim]))
             return
         queue = pending.get(mode)
         if queue is None:
             queue = pending[mode] = []
-        queue.append((triple, answer))
-        self._schedule()
+        queue.append(claim)
+        if not self._scheduled and self.in_flight < CLAIM_CALLS:
+            self._scheduled = True
+            self._loop.call_soon(self._send)
 
     def _schedule(self) -> None:
         if not self._scheduled and self.in_flight < CLAIM_CALLS:
@@ -153,11 +179,11 @@ class ClaimBatcher:
             if not queue:
                 del pending[mode]
 
-    async def _run(self, mode: str, chunk: list[tuple[tuple[str, str, str], Answer]]) -> None:
+    async def _run(self, mode: str, chunk: list[Claim]) -> None:
         results: list[Any] | None = None
         error: BaseException | None = None
         try:
-            results = await self.script(mode, [triple for triple, _ in chunk])
+            results = await self.script(mode, [claim.triple for claim in chunk])
         except BaseException as exc:  # every caller in the chunk gets the failure
             error = exc
         finally:
@@ -166,9 +192,10 @@ class ClaimBatcher:
                 self._schedule()
         self.cluster.counters.claimed(len(chunk), results)  # (metrics)
         fatal: BaseException | None = None
-        for i, (_, answer) in enumerate(chunk):  # every claim of the chunk is answered
+        answers = results if results is not None else [None] * len(chunk)
+        for claim, result in zip(chunk, answers, strict=True):  # every claim is answered
             try:
-                answer(None if results is None else results[i], error)
+                claim.answer(result, error)
             except (KeyboardInterrupt, SystemExit) as exc:
                 fatal = fatal or exc
             except BaseException:
@@ -188,8 +215,7 @@ class ClaimBatcher:
             store.key("inval"),
             store.key("t", ""),
         ]
-        for triple in triples:
-            args.extend(triple)
+        args += [part for triple in triples for part in triple]
         owned = self.backend.owned()
         result, acked, _ = await store.durable_script(
             "claim",
@@ -227,12 +253,17 @@ class ClaimBatcher:
         return result
 
 
-class SpawnAttempt:
+class SpawnAttempt(Claim):
     """One `get_or_spawn` attempt without a task of its own (the common case: local
     placement, no async init): claim the key for a fresh pid; the claim's answer, in
     a callback, starts the process or names the holder, and settles each caller's
-    future (`waiters`). The rare outcomes (a grace period, a stale entry of our own)
-    go on in a task, on the general path (`RedisBackend.spawn_general`)."""
+    future (`wait`). The rare outcomes (a grace period, a stale entry of our own)
+    go on in a task, on the general path (`RedisBackend.spawn_general`).
+
+    It is its own queue item (`Claim`), and keeps its first caller's future in a
+    slot (more callers of the same key in a list made only for them): an attempt
+    in flight holds as few objects as it can, since a burst keeps thousands in
+    flight and every one of them is scanned by each young garbage collection."""
 
     __slots__ = (
         "args",
@@ -241,13 +272,14 @@ class SpawnAttempt:
         "ctx",
         "factory",
         "fences",
+        "first",
         "gen",
         "idle_timeout",
         "key",
         "meta",
+        "more",
         "pid",
         "table",
-        "waiters",
     )
 
     def __init__(
@@ -270,28 +302,48 @@ class SpawnAttempt:
         self.meta = meta
         self.idle_timeout = idle_timeout
         # one future per caller: a cancelled caller cancels only its own
-        self.waiters: list[asyncio.Future[tuple[Pid, bool]]] = []
+        self.first: asyncio.Future[tuple[Pid, bool]] | None = None
+        self.more: list[asyncio.Future[tuple[Pid, bool]]] | None = None
 
     def wait(self) -> asyncio.Future[tuple[Pid, bool]]:
         """A future for one more caller."""
         fut: asyncio.Future[tuple[Pid, bool]] = self.backend.runtime.loop.create_future()
-        self.waiters.append(fut)
+        if self.first is None:
+            self.first = fut
+        elif self.more is None:
+            self.more = [fut]
+        else:
+            self.more.append(fut)
         return fut
 
-    def claim(self) -> None:
-        """Queue the claim (raises at once if this node is being fenced)."""
+    def claim(self) -> asyncio.Future[tuple[Pid, bool]]:
+        """Queue the claim and return the first caller's future (raises at once if
+        this node is being fenced)."""
         b = self.backend
-        self.pid = pid = b.runtime.new_pid()
-        fenced = b.fenced_error(self.key, pid)
-        if fenced is not None:
-            raise fenced
+        cluster = b.cluster
+        self.pid = pid = b.node._new_pid()
+        m = cluster.membership
+        # `fenced_error`'s checks, its fast path inline (`Membership.check`'s own)
+        if not (m.time() < m.deadline and pid[1] == m.creation):
+            fenced = b.fenced_error(self.key, pid)
+            if fenced is not None:
+                raise fenced
         self.gen = b.keys.gen
-        self.fences = b.cluster.fenced  # a fence while the claim is in flight voids it
-        b.parked[pid] = []
+        self.fences = cluster.fenced  # a fence while the claim is in flight voids it
+        b.parked[pid] = ()  # (a list once something is parked: `RedisBackend.park`)
         # the process starts in the answer's callback, but under its caller's context
         # variables, as it would locally (request ids, tenants, tracing)
         self.ctx = contextvars.copy_context()
-        b.claims.queue("new", b.triple(self.table, self.ckey, pid, self.meta), self.answer)
+        meta = self.meta
+        self.triple = (
+            b.tkey(self.table)[1],
+            self.ckey,
+            f"{pid[0]}\t{pid[1]}\t{pid[2]}\t" + (json.dumps(meta) if meta else ""),
+        )  # (`RedisBackend.triple`, inline)
+        claims = b.claims
+        claims.queue("new", self)
+        self.first = fut = claims.loop.create_future()
+        return fut
 
     def answer(self, result: Any, error: BaseException | None) -> None:
         """The claim's answer: every outcome settles every waiter, even an error
@@ -328,8 +380,11 @@ class SpawnAttempt:
             self._settle((holder, False), None)
             return
         pid = self.pid
-        b.cluster.membership.check()  # past our lease deadline: fence first
-        if b.cluster.fenced != self.fences:
+        cluster = b.cluster
+        m = cluster.membership
+        if m.time() >= m.deadline:  # (`Membership.check`'s fast path, inline)
+            m.check()  # past our lease deadline: fence first
+        if cluster.fenced != self.fences:
             # won while our lease still held, but we were fenced since: the others may
             # have started the key again; give it back
             b.releases.queue(self.table, key, pid, False)
@@ -344,21 +399,25 @@ class SpawnAttempt:
         self._settle((pid, True), None)
 
     def _settle(self, outcome: tuple[Pid, bool] | None, error: BaseException | None) -> None:
-        claims = self.backend.attempts
+        b = self.backend
+        attempts = b.attempts
         key = (self.table, self.key)
-        if claims.get(key) is self:
-            del claims[key]
-        self.backend.unpark(self.pid)
-        for fut in self.waiters:
-            if fut.done():  # that caller was cancelled
-                continue
-            if error is None:
-                assert outcome is not None
+        if attempts.get(key) is self:
+            del attempts[key]
+        parked = b.parked.pop(self.pid, None)
+        if parked:
+            b.deliver_parked(parked)
+        fut = self.first
+        if fut is not None:
+            self.first = None
+            if outcome is not None and error is None and not fut.done():
                 fut.set_result(outcome)
-            elif isinstance(error, asyncio.CancelledError):
-                fut.cancel()
             else:
-                fut.set_exception(error)
+                _settle_one(fut, outcome, error)
+        more, self.more = self.more, None
+        if more is not None:
+            for fut in more:
+                _settle_one(fut, outcome, error)
 
     def _general(self) -> None:
         b = self.backend
@@ -376,3 +435,19 @@ class SpawnAttempt:
             return
         error = task.exception()
         self._settle(None if error is not None else task.result(), error)
+
+
+def _settle_one(
+    fut: asyncio.Future[tuple[Pid, bool]],
+    outcome: tuple[Pid, bool] | None,
+    error: BaseException | None,
+) -> None:
+    if fut.done():  # that caller was cancelled
+        return
+    if error is None:
+        assert outcome is not None
+        fut.set_result(outcome)
+    elif isinstance(error, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(error)
