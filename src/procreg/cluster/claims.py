@@ -151,7 +151,7 @@ class ClaimBatcher:
         pending = self._pending
         if not pending and not self.in_flight:
             self.in_flight += 1
-            self._loop.create_task(self._run(mode, [claim]))
+            self.store.tasks.spawn(self._run(mode, [claim]), self._loop)
             return
         queue = pending.get(mode)
         if queue is None:
@@ -175,7 +175,7 @@ class ClaimBatcher:
                 chunk = queue[:CLAIM_BATCH]
                 del queue[:CLAIM_BATCH]
                 self.in_flight += 1
-                self._loop.create_task(self._run(mode, chunk))
+                self.store.tasks.spawn(self._run(mode, chunk), self._loop)
             if not queue:
                 del pending[mode]
 
@@ -421,10 +421,11 @@ class SpawnAttempt(Claim):
 
     def _general(self) -> None:
         b = self.backend
-        task = b.runtime.loop.create_task(
+        task = b.store.tasks.spawn(
             b.spawn_general(
                 self.key, self.factory, self.args, self.table, "local", self.meta, self.idle_timeout
             ),
+            b.runtime.loop,
             context=self.ctx,  # the caller's, not the claim task's
         )
         task.add_done_callback(self._general_done)

@@ -183,7 +183,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
             lost = sum(1 for kind, _, _ in m.mail if kind != "call")
             if lost:
                 log.error("%d message(s) to %r lost: no other node to take it", lost, m.key)
-            relay_calls(node, None, m.mail, "no other live node")
+            relay_calls(node, None, m.mail, "no other live node", scoped.cluster.store.tasks)
         cluster.counters.event(
             "handoff", me, f"{len(moving)} cluster-scoped state(s) kept for the next node"
         )
@@ -204,7 +204,9 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
                 log.error("%d message(s) to %r lost: its handoff failed", lost, m.key)
             # 5. the mail it had not handled, then what came for it since, to the new
             # instance (and what comes while this node is still up)
-            relays += relay_calls(node, new_pid, m.mail, "no new instance")
+            relays += relay_calls(
+                node, new_pid, m.mail, "no new instance", scoped.cluster.store.tasks
+            )
             relays += scoped.moved_to(m.pid, new_pid)
     scoped.handed_off += moved
     cluster.counters.event(
@@ -220,7 +222,7 @@ def _give_up(scoped: Scoped, m: _Moving, why: str) -> None:
     lost = sum(1 for kind, _, _ in m.mail if kind != "call")
     if lost:
         log.error("%d message(s) to %r lost: %s", lost, m.key, why)
-    relay_calls(scoped.node, None, m.mail, why)
+    relay_calls(scoped.node, None, m.mail, why, scoped.cluster.store.tasks)
     m.mail = []
     scoped.moved_to(m.pid, None)  # (calls kept for it fail at once: no relays)
 

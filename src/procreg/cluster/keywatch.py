@@ -136,7 +136,7 @@ class KeyWatch:
         done, batch = self._batch_done, self._batch
         self._batch_done, self._batch = None, []
         assert done is not None
-        task = self.node.runtime.loop.create_task(self._watch_first(batch))
+        task = self.store.tasks.spawn(self._watch_first(batch), self.node.runtime.loop)
 
         def finished(task: asyncio.Task[None]) -> None:
             for entry in batch:
@@ -203,7 +203,7 @@ class KeyWatch:
         if not self._unwatch_pending and not self.closed:
             self._unwatch_pending = True
             loop = self.node.runtime.loop
-            loop.call_soon(lambda: loop.create_task(self.flush()))
+            loop.call_soon(lambda: self.store.tasks.spawn(self.flush(), loop))
 
     async def flush(self) -> None:
         """Remove from the store the watches no local watcher needs any more (those

@@ -149,7 +149,7 @@ class Records:
         self._read_pending = False
         batch, self._reads = self._reads, []
         if batch:
-            asyncio.get_running_loop().create_task(self._run_reads(batch))
+            self.store.tasks.spawn(self._run_reads(batch))
 
     async def _run_reads(self, batch: list[tuple[str, bool, asyncio.Future[Any]]]) -> None:
         fields = [field for field, _, _ in batch]

@@ -8,32 +8,34 @@ from typing import Any
 from ..errors import ProcessExited, ProcregError
 from ..pid import Pid
 from ..process import fail_caller
+from .tasks import Tasks
 
 __all__ = ["relay", "relay_calls"]
 
 
 def relay_calls(
-    node: Any, pid: Pid | None, mail: list[tuple[str, Any, Any]], why: str
+    node: Any, pid: Pid | None, mail: list[tuple[str, Any, Any]], why: str, tasks: Tasks
 ) -> list[Any]:
     """Deliver what a handed-off process had not handled to its new incarnation `pid`
     in order; a call is relayed (its caller gets the new incarnation's answer or
-    error). With no new incarnation, callers fail at once with `ProcessExited`; a
-    `pid` of this (handing-off) node is never a new incarnation: taken as none."""
+    error) by a task kept in `tasks`. With no new incarnation, callers fail at once
+    with `ProcessExited`; a `pid` of this (handing-off) node is never a new
+    incarnation: taken as none."""
     if pid is not None and pid[0] == node.name:
         pid = None
-    tasks = []
+    relays = []
     for kind, a, b in mail:
         if kind == "call":
             if pid is None:
                 fail_caller(a, ProcessExited(("handoff", why), None))
                 continue
-            tasks.append(asyncio.get_running_loop().create_task(relay(node, pid, a, b)))
+            relays.append(tasks.spawn(relay(node, pid, a, b)))
         elif pid is not None:
             if kind == "cast":
                 node.cast(pid, a)
             else:
                 node.send(pid, a)
-    return tasks
+    return relays
 
 
 async def relay(node: Any, pid: Pid, caller: Any, request: Any) -> None:

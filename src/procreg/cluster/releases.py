@@ -46,7 +46,7 @@ class Releases:
             self._loop.call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
-        self._loop.create_task(self.flush())
+        self.store.tasks.spawn(self.flush(), self._loop)
 
     async def flush(self) -> None:
         """Send the queued releases, `RELEASE_BATCH` to a script call. Returns once

@@ -457,7 +457,7 @@ class Scoped:
             if new is None:
                 caller.fail(NoProcess(f"{item[2]!r} was handed off and no new instance started"))
                 return None
-            return asyncio.get_running_loop().create_task(relay(node, new, caller, item[3]))
+            return self.cluster.store.tasks.spawn(relay(node, new, caller, item[3]))
         if new is None:
             log.error(
                 "a message from %s to handed-off %r is lost: no new instance", sender, item[1]

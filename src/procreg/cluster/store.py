@@ -19,7 +19,7 @@ Key layout (prefix ``procreg:`` by default; a `?prefix=` in the URL changes it):
 | ``nodes`` | hash | node -> creation, for membership polling |
 | ``t:<table>`` | hash | canonical key -> ``node\\tcreation\\tserial\\tmeta-json`` |
 | ``g:<group>`` | set | member pids (``node\\tcreation\\tserial``) |
-| ``gw:<group>`` | set | the group's watchers (``node\\tcreation``: `groupview`) |
+| ``gw:<group>`` | set | the group's watchers (``node\\tcreation\\tserial``: `groupview`) |
 | ``owned:<node>:<creation>`` | set | what that incarnation registered (and watches), for cleanup |
 | ``kw`` | hash | ``<table>\\n<key>`` -> how many node incarnations watch it (`keywatch`) |
 | ``scoped:<what>`` | hash | cluster-scoped processes: ``pid``, ``spec``, ``state`` |
@@ -48,6 +48,7 @@ from .scripts import (
     UNWATCH,
     WATCH,
 )
+from .tasks import Tasks, stop_tasks
 from .url import StoreURL, parse_url
 
 # The scripts are re-exported: they lived here.
@@ -63,25 +64,11 @@ __all__ = [
     "WATCH",
     "NotReplicated",
     "Store",
+    "stop_tasks",  # (from `tasks`, where it lives now)
 ]
 
 log = logging.getLogger("procreg.cluster")
 T = TypeVar("T")
-
-
-async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> None:
-    """Cancel background tasks and wait for them, but not forever: a client library
-    can swallow a cancellation (the task then goes on awaiting), so the loops also
-    check a closing flag and this gives up after `timeout`."""
-    live = [t for t in tasks if t is not None and not t.done()]
-    for task in live:
-        task.cancel()
-    if not live:
-        return
-    _, pending = await asyncio.wait(live, timeout=timeout)
-    for task in pending:
-        task.cancel()
-        log.warning("background task %r did not stop in %s s", task.get_coro(), timeout)
 
 
 _FAST: dict[str, Any] = {}
@@ -185,6 +172,7 @@ class Store:
         self._in_flight = 0  # direct script calls under way
         self.pipelines = 0  # batches sent
         self.batched = 0  # script calls sent in them
+        self.tasks = Tasks()  # the node's background tasks (`tasks`), stopped by `close`
 
     def _options(self) -> dict[str, Any]:
         from redis.asyncio.retry import Retry
@@ -318,10 +306,11 @@ class Store:
             self.redis = None
 
     async def close(self) -> None:
-        """Stop reconnecting and close the client."""
+        """Stop the node's background tasks and reconnecting, and close the client."""
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             self._reconnecting = None
+        await self.tasks.stop()
         self.up = False
         await self._close_client()
         if self._sentinel is not None:
@@ -413,7 +402,7 @@ class Store:
         batch, self._batch = self._batch, []
         if batch:
             self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self.tasks.spawn(self._run_batch(batch))
 
     async def _run_batch(
         self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]
