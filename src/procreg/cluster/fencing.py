@@ -68,6 +68,8 @@ def fence_now(cluster: Cluster, why: str) -> None:
             except Exception:
                 log.exception("ending %r while fencing failed", proc.pid)
     finally:
+        if cluster.direct is not None:  # refused until we have rejoined
+            cluster.direct.close_all()
         cluster.remote.all_down()
         cluster.backend.clear_cache()
     rejoining = cluster._rejoining is not None and not cluster._rejoining.done()
@@ -194,6 +196,8 @@ async def recover_lost_data(cluster: Cluster) -> None:
     )
     cluster.counters.event("recovery", cluster.node.name, "the store lost its data")
     await cluster.membership.reestablish(cluster.grace)
+    # creations handed out from now on may be below those `prune` forgot
+    cluster.transport.pruned_floor = 0
     cluster.remote.all_down()
     cluster.backend.clear_cache()
     cluster.backend.keywatch.recheck()  # (it waits out the grace period)

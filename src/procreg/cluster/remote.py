@@ -168,7 +168,7 @@ class Remote:
             # a newer incarnation than we know of is live: membership has not polled
             # it yet (within lease / 3)
             return pid[1] >= creation
-        return pid[1] > self.downs.get(name, -1)
+        return pid[1] > self.downs.get(name, self.transport.pruned_floor)
 
     # -- outgoing -------------------------------------------------------------------
     # The target of a send, cast or call crosses as a plain tuple (a `Pid` costs a
