@@ -301,6 +301,8 @@ class Direct:
             if link.transport is not None:
                 link.transport.abort()
         self.forget(link)
+        if link.peer not in self.addresses:
+            return  # (down meanwhile: nothing to retry)
         backoff = min(self._backoff.get(link.peer, self.interval / 2) * 2, 10 * self.interval)
         self._backoff[link.peer] = backoff
         self._retry_at[link.peer] = time.monotonic() + backoff

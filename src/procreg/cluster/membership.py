@@ -57,8 +57,10 @@ DRIFT = 0.01  # how much faster (as a fraction) the store's clock may run than o
 FENCE_LEAD = 0.1  # fence this fraction of a lease before the local deadline
 
 
-def _addresses(found: dict[Any, Any], live: dict[str, int]) -> dict[str, tuple[int, str, int]]:
-    """``addr`` entries (``"<creation> host:port"``) of live incarnations, parsed."""
+def _addresses(
+    found: dict[Any, Any], live: dict[str, int], me: str
+) -> dict[str, tuple[int, str, int]]:
+    """``addr`` entries (``"<creation> host:port"``) of the other live incarnations."""
     out: dict[str, tuple[int, str, int]] = {}
     for raw_name, raw in found.items():
         name, text = _text(raw_name) or "", _text(raw) or ""
@@ -68,7 +70,7 @@ def _addresses(found: dict[Any, Any], live: dict[str, int]) -> dict[str, tuple[i
             value = (int(creation), host.strip("[]"), int(port))
         except ValueError:
             continue
-        if live.get(name) == value[0]:
+        if live.get(name) == value[0] and name != me:
             out[name] = value
     return out
 
@@ -381,7 +383,7 @@ class Membership:
         direct = self.cluster.direct
         if direct is not None:
             found = await store.run(lambda r: r.hgetall(store.key("addr")))
-            direct.addresses = _addresses(found, live)
+            direct.addresses = _addresses(found, live, self.name)
         old = self.live
         if await store.run(lambda r: r.exists(store.key("grace"))):
             # after a data loss the others re-register at their next renewal: until the
