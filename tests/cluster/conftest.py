@@ -87,7 +87,11 @@ StartNodes = Callable[..., list[NodeProc]]
 def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
     """``cluster(["n1", "n2"], lease=..., secret=..., trace_dir=..., wait=True)``
     starts node processes on the test's Redis and (with ``wait``) waits until they
-    are ready and see each other. Every node started is killed at teardown."""
+    are ready and see each other. Every node started is killed at teardown. With
+    ``PROCREG_TEST_DIRECT=1`` in the environment every node also gets
+    ``listen=127.0.0.1:0`` (direct connections between nodes), so that any cluster
+    test file can run with them on."""
+    direct = os.environ.get("PROCREG_TEST_DIRECT", "") not in ("", "0")
     made: list[NodeProc] = []
 
     def start(
@@ -99,10 +103,13 @@ def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
         wait: bool = True,
         url: str | None = None,
     ) -> list[NodeProc]:
+        url = url or redis.url
+        if direct and "listen=" not in url:
+            url += ("&" if "?" in url else "?") + "listen=127.0.0.1:0"
         nodes = [
             NodeProc(
                 name,
-                url or redis.url,
+                url,
                 tmp_path,
                 secret=secret,
                 lease=lease,

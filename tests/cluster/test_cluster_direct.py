@@ -430,3 +430,23 @@ def test_the_state_kept_per_peer_name_does_not_grow_with_dead_node_names(redis) 
     assert last["addresses"] == last["retry"] == 0 and last["channels"] <= 1, last
     assert last["addr_hash"] == 1, sizes  # (ours)
     assert out["floor"] > 0
+
+
+# -- the store's fault tests with direct connections on ---------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "seconds"), [("blackhole", 4.0), ("reset", 4.0)])
+def test_a_partitioned_node_fences_itself_with_direct_connections_on(
+    cluster, proxy, redis, tmp_path, fault: str, seconds: float
+) -> None:
+    """`test_cluster_partitions.partition` (node a cut from the store, not from b)
+    with every node listening: a's keys never have two live processes."""
+    from .test_cluster_partitions import partition
+
+    def with_listen(names: list[str], **kw: Any) -> list[NodeProc]:
+        kw["url"] = direct_url(kw.get("url") or redis.url)
+        nodes: list[NodeProc] = cluster(names, **kw)
+        return nodes
+
+    result = partition(with_listen, proxy, redis, tmp_path, fault, seconds)
+    assert result  # (partition asserts the invariant itself)
