@@ -106,7 +106,7 @@ class Cluster:
                 config.advertise,
                 lambda: self.fencing,
                 self._direct_lost,
-                lambda name: self.remote.downs.get(name, self.transport.pruned_floor),
+                lambda name: self.remote.downs.get(name, self.remote.pruned_floor),
             )
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
@@ -365,7 +365,7 @@ class Cluster:
             floor = max(floor, remote.downs.pop(name))
             if self.direct is not None:
                 self.direct.peer_down(name)
-        t.pruned_floor = floor
+        t.pruned_floor = remote.pruned_floor = floor
         # (channel names are a cache: those of absent nodes go too)
         t.forget_names(gone, keep=present | set(t.peer_creation) - gone)
 

@@ -198,6 +198,7 @@ async def recover_lost_data(cluster: Cluster) -> None:
     await cluster.membership.reestablish(cluster.grace)
     # creations handed out from now on may be below those `prune` forgot
     cluster.transport.pruned_floor = 0
+    cluster.remote.pruned_floor = -1
     cluster.remote.all_down()
     cluster.backend.clear_cache()
     cluster.backend.keywatch.recheck()  # (it waits out the grace period)

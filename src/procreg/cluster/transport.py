@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
 from .codec import CUT, BadFrame, cut_marker, decode_frame, encode_frame, salvage
+from .liveness import HEARTBEAT, keep
 from .store import stop_tasks
 from .wire import Wire, kill_clients
 
@@ -69,7 +70,6 @@ log = logging.getLogger("procreg.cluster")
 
 MAX_WAITING = 10_000  # frames kept while the publishing connection re-opens
 MAX_BACKLOG = 64 << 20  # bytes written but not yet sent before frames are dropped
-HEARTBEAT = b"PRGH"  # published on our own channel to check the round trip
 
 
 def _ignore(*_: Any) -> None:
@@ -162,7 +162,7 @@ class Transport:
                     wire.abort()
             self._pub = self._sub = None
             raise
-        self._keeper = self._loop.create_task(self._keep())
+        self._keeper = self._loop.create_task(keep(self))
 
     async def _open(self) -> None:
         """Open whichever connection is missing (subscribing the subscribed one)."""
@@ -181,59 +181,6 @@ class Transport:
             # ``inval`` last: its confirmation (below) confirms the others too
             sub.send(("CLIENT", "ID"), ("SUBSCRIBE", self._mine, self._kev, self._inval))
             self._sub = sub
-
-    async def _keep(self) -> None:
-        """Heartbeats every `interval`; re-open lost connections, with backoff."""
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._lost.wait(), self.interval)
-            except TimeoutError:
-                self._heartbeat()
-                continue
-            self._lost.clear()
-            delay = 0.05
-            while not self._closing and (self._pub is None or self._sub is None):
-                try:
-                    await self._open()
-                except Exception as exc:
-                    log.debug("re-opening the transport failed: %r", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                try:
-                    self._send_waiting()
-                except Exception:
-                    log.exception("sending the frames kept while re-opening failed")
-
-    def _heartbeat(self) -> None:
-        """Check both connections for silence, then PING the subscribed one and
-        publish a heartbeat to ourselves on the publishing one."""
-        now = time.monotonic()
-        limit = 2 * self.interval
-        probe = self._probed
-        for wire in (self._sub, self._pub):
-            # a heartbeat's reply was due, and nothing at all came since, for too long
-            if wire is not None and not wire.closed and probe and wire.heard < probe < now - limit:
-                self.silent += 1
-                log.warning(
-                    "%s: the cluster store connection was silent for %.1f s: re-opening it",
-                    self.name,
-                    now - wire.heard,
-                )
-                wire.fail(TimeoutError(f"no data from the store for {now - wire.heard:.1f} s"))
-        sub, pub = self._sub, self._pub
-        if sub is None or pub is None or self._waiting or not self.store.up:
-            return
-        try:
-            sub.send(("PING",))
-            pub.send(("PUBLISH", self._mine, HEARTBEAT))
-        except ConnectionError:
-            return
-        self._dests.append(self.name)
-        self._beats.append(now)
-        self.heartbeats += 1
-        if not self._probed or (sub.heard >= self._probed and pub.heard >= self._probed):
-            self._probed = now  # the oldest heartbeat still unanswered
 
     def _wire_lost(self, wire: Wire, exc: BaseException) -> None:
         if wire is self._pub:
