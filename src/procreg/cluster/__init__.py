@@ -151,7 +151,12 @@ class Cluster:
             except (ConnectionError, OSError) as exc:
                 raise ClusterUnavailable(f"cannot subscribe to the cluster store: {exc}") from exc
             if self.direct is not None:
-                await self.direct.start()  # (an OSError if it cannot listen there)
+                try:
+                    await self.direct.start()
+                except OSError as exc:
+                    raise ClusterUnavailable(
+                        f"cannot listen for direct connections on {self.direct.listen}: {exc}"
+                    ) from exc
             creation = await self.membership.join()
         except BaseException:
             # nothing of a node that failed to join may live on: a leftover subscriber

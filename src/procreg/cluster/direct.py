@@ -95,7 +95,6 @@ class Link(asyncio.Protocol):
         self.held: list[bytes] = []  # accepted: frames before the marker
         self.held_bytes = 0
         self.closed = False
-        self.clean = False  # the other end said goodbye
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self.opened = time.monotonic()
@@ -335,8 +334,10 @@ class Direct:
             link.probed = 0.0
             self._backoff.pop(link.peer, None)
         elif kind == BYE:
-            link.clean = True
-            link.close(bye=False)
+            if link.outbound:  # the receiver closes it: what it had not read is lost
+                link.lose("closed by the peer")
+            else:
+                link.close(bye=False)
         elif kind == HELLO and not link.outbound and not link.peer:
             self._hello(link, payload)
         elif kind == WELCOME and link.outbound and not link.up:
