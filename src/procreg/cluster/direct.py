@@ -60,6 +60,7 @@ log = logging.getLogger("procreg.cluster")
 _REC: Final = struct.Struct(">IB")  # length of type + payload, type
 HELLO, WELCOME, ACK, FRAME, PING, PONG, BYE, REFUSE = range(1, 9)
 MAX_RECORD: Final = MAX_FRAME + 1024
+MAX_HANDSHAKE: Final = 4096  # bytes of a record before the handshake is done
 
 
 def _signed(key: bytes, *fields: object) -> bytes:
@@ -115,7 +116,9 @@ class Link(asyncio.Protocol):
         direct.transport.guard()  # woken past our lease deadline: fence first
         while size - pos >= 5 and not self.closed:
             length, kind = _REC.unpack_from(buf, pos)
-            if length > MAX_RECORD or length < 1:
+            # (before the handshake is done, only small records: a stranger must not
+            # make us buffer megabytes)
+            if length > (MAX_RECORD if self.up or self.outbound else MAX_HANDSHAKE) or length < 1:
                 self.lose("a bad record length")
                 return
             if size - pos - 4 < length:
