@@ -90,7 +90,8 @@ def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
     are ready and see each other. Every node started is killed at teardown. With
     ``PROCREG_TEST_DIRECT=1`` in the environment every node also gets
     ``listen=127.0.0.1:0`` (direct connections between nodes), so that any cluster
-    test file can run with them on."""
+    test file can run with them on; ``pubsub_only=True`` keeps a test that watches
+    frames in Redis on the pub/sub path."""
     direct = os.environ.get("PROCREG_TEST_DIRECT", "") not in ("", "0")
     made: list[NodeProc] = []
 
@@ -102,9 +103,10 @@ def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
         trace_dir: Path | None = None,
         wait: bool = True,
         url: str | None = None,
+        pubsub_only: bool = False,
     ) -> list[NodeProc]:
         url = url or redis.url
-        if direct and "listen=" not in url:
+        if direct and not pubsub_only and "listen=" not in url:
             url += ("&" if "?" in url else "?") + "listen=127.0.0.1:0"
         nodes = [
             NodeProc(

@@ -450,3 +450,17 @@ def test_a_partitioned_node_fences_itself_with_direct_connections_on(
 
     result = partition(with_listen, proxy, redis, tmp_path, fault, seconds)
     assert result  # (partition asserts the invariant itself)
+
+
+def test_a_node_without_listen_is_reached_through_redis(cluster, redis) -> None:
+    """Only nodes that both listen use direct connections: a mixed cluster works,
+    its frames to and from the node without the option going through pub/sub."""
+    (a,) = cluster(["a"], lease=LEASE, url=direct_url(redis.url))
+    (b,) = cluster(["b"], lease=LEASE, url=redis.url, pubsub_only=True)
+    echo = b.ok("spawn", factory="Echo")
+    back = a.ok("spawn", factory="Echo")
+    for i in range(20):
+        assert a.ok("call", pid=echo, request=["echo", i]) == i
+        assert b.ok("call", pid=back, request=["echo", i]) == i
+    assert stats(a)["direct"]["frames_out"] == stats(a)["direct"]["frames_in"] == 0
+    assert stats(b)["direct"] is None
