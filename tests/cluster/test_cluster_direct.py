@@ -244,9 +244,9 @@ class _Stub:
         self.frames.append(bytes(frame))
         return True
 
-    def cut_over(self, node: str, session: int) -> bool:
+    def cut_over(self, node: str, session: int) -> tuple[Any, int]:
         self.cuts.append((node, session))
-        return True
+        return (None, 0)
 
 
 def _direct(key: bytes, name: str, creation: int, fenced: bool = False) -> Any:

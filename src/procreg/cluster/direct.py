@@ -45,7 +45,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .codec import MAX_FRAME, sign
 from .transport import MAX_BACKLOG
@@ -80,6 +80,11 @@ def _opened(key: bytes, payload: bytes, kind: str) -> list[str] | None:
     return fields if fields[0] == kind else None
 
 
+def wire_replies(wire: object) -> int:
+    """Replies received so far on a publishing connection (`wire.Wire`)."""
+    return int(getattr(wire, "replies", 0))
+
+
 class Link(asyncio.Protocol):
     """One direct connection, either end: `outbound` (we send frames on it) or
     accepted (we receive them)."""
@@ -101,6 +106,9 @@ class Link(asyncio.Protocol):
         self.opened = time.monotonic()
         self.heard = self.opened
         self.probed = 0.0  # outbound: the oldest unanswered heartbeat
+        # outbound: (publishing connection, its reply count once our cutover marker is
+        # confirmed) until it is
+        self.marker: tuple[Any, int] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -426,9 +434,11 @@ class Direct:
                 theirs,
             ),
         )
-        if not t.cut_over(link.peer, link.session):
-            self._failed(link)  # (the marker could not leave: stay on pub/sub)
+        marker = t.cut_over(link.peer, link.session)
+        if marker is None:
+            self._failed(link)  # (the marker could not leave now: stay on pub/sub)
             return
+        link.marker = marker
         link.up = True
         self.counts["sessions"] += 1
 
@@ -452,6 +462,15 @@ class Direct:
         link = self.inbound.get(sender)
         if link is not None and link.marked:
             link.close(bye=False)
+
+    def publisher_lost(self, wire: object) -> None:
+        """The publishing connection `wire` was lost: a cutover marker it had not
+        confirmed may be lost with it, and the receiver would hold our frames for
+        good: those sessions end as lost."""
+        for link in list(self.out.values()):
+            marker = link.marker
+            if marker is not None and marker[0] is wire and wire_replies(wire) < marker[1]:
+                link.lose("the cutover marker may be lost (the store connection closed)")
 
     def unreachable(self, name: str) -> None:
         """A pub/sub frame for `name` reached nobody (a marker, maybe): a session being
@@ -491,6 +510,8 @@ class Direct:
                 if now - link.opened > limit:
                     self._failed(link)  # the handshake did not finish
                 continue
+            if link.marker is not None and wire_replies(link.marker[0]) >= link.marker[1]:
+                link.marker = None  # confirmed
             if link.probed and link.heard < link.probed < now - limit:
                 link.lose(f"no answer for {now - link.heard:.1f} s")
                 continue

@@ -190,6 +190,8 @@ class Transport:
             # Otherwise frames may be lost: the store is marked down, and the re-sync
             # ends links and monitors across nodes, as for any outage.
             quiet = wire.outstanding == 0
+            if self.direct is not None:  # a cutover marker in flight may be lost
+                self.direct.publisher_lost(wire)
         elif wire is self._sub:
             self._sub = None  # what was published to us meanwhile is lost
             self._sub_confirmed.clear()
@@ -295,11 +297,14 @@ class Transport:
         if commands:
             self._send(commands)
 
-    def cut_over(self, node: str, session: int) -> bool:
+    def cut_over(self, node: str, session: int) -> tuple[Wire, int] | None:
         """The direct session `session` to `node` is up: what is queued for it and then
-        the cutover marker leave on pub/sub (`direct`); False if they could not."""
-        if not self.store.up:
-            return False
+        the cutover marker leave on pub/sub (`direct`). Returns the publishing
+        connection and the count its replies reach once the marker is confirmed;
+        None if they could not leave now."""
+        pub = self._pub
+        if not self.store.up or pub is None or self._waiting:
+            return None
         items = self._out.pop(node, None)
         commands = []
         for batch in (items, [cut_marker(session)]):
@@ -307,7 +312,7 @@ class Transport:
                 self._seq += 1
                 frame = encode_frame(self.key, self.name, self.creation, self._seq, node, batch)
                 commands.append((node, ("PUBLISH", self.channel(node), frame)))
-        return self._send(commands)
+        return (pub, pub.sent + len(commands)) if self._send(commands) else None
 
     def _send(self, commands: list[tuple[str, tuple[str, str, bytes]]]) -> bool:
         """Write ``(destination, PUBLISH command)`` pairs, or keep them while the
