@@ -276,7 +276,7 @@ def _record(kind: int, payload: bytes) -> bytes:
 
 
 def test_the_handshake_refuses_a_wrong_secret_an_old_incarnation_a_replay_and_a_fence() -> None:
-    from procreg.cluster import direct as d
+    from procreg.cluster import directlink as d
 
     key = b"the-cluster-secret"
 
@@ -295,11 +295,11 @@ def test_the_handshake_refuses_a_wrong_secret_an_old_incarnation_a_replay_and_a_
             return [answer], reader, writer
 
         def hello(k: bytes = key, creation: int = 3, to: int = 7, session: int = 1) -> bytes:
-            return d._signed(k, "hello", "a", creation, "b", to, session, "n" * 32)
+            return d.signed(k, "hello", "a", creation, "b", to, session, "n" * 32)
 
         def ack_for(welcome: bytes) -> bytes:
             nonce_b = welcome[:-32].decode().split("\t")[7]
-            return d._signed(key, "ack", "a", 3, "b", 7, 1, nonce_b)
+            return d.signed(key, "ack", "a", 3, "b", 7, 1, nonce_b)
 
         # a legitimate session: hello, welcome, ack (over b's nonce), a frame
         answers, reader, writer = await handshake(hello(), ack_for)

@@ -39,15 +39,25 @@ Ordering across the two paths (one path per peer at a time):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import secrets
-import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
-from .codec import MAX_FRAME, sign
+from .directlink import (
+    ACK,
+    BYE,
+    FRAME,
+    HELLO,
+    PING,
+    PONG,
+    REFUSE,
+    WELCOME,
+    Link,
+    opened,
+    signed,
+    wire_replies,
+)
 from .transport import MAX_BACKLOG
 
 if TYPE_CHECKING:
@@ -56,125 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["Direct", "Link"]
 
 log = logging.getLogger("procreg.cluster")
-
-_REC: Final = struct.Struct(">IB")  # length of type + payload, type
-HELLO, WELCOME, ACK, FRAME, PING, PONG, BYE, REFUSE = range(1, 9)
-MAX_RECORD: Final = MAX_FRAME + 1024
-MAX_HANDSHAKE: Final = 4096  # bytes of a record before the handshake is done
-
-
-def _signed(key: bytes, *fields: object) -> bytes:
-    text = "\t".join(str(f) for f in fields).encode()
-    return text + sign(key, text)
-
-
-def _opened(key: bytes, payload: bytes, kind: str) -> list[str] | None:
-    """The fields of a signed handshake record, or None if its MAC is wrong."""
-    text, mac = payload[:-32], payload[-32:]
-    if len(payload) < 33 or not hmac.compare_digest(sign(key, text), mac):
-        return None
-    try:
-        fields = text.decode().split("\t")
-    except UnicodeDecodeError:
-        return None
-    return fields if fields[0] == kind else None
-
-
-def wire_replies(wire: object) -> int:
-    """Replies received so far on a publishing connection (`wire.Wire`)."""
-    return int(getattr(wire, "replies", 0))
-
-
-class Link(asyncio.Protocol):
-    """One direct connection, either end: `outbound` (we send frames on it) or
-    accepted (we receive them)."""
-
-    def __init__(self, direct: Direct, outbound: bool) -> None:
-        self.direct = direct
-        self.outbound = outbound
-        self.peer = ""
-        self.creation = 0  # the peer's
-        self.session = 0
-        self.nonce = secrets.token_hex(16)
-        self.up = False  # outbound: frames go here; accepted: the ack came
-        self.marked = False  # accepted: the cutover marker came (frames are released)
-        self.held: list[bytes] = []  # accepted: frames before the marker
-        self.held_bytes = 0
-        self.closed = False
-        self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self.opened = time.monotonic()
-        self.heard = self.opened
-        self.probed = 0.0  # outbound: the oldest unanswered heartbeat
-        # outbound: (publishing connection, its reply count once our cutover marker is
-        # confirmed) until it is
-        self.marker: tuple[Any, int] | None = None
-
-    # -- asyncio.Protocol -----------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.heard = time.monotonic()
-        buf = self._buf
-        buf += data
-        pos, size = 0, len(buf)
-        direct = self.direct
-        direct.transport.guard()  # woken past our lease deadline: fence first
-        while size - pos >= 5 and not self.closed:
-            length, kind = _REC.unpack_from(buf, pos)
-            # (before the handshake is done, only small records: a stranger must not
-            # make us buffer megabytes)
-            if length > (MAX_RECORD if self.up or self.outbound else MAX_HANDSHAKE) or length < 1:
-                self.lose("a bad record length")
-                return
-            if size - pos - 4 < length:
-                break
-            payload = bytes(buf[pos + 5 : pos + 4 + length])
-            pos += 4 + length
-            try:
-                direct.record(self, kind, payload)
-            except Exception:
-                log.exception("handling a direct record from %s failed", self.peer or "?")
-        del buf[:pos]
-        if not self.outbound and not self.closed:
-            direct.transport.flush_now()  # what the frames made (replies) leaves now
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.lose("closed by the peer" if exc is None else repr(exc))
-
-    # -- writing -------------------------------------------------------------------------
-    def write(self, kind: int, payload: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(_REC.pack(len(payload) + 1, kind) + payload)
-
-    def backlog(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def close(self, bye: bool = True) -> None:
-        """End quietly (no `on_lost`): a goodbye, then close."""
-        if self.closed:
-            return
-        if bye:
-            self.write(BYE, b"")
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-        self.direct.forget(self)
-
-    def lose(self, why: str) -> None:
-        """End as lost: frames may be gone (`Direct.lost`)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-        self.direct.lost(self, why)
 
 
 class Direct:
@@ -292,7 +183,7 @@ class Direct:
         t = self.transport
         link.write(
             HELLO,
-            _signed(
+            signed(
                 self.key,
                 "hello",
                 self.name,
@@ -354,7 +245,7 @@ class Direct:
         elif kind == WELCOME and link.outbound and not link.up:
             self._welcome(link, payload)
         elif kind == ACK and not link.outbound and link.peer and not link.up:
-            fields = _opened(self.key, payload, "ack")
+            fields = opened(self.key, payload, "ack")
             t = self.transport
             expect = [link.peer, link.creation, self.name, t.creation, link.session, link.nonce]
             if fields is None or fields[1:] != [str(x) for x in expect]:
@@ -377,7 +268,7 @@ class Direct:
         self.forget(link)
 
     def _hello(self, link: Link, payload: bytes) -> None:
-        fields = _opened(self.key, payload, "hello")
+        fields = opened(self.key, payload, "hello")
         if fields is None or len(fields) != 7:
             self._refuse(link, "a bad signature (another cluster secret?)")
             return
@@ -399,7 +290,7 @@ class Direct:
             self.inbound[peer] = link
             link.write(
                 WELCOME,
-                _signed(
+                signed(
                     self.key,
                     "welcome",
                     peer,
@@ -413,7 +304,7 @@ class Direct:
             )
 
     def _welcome(self, link: Link, payload: bytes) -> None:
-        fields = _opened(self.key, payload, "welcome")
+        fields = opened(self.key, payload, "welcome")
         t = self.transport
         expect = [self.name, t.creation, link.peer, link.creation, link.session, link.nonce]
         if fields is None or len(fields) != 8 or fields[1:7] != [str(x) for x in expect]:
@@ -423,7 +314,7 @@ class Direct:
         theirs = fields[7]
         link.write(
             ACK,
-            _signed(
+            signed(
                 self.key,
                 "ack",
                 self.name,
