@@ -133,6 +133,7 @@ class Cluster:
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
         self.counters = ClusterCounters()  # for metrics and the observer
+        self.owed_resets: set[str] = set()  # peers whose RESET may not have left
 
     @property
     def creation(self) -> int:
@@ -349,6 +350,10 @@ class Cluster:
         and monitors get ``noconnection``), and a ``RESET`` (first after what was
         delivered, on pub/sub now) ends the peer's side."""
         self.transport.discard(name)
+        if not self.store.up:
+            return  # the re-sync after the outage ends both sides (all_down, RESET)
+        if not self.transport.publishing:  # the RESET may be dropped: the re-sync sends it
+            self.owed_resets.add(name)
         self.remote.node_down(name)
         self.remote.reset([name])
 

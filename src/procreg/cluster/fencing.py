@@ -224,6 +224,8 @@ async def resync(cluster: Cluster) -> None:
     and maybe others'), so links and monitors across nodes end with
     ``noconnection``, as after a network partition."""
     peers = cluster.remote.all_down()
+    peers += [p for p in cluster.owed_resets if p not in peers]  # (`Cluster._direct_lost`)
+    cluster.owed_resets.clear()
     cluster.backend.clear_cache()  # invalidations may have been missed
     await cluster.membership.step()
     if cluster.fencing:  # the rejoin failed: the next step tries again

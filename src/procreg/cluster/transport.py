@@ -190,8 +190,6 @@ class Transport:
             # Otherwise frames may be lost: the store is marked down, and the re-sync
             # ends links and monitors across nodes, as for any outage.
             quiet = wire.outstanding == 0
-            if self.direct is not None:  # a cutover marker in flight may be lost
-                self.direct.publisher_lost(wire)
         elif wire is self._sub:
             self._sub = None  # what was published to us meanwhile is lost
             self._sub_confirmed.clear()
@@ -206,7 +204,14 @@ class Transport:
             return
         if not quiet:
             self.store.mark_down(exc)
+        if self.direct is not None and not quiet:  # a cutover marker in flight may be lost
+            self.direct.publisher_lost(wire)
         self._lost.set()
+
+    @property
+    def publishing(self) -> bool:
+        """True while a frame published now leaves at once (not kept, not dropped)."""
+        return self.store.up and self._pub is not None and not self._waiting
 
     async def close(self) -> None:
         """Flush what is queued (best effort), stop the keeper, close the connections."""
