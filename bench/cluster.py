@@ -72,6 +72,22 @@ CALL = Figure(
     Target("<=", 150),  # issue 18; the path through Redis pub/sub does not reach it here
     "baseline: redis-py GET round trip",
 )
+CALL_DIRECT = Figure(
+    "cluster_call_direct_median",
+    "cluster: remote call round trip over direct connections (listen=), median",
+    "µs",
+    "lower",
+    "1 run",
+    Target("<=", 150),  # issue 18
+    "baseline: redis-py GET round trip (the pub/sub path: cluster_call_median)",
+)
+CALL_DIRECT_P99 = Figure(
+    "cluster_call_direct_p99",
+    "cluster: remote call round trip over direct connections, p99",
+    "µs",
+    "lower",
+    "1 run",
+)
 CALL_P99 = Figure(
     "cluster_call_p99", "cluster: remote call round trip, p99", "µs", "lower", "1 run"
 )
@@ -160,6 +176,8 @@ FIGURES = [
     WHEREIS_CACHED,
     CALL,
     CALL_P99,
+    CALL_DIRECT,
+    CALL_DIRECT_P99,
     REGS,
     REGS_CORES,
     REGS_CPU,
@@ -356,7 +374,52 @@ def cluster_procreg(sizes: Sizes, uvloop: bool) -> Measurement:
             procreg.run(main, name="bench-a", cluster=redis.url, secret="bench", lease=LEASE)
         finally:
             peer.close()
+        out[CALL_DIRECT.name], out[CALL_DIRECT_P99.name] = _direct_calls(redis.url, calls)
     return out
+
+
+def _direct_calls(url: str, calls: int) -> tuple[float, float]:
+    """Median and p99 (µs) of remote calls between two nodes with ``listen=``
+    (direct connections), on the same Redis (another prefix) as the pub/sub figure."""
+    direct = url + "?prefix=direct&listen=127.0.0.1:0"
+    peer = Peer(direct, "bench-d", 0, 1)
+    out: list[tuple[float, float]] = []
+    try:
+
+        async def main() -> None:
+            node = procreg.current_node()
+            while "bench-d" not in node.nodes():
+                await asyncio.sleep(0.05)
+            echo = await procreg.whereis("echo")
+            assert echo is not None
+            cluster = node._cluster
+            assert cluster is not None and cluster.direct is not None
+            direct = cluster.direct
+
+            def both_ways() -> bool:  # our calls and its replies go direct
+                out, back = direct.out.get("bench-d"), direct.inbound.get("bench-d")
+                return out is not None and out.up and back is not None and back.marked
+
+            deadline = time.monotonic() + 5 * LEASE  # (the peer learns our address by polling)
+            while not both_ways():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the direct connections to the peer did not come up")
+                await procreg.call(echo, 0)
+                await asyncio.sleep(0.01)
+            before = cluster.direct.counts["frames_out"]
+            samples = []
+            for i in range(calls):
+                t0 = time.perf_counter_ns()
+                await procreg.call(echo, i)
+                samples.append(time.perf_counter_ns() - t0)
+            if cluster.direct.counts["frames_out"] - before < calls:
+                raise RuntimeError("some calls did not go over the direct connection")
+            out.append(_ns(samples))
+
+        procreg.run(main, name="bench-a", cluster=direct, secret="bench", lease=LEASE)
+    finally:
+        peer.close()
+    return out[0]
 
 
 def cluster_redis(sizes: Sizes, uvloop: bool) -> Measurement:
@@ -378,7 +441,8 @@ def cluster_redis(sizes: Sizes, uvloop: bool) -> Measurement:
                 samples.append(time.perf_counter_ns() - t0)
             median, p99 = _ns(samples)
             out[REMOTE_GOS.name] = out[CALL.name] = out[WHEREIS_CACHED.name] = median
-            out[REMOTE_GOS_P99.name] = out[CALL_P99.name] = p99
+            out[CALL_DIRECT.name] = median
+            out[REMOTE_GOS_P99.name] = out[CALL_P99.name] = out[CALL_DIRECT_P99.name] = p99
             t0 = time.perf_counter()
             for base in range(0, new, 2_000):
                 pipe = r.pipeline(transaction=False)

@@ -10,7 +10,9 @@ throwaway Redis.
 - **xoscar** (actors in a pool, direct TCP between processes, no Redis): get-or-create
   of a keyed actor in a sub-pool (a new key, an existing key) and a call to it from
   the main pool's process.
-- **procreg**: the same figures between two nodes (OS processes) of one cluster.
+- **procreg**: the same figures between two nodes (OS processes) of one cluster;
+  **procreg listen=**: the same with direct connections between the two nodes
+  (frames over TCP, Redis still the registry).
 
 Each system is measured in a fresh interpreter (`bench.peers_sides`), one after the
 other; the figures move with the machine's load, so compare figures of one run.
@@ -83,6 +85,7 @@ FIGURES: dict[str, tuple[str, str, str]] = {
 # side -> (column, modules it needs)
 PEERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "procreg": ("procreg", ("redis", "hiredis")),
+    "procreg-direct": ("procreg listen=", ("redis", "hiredis")),
     "channels": ("channels_redis", ("channels_redis",)),
     "xoscar": ("xoscar", ("xoscar",)),
     "redis": ("redis-py", ("redis",)),

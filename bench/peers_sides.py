@@ -404,9 +404,15 @@ def side_xoscar(url: str, quick: bool) -> dict[str, float]:
     return out
 
 
+def side_procreg_direct(url: str, quick: bool) -> dict[str, float]:
+    """procreg with direct connections between the nodes (``listen=``), its own prefix."""
+    return side_procreg(url + "?prefix=direct&listen=127.0.0.1:0", quick)
+
+
 SIDES = {
     "redis": side_redis,
     "procreg": side_procreg,
+    "procreg-direct": side_procreg_direct,
     "channels": side_channels,
     "xoscar": side_xoscar,
 }

@@ -87,7 +87,12 @@ StartNodes = Callable[..., list[NodeProc]]
 def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
     """``cluster(["n1", "n2"], lease=..., secret=..., trace_dir=..., wait=True)``
     starts node processes on the test's Redis and (with ``wait``) waits until they
-    are ready and see each other. Every node started is killed at teardown."""
+    are ready and see each other. Every node started is killed at teardown. With
+    ``PROCREG_TEST_DIRECT=1`` in the environment every node also gets
+    ``listen=127.0.0.1:0`` (direct connections between nodes), so that any cluster
+    test file can run with them on; ``pubsub_only=True`` keeps a test that watches
+    frames in Redis on the pub/sub path."""
+    direct = os.environ.get("PROCREG_TEST_DIRECT", "") not in ("", "0")
     made: list[NodeProc] = []
 
     def start(
@@ -98,11 +103,15 @@ def cluster(redis: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
         trace_dir: Path | None = None,
         wait: bool = True,
         url: str | None = None,
+        pubsub_only: bool = False,
     ) -> list[NodeProc]:
+        url = url or redis.url
+        if direct and not pubsub_only and "listen=" not in url:
+            url += ("&" if "?" in url else "?") + "listen=127.0.0.1:0"
         nodes = [
             NodeProc(
                 name,
-                url or redis.url,
+                url,
                 tmp_path,
                 secret=secret,
                 lease=lease,

@@ -49,6 +49,18 @@ def _setup_path() -> None:
         sys.path.insert(0, tests_dir)
 
 
+def _direct_stats(direct: Any) -> Any:
+    """Counters and sessions of the direct connections (None without ``listen=``)."""
+    if direct is None:
+        return None
+    return {
+        **direct.counts,
+        "up": sorted(n for n, link in direct.out.items() if link.up),
+        "inbound": sorted(n for n, link in direct.inbound.items() if link.marked),
+        "address": list(direct.address or ()),
+    }
+
+
 class Runner:
     """The command handlers; each runs inside a process of its own."""
 
@@ -132,6 +144,7 @@ class Runner:
             "store_failures": cluster.store.failures,
             "processes": self.node.process_count(),
             "live": dict(cluster.membership.live),
+            "direct": _direct_stats(cluster.direct),
         }
 
     async def cmd_info(self, pid: list[Any]) -> Any:
@@ -458,6 +471,18 @@ class Runner:
             fn(target, ["seq", i])
             if i % 100 == 99:
                 await asyncio.sleep(0)  # spread over several loop turns (frames)
+        return n
+
+    async def cmd_cast_paced(
+        self, pid: list[Any], n: int, every: int = 10, pace: float = 0.005
+    ) -> Any:
+        """Cast ``["seq", i]`` for i in range(n) to `pid`, `every` of them per `pace`
+        seconds (a stream that spans seconds)."""
+        target = self.pid(pid)
+        for i in range(n):
+            self.procreg.cast(target, ["seq", i])
+            if i % every == every - 1:
+                await asyncio.sleep(pace)
         return n
 
     async def cmd_bad_send(self, pid: list[Any]) -> Any:

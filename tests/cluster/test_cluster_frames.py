@@ -88,7 +88,7 @@ def _plus(before: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
 
 
 def test_bad_frames_are_dropped_counted_and_never_unpickled(cluster, redis, tmp_path):
-    n1, n2 = cluster(["n1", "n2"])
+    n1, n2 = cluster(["n1", "n2"], pubsub_only=True)  # (frames captured in Redis)
     c1 = n1.ok("ping")["creation"]
     server = n2.ok("spawn", factory="Echo")
     assert n1.ok("call", pid=server, request=["echo", 1]) == 1
@@ -184,7 +184,7 @@ def test_bad_frames_are_dropped_counted_and_never_unpickled(cluster, redis, tmp_
 
 
 def test_a_node_with_another_secret_is_refused_and_cannot_talk_to_the_others(cluster, redis):
-    n1, n2 = cluster(["n1", "n2"])
+    n1, n2 = cluster(["n1", "n2"], pubsub_only=True)  # (frames captured in Redis)
     # refused at join: the secret's fingerprint differs from the cluster's
     (refused,) = cluster(["n3"], secret="some-other-secret", wait=False)
     with pytest.raises(AssertionError, match="another cluster secret"):

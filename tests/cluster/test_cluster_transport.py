@@ -52,7 +52,7 @@ def test_subscribed_connections_killed_by_the_server_come_back(cluster, redis):
 
 
 def test_publishing_connections_killed_by_the_server_come_back(cluster, redis):
-    n1, n2 = cluster(["n1", "n2"])
+    n1, n2 = cluster(["n1", "n2"], pubsub_only=True)  # (publishers in flight)
     server = n1.ok("spawn", factory="Echo")
     assert n2.ok("call", pid=server, request=["echo", 1]) == 1
     client = redis.client()
@@ -101,7 +101,7 @@ def test_a_slow_subscriber_closed_by_the_server_recovers(cluster, redis):
     (Per destination, this server-side limit is what bounds a slow node's backlog.)"""
     client = redis.client()
     client.config_set("client-output-buffer-limit", "pubsub 256kb 128kb 1")
-    n1, n2 = cluster(["n1", "n2"], lease=3.0)
+    n1, n2 = cluster(["n1", "n2"], lease=3.0, pubsub_only=True)  # (a flood through Redis)
     server = n2.ok("spawn", factory="Echo")
     assert n1.ok("call", pid=server, request=["echo", 1]) == 1
     before = n2.ok("stats")["store_failures"]

@@ -6,6 +6,8 @@ join; `Cluster` ties the pieces together:
 - `store.Store`: the Redis connection, fail-fast while it is down, reconnection;
 - `membership.Membership`: leases, creations, the live-node list;
 - `transport.Transport`: signed frames on one channel per node;
+- `direct.Direct`: the same frames over direct TCP connections (``listen=`` in the
+  URL), pub/sub staying the default and the fallback;
 - `remote.Remote`: send/call/link/monitor/exit on remote pids, and node-down cleanup;
 - `backend.RedisBackend`: the registry in the store, with a local cache.
 
@@ -42,6 +44,7 @@ from . import fencing
 from .backend import RedisBackend
 from .codec import load_secret, pid_str
 from .counters import ClusterCounters
+from .direct import Direct
 from .membership import Membership
 from .remote import Remote
 from .scoped import SERVICE_TABLE, Scoped
@@ -94,6 +97,17 @@ class Cluster:
         self.transport.on_undeliverable = self._undeliverable
         self.transport.guard = self.membership.check
         self.remote = Remote(node.runtime, self.transport)
+        self.direct: Direct | None = None
+        config = self.store.config
+        if config.listen is not None:
+            self.direct = self.transport.direct = Direct(
+                self.transport,
+                config.listen,
+                config.advertise,
+                lambda: self.fencing,
+                self._direct_lost,
+                lambda name: self.remote.downs.get(name, self.remote.pruned_floor),
+            )
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
         self.remote.on_dead = self.backend.keys.pid_ended
@@ -119,6 +133,7 @@ class Cluster:
         self.fencing = False
         self.failovers = 0  # primary changes seen (`primary_changed`)
         self.counters = ClusterCounters()  # for metrics and the observer
+        self.owed_resets: set[str] = set()  # peers whose RESET may not have left
 
     @property
     def creation(self) -> int:
@@ -136,6 +151,13 @@ class Cluster:
                 await self.transport.start()
             except (ConnectionError, OSError) as exc:
                 raise ClusterUnavailable(f"cannot subscribe to the cluster store: {exc}") from exc
+            if self.direct is not None:
+                try:
+                    await self.direct.start()
+                except OSError as exc:
+                    raise ClusterUnavailable(
+                        f"cannot listen for direct connections on {self.direct.listen}: {exc}"
+                    ) from exc
             creation = await self.membership.join()
         except BaseException:
             # nothing of a node that failed to join may live on: a leftover subscriber
@@ -232,6 +254,8 @@ class Cluster:
         """This node's pids carry `creation` from now on."""
         self.node.creation = creation
         self.transport.creation = creation
+        if self.direct is not None:  # sessions are between incarnations
+            self.direct.close_all()
 
     def node_up(self, name: str, creation: int) -> None:
         self._set_live(self.membership.live)
@@ -260,6 +284,8 @@ class Cluster:
         known = self.transport.peer_creation.get(name, 0)
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.transport.forget_stale()
+        if self.direct is not None:
+            self.direct.peer_down(name)
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
         self.backend.groups_.views.node_down(name, creation)
@@ -311,11 +337,48 @@ class Cluster:
         ones be until that node re-subscribes. As when an Erlang distribution
         connection drops: our calls to it fail with `NodeDown`, our links and
         monitors to its processes get ``noconnection``."""
+        if self.direct is not None:
+            self.direct.unreachable(name)  # (a cutover marker, maybe)
         peer = self.remote.peers.get(name)
         if peer is None:
             return
         log.warning("frames to node %s reach no subscriber: treating it as disconnected", name)
         self.remote.node_down(name)
+
+    def _direct_lost(self, name: str) -> None:
+        """The direct connection to `name` was lost with frames maybe in it: as for a
+        frame that reached nobody, our side ends (calls fail with `NodeDown`, links
+        and monitors get ``noconnection``), and a ``RESET`` (first after what was
+        delivered, on pub/sub now) ends the peer's side."""
+        self.transport.discard(name)
+        if not self.store.up:
+            return  # the re-sync after the outage ends both sides (all_down, RESET)
+        if not self.transport.publishing:  # the RESET may be dropped: the re-sync sends it
+            self.owed_resets.add(name)
+        self.remote.node_down(name)
+        self.remote.reset([name])
+
+    def prune(self, present: set[str]) -> None:
+        """Forget the per-name state of the nodes that are neither live nor in
+        ``nodes`` any more (down, lease gone, forgotten): their sequence numbers,
+        creations, down marks, channel names, direct connections. Their creations
+        stay refused through `Transport.pruned_floor` (creations only grow)."""
+        t, remote = self.transport, self.remote
+        gone = {
+            name
+            for name, down in remote.downs.items()
+            if name not in present
+            and name not in remote.peers
+            and t.peer_creation.get(name, 0) <= down + 1  # no newer incarnation spoke
+        }
+        floor = t.pruned_floor
+        for name in gone:
+            floor = max(floor, remote.downs.pop(name))
+            if self.direct is not None:
+                self.direct.peer_down(name)
+        t.pruned_floor = remote.pruned_floor = floor
+        # (channel names are a cache: those of absent nodes go too)
+        t.forget_names(gone, keep=present | set(t.peer_creation) - gone)
 
     def _reset_views(self, name: str) -> None:
         """`name` lost frames (some to us, maybe updates of group views): drop ours."""

@@ -36,9 +36,11 @@ from ..errors import ClusterUnavailable
 from ..pid import Pid
 
 __all__ = [
+    "CUT",
     "BadFrame",
     "as_text",
     "canon",
+    "cut_marker",
     "decode_frame",
     "encode_frame",
     "fingerprint",
@@ -207,6 +209,14 @@ def encode_frame(
         parts.append(item)
     body = b"".join(parts)
     return body + sign(key, body)
+
+
+CUT: Final = b"PRGC"  # the one item of a cutover marker (`direct`): CUT | u64 session
+
+
+def cut_marker(session: int) -> bytes:
+    """The item of a cutover marker for direct session `session` (not a pickle)."""
+    return CUT + struct.pack(">Q", session)
 
 
 def decode_frame(key: bytes, frame: bytes, me: str | bytes) -> tuple[str, int, int, list[bytes]]:

@@ -68,6 +68,8 @@ def fence_now(cluster: Cluster, why: str) -> None:
             except Exception:
                 log.exception("ending %r while fencing failed", proc.pid)
     finally:
+        if cluster.direct is not None:  # refused until we have rejoined
+            cluster.direct.close_all()
         cluster.remote.all_down()
         cluster.backend.clear_cache()
     rejoining = cluster._rejoining is not None and not cluster._rejoining.done()
@@ -194,6 +196,9 @@ async def recover_lost_data(cluster: Cluster) -> None:
     )
     cluster.counters.event("recovery", cluster.node.name, "the store lost its data")
     await cluster.membership.reestablish(cluster.grace)
+    # creations handed out from now on may be below those `prune` forgot
+    cluster.transport.pruned_floor = 0
+    cluster.remote.pruned_floor = -1
     cluster.remote.all_down()
     cluster.backend.clear_cache()
     cluster.backend.keywatch.recheck()  # (it waits out the grace period)
@@ -219,6 +224,8 @@ async def resync(cluster: Cluster) -> None:
     and maybe others'), so links and monitors across nodes end with
     ``noconnection``, as after a network partition."""
     peers = cluster.remote.all_down()
+    peers += [p for p in cluster.owed_resets if p not in peers]  # (`Cluster._direct_lost`)
+    cluster.owed_resets.clear()
     cluster.backend.clear_cache()  # invalidations may have been missed
     await cluster.membership.step()
     if cluster.fencing:  # the rejoin failed: the next step tries again

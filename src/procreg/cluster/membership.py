@@ -57,6 +57,24 @@ DRIFT = 0.01  # how much faster (as a fraction) the store's clock may run than o
 FENCE_LEAD = 0.1  # fence this fraction of a lease before the local deadline
 
 
+def _addresses(
+    found: dict[Any, Any], live: dict[str, int], me: str
+) -> dict[str, tuple[int, str, int]]:
+    """``addr`` entries (``"<creation> host:port"``) of the other live incarnations."""
+    out: dict[str, tuple[int, str, int]] = {}
+    for raw_name, raw in found.items():
+        name, text = _text(raw_name) or "", _text(raw) or ""
+        creation, _, hostport = text.partition(" ")
+        host, _, port = hostport.rpartition(":")
+        try:
+            value = (int(creation), host.strip("[]"), int(port))
+        except ValueError:
+            continue
+        if live.get(name) == value[0] and name != me:
+            out[name] = value
+    return out
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -212,9 +230,22 @@ class Membership:
             await asyncio.sleep(self.lease / 10)
         self.joined = True
         self._set_deadline()
+        await self._publish_address()
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
         await self.poll()
         return self.creation
+
+    async def _publish_address(self) -> None:
+        """With direct connections (`direct`): ``HSET addr <name> "<creation>
+        host:port"``, before our entry in ``nodes`` (a peer that sees us live finds
+        it; one that finds another creation there does not connect)."""
+        direct = self.cluster.direct
+        if direct is None or direct.address is None:
+            return
+        store = self.store
+        host, port = direct.address
+        value = f"{self.creation} {host}:{port}"
+        await store.run(lambda r: r.hset(store.key("addr"), self.name, value))
 
     async def _check_secret(self) -> None:
         """Refuse to join a cluster whose nodes use another secret: their frames and
@@ -349,6 +380,10 @@ class Membership:
         for name, registered, lease in zip(names, nodes.values(), leases, strict=True):
             if lease is not None and _text(lease) == _text(registered):
                 live[name] = int(_text(lease) or 0)
+        direct = self.cluster.direct
+        if direct is not None:
+            found = await store.run(lambda r: r.hgetall(store.key("addr")))
+            direct.addresses = _addresses(found, live, self.name)
         old = self.live
         if await store.run(lambda r: r.exists(store.key("grace"))):
             # after a data loss the others re-register at their next renewal: until the
@@ -369,6 +404,9 @@ class Membership:
                 self.cluster.start_purge(
                     name, int(_text(registered) or 0), partial(self._forget, name, registered)
                 )
+        # per-name state of nodes that are down and gone from ``nodes`` (their lease
+        # lapsed, their entries purged) must not pile up over the node names seen
+        self.cluster.prune(set(names) | set(live))
 
     async def _forget(self, name: str, creation: Any) -> None:
         """Remove a dead incarnation from ``nodes`` (only if still that one)."""
@@ -377,9 +415,13 @@ class Membership:
         async def run(r: Any) -> Any:
             return await r.eval(
                 "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
-                "redis.call('HDEL', KEYS[1], ARGV[1]) end return 1",
-                1,
+                "redis.call('HDEL', KEYS[1], ARGV[1]) end "
+                "local a = redis.call('HGET', KEYS[2], ARGV[1]) "
+                "if a and string.sub(a, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then "
+                "redis.call('HDEL', KEYS[2], ARGV[1]) end return 1",
+                2,
                 store.key("nodes"),
+                store.key("addr"),
                 name,
                 creation,
             )
@@ -400,6 +442,7 @@ class Membership:
         self.creation = int(await store.run(lambda r: r.incr(store.key("creation"))))
         self.cluster.adopt_creation(self.creation)  # new pids carry it from now on
         await self._write_lease(nx=False)
+        await self._publish_address()
         await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
 
     async def _restore_epoch(self, grace: float) -> None:
@@ -432,6 +475,7 @@ class Membership:
         await self._restore_epoch(grace)
         try:
             await self._write_lease(nx=False)
+            await self._publish_address()
             await store.run(lambda r: r.hset(store.key("nodes"), self.name, self.creation))
         except BaseException:
             # not re-established: forget the epoch we adopted, so that the next renewal

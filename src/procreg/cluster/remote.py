@@ -136,6 +136,7 @@ class Remote:
         self.peers: dict[str, Peer] = {}
         self.live: dict[str, int] = {}  # node -> creation, kept by membership
         self.downs: dict[str, int] = {}  # node -> the newest creation known to be down
+        self.pruned_floor = -1  # ... for the nodes `downs` forgot (`Cluster.prune`)
         # called with a remote pid we learned is dead (a Down, an exit signal, a noproc)
         self.on_dead: Callable[[Pid], None] = lambda pid: None
         self.on_alive: Callable[[Pid], None] = lambda pid: None  # it answered a call
@@ -168,7 +169,7 @@ class Remote:
             # a newer incarnation than we know of is live: membership has not polled
             # it yet (within lease / 3)
             return pid[1] >= creation
-        return pid[1] > self.downs.get(name, -1)
+        return pid[1] > self.downs.get(name, self.pruned_floor)
 
     # -- outgoing -------------------------------------------------------------------
     # The target of a send, cast or call crosses as a plain tuple (a `Pid` costs a

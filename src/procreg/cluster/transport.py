@@ -48,17 +48,20 @@ import asyncio
 import logging
 import math
 import pickle
+import struct
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterUnavailable
-from .codec import BadFrame, decode_frame, encode_frame, salvage
+from .codec import CUT, BadFrame, cut_marker, decode_frame, encode_frame, salvage
+from .liveness import HEARTBEAT, keep
 from .store import stop_tasks
-from .wire import Wire
+from .wire import Wire, kill_clients
 
 if TYPE_CHECKING:
+    from .direct import Direct, Link
     from .store import Store
 
 __all__ = ["Transport"]
@@ -67,7 +70,6 @@ log = logging.getLogger("procreg.cluster")
 
 MAX_WAITING = 10_000  # frames kept while the publishing connection re-opens
 MAX_BACKLOG = 64 << 20  # bytes written but not yet sent before frames are dropped
-HEARTBEAT = b"PRGH"  # published on our own channel to check the round trip
 
 
 def _ignore(*_: Any) -> None:
@@ -111,6 +113,10 @@ class Transport:
         self._seq = 0
         self._last_seq: dict[tuple[str, int], int] = {}
         self.peer_creation: dict[str, int] = {}  # filled by membership
+        # creations at or below it are stale for a node we know nothing of (what
+        # `prune` forgot is at or below it: see `Cluster.prune`)
+        self.pruned_floor = 0
+        self.direct: Direct | None = None  # direct connections (`direct`), if enabled
         self.dropped: dict[str, int] = defaultdict(int)
         self.sent_frames = 0
         self.received_frames = 0
@@ -156,7 +162,7 @@ class Transport:
                     wire.abort()
             self._pub = self._sub = None
             raise
-        self._keeper = self._loop.create_task(self._keep())
+        self._keeper = self._loop.create_task(keep(self))
 
     async def _open(self) -> None:
         """Open whichever connection is missing (subscribing the subscribed one)."""
@@ -175,59 +181,6 @@ class Transport:
             # ``inval`` last: its confirmation (below) confirms the others too
             sub.send(("CLIENT", "ID"), ("SUBSCRIBE", self._mine, self._kev, self._inval))
             self._sub = sub
-
-    async def _keep(self) -> None:
-        """Heartbeats every `interval`; re-open lost connections, with backoff."""
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._lost.wait(), self.interval)
-            except TimeoutError:
-                self._heartbeat()
-                continue
-            self._lost.clear()
-            delay = 0.05
-            while not self._closing and (self._pub is None or self._sub is None):
-                try:
-                    await self._open()
-                except Exception as exc:
-                    log.debug("re-opening the transport failed: %r", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                try:
-                    self._send_waiting()
-                except Exception:
-                    log.exception("sending the frames kept while re-opening failed")
-
-    def _heartbeat(self) -> None:
-        """Check both connections for silence, then PING the subscribed one and
-        publish a heartbeat to ourselves on the publishing one."""
-        now = time.monotonic()
-        limit = 2 * self.interval
-        probe = self._probed
-        for wire in (self._sub, self._pub):
-            # a heartbeat's reply was due, and nothing at all came since, for too long
-            if wire is not None and not wire.closed and probe and wire.heard < probe < now - limit:
-                self.silent += 1
-                log.warning(
-                    "%s: the cluster store connection was silent for %.1f s: re-opening it",
-                    self.name,
-                    now - wire.heard,
-                )
-                wire.fail(TimeoutError(f"no data from the store for {now - wire.heard:.1f} s"))
-        sub, pub = self._sub, self._pub
-        if sub is None or pub is None or self._waiting or not self.store.up:
-            return
-        try:
-            sub.send(("PING",))
-            pub.send(("PUBLISH", self._mine, HEARTBEAT))
-        except ConnectionError:
-            return
-        self._dests.append(self.name)
-        self._beats.append(now)
-        self.heartbeats += 1
-        if not self._probed or (sub.heard >= self._probed and pub.heard >= self._probed):
-            self._probed = now  # the oldest heartbeat still unanswered
 
     def _wire_lost(self, wire: Wire, exc: BaseException) -> None:
         if wire is self._pub:
@@ -251,12 +204,21 @@ class Transport:
             return
         if not quiet:
             self.store.mark_down(exc)
+        if self.direct is not None and not quiet:  # a cutover marker in flight may be lost
+            self.direct.publisher_lost(wire)
         self._lost.set()
+
+    @property
+    def publishing(self) -> bool:
+        """True while a frame published now leaves at once (not kept, not dropped)."""
+        return self.store.up and self._pub is not None and not self._waiting
 
     async def close(self) -> None:
         """Flush what is queued (best effort), stop the keeper, close the connections."""
         self._flush()
         self._closing = True
+        if self.direct is not None:
+            await self.direct.close()
         pub = self._pub
         if pub is not None and self.store.up:
             deadline = time.monotonic() + 1.0
@@ -283,9 +245,32 @@ class Transport:
             if pub is not None and pub.sent == pub.replies and not self._waiting:
                 self._flush()
                 return
+            direct = self.direct
+            if direct is not None and (link := direct.out.get(node)) is not None and link.up:
+                self._flush()  # the first of the turn leaves at once, the others batch
+                self._flush_pending = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush)
+                return
             self._flush_pending = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
+
+    def discard(self, node: str) -> None:
+        """Drop what is queued for `node` (its direct connection was lost)."""
+        items = self._out.pop(node, None)
+        if items:
+            self.dropped["direct_lost"] += len(items)
+
+    def forget_names(self, names: set[str], keep: set[str]) -> None:
+        """Forget what we keep for these nodes, and channel names of nodes not in
+        `keep` (`Cluster.prune`)."""
+        for name in names:
+            self.peer_creation.pop(name, None)
+        for k in [k for k in self._last_seq if k[0] in names]:
+            del self._last_seq[k]
+        for name in [n for n in self._channels if n not in keep and n != self.name]:
+            del self._channels[name]
 
     def flush_now(self) -> None:
         """Send what is queued now instead of at the end of the loop turn (the node
@@ -303,15 +288,40 @@ class Transport:
             self.dropped["store_down"] += len(out)
             return
         commands = []
+        direct = self.direct
         for node, items in out.items():
             self._seq += 1
             frame = encode_frame(self.key, self.name, self.creation, self._seq, node, items)
+            if direct is not None:
+                link = direct.out.get(node)
+                if link is not None and link.up:
+                    direct.send(link, frame)
+                    continue
+                direct.want(node)  # (opens a connection to it, if it has an address)
             commands.append((node, ("PUBLISH", self.channel(node), frame)))
-        self._send(commands)
+        if commands:
+            self._send(commands)
 
-    def _send(self, commands: list[tuple[str, tuple[str, str, bytes]]]) -> None:
+    def cut_over(self, node: str, session: int) -> tuple[Wire, int] | None:
+        """The direct session `session` to `node` is up: what is queued for it and then
+        the cutover marker leave on pub/sub (`direct`). Returns the publishing
+        connection and the count its replies reach once the marker is confirmed;
+        None if they could not leave now."""
+        pub = self._pub
+        if not self.store.up or pub is None or self._waiting:
+            return None
+        items = self._out.pop(node, None)
+        commands = []
+        for batch in (items, [cut_marker(session)]):
+            if batch:
+                self._seq += 1
+                frame = encode_frame(self.key, self.name, self.creation, self._seq, node, batch)
+                commands.append((node, ("PUBLISH", self.channel(node), frame)))
+        return (pub, pub.sent + len(commands)) if self._send(commands) else None
+
+    def _send(self, commands: list[tuple[str, tuple[str, str, bytes]]]) -> bool:
         """Write ``(destination, PUBLISH command)`` pairs, or keep them while the
-        publishing connection re-opens."""
+        publishing connection re-opens; False if any was dropped."""
         pub = self._pub
         if pub is None or self._waiting:  # re-opening: keep them, in order
             if not self._waiting:
@@ -319,19 +329,21 @@ class Transport:
             room = MAX_WAITING - len(self._waiting)
             if room < len(commands):
                 self.dropped["backlog"] += len(commands) - max(room, 0)
-                commands = commands[: max(room, 0)]
+                self._waiting.extend(commands[: max(room, 0)])
+                return False
             self._waiting.extend(commands)
-            return
+            return True
         if pub.backlog() > MAX_BACKLOG:
             self.dropped["backlog"] += len(commands)
-            return
+            return False
         try:
             pub.send(*[command for _, command in commands])
         except ConnectionError:
             self.dropped["store_down"] += len(commands)
-            return
+            return False
         self._dests.extend([dest for dest, _ in commands])
         self.sent_frames += len(commands)
+        return True
 
     def _send_waiting(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -387,33 +399,11 @@ class Transport:
                 self._confirmed_at = time.monotonic()
                 if self._stale_ids and self._loop is not None:
                     stale, self._stale_ids = self._stale_ids, []
-                    self._loop.create_task(self._kill_clients(stale))
+                    self._loop.create_task(kill_clients(self, stale))
         elif isinstance(reply, int) and self._sub_id is None:
             self._sub_id = reply  # CLIENT ID of this subscribed connection
         elif isinstance(reply, Exception):
             self._reject("subscribe_error", repr(reply))
-
-    async def _kill_clients(self, ids: list[int]) -> None:
-        """Close our earlier subscribed connections that the server may still hold
-        (``CLIENT KILL ID``), so that a frame for us that reaches none of our live
-        connections is reported as undeliverable instead of counted as received."""
-        # the store is usually still marked down right after a lost connection
-        # (re-subscribing is quicker than its reconnection): wait for it
-        for _ in range(50):
-            if self.store.up or self._closing:
-                break
-            await asyncio.sleep(self.interval / 5)
-        for client_id in ids:
-
-            async def kill(r: Any, client_id: int = client_id) -> Any:
-                return await r.execute_command("CLIENT", "KILL", "ID", client_id)
-
-            try:
-                await self.store.run(kill)
-            except ClusterUnavailable:
-                self._stale_ids.append(client_id)  # tried again at the next confirmation
-            except Exception as exc:  # long gone ("No such client")
-                log.debug("CLIENT KILL ID %s: %r", client_id, exc)
 
     def reopen(self, why: str) -> None:
         """Re-open both connections (say, the primary changed: connections opened
@@ -433,16 +423,22 @@ class Transport:
                 f"{self.name}: not subscribed to the cluster store yet"
             ) from None
 
-    def receive(self, frame: Any) -> bool:
-        """Check one frame and deliver its items; False (and counted) if rejected."""
+    def receive(self, frame: Any, link: Link | None = None) -> bool:
+        """Check one frame (from pub/sub, or from the direct connection `link`) and
+        deliver its items; False (and counted) if rejected."""
         try:
             sender, creation, seq, items = decode_frame(self.key, frame, self._me)
             known = self.peer_creation.get(sender)
-            if known is not None and creation < known:
+            if known is not None:
+                if creation < known:
+                    raise BadFrame("stale")
+            elif creation <= self.pruned_floor:
                 raise BadFrame("stale")
             last = self._last_seq.get((sender, creation), 0)
             if seq <= last:
                 raise BadFrame("replay")
+            if link is not None and (sender != link.peer or creation != link.creation):
+                raise BadFrame("misrouted")
             if not last and (known is None or creation > known):
                 self._new_incarnation(sender, creation)  # (once per incarnation)
             self._last_seq[(sender, creation)] = seq
@@ -450,6 +446,12 @@ class Transport:
             self._reject(bad.reason)
             return False
         self.received_frames += 1
+        if link is None and self.direct is not None:
+            if len(items) == 1 and items[0][:4] == CUT:
+                (session,) = struct.unpack_from(">Q", items[0], 4)
+                self.direct.on_marker(sender, creation, session)
+                return True
+            self.direct.on_pubsub(sender)
         for raw in items:
             try:
                 item = pickle.loads(raw)  # signed by a node that holds the secret

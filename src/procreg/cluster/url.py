@@ -17,13 +17,20 @@ procreg's own query options (removed before the URL reaches redis-py):
   ``WAIT N`` confirms the write reached N replicas (default 0; 1 for the Sentinel
   forms, so that a failover to the most up-to-date replica loses no granted claim);
 - ``wait_timeout=SECONDS``: how long ``WAIT`` may block (default: a sixth of the
-  lease, at most 0.5 s).
+  lease, at most 0.5 s);
+- ``listen=HOST:PORT``: also exchange frames with the other nodes that have it over
+  direct TCP connections (`direct`), listening on that address (port 0: any free
+  one); without it every frame goes through Redis pub/sub;
+- ``advertise=HOST:PORT``: the address the other nodes connect to (default: the
+  address listened on, with the port actually bound), for NAT or a proxy.
 
 >>> c = parse_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2?prefix=app")
 >>> (c.sentinels, c.service, c.db, c.password, c.prefix, c.wait)
 ([('10.0.0.1', 26379), ('10.0.0.2', 26379)], 'main', 2, 'pw', 'app:', 1)
 >>> parse_url("redis://127.0.0.1:6379/0?wait=1&x=y").url
 'redis://127.0.0.1:6379/0?x=y'
+>>> parse_url("redis://127.0.0.1:6379/0?listen=127.0.0.1:0").listen
+('127.0.0.1', 0)
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class StoreURL:
     prefix: str = "procreg:"
     wait: int = 0
     wait_timeout: float | None = None
+    listen: tuple[str, int] | None = None
+    advertise: tuple[str, int] | None = None
     sentinels: list[tuple[str, int]] = field(default_factory=list)
     service: str = ""
     db: int = 0
@@ -81,6 +90,25 @@ def _int_option(query: dict[str, list[str]], name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"cluster URL option {name}= must be >= 0, got {value}")
     return value
+
+
+def _address(query: dict[str, list[str]], name: str) -> tuple[str, int] | None:
+    """The ``host:port`` of option `name` (port 0 allowed), or None."""
+    raw = query.pop(name, None)
+    if raw is None:
+        return None
+    text = raw[0].strip()
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 <= number < 65536:
+        raise ValueError(
+            f"cluster URL option {name}= must be host:port (port 0: any free one), got {text!r}"
+        )
+    return host, number
 
 
 def _sentinel_address(hostport: str) -> tuple[str, int]:
@@ -131,6 +159,10 @@ def parse_url(url: str) -> StoreURL:
             raise ValueError(
                 f"wait_timeout= must be a finite number of seconds > 0, got {timeout_raw[0]!r}"
             )
+    listen = _address(query, "listen")
+    advertise = _address(query, "advertise")
+    if advertise is not None and (listen is None or advertise[1] == 0):
+        raise ValueError("advertise= needs listen= and a port other than 0")
     rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
     if not sentinel:
         return StoreURL(
@@ -138,6 +170,8 @@ def parse_url(url: str) -> StoreURL:
             prefix=prefix,
             wait=wait,
             wait_timeout=wait_timeout,
+            listen=listen,
+            advertise=advertise,
         )
     # redis+sentinel://[user:pass@]h1:p1,h2:p2/service[/db]
     netloc = parts.netloc
@@ -163,6 +197,8 @@ def parse_url(url: str) -> StoreURL:
         prefix=prefix,
         wait=wait,
         wait_timeout=wait_timeout,
+        listen=listen,
+        advertise=advertise,
         sentinels=sentinels,
         service=unquote(path[0]),
         db=db,

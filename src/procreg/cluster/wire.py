@@ -24,10 +24,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ClusterUnavailable
+
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Wire"]
+__all__ = ["Wire", "kill_clients"]
 
 log = logging.getLogger("procreg.cluster")
 
@@ -183,3 +185,26 @@ class Wire(asyncio.Protocol):
             self._transport.abort()
         self._release()
         self._on_lost(self, exc)
+
+
+async def kill_clients(owner: Any, ids: list[int]) -> None:
+    """Close the transport `owner`'s earlier subscribed connections that the server may still hold
+    (``CLIENT KILL ID``), so that a frame for us that reaches none of our live
+    connections is reported as undeliverable instead of counted as received."""
+    # the store is usually still marked down right after a lost connection
+    # (re-subscribing is quicker than its reconnection): wait for it
+    for _ in range(50):
+        if owner.store.up or owner._closing:
+            break
+        await asyncio.sleep(owner.interval / 5)
+    for client_id in ids:
+
+        async def kill(r: Any, client_id: int = client_id) -> Any:
+            return await r.execute_command("CLIENT", "KILL", "ID", client_id)
+
+        try:
+            await owner.store.run(kill)
+        except ClusterUnavailable:
+            owner._stale_ids.append(client_id)  # tried again at the next confirmation
+        except Exception as exc:  # long gone ("No such client")
+            log.debug("CLIENT KILL ID %s: %r", client_id, exc)
