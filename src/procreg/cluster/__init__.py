@@ -205,6 +205,7 @@ class Cluster:
         await self.scoped.stop()
         await self.membership.stop()
         await stop_tasks(*self._purges.values(), self._recovery)
+        await self.remote.tasks.stop()
         await self.transport.close()
         await self.store.close()
 

@@ -32,6 +32,7 @@ from ..errors import (
 from ..pid import Pid, Ref
 from .claims import factory_name, resolve_factory
 from .codec import pack_item
+from .tasks import Tasks
 
 if TYPE_CHECKING:
     from ..seams import Runtime
@@ -130,6 +131,7 @@ class Remote:
     def __init__(self, runtime: Runtime, transport: Transport) -> None:
         self.runtime = runtime
         self.transport = transport
+        self.tasks = Tasks()  # remote spawns under way (stopped by `Cluster.stop`)
         # get_or_spawn on this node, for a remote spawn (placement="hash"): the
         # registry backend's, set by the cluster
         self.get_or_spawn: Callable[..., Awaitable[tuple[Pid, bool]]] | None = None
@@ -375,7 +377,7 @@ class Remote:
             if call_id:
                 self.transport.enqueue(sender, pack_item((REPLY, call_id, True)))
         elif op == SPAWN:
-            rt.loop.create_task(self._spawn_here(sender, item))
+            self.tasks.spawn(self._spawn_here(sender, item), rt.loop)
         elif op == RESET:
             # the sender lost frames (a store outage) and ended its side of our links
             # and monitors: end ours, as when an Erlang distribution connection drops

@@ -399,7 +399,7 @@ class Transport:
                 self._confirmed_at = time.monotonic()
                 if self._stale_ids and self._loop is not None:
                     stale, self._stale_ids = self._stale_ids, []
-                    self._loop.create_task(kill_clients(self, stale))
+                    self.store.tasks.spawn(kill_clients(self, stale), self._loop)
         elif isinstance(reply, int) and self._sub_id is None:
             self._sub_id = reply  # CLIENT ID of this subscribed connection
         elif isinstance(reply, Exception):
