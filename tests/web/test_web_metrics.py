@@ -239,3 +239,43 @@ def test_the_route_answers_get_and_head_only(app: tuple[TestClient, NodeLifespan
     opened = client.get("/metrics", headers={"accept": "application/openmetrics-text"})
     assert opened.headers["content-type"].startswith("application/openmetrics-text")
     assert opened.headers["cache-control"] == "no-store"
+
+
+def test_direct_connections_are_counted() -> None:
+    """With ``listen=`` the direct path has its own figures, and the frames it carries
+    are in ``frames_sent``/``frames_received`` too."""
+
+    async def main(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        url += ("&" if "?" in url else "?") + "listen=127.0.0.1:0"
+        async with (
+            procreg.Node("da", cluster=url, secret="metrics-secret", lease=1.0) as a,
+            procreg.Node("db", cluster=url, secret="metrics-secret", lease=1.0) as b,
+        ):
+            with procreg.web.use_node(a):
+                pid = Echo.start()
+            for _ in range(200):  # until b's membership poll has seen a (and its address)
+                if "da" in b.nodes():
+                    break
+                await asyncio.sleep(0.02)
+            with procreg.web.use_node(b):
+                for i in range(200):  # the first calls go through pub/sub, then direct
+                    assert await procreg.call(pid, i) == i
+                    if b._cluster.direct.counts["frames_out"] >= 20:
+                        break
+                    await asyncio.sleep(0.01)
+            return (
+                parse(exposition(a, registry=None)[0].decode())[0],
+                parse(exposition(b, registry=None)[0].decode())[0],
+            )
+
+    with RedisServer() as redis:
+        on_a, on_b = asyncio.run(main(redis.url))
+    sent = value(on_b, "procreg_cluster_direct_frames_total", node="db", direction="sent")
+    assert sent >= 20
+    assert value(on_b, "procreg_cluster_frames_sent_total", node="db") >= sent
+    assert value(on_a, "procreg_cluster_direct_frames_total", node="da", direction="received") >= 20
+    assert value(on_b, "procreg_cluster_direct_links", node="db", direction="out") == 1
+    assert value(on_a, "procreg_cluster_direct_links", node="da", direction="in") == 1
+    assert value(on_b, "procreg_cluster_direct_sessions_total", node="db") == 1
+    assert value(on_a, "procreg_cluster_direct_losses_total", node="da") == 0
+    assert value(on_a, "procreg_cluster_direct_refused_total", node="da") == 0

@@ -216,6 +216,7 @@ class Direct:
             return
         link.write(FRAME, frame)
         self.counts["frames_out"] += 1
+        self.transport.sent_frames += 1
 
     # -- receiving --------------------------------------------------------------------------
     def record(self, link: Link, kind: int, payload: bytes) -> None:

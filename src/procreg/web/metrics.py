@@ -185,6 +185,31 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         ("node", "event"),
         "Other nodes (incarnations) seen going up or down.",
     ),
+    "procreg_cluster_direct_links": (
+        "gauge",
+        ("node", "direction"),
+        "Direct connections to (out) and from (in) other nodes that are up (listen=).",
+    ),
+    "procreg_cluster_direct_frames_total": (
+        "counter",
+        ("node", "direction"),
+        "Frames sent and received over direct connections (also in frames_sent/received).",
+    ),
+    "procreg_cluster_direct_sessions_total": (
+        "counter",
+        ("node",),
+        "Direct connections to other nodes that completed the handshake (sessions).",
+    ),
+    "procreg_cluster_direct_losses_total": (
+        "counter",
+        ("node",),
+        "Direct connections lost (closed, silent or backlogged): each a disconnection.",
+    ),
+    "procreg_cluster_direct_refused_total": (
+        "counter",
+        ("node",),
+        "Direct connections refused (bad handshake, old incarnation, fenced).",
+    ),
 }
 """Every metric `ProcregCollector` exports: name -> (type, labels, help). The
 ``procreg_cluster_*`` ones only for a node in a cluster."""
@@ -327,6 +352,23 @@ def cluster_metrics(name: str, cluster: Any) -> list[Metric]:
         "procreg_cluster_node_events_total",
         [("up", counters.nodes_up), ("down", counters.nodes_down)],
     )
+    direct = cluster.direct
+    if direct is not None:
+        counts = direct.counts
+        labelled(
+            "procreg_cluster_direct_links",
+            [
+                ("out", sum(1 for link in direct.out.values() if link.up)),
+                ("in", sum(1 for link in direct.inbound.values() if link.up)),
+            ],
+        )
+        labelled(
+            "procreg_cluster_direct_frames_total",
+            [("sent", counts["frames_out"]), ("received", counts["frames_in"])],
+        )
+        one("procreg_cluster_direct_sessions_total", counts["sessions"])
+        one("procreg_cluster_direct_losses_total", counts["lost"])
+        one("procreg_cluster_direct_refused_total", counts["refused"])
     return out
 
 
