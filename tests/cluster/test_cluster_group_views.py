@@ -165,3 +165,30 @@ def test_an_idle_view_is_dropped_and_a_late_removal_cannot_take_a_new_entry() ->
         assert views._sweeper is None
 
     asyncio.run(main())
+
+
+def test_every_stale_entry_leaves_in_one_sweep_and_a_closed_node_stops_sweeping() -> None:
+    """A sweep takes out every stale watcher entry (in pipelines of `UNWATCH_BATCH`),
+    not one batch a sweep (10,000 dropped views took 20 minutes and the entries piled
+    up); once closed, a load that completes arms no sweep (its timer kept the stopped
+    node alive)."""
+    from procreg.cluster.groupview import UNWATCH_BATCH
+
+    async def main() -> None:
+        store = FakeStore([Pid("a", 1, 1)])
+        views = views_for(store)
+        views.stale = [(f'"g{i}"', f"me\t7\t{i}") for i in range(2 * UNWATCH_BATCH + 5)]
+        views.sweep()
+        await views._unwatching  # type: ignore[misc]
+        assert views.stale == []
+        assert len(store.removed) == 2 * len(range(2 * UNWATCH_BATCH + 5))
+        views._sweeper.cancel()  # type: ignore[union-attr]
+        views._sweeper = None
+        loading = asyncio.ensure_future(views.view("g", '"g"'))
+        await asyncio.sleep(0)
+        await views.close()
+        store.release.set()
+        await loading
+        assert views._sweeper is None
+
+    asyncio.run(main())

@@ -142,3 +142,25 @@ def test_a_background_task_nothing_else_refers_to_is_kept_until_it_ends() -> Non
         loop.close()
     assert plain == ["unwound"]  # collected mid-run: its coroutine was closed
     assert running == 1 and kept == ["unwound"]  # kept until `stop` cancelled it
+
+
+def test_a_claim_whose_task_has_not_started_when_the_store_closes_is_answered(redis) -> None:
+    """Closing the store lets the node's tasks end rather than cancelling them: a
+    task cancelled before its first step never answers the callers it owns (here a
+    `get_or_spawn` whose claim batch had not started: it waited for ever)."""
+
+    async def main() -> tuple[bool, BaseException | None, int]:
+        node = procreg.Node("a", cluster=redis.url, secret=SECRET, lease=1.0)
+        async with node:
+            backend = node._cluster.backend
+            fut = backend.get_or_spawn_missed("k1", Echo, ())  # its claim task not started
+            await node._cluster.store.close()
+            done = fut.done()
+            error = fut.exception() if done else None
+            if not done:
+                fut.cancel()
+            return done, error, backend.claims.in_flight
+
+    done, error, in_flight = asyncio.run(main())
+    assert done and isinstance(error, procreg.ClusterUnavailable), error
+    assert in_flight == 0

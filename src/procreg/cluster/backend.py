@@ -38,8 +38,8 @@ from .codec import as_text, canon, pid_from_str, pid_str
 from .groups import ClusterGroups
 from .keycache import KeyCache
 from .keywatch import KeyWatch
+from .placement import spawn_general
 from .releases import Releases
-from .remote import factory_name
 from .store import Store
 
 if TYPE_CHECKING:
@@ -300,10 +300,7 @@ class RedisBackend(RegistryBackend):
         if placement == "local" and node.starts_now(factory) and not self.cluster.fencing:
             # the common case, without a task: the claim's answer starts the process
             # (or fails) in a callback, so a cancelled caller orphans nothing
-            attempt = SpawnAttempt(self, key, ckey, table, factory, args, meta, idle_timeout)
-            first = attempt.claim()
-            self.attempts[(table, key)] = attempt
-            return await first
+            return await self._attempt(key, ckey, table, factory, args, meta, idle_timeout)
         task = self.runtime.loop.create_task(
             self.spawn_general(key, factory, args, table, placement, meta, idle_timeout)
         )
@@ -324,18 +321,36 @@ class RedisBackend(RegistryBackend):
         """`get_or_spawn` right after a `peek` that missed (`RegistryBackend`): the
         common case (local placement, a factory that starts at once, no attempt for
         the key under way, not fencing) answers with the new attempt's future, with
-        no coroutine and no second `peek`; every other case is `get_or_spawn`."""
+        no coroutine and no second `peek`; every other case is `get_or_spawn`.
+
+        Unlike `get_or_spawn`, the common case raises `ClusterUnavailable` at the
+        call, not when awaited, if the node's lease may have lapsed (it is being
+        fenced); the future then fails as `get_or_spawn` would."""
         if (
             placement == "local"
             and not self.cluster.fencing
             and (table, key) not in self.attempts
             and self.node.starts_now(factory)
         ):
-            attempt = SpawnAttempt(self, key, canon(key), table, factory, args, meta, idle_timeout)
-            first = attempt.claim()
-            self.attempts[(table, key)] = attempt
-            return first
+            return self._attempt(key, canon(key), table, factory, args, meta, idle_timeout)
         return self.get_or_spawn(key, factory, args, table, placement, meta, idle_timeout)
+
+    def _attempt(
+        self,
+        key: Hashable,
+        ckey: str,
+        table: str,
+        factory: Any,
+        args: tuple[Any, ...],
+        meta: dict[str, Any] | None,
+        idle_timeout: float | None,
+    ) -> asyncio.Future[tuple[Pid, bool]]:
+        """Start a task-free attempt (`SpawnAttempt`) for `key` and return its first
+        caller's future; `ClusterUnavailable` at once if the node is being fenced."""
+        attempt = SpawnAttempt(self, key, ckey, table, factory, args, meta, idle_timeout)
+        first = attempt.claim()
+        self.attempts[(table, key)] = attempt
+        return first
 
     def _attempt_done(
         self, key: tuple[str, Hashable], task: asyncio.Task[tuple[Pid, bool]]
@@ -343,52 +358,7 @@ class RedisBackend(RegistryBackend):
         if self.attempts.get(key) is task:
             del self.attempts[key]
 
-    async def spawn_general(
-        self,
-        key: Hashable,
-        factory: Any,
-        args: tuple[Any, ...],
-        table: str,
-        placement: str,
-        meta: dict[str, Any] | None,
-        idle_timeout: float | None,
-    ) -> tuple[Pid, bool]:
-        """`get_or_spawn` on the general path, in a task: placement by hash (maybe on
-        another node), an async ``init``, or an outcome a `SpawnAttempt` leaves to it."""
-        node = self.node
-        if placement == "hash":
-            factory_name(factory)  # importable by name on every node, wherever home is
-            home = home_node(key, self.cluster.live_nodes())
-            if home != node.name:
-                gen = self.keys.gen
-                result: tuple[Pid, bool] = await self.cluster.remote.spawn(
-                    home, key, factory, args, table, meta, idle_timeout
-                )
-                # not cached if an invalidation overtook the reply (it may be dead already)
-                if result[0][0] != node.name and gen == self.keys.gen:
-                    self._cache[(table, key)] = result[0]
-                return result
-        pid = self.runtime.new_pid()
-        self.parked[pid] = ()
-        try:
-            holder = await self.claim(key, table, pid, meta)
-            if holder is not None:
-                return holder, False
-            fences = self.cluster.fenced
-            try:
-                proc = await node.start_with_pid(pid, factory, args, idle_timeout, key=(table, key))
-            except BaseException:
-                self.releases.queue(table, key, pid, False)
-                raise
-        finally:
-            self.unpark(pid)
-        self.cluster.membership.check()  # past our lease deadline: fence first
-        if self.cluster.fenced != fences:  # fenced during an async init: it must not live on
-            self.runtime.end(pid, "fenced")
-            self.releases.queue(table, key, pid, False)
-            raise ClusterUnavailable(f"cannot start {key!r}: this node was fenced")
-        self.adopt(table, key, proc, meta, "ended right after it started")
-        return pid, True
+    spawn_general = spawn_general  # (`placement`)
 
     def adopt(
         self, table: str, key: Hashable, proc: _Proc, meta: dict[str, Any] | None, why: str

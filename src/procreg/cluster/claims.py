@@ -321,7 +321,7 @@ class SpawnAttempt(Claim):
         this node is being fenced)."""
         b = self.backend
         cluster = b.cluster
-        self.pid = pid = b.node._new_pid()
+        self.pid = pid = b.runtime.new_pid()
         m = cluster.membership
         # `fenced_error`'s checks, its fast path inline (`Membership.check`'s own)
         if not (m.time() < m.deadline and pid[1] == m.creation):

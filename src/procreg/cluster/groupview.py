@@ -53,7 +53,7 @@ from .codec import as_text, pid_from_str
 
 SEP = "\x1f"  # between the fields of an owned-set member
 VIEW_IDLE = 120.0  # seconds between sweeps: a view unused since the last one is dropped
-UNWATCH_BATCH = 1_000  # dropped views' watcher entries taken out per sweep, at most
+UNWATCH_BATCH = 1_000  # dropped views' watcher entries taken out per pipeline
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -89,6 +89,7 @@ class GroupViews:
         self.serial = 0  # of the watcher entries this incarnation recorded
         self._sweeper: asyncio.TimerHandle | None = None
         self._unwatching: asyncio.Task[None] | None = None
+        self.closed = False  # the node left: no more sweeps
 
     def watcher_key(self, cgroup: str) -> str:
         return self.store.key("gw", cgroup)
@@ -220,7 +221,7 @@ class GroupViews:
 
     # -- idle views ------------------------------------------------------------------
     def _arm(self) -> None:
-        if self._sweeper is None and (self.views or self.stale):
+        if self._sweeper is None and not self.closed and (self.views or self.stale):
             self._sweeper = self.backend.runtime.loop.call_later(self.idle, self.sweep)
 
     def sweep(self) -> None:
@@ -235,29 +236,34 @@ class GroupViews:
                 self.stale.append((cgroup, entry))
         used.clear()
         busy = self._unwatching is not None and not self._unwatching.done()
-        if self.stale and self.store.up and not busy:
-            batch, self.stale = self.stale[:UNWATCH_BATCH], self.stale[UNWATCH_BATCH:]
-            self._unwatching = self.backend.runtime.loop.create_task(self._unwatch(batch))
+        if self.stale and self.store.up and not busy and not self.closed:
+            self._unwatching = self.backend.runtime.loop.create_task(self._unwatch())
         self._arm()
 
-    async def _unwatch(self, batch: list[tuple[str, str]]) -> None:
+    async def _unwatch(self) -> None:
+        """Take every stale watcher entry out of the store, `UNWATCH_BATCH` to a
+        pipeline; those that fail wait for the next sweep."""
         store, owned = self.store, self.backend.owned()
+        while self.stale and not self.closed:
+            batch, self.stale = self.stale[:UNWATCH_BATCH], self.stale[UNWATCH_BATCH:]
 
-        async def run(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            for cgroup, entry in batch:
-                pipe.srem(self.watcher_key(cgroup), entry)
-                pipe.srem(owned, f"v{SEP}{cgroup}{SEP}{entry}")
-            await pipe.execute()
+            async def run(r: Any, batch: list[tuple[str, str]] = batch) -> None:
+                pipe = r.pipeline(transaction=False)
+                for cgroup, entry in batch:
+                    pipe.srem(self.watcher_key(cgroup), entry)
+                    pipe.srem(owned, f"v{SEP}{cgroup}{SEP}{entry}")
+                await pipe.execute()
 
-        try:
-            await store.run(run)
-        except Exception:
-            self.stale.extend(batch)  # (again at the next sweep)
-            self._arm()
+            try:
+                await store.run(run)
+            except Exception:
+                self.stale.extend(batch)  # (again at the next sweep)
+                self._arm()
+                return
 
     async def close(self) -> None:
         """Stop sweeping (the node leaves; its purge takes its entries out)."""
+        self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -306,13 +306,15 @@ class Store:
             self.redis = None
 
     async def close(self) -> None:
-        """Stop the node's background tasks and reconnecting, and close the client."""
+        """Stop reconnecting, close the client, and let the node's background tasks
+        end (`Tasks.drain`: their store operations now fail fast, and they answer
+        their callers with `ClusterUnavailable`)."""
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             self._reconnecting = None
-        await self.tasks.stop()
         self.up = False
         await self._close_client()
+        await self.tasks.drain(self._timeout)
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
                 try:

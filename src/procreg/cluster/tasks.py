@@ -4,8 +4,12 @@ The event loop holds only weak references to the tasks it runs, so a task nothin
 else refers to can be garbage-collected before it finishes (see the note under
 `asyncio.create_task` in Python's documentation). Every fire-and-forget task of the
 cluster (a claim batch, a release flush, a key-watch write, a relayed call) is started
-through a `Tasks` set, which holds it until it ends and cancels what is still running
-when the node leaves, so none outlives `Cluster.stop`.
+through a `Tasks` set, which holds it until it ends; when the node leaves, `drain`
+lets them end (the store is closed first, so their store operations fail fast and
+they answer their callers with that failure) and cancels only those still running
+after a timeout, so none outlives `Cluster.stop`. (Cancelling them at once would
+leave callers waiting for ever: a task cancelled before its first step never runs
+the code that answers them.)
 """
 
 from __future__ import annotations
@@ -66,8 +70,20 @@ class Tasks:
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Cancel every task still running and wait for them (`stop_tasks`), also
-        those they start while they unwind."""
+        those they start while they unwind: for tasks that answer no one else."""
         for _ in range(3):
             if not self._running:
                 return
             await stop_tasks(*self._running, timeout=timeout)
+
+    async def drain(self, timeout: float = 1.0) -> None:
+        """Wait up to `timeout` seconds for every task to end (also those they start
+        meanwhile), then cancel the rest (`stop`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._running:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(list(self._running), timeout=left)
+        await self.stop()
