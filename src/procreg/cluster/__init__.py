@@ -286,7 +286,7 @@ class Cluster:
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.transport.forget_stale()
         if self.direct is not None:
-            self.direct.peer_down(name)
+            self.direct.peer_down(name, creation)
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
         self.backend.groups_.views.node_down(name, creation)

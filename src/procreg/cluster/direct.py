@@ -133,12 +133,14 @@ class Direct:
         for link in [*self.out.values(), *self.inbound.values()]:
             link.close()
 
-    def peer_down(self, name: str) -> None:
-        """`name`'s incarnation is down (or forgotten): close its connections quietly
-        and forget what we kept for it."""
+    def peer_down(self, name: str, creation: int | None = None) -> None:
+        """`name`'s incarnation `creation` is down (all of them if None: forgotten):
+        close its connections (and older ones) quietly and forget what we kept for it.
+        A newer incarnation's connections stay: it may have opened them before our
+        membership poll saw the old one go."""
         for table in (self.out, self.inbound):
             link = table.get(name)
-            if link is not None:
+            if link is not None and (creation is None or link.creation <= creation):
                 link.close()
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)

@@ -1,0 +1,80 @@
+"""Review findings on the direct path (`procreg.cluster.direct`), one test each.
+
+Nodes run in this process (several `procreg.Node`s in one loop) or as bare `Direct`
+objects driven in one loop, as the handshake test of `test_cluster_direct` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import procreg
+
+from .conftest import SECRET
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = b"the-cluster-secret"
+
+
+class Echo(procreg.Server):
+    def handle_call(self, request: Any) -> Any:
+        return request
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())
+
+
+def node(url: str, name: str, lease: float) -> procreg.Node:
+    return procreg.Node(name, cluster=url + "?listen=127.0.0.1:0", secret=SECRET, lease=lease)
+
+
+# -- 1: a new incarnation's session survives the old one's node-down -----------------------
+
+
+def test_the_old_incarnations_node_down_keeps_the_new_ones_session(redis) -> None:
+    """b restarts as b2 and opens a session to a before a's poll saw the old b go:
+    the node-down of the old incarnation closes nothing of b2's."""
+
+    async def main() -> None:
+        a = node(redis.url, "a", 6.0)
+        async with a:
+            echo = Echo.start()
+            b = node(redis.url, "b", 6.0)
+            async with b:
+                await until(lambda: "b" in a.nodes(), "a sees b")
+                old = b.creation
+            b2 = node(redis.url, "b", 6.0)
+            async with b2:
+                d2, da = b2._cluster.direct, a._cluster.direct
+
+                async def up() -> bool:
+                    await b2.call(echo, "hi", 5.0)
+                    link = d2.out.get("a")
+                    return link is not None and link.up and "b" in da.inbound
+
+                for _ in range(500):
+                    if await up():
+                        break
+                    await asyncio.sleep(0.01)
+                link, inbound = d2.out["a"], da.inbound["b"]
+                assert link.up and inbound.creation == b2.creation
+                await a._cluster.node_down("b", old)  # (a's poll, in whatever order)
+                assert not inbound.closed and da.inbound.get("b") is inbound
+                assert await b2.call(echo, "still", 5.0) == "still"
+                assert not link.closed and d2.counts["lost"] == 0
+
+    run(main)
