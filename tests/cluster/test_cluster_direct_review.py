@@ -78,3 +78,40 @@ def test_the_old_incarnations_node_down_keeps_the_new_ones_session(redis) -> Non
                 assert not link.closed and d2.counts["lost"] == 0
 
     run(main)
+
+
+# -- 2: the floor of pruned creations does not apply to known peers -------------------------
+
+
+def test_a_pruned_newer_node_does_not_make_a_live_peer_refused(redis) -> None:
+    """a, b, c join in that order; c leaves and is pruned (the floor of forgotten
+    creations rises to c's): b, live and known to a, still gets its direct
+    session to a."""
+
+    async def main() -> None:
+        a, b = node(redis.url, "a", 0.6), node(redis.url, "b", 0.6)
+        async with a:
+            pid = Echo.start()  # (on a)
+            await b.start()
+            c = node(redis.url, "c", 0.6)
+            async with c:
+                await until(lambda: "c" in a.nodes() and "c" in b.nodes(), "c seen")
+                c_creation = c.creation
+            ca, db = a._cluster, b._cluster.direct
+            await until(lambda: ca.transport.pruned_floor >= c_creation, "c pruned on a")
+            assert b.creation < c_creation
+
+            def settled() -> bool:
+                link = db.out.get("a")
+                return (link is not None and link.up) or ca.direct.counts["refused"] > 0
+
+            for _ in range(1000):
+                assert await b.call(pid, "hi", 5.0) == "hi"
+                if settled():
+                    break
+                await asyncio.sleep(0.01)
+            assert ca.direct.counts["refused"] == 0
+            assert db.out["a"].up
+            await b.stop()
+
+    run(main)

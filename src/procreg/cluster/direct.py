@@ -16,8 +16,9 @@ Handshake (``hello`` -> ``welcome`` -> ``ack``, each HMAC-signed under the clust
 secret with both names and creations, the session number and the nonces): a fresh
 random nonce each way, so a replayed ``hello`` gets a ``welcome`` it cannot answer.
 Refused: a bad signature, another destination or creation than the listener's, a
-sender incarnation known to be older than the live one or down, and anything while
-the listener is fenced.
+sender incarnation known to be older than the live one or down (or, for a sender
+name we know nothing of, at or below the floor of forgotten creations,
+`Cluster.prune`), and anything while the listener is fenced.
 
 Ordering across the two paths (one path per peer at a time):
 
