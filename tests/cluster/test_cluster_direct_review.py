@@ -15,6 +15,7 @@ import pytest
 import procreg
 
 from .conftest import SECRET
+from .test_cluster_direct import _direct, _record, _records
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,5 +114,50 @@ def test_a_pruned_newer_node_does_not_make_a_live_peer_refused(redis) -> None:
             assert ca.direct.counts["refused"] == 0
             assert db.out["a"].up
             await b.stop()
+
+    run(main)
+
+
+# -- 3: a replayed hello does not end a live session ---------------------------------------
+
+
+def test_a_replayed_hello_neither_ends_the_live_session_nor_is_welcomed() -> None:
+    """A captured hello sent again (never acked) leaves the live session of its
+    sender alone, and is refused: its session was accepted already."""
+    from procreg.cluster import directlink as d
+
+    async def main() -> None:
+        b = _direct(KEY, "b", 7)
+        await b.start()
+        host, port = b.address
+        hello = d.signed(KEY, "hello", "a", 3, "b", 7, 1, "n" * 32)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(_record(d.HELLO, hello))
+        ((kind, welcome),) = await _records(reader, 1)
+        assert kind == d.WELCOME
+        nonce_b = welcome[:-32].decode().split("\t")[7]
+        writer.write(_record(d.ACK, d.signed(KEY, "ack", "a", 3, "b", 7, 1, nonce_b)))
+        await until(lambda: "a" in b.inbound and b.inbound["a"].up, "the session up")
+        live = b.inbound["a"]
+        b.on_marker("a", 3, 1)
+        # the replay: the same hello on another connection, never acked
+        r2, w2 = await asyncio.open_connection(host, port)
+        w2.write(_record(d.HELLO, hello))
+        ((answer, _),) = await _records(r2, 1)
+        assert answer == d.REFUSE
+        assert not live.closed and b.inbound.get("a") is live
+        writer.write(_record(d.FRAME, b"after the replay"))
+        await until(lambda: b.transport.frames, "the frame on the live session")
+        assert b.transport.frames == [b"after the replay"]
+        # a hello for a newer session is welcomed, but replaces the live one only
+        # once acked: unacked, the live session stays
+        r3, w3 = await asyncio.open_connection(host, port)
+        w3.write(_record(d.HELLO, d.signed(KEY, "hello", "a", 3, "b", 7, 2, "m" * 32)))
+        ((answer, _),) = await _records(r3, 1)
+        assert answer == d.WELCOME
+        assert not live.closed and b.inbound.get("a") is live
+        for w in (writer, w2, w3):
+            w.close()
+        await b.close()
 
     run(main)

@@ -14,7 +14,9 @@ in the socket's I/O callback, with no task in between.
 
 Handshake (``hello`` -> ``welcome`` -> ``ack``, each HMAC-signed under the cluster
 secret with both names and creations, the session number and the nonces): a fresh
-random nonce each way, so a replayed ``hello`` gets a ``welcome`` it cannot answer.
+random nonce each way, so a replayed ``hello`` gets a ``welcome`` it cannot answer
+(or a refusal, if its session was accepted already); only the ``ack`` makes an
+accepted connection the sender's session, replacing its previous one.
 Refused: a bad signature, another destination or creation than the listener's, a
 sender incarnation known to be older than the live one or down (or, for a sender
 name we know nothing of, at or below the floor of forgotten creations,
@@ -93,7 +95,11 @@ class Direct:
         self.interval = transport.interval
         self.addresses: dict[str, tuple[int, str, int]] = {}  # name -> (creation, host, port)
         self.out: dict[str, Link] = {}  # outbound, connecting or up
-        self.inbound: dict[str, Link] = {}  # accepted (after a valid hello)
+        self.inbound: dict[str, Link] = {}  # accepted (after a valid hello and its ack)
+        # accepted, a valid hello, no ack yet: they replace `inbound` only once acked
+        # (a replayed hello, never acked, must not end the live session)
+        self.pending: set[Link] = set()
+        self._accepted: dict[str, tuple[int, int]] = {}  # peer -> its (creation, session)
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._sessions = 0
@@ -131,7 +137,7 @@ class Direct:
 
     def close_all(self) -> None:
         """Close every connection quietly (fenced, a new creation, leaving)."""
-        for link in [*self.out.values(), *self.inbound.values()]:
+        for link in [*self.out.values(), *self.inbound.values(), *self.pending]:
             link.close()
 
     def peer_down(self, name: str, creation: int | None = None) -> None:
@@ -143,10 +149,17 @@ class Direct:
             link = table.get(name)
             if link is not None and (creation is None or link.creation <= creation):
                 link.close()
+        for link in [x for x in self.pending if x.peer == name]:
+            if creation is None or link.creation <= creation:
+                link.close()
+        accepted = self._accepted.get(name)
+        if accepted is not None and (creation is None or accepted[0] <= creation):
+            del self._accepted[name]
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
 
     def forget(self, link: Link) -> None:
+        self.pending.discard(link)
         table = self.out if link.outbound else self.inbound
         if table.get(link.peer) is link:
             del table[link.peer]
@@ -255,6 +268,16 @@ class Direct:
             if fields is None or fields[1:] != [str(x) for x in expect]:
                 self._refuse(link, "a bad ack (a replayed hello?)")
                 return
+            accepted = self._accepted.get(link.peer)
+            if accepted is not None and accepted >= (link.creation, link.session):
+                self._refuse(link, "an ack for an old session")
+                return
+            self.pending.discard(link)
+            old = self.inbound.get(link.peer)
+            if old is not None:  # its previous session ended (the sender knows it)
+                old.close(bye=False)
+            self._accepted[link.peer] = (link.creation, link.session)
+            self.inbound[link.peer] = link
             link.up = True
         elif kind == REFUSE:
             log.debug("%s: %s refused our connection: %r", self.name, link.peer, payload[:200])
@@ -286,12 +309,12 @@ class Direct:
             self._refuse(link, f"meant for {me}.{mine}, this is {self.name}.{t.creation}")
         elif (known is not None and creation < known) or creation <= self.down_creation(peer):
             self._refuse(link, f"{peer}.{creation} is an old incarnation")
+        elif self._accepted.get(peer, (0, 0)) >= (creation, int(session)):
+            self._refuse(link, f"{peer}.{creation} session {session} was accepted already")
         else:
-            old = self.inbound.get(peer)
-            if old is not None:  # its previous session ended (the sender knows it)
-                old.close(bye=False)
+            # (`inbound` changes only on its ack: a replayed hello is never acked)
             link.peer, link.creation, link.session = peer, creation, int(session)
-            self.inbound[peer] = link
+            self.pending.add(link)
             link.write(
                 WELCOME,
                 signed(
@@ -342,7 +365,11 @@ class Direct:
         connection held, and what comes on it from now on."""
         link = self.inbound.get(sender)
         if link is None or link.creation != creation or link.session != session:
-            return
+            # (the marker may come through Redis before the ack on the connection)
+            key = (sender, creation, session)
+            link = next((x for x in self.pending if (x.peer, x.creation, x.session) == key), None)
+            if link is None:
+                return
         link.marked = True
         held, link.held, link.held_bytes = link.held, [], 0
         for frame in held:
@@ -413,6 +440,9 @@ class Direct:
             link.write(PING, b"")
             if not link.probed:
                 link.probed = now
+        for link in list(self.pending):
+            if now - link.opened > limit:
+                link.close(bye=False)  # no ack in time
         for link in list(self.inbound.values()):
             if now - link.heard > limit + self.interval:
                 link.close(bye=False)  # silent: the sender ends it too
