@@ -161,3 +161,34 @@ def test_a_replayed_hello_neither_ends_the_live_session_nor_is_welcomed() -> Non
         await b.close()
 
     run(main)
+
+
+# -- 5: a link closed while it connects leaves no socket open -------------------------------
+
+
+def test_a_link_closed_while_it_connects_closes_its_socket() -> None:
+    """a's connection to b is closed (a fence, a new creation) while its connect is
+    in flight: the socket that then connects is closed, and b sees it close."""
+
+    async def main() -> None:
+        readers: list[asyncio.StreamReader] = []
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            readers.append(reader)
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = _direct(KEY, "a", 3)
+        await a.start()
+        a.addresses["b"] = (7, "127.0.0.1", port)
+        a.transport.peer_creation["b"] = 7
+        a.want("b")
+        link = a.out["b"]
+        a.close_all()  # (before the connect completes)
+        await until(lambda: readers, "the connection accepted")
+        assert await asyncio.wait_for(readers[0].read(), 5) == b""  # closed, nothing sent
+        assert link.transport is not None and link.transport.is_closing()
+        await a.close()
+        server.close()
+
+    run(main)

@@ -96,6 +96,8 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.closed:  # closed while connecting (fenced, a new creation, peer down)
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
