@@ -192,3 +192,44 @@ def test_a_link_closed_while_it_connects_closes_its_socket() -> None:
         server.close()
 
     run(main)
+
+
+# -- 7: names seen only through frames are pruned too ----------------------------------------
+
+
+def test_names_seen_only_through_their_frames_are_forgotten(redis) -> None:
+    """Nodes that sent us a frame but came and went between two membership polls
+    (never live for us, never down): their creations and sequence numbers are
+    forgotten too, and their frames stay refused."""
+    from procreg.cluster.codec import encode_frame, pack_item
+    from procreg.cluster.remote import SEND
+
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        here = procreg.current_node()
+        t = here._cluster.transport
+        r = redis.client()
+        frames = []
+        for i in range(20):
+            creation = int(r.incr("procreg:creation"))
+            item = pack_item((SEND, (here.name, here.creation, 10**9), "hi"))
+            frame = encode_frame(SECRET.encode(), f"flash{i}", creation, 1, here.name, [item])
+            frames.append(frame)
+            r.publish(f"procreg:ch:{here.name}", frame)
+
+        def flashes() -> int:
+            return sum(n.startswith("flash") for n in t.peer_creation) + sum(
+                k[0].startswith("flash") for k in t._last_seq
+            )
+
+        await until(lambda: flashes() == 40, "their frames")
+        await until(lambda: flashes() == 0, "them forgotten")
+        before = t.dropped["stale"]
+        r.publish(f"procreg:ch:{here.name}", frames[-1])  # (a replay)
+        await until(lambda: t.dropped["stale"] > before, "the replay refused")
+        out["ok"] = True
+        r.close()
+
+    procreg.run(main, name="a", cluster=redis.url + "?listen=127.0.0.1:0", secret=SECRET, lease=0.3)
+    assert out["ok"]

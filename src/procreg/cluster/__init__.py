@@ -366,8 +366,9 @@ class Cluster:
 
     def prune(self, present: set[str]) -> None:
         """Forget the per-name state of the nodes that are neither live nor in
-        ``nodes`` any more (down, lease gone, forgotten): their sequence numbers,
-        creations, down marks, channel names, direct connections. Their creations
+        ``nodes`` any more (down, lease gone, forgotten; or known only from their
+        frames): their sequence numbers, creations, down marks, channel names,
+        direct connections. Their creations
         stay refused through `Transport.pruned_floor` (creations only grow). A name is
         forgotten only two leases after it could first be: a node that took its
         creation (``INCR``) before the forgotten one's and is still joining (it waits
@@ -381,6 +382,17 @@ class Cluster:
             and name not in remote.peers
             and t.peer_creation.get(name, 0) <= down + 1  # no newer incarnation spoke
         }
+        # ... and those we know only from their frames (they came and went between
+        # two of our polls: never live for us, so never down)
+        candidates |= {
+            name
+            for name in t.peer_creation
+            if name not in present
+            and name not in remote.live
+            and name not in remote.peers
+            and name not in remote.downs
+            and name != self.node.name
+        }
         now = time.monotonic()
         since = self._prunable_since
         for name in [n for n in since if n not in candidates]:
@@ -390,7 +402,8 @@ class Cluster:
             del since[name]
         floor = t.pruned_floor
         for name in gone:
-            floor = max(floor, remote.downs.pop(name))
+            down = remote.downs.pop(name, None)
+            floor = max(floor, t.peer_creation.get(name, 0) if down is None else down)
             if self.direct is not None:
                 self.direct.peer_down(name)
         t.pruned_floor = remote.pruned_floor = floor
