@@ -233,3 +233,49 @@ def test_names_seen_only_through_their_frames_are_forgotten(redis) -> None:
 
     procreg.run(main, name="a", cluster=redis.url + "?listen=127.0.0.1:0", secret=SECRET, lease=0.3)
     assert out["ok"]
+
+
+# -- 9: a REFUSE counts only before the handshake is done, on an outbound link ----------------
+
+
+def _pair() -> tuple[Any, Any, list[str]]:
+    """Direct objects a (creation 3) and b (7); a's `on_lost` calls go to the list."""
+    from procreg.cluster.direct import Direct
+
+    lost: list[str] = []
+    a = Direct(
+        _direct(KEY, "a", 3).transport,
+        ("127.0.0.1", 0),
+        None,
+        lambda: False,
+        lost.append,
+        lambda p: 0,
+    )
+    return a, _direct(KEY, "b", 7), lost
+
+
+def test_a_refuse_on_an_up_session_is_a_loss_not_a_quiet_retry() -> None:
+    """A REFUSE (unauthenticated) on a's session to b once it is up ends it as lost
+    (`on_lost`: NodeDown, noconnection, RESET), not quietly; one on b's accepted end
+    ends that connection and leaves b's own outbound state alone."""
+    from procreg.cluster import directlink as d
+
+    async def main() -> None:
+        a, b, lost = _pair()
+        await a.start()
+        await b.start()
+        a.addresses["b"] = (7, *b.address)
+        a.transport.peer_creation["b"] = 7
+        a.want("b")
+        await until(lambda: "b" in a.out and a.out["b"].up and "a" in b.inbound, "the session")
+        link, accepted = a.out["b"], b.inbound["a"]
+        a.record(link, d.REFUSE, b"injected")
+        assert link.closed and lost == ["b"] and a.counts["lost"] == 1
+        b.addresses["a"] = (3, "127.0.0.1", 9)
+        b._backoff["a"] = 1.0
+        b.record(accepted, d.REFUSE, b"injected")
+        assert accepted.closed and b._backoff == {"a": 1.0} and "a" not in b._retry_at
+        await a.close()
+        await b.close()
+
+    run(main)

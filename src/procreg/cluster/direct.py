@@ -280,6 +280,11 @@ class Direct:
             self.inbound[link.peer] = link
             link.up = True
         elif kind == REFUSE:
+            # (unsigned: it counts only as the answer to our hello; anywhere else it
+            # ends the connection as lost, never quietly)
+            if not link.outbound or link.up:
+                link.lose("a refusal after the handshake")
+                return
             log.debug("%s: %s refused our connection: %r", self.name, link.peer, payload[:200])
             self._failed(link)
         else:
