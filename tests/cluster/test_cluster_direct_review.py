@@ -279,3 +279,20 @@ def test_a_refuse_on_an_up_session_is_a_loss_not_a_quiet_retry() -> None:
         await b.close()
 
     run(main)
+
+
+# -- 10: a wildcard listen address needs advertise= --------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])
+def test_a_wildcard_listen_address_without_advertise_is_refused(host: str) -> None:
+    from procreg.cluster.url import parse_url
+
+    base = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="advertise="):
+        parse_url(f"{base}?listen={host}:7000")
+    with pytest.raises(ValueError, match="advertise="):
+        parse_url(f"{base}?listen=127.0.0.1:7000&advertise={host}:7000")
+    config = parse_url(f"{base}?listen={host}:7000&advertise=10.0.0.5:7000")
+    assert config.advertise == ("10.0.0.5", 7000)
+    assert parse_url(f"{base}?listen=localhost:0").listen == ("localhost", 0)
