@@ -7,6 +7,7 @@ objects driven in one loop, as the handshake test of `test_cluster_direct` does.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -296,3 +297,26 @@ def test_a_wildcard_listen_address_without_advertise_is_refused(host: str) -> No
     config = parse_url(f"{base}?listen={host}:7000&advertise=10.0.0.5:7000")
     assert config.advertise == ("10.0.0.5", 7000)
     assert parse_url(f"{base}?listen=localhost:0").listen == ("localhost", 0)
+
+
+# -- 11: records before the handshake are small on both ends ----------------------------------
+
+
+def test_an_outbound_link_refuses_a_big_record_before_the_handshake() -> None:
+    """The acceptor's end answers only small records (welcome, refuse, pong) until
+    the session is up: a bigger announced length ends the connection at once
+    instead of making us buffer up to `MAX_RECORD` bytes."""
+    from procreg.cluster import directlink as d
+
+    async def main() -> None:
+        a = _direct(KEY, "a", 3)
+        link = d.Link(a, True)
+        link.peer, link.creation = "b", 7
+        a.out["b"] = link
+        link.data_received(struct.pack(">IB", d.MAX_HANDSHAKE + 1, d.WELCOME) + b"x" * 10)
+        assert link.closed and "b" not in a.out
+        fine = d.Link(a, True)
+        fine.data_received(struct.pack(">IB", d.MAX_HANDSHAKE, d.WELCOME) + b"x" * 10)
+        assert not fine.closed  # (waits for the rest)
+
+    run(main)

@@ -108,9 +108,9 @@ class Link(asyncio.Protocol):
         direct.transport.guard()  # woken past our lease deadline: fence first
         while size - pos >= 5 and not self.closed:
             length, kind = _REC.unpack_from(buf, pos)
-            # (before the handshake is done, only small records: a stranger must not
-            # make us buffer megabytes)
-            if length > (MAX_RECORD if self.up or self.outbound else MAX_HANDSHAKE) or length < 1:
+            # (before the handshake is done, only small records, on either end: a
+            # stranger must not make us buffer megabytes)
+            if length > (MAX_RECORD if self.up else MAX_HANDSHAKE) or length < 1:
                 self.lose("a bad record length")
                 return
             if size - pos - 4 < length:
