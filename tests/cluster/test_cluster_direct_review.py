@@ -320,3 +320,36 @@ def test_an_outbound_link_refuses_a_big_record_before_the_handshake() -> None:
         assert not fine.closed  # (waits for the rest)
 
     run(main)
+
+
+# -- 12: the cutover marker's confirmation count ------------------------------------------------
+
+
+def test_the_cutover_marker_is_confirmed_by_the_replies_to_its_own_publishes() -> None:
+    """`Transport.cut_over` publishes what was queued and the marker (2 PUBLISHes
+    here): the marker is confirmed once the publishing connection has those 2 more
+    replies, not 4."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from procreg.cluster.transport import Transport
+
+    class Wire:  # (counts as `wire.Wire.send` does)
+        sent = replies = 10
+        closed = False
+
+        def backlog(self) -> int:
+            return 0
+
+        def send(self, *commands: Any) -> None:
+            self.sent += len(commands)
+
+    t = Transport.__new__(Transport)
+    t.store = SimpleNamespace(up=True, key=lambda *p: "procreg:" + ":".join(p))  # type: ignore[assignment]
+    t._pub, t._waiting, t._out = Wire(), [], {"b": [b"queued"]}  # type: ignore[assignment]
+    t._seq, t.key, t.name, t.creation, t._channels = 0, b"k" * 32, "a", 1, {}
+    t._dests, t.sent_frames, t.dropped = deque(), 0, {}  # type: ignore[assignment]
+    result = t.cut_over("b", 1)
+    assert result is not None
+    wire, target = result
+    assert wire.sent == 12 and target == 12
