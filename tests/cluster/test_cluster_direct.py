@@ -211,7 +211,8 @@ def test_a_fenced_node_stops_answering_on_the_direct_path(cluster, proxy, redis)
     # by the process that lives on in b, it fails
     answer = a.req("call", pid=echo, request=["echo", 1], timeout=30)
     assert answer["error"] == "NodeDown", answer
-    assert "b" not in stats(b)["direct"]["inbound"]
+    assert "a" not in stats(b)["direct"]["inbound"]  # (keyed by the sender)
+    assert "b" not in stats(a)["direct"]["up"]
     proxy.heal()
     wait_for(lambda: not stats(b)["fencing"], 20, what="b rejoined")
     fresh = b.ok("spawn", factory="Echo")
