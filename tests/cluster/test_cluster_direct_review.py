@@ -353,3 +353,27 @@ def test_the_cutover_marker_is_confirmed_by_the_replies_to_its_own_publishes() -
     assert result is not None
     wire, target = result
     assert wire.sent == 12 and target == 12
+
+
+# -- 15: a handshake that does not finish is closed --------------------------------------------
+
+
+def test_a_hello_never_acked_is_closed_by_the_accepting_end() -> None:
+    """A connection that sent a valid hello and never the ack (a replay, say) is
+    closed by the accepting end after two heartbeat intervals; nothing of it stays."""
+    from procreg.cluster import directlink as d
+
+    async def main() -> None:
+        b = _direct(KEY, "b", 7)
+        await b.start()
+        host, port = b.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(_record(d.HELLO, d.signed(KEY, "hello", "a", 3, "b", 7, 1, "n" * 32)))
+        ((kind, _),) = await _records(reader, 1)
+        assert kind == d.WELCOME and len(b.pending) == 1
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by b
+        assert not b.pending and not b.inbound
+        writer.close()
+        await b.close()
+
+    run(main)
