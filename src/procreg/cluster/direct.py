@@ -117,6 +117,9 @@ class Direct:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        """Listen on `listen` (`OSError` if it cannot: the cluster raises
+        `ClusterUnavailable`), set `address` from the bound port if no ``advertise=``
+        was given, and start the heartbeat task (every `interval` seconds)."""
         loop = asyncio.get_running_loop()
         host, port = self.listen
         self._server = await loop.create_server(lambda: Link(self, False), host, port)
@@ -126,6 +129,8 @@ class Direct:
         self._keeper = loop.create_task(self._keep())
 
     async def close(self) -> None:
+        """Leave: close every connection quietly (a ``BYE`` on ours), stop the
+        heartbeat and connect tasks, and stop listening."""
         self._closing = True
         self.close_all()
         if self._keeper is not None:
@@ -159,6 +164,7 @@ class Direct:
         self._backoff.pop(name, None)
 
     def forget(self, link: Link) -> None:
+        """Drop `link` from our tables (it closed); a newer link of its peer stays."""
         self.pending.discard(link)
         table = self.out if link.outbound else self.inbound
         if table.get(link.peer) is link:
@@ -236,6 +242,10 @@ class Direct:
 
     # -- receiving --------------------------------------------------------------------------
     def record(self, link: Link, kind: int, payload: bytes) -> None:
+        """Handle one record (`kind`, its `payload`) that came on `link`, in the
+        socket's I/O callback: frames go to `Transport.receive` (held until the
+        cutover marker), handshake records advance the handshake, anything out of
+        place ends the connection as lost."""
         if kind == FRAME:
             if not link.up or link.outbound:
                 link.lose("a frame before the handshake")
@@ -408,6 +418,11 @@ class Direct:
 
     # -- failures -----------------------------------------------------------------------------
     def lost(self, link: Link, why: str) -> None:
+        """`link` ended as lost (`why`, for the log): an outbound session that was
+        up may have lost frames, so `on_lost(peer)` ends our side and a ``RESET``
+        follows, and the peer is tried again after an interval; one not up yet
+        backs off (`_failed`); an accepted one is just forgotten (its sender sees
+        the close)."""
         self.forget(link)
         if not link.outbound:
             # our side of a session from `peer` ended: the sender finds out too (it
