@@ -35,6 +35,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,10 @@ class Cluster:
                 config.advertise,
                 lambda: self.fencing,
                 self._direct_lost,
-                lambda name: self.remote.downs.get(name, self.remote.pruned_floor),
+                # (the floor of forgotten creations is for names we know nothing of)
+                lambda name: self.remote.downs.get(
+                    name, -1 if name in self.transport.peer_creation else self.remote.pruned_floor
+                ),
             )
         self.transport.on_undecodable = self.remote.undecodable
         self.backend = RedisBackend(node, self)
@@ -134,6 +138,7 @@ class Cluster:
         self.failovers = 0  # primary changes seen (`primary_changed`)
         self.counters = ClusterCounters()  # for metrics and the observer
         self.owed_resets: set[str] = set()  # peers whose RESET may not have left
+        self._prunable_since: dict[str, float] = {}  # name -> when `prune` first could
 
     @property
     def creation(self) -> int:
@@ -286,7 +291,7 @@ class Cluster:
         self.transport.peer_creation[name] = max(known, creation + 1)
         self.transport.forget_stale()
         if self.direct is not None:
-            self.direct.peer_down(name)
+            self.direct.peer_down(name, creation)
         self.remote.node_down(name, creation)
         self.backend.keys.node_down(name)
         self.backend.groups_.views.node_down(name, creation)
@@ -361,20 +366,44 @@ class Cluster:
 
     def prune(self, present: set[str]) -> None:
         """Forget the per-name state of the nodes that are neither live nor in
-        ``nodes`` any more (down, lease gone, forgotten): their sequence numbers,
-        creations, down marks, channel names, direct connections. Their creations
-        stay refused through `Transport.pruned_floor` (creations only grow)."""
+        ``nodes`` any more (down, lease gone, forgotten; or known only from their
+        frames): their sequence numbers, creations, down marks, channel names,
+        direct connections. Their creations
+        stay refused through `Transport.pruned_floor` (creations only grow). A name is
+        forgotten only two leases after it could first be: a node that took its
+        creation (``INCR``) before the forgotten one's and is still joining (it waits
+        up to 1.5 leases for its name's lease) is known by then, and the floor applies
+        only to names we know nothing of."""
         t, remote = self.transport, self.remote
-        gone = {
+        candidates = {
             name
             for name, down in remote.downs.items()
             if name not in present
             and name not in remote.peers
             and t.peer_creation.get(name, 0) <= down + 1  # no newer incarnation spoke
         }
+        # ... and those we know only from their frames (they came and went between
+        # two of our polls: never live for us, so never down)
+        candidates |= {
+            name
+            for name in t.peer_creation
+            if name not in present
+            and name not in remote.live
+            and name not in remote.peers
+            and name not in remote.downs
+            and name != self.node.name
+        }
+        now = time.monotonic()
+        since = self._prunable_since
+        for name in [n for n in since if n not in candidates]:
+            del since[name]
+        gone = {n for n in candidates if now - since.setdefault(n, now) >= 2 * self.lease}
+        for name in gone:
+            del since[name]
         floor = t.pruned_floor
         for name in gone:
-            floor = max(floor, remote.downs.pop(name))
+            down = remote.downs.pop(name, None)
+            floor = max(floor, t.peer_creation.get(name, 0) if down is None else down)
             if self.direct is not None:
                 self.direct.peer_down(name)
         t.pruned_floor = remote.pruned_floor = floor

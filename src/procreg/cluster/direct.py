@@ -14,10 +14,13 @@ in the socket's I/O callback, with no task in between.
 
 Handshake (``hello`` -> ``welcome`` -> ``ack``, each HMAC-signed under the cluster
 secret with both names and creations, the session number and the nonces): a fresh
-random nonce each way, so a replayed ``hello`` gets a ``welcome`` it cannot answer.
+random nonce each way, so a replayed ``hello`` gets a ``welcome`` it cannot answer
+(or a refusal, if its session was accepted already); only the ``ack`` makes an
+accepted connection the sender's session, replacing its previous one.
 Refused: a bad signature, another destination or creation than the listener's, a
-sender incarnation known to be older than the live one or down, and anything while
-the listener is fenced.
+sender incarnation known to be older than the live one or down (or, for a sender
+name we know nothing of, at or below the floor of forgotten creations,
+`Cluster.prune`), and anything while the listener is fenced.
 
 Ordering across the two paths (one path per peer at a time):
 
@@ -92,7 +95,11 @@ class Direct:
         self.interval = transport.interval
         self.addresses: dict[str, tuple[int, str, int]] = {}  # name -> (creation, host, port)
         self.out: dict[str, Link] = {}  # outbound, connecting or up
-        self.inbound: dict[str, Link] = {}  # accepted (after a valid hello)
+        self.inbound: dict[str, Link] = {}  # accepted (after a valid hello and its ack)
+        # accepted, a valid hello, no ack yet: they replace `inbound` only once acked
+        # (a replayed hello, never acked, must not end the live session)
+        self.pending: set[Link] = set()
+        self._accepted: dict[str, tuple[int, int]] = {}  # peer -> its (creation, session)
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._sessions = 0
@@ -110,6 +117,9 @@ class Direct:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        """Listen on `listen` (`OSError` if it cannot: the cluster raises
+        `ClusterUnavailable`), set `address` from the bound port if no ``advertise=``
+        was given, and start the heartbeat task (every `interval` seconds)."""
         loop = asyncio.get_running_loop()
         host, port = self.listen
         self._server = await loop.create_server(lambda: Link(self, False), host, port)
@@ -119,6 +129,8 @@ class Direct:
         self._keeper = loop.create_task(self._keep())
 
     async def close(self) -> None:
+        """Leave: close every connection quietly (a ``BYE`` on ours), stop the
+        heartbeat and connect tasks, and stop listening."""
         self._closing = True
         self.close_all()
         if self._keeper is not None:
@@ -130,20 +142,30 @@ class Direct:
 
     def close_all(self) -> None:
         """Close every connection quietly (fenced, a new creation, leaving)."""
-        for link in [*self.out.values(), *self.inbound.values()]:
+        for link in [*self.out.values(), *self.inbound.values(), *self.pending]:
             link.close()
 
-    def peer_down(self, name: str) -> None:
-        """`name`'s incarnation is down (or forgotten): close its connections quietly
-        and forget what we kept for it."""
+    def peer_down(self, name: str, creation: int | None = None) -> None:
+        """`name`'s incarnation `creation` is down (all of them if None: forgotten):
+        close its connections (and older ones) quietly and forget what we kept for it.
+        A newer incarnation's connections stay: it may have opened them before our
+        membership poll saw the old one go."""
         for table in (self.out, self.inbound):
             link = table.get(name)
-            if link is not None:
+            if link is not None and (creation is None or link.creation <= creation):
                 link.close()
+        for link in [x for x in self.pending if x.peer == name]:
+            if creation is None or link.creation <= creation:
+                link.close()
+        accepted = self._accepted.get(name)
+        if accepted is not None and (creation is None or accepted[0] <= creation):
+            del self._accepted[name]
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
 
     def forget(self, link: Link) -> None:
+        """Drop `link` from our tables (it closed); a newer link of its peer stays."""
+        self.pending.discard(link)
         table = self.out if link.outbound else self.inbound
         if table.get(link.peer) is link:
             del table[link.peer]
@@ -220,6 +242,10 @@ class Direct:
 
     # -- receiving --------------------------------------------------------------------------
     def record(self, link: Link, kind: int, payload: bytes) -> None:
+        """Handle one record (`kind`, its `payload`) that came on `link`, in the
+        socket's I/O callback: frames go to `Transport.receive` (held until the
+        cutover marker), handshake records advance the handshake, anything out of
+        place ends the connection as lost."""
         if kind == FRAME:
             if not link.up or link.outbound:
                 link.lose("a frame before the handshake")
@@ -252,8 +278,23 @@ class Direct:
             if fields is None or fields[1:] != [str(x) for x in expect]:
                 self._refuse(link, "a bad ack (a replayed hello?)")
                 return
+            accepted = self._accepted.get(link.peer)
+            if accepted is not None and accepted >= (link.creation, link.session):
+                self._refuse(link, "an ack for an old session")
+                return
+            self.pending.discard(link)
+            old = self.inbound.get(link.peer)
+            if old is not None:  # its previous session ended (the sender knows it)
+                old.close(bye=False)
+            self._accepted[link.peer] = (link.creation, link.session)
+            self.inbound[link.peer] = link
             link.up = True
         elif kind == REFUSE:
+            # (unsigned: it counts only as the answer to our hello; anywhere else it
+            # ends the connection as lost, never quietly)
+            if not link.outbound or link.up:
+                link.lose("a refusal after the handshake")
+                return
             log.debug("%s: %s refused our connection: %r", self.name, link.peer, payload[:200])
             self._failed(link)
         else:
@@ -283,12 +324,12 @@ class Direct:
             self._refuse(link, f"meant for {me}.{mine}, this is {self.name}.{t.creation}")
         elif (known is not None and creation < known) or creation <= self.down_creation(peer):
             self._refuse(link, f"{peer}.{creation} is an old incarnation")
+        elif self._accepted.get(peer, (0, 0)) >= (creation, int(session)):
+            self._refuse(link, f"{peer}.{creation} session {session} was accepted already")
         else:
-            old = self.inbound.get(peer)
-            if old is not None:  # its previous session ended (the sender knows it)
-                old.close(bye=False)
+            # (`inbound` changes only on its ack: a replayed hello is never acked)
             link.peer, link.creation, link.session = peer, creation, int(session)
-            self.inbound[peer] = link
+            self.pending.add(link)
             link.write(
                 WELCOME,
                 signed(
@@ -339,7 +380,11 @@ class Direct:
         connection held, and what comes on it from now on."""
         link = self.inbound.get(sender)
         if link is None or link.creation != creation or link.session != session:
-            return
+            # (the marker may come through Redis before the ack on the connection)
+            key = (sender, creation, session)
+            link = next((x for x in self.pending if (x.peer, x.creation, x.session) == key), None)
+            if link is None:
+                return
         link.marked = True
         held, link.held, link.held_bytes = link.held, [], 0
         for frame in held:
@@ -373,6 +418,11 @@ class Direct:
 
     # -- failures -----------------------------------------------------------------------------
     def lost(self, link: Link, why: str) -> None:
+        """`link` ended as lost (`why`, for the log): an outbound session that was
+        up may have lost frames, so `on_lost(peer)` ends our side and a ``RESET``
+        follows, and the peer is tried again after an interval; one not up yet
+        backs off (`_failed`); an accepted one is just forgotten (its sender sees
+        the close)."""
         self.forget(link)
         if not link.outbound:
             # our side of a session from `peer` ended: the sender finds out too (it
@@ -410,6 +460,9 @@ class Direct:
             link.write(PING, b"")
             if not link.probed:
                 link.probed = now
+        for link in list(self.pending):
+            if now - link.opened > limit:
+                link.close(bye=False)  # no ack in time
         for link in list(self.inbound.values()):
             if now - link.heard > limit + self.interval:
                 link.close(bye=False)  # silent: the sender ends it too

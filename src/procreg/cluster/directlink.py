@@ -46,6 +46,9 @@ MAX_HANDSHAKE: Final = 4096  # bytes of a record before the handshake is done
 
 
 def signed(key: bytes, *fields: object) -> bytes:
+    """A handshake record's payload: `fields` as tab-separated text (``str`` of
+    each; the first names the record, e.g. ``"hello"``), then its HMAC-SHA256 under
+    `key` (32 bytes, `codec.sign`). `opened` reads it back."""
     text = "\t".join(str(f) for f in fields).encode()
     return text + sign(key, text)
 
@@ -96,6 +99,8 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.closed:  # closed while connecting (fenced, a new creation, peer down)
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
@@ -106,9 +111,9 @@ class Link(asyncio.Protocol):
         direct.transport.guard()  # woken past our lease deadline: fence first
         while size - pos >= 5 and not self.closed:
             length, kind = _REC.unpack_from(buf, pos)
-            # (before the handshake is done, only small records: a stranger must not
-            # make us buffer megabytes)
-            if length > (MAX_RECORD if self.up or self.outbound else MAX_HANDSHAKE) or length < 1:
+            # (before the handshake is done, only small records, on either end: a
+            # stranger must not make us buffer megabytes)
+            if length > (MAX_RECORD if self.up else MAX_HANDSHAKE) or length < 1:
                 self.lose("a bad record length")
                 return
             if size - pos - 4 < length:
@@ -132,10 +137,13 @@ class Link(asyncio.Protocol):
 
     # -- writing -------------------------------------------------------------------------
     def write(self, kind: int, payload: bytes) -> None:
+        """Write one record (`kind`, `payload`) on the socket; nothing if the link
+        is closed or not connected yet. Never blocks: see `backlog`."""
         if self.transport is not None and not self.closed:
             self.transport.write(_REC.pack(len(payload) + 1, kind) + payload)
 
     def backlog(self) -> int:
+        """Bytes written but not yet taken by the socket (0 if not connected)."""
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def close(self, bye: bool = True) -> None:

@@ -317,7 +317,8 @@ class Transport:
                 self._seq += 1
                 frame = encode_frame(self.key, self.name, self.creation, self._seq, node, batch)
                 commands.append((node, ("PUBLISH", self.channel(node), frame)))
-        return (pub, pub.sent + len(commands)) if self._send(commands) else None
+        target = pub.sent + len(commands)  # (before `_send` counts them)
+        return (pub, target) if self._send(commands) else None
 
     def _send(self, commands: list[tuple[str, tuple[str, str, bytes]]]) -> bool:
         """Write ``(destination, PUBLISH command)`` pairs, or keep them while the

@@ -22,7 +22,8 @@ procreg's own query options (removed before the URL reaches redis-py):
   direct TCP connections (`direct`), listening on that address (port 0: any free
   one); without it every frame goes through Redis pub/sub;
 - ``advertise=HOST:PORT``: the address the other nodes connect to (default: the
-  address listened on, with the port actually bound), for NAT or a proxy.
+  address listened on, with the port actually bound), for NAT or a proxy; needed
+  with a wildcard ``listen=`` (``0.0.0.0``, ``::``), which is no address to publish.
 
 >>> c = parse_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2?prefix=app")
 >>> (c.sentinels, c.service, c.db, c.password, c.prefix, c.wait)
@@ -35,6 +36,7 @@ procreg's own query options (removed before the URL reaches redis-py):
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse, urlunparse
@@ -111,6 +113,14 @@ def _address(query: dict[str, list[str]], name: str) -> tuple[str, int] | None:
     return host, number
 
 
+def _unspecified(host: str) -> bool:
+    """True for a wildcard address (``0.0.0.0``, ``::``)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # (a host name)
+
+
 def _sentinel_address(hostport: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``; the port defaults to 26379), checked."""
     text = hostport.strip()
@@ -163,6 +173,16 @@ def parse_url(url: str) -> StoreURL:
     advertise = _address(query, "advertise")
     if advertise is not None and (listen is None or advertise[1] == 0):
         raise ValueError("advertise= needs listen= and a port other than 0")
+    # (a wildcard address, published, would make every other node connect to itself)
+    for option, address in (
+        ("listen", listen if advertise is None else None),
+        ("advertise", advertise),
+    ):
+        if address is not None and _unspecified(address[0]):
+            raise ValueError(
+                f"{option}={address[0]} is a wildcard address the other nodes cannot"
+                " connect to: give advertise=HOST:PORT, the address they reach this node at"
+            )
     rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
     if not sentinel:
         return StoreURL(
