@@ -704,6 +704,34 @@ class Runner:
             i += 1
         return out
 
+    # -- break-direct (adversarial tests of the direct path) ----------------------------
+    async def cmd_link_stream(self, target: list[Any] | None, n: int, pace: float = 0.005) -> Any:
+        """Spawn `n` processes that trap exits and link `target` (None: link
+        nothing), one every `pace` seconds; each records the exit signals it gets
+        (`cmd_link_stream_state`). Returns their pids."""
+        procreg = self.procreg
+        pid = self.pid(target) if target is not None else None
+        pids = []
+
+        async def linker(rec: list[Any]) -> None:
+            if pid is not None:
+                procreg.link(pid)
+            while True:
+                msg = await procreg.receive()
+                rec.append(repr(getattr(msg, "reason", msg)))
+
+        for _ in range(n):
+            rec: list[Any] = []
+            wpid = procreg.spawn(linker, rec, trap_exits=True)
+            self.records[repr(wpid)] = {"messages": rec}
+            pids.append(wpid)
+            await asyncio.sleep(pace)
+        return pids
+
+    async def cmd_link_stream_state(self, pids: list[Any]) -> Any:
+        """For each `cmd_link_stream` process: the exit reasons it got so far."""
+        return [self.records[repr(self.pid(p))]["messages"] for p in pids]
+
     async def cmd_watched(self, watcher: list[Any]) -> Any:
         return self.records[repr(self.pid(watcher))]
 

@@ -67,6 +67,8 @@ __all__ = ["Direct", "Link"]
 
 log = logging.getLogger("procreg.cluster")
 
+MAX_STRANGERS = 256  # accepted connections that have not sent a valid hello yet
+
 
 class Direct:
     """The node's direct connections: a listener, one outbound `Link` per peer we
@@ -93,6 +95,9 @@ class Direct:
         self.addresses: dict[str, tuple[int, str, int]] = {}  # name -> (creation, host, port)
         self.out: dict[str, Link] = {}  # outbound, connecting or up
         self.inbound: dict[str, Link] = {}  # accepted (after a valid hello)
+        # accepted, no valid hello yet: closed if none within two intervals (a client
+        # that connects and never speaks, or trickles bytes, must not hold a socket)
+        self.strangers: set[Link] = set()
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._sessions = 0
@@ -143,7 +148,17 @@ class Direct:
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
 
+    def accepted(self, link: Link) -> bool:
+        """A connection was accepted: False (refuse it) if too many are waiting for
+        their hello."""
+        if len(self.strangers) >= MAX_STRANGERS or self._closing:
+            self.counts["refused"] += 1
+            return False
+        self.strangers.add(link)
+        return True
+
     def forget(self, link: Link) -> None:
+        self.strangers.discard(link)
         table = self.out if link.outbound else self.inbound
         if table.get(link.peer) is link:
             del table[link.peer]
@@ -287,6 +302,7 @@ class Direct:
             if old is not None:  # its previous session ended (the sender knows it)
                 old.close(bye=False)
             link.peer, link.creation, link.session = peer, creation, int(session)
+            self.strangers.discard(link)
             self.inbound[peer] = link
             link.write(
                 WELCOME,
@@ -409,8 +425,13 @@ class Direct:
             link.write(PING, b"")
             if not link.probed:
                 link.probed = now
+        for link in list(self.strangers):
+            if now - link.opened > limit:
+                link.close(bye=False)  # no valid hello in time
         for link in list(self.inbound.values()):
-            if now - link.heard > limit + self.interval:
+            if not link.up and now - link.opened > limit:
+                link.close(bye=False)  # the handshake did not finish
+            elif now - link.heard > limit + self.interval:
                 link.close(bye=False)  # silent: the sender ends it too
             elif link.up and not link.marked and now - link.opened > limit:
                 link.lose("no cutover marker")  # the sender sees the close: lost

@@ -96,6 +96,9 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if not self.outbound and not self.direct.accepted(self):
+            self.closed = True
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
