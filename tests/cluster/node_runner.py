@@ -728,6 +728,34 @@ class Runner:
             await asyncio.sleep(pace)
         return pids
 
+    async def cmd_gap_watch(self, anchor: list[Any]) -> Any:
+        """A process that traps exits, links `anchor` (again after each
+        ``noconnection``: ``["relinked"]``) and logs, in arrival order, every message
+        it gets and every exit signal (``["cut", reason]``); ``cmd_gap_log`` reads
+        the log."""
+        procreg = self.procreg
+        target = self.pid(anchor)
+        log: list[Any] = []
+
+        async def gapper() -> None:
+            procreg.link(target)
+            while True:
+                msg = await procreg.receive()
+                if isinstance(msg, procreg.Exit):
+                    log.append(["cut", repr(msg.reason)])
+                    if msg.reason == "noconnection":
+                        procreg.link(target)
+                        log.append(["relinked"])
+                else:
+                    log.append(msg)
+
+        wpid = procreg.spawn(gapper, trap_exits=True)
+        self.records[repr(wpid)] = {"messages": log}
+        return wpid
+
+    async def cmd_gap_log(self, pid: list[Any]) -> Any:
+        return self.records[repr(self.pid(pid))]["messages"]
+
     async def cmd_link_stream_state(self, pids: list[Any]) -> Any:
         """For each `cmd_link_stream` process: the exit reasons it got so far."""
         return [self.records[repr(self.pid(p))]["messages"] for p in pids]
