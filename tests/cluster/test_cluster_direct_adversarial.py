@@ -135,9 +135,9 @@ def test_a_flapping_pair_keeps_order_and_never_loses_a_frame_silently(
     """Both directions of a pair go through a proxy that is reset or frozen (a
     half-open connection) and healed, six times, while each node streams numbered
     casts to a process of the other and calls it: each receiver sees strictly
-    increasing numbers, every gap comes after a ``noconnection`` (its link to the sender's process, re-armed after
-    each one), and every call answers or fails with `NodeDown` (none hangs until
-    its timeout)."""
+    increasing numbers, every gap comes after a ``noconnection`` (its link to the
+    sender's process, re-armed after each one), and every call answers or fails
+    with `NodeDown` (none hangs until its timeout)."""
     a_port = free_port()
     a_proxy = FaultProxy(a_port).start()
     try:
