@@ -735,6 +735,7 @@ class Runner:
         the log."""
         procreg = self.procreg
         target = self.pid(anchor)
+        cluster = self.node._cluster
         log: list[Any] = []
 
         async def gapper() -> None:
@@ -743,9 +744,11 @@ class Runner:
                 msg = await procreg.receive()
                 if isinstance(msg, procreg.Exit):
                     log.append(["cut", repr(msg.reason)])
-                    if msg.reason == "noconnection":
+                    if msg.reason == "noconnection" and cluster.is_live(target):
                         procreg.link(target)
                         log.append(["relinked"])
+                    elif msg.reason == "noconnection":
+                        log.append(["unlinked"])  # (its node is down: every gap is told)
                 else:
                     log.append(msg)
 
