@@ -38,6 +38,14 @@ Bugs found (each test named failed on the code before its fix):
    sent (`fencing.resync`); a re-sync whose step failed no longer loses them either.
    Test: `test_a_store_outage_under_direct_streams_leaves_no_silent_gap`.
 
+4. ``listen=0.0.0.0:PORT`` (or ``::``) without ``advertise=`` was accepted and the
+   wildcard published as the node's address: no other machine can connect to it,
+   connect failures are logged at DEBUG only, and every frame quietly kept going
+   through Redis. Fix: such a URL is refused when parsed (``advertise=`` required,
+   and never a wildcard itself). Test:
+   `test_bad_listen_and_advertise_values_are_clear_errors` (the other bad values
+   there already gave clear errors: that part held).
+
 Attacks that held (kept as cheap regression tests): a pair flapped six times both
 ways (reset, frozen) while streaming casts and calls
 (`test_a_flapping_pair_keeps_order_and_never_loses_a_frame_silently`). Not kept:
@@ -318,3 +326,31 @@ def test_garbage_and_silent_clients_on_the_listen_socket_do_not_hurt_the_node(
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("listen=0.0.0.0:7000", "needs advertise="),
+        ("listen=[::]:7000", "needs advertise="),
+        ("listen=0.0.0.0:7000&advertise=0.0.0.0:7000", "others can connect to"),
+        ("listen=:7000", "must be host:port"),
+        ("listen=127.0.0.1:70000", "must be host:port"),
+        ("listen=127.0.0.1:x", "must be host:port"),
+        ("advertise=127.0.0.1:7000", "needs listen="),
+        ("listen=127.0.0.1:0&advertise=127.0.0.1:0", "port other than 0"),
+    ],
+)
+def test_bad_listen_and_advertise_values_are_clear_errors(query: str, error: str) -> None:
+    """A URL whose ``listen=`` / ``advertise=`` cannot work is refused when parsed,
+    saying why — a wildcard listen address without ``advertise=`` used to be
+    published as is, so no other machine could connect and every frame quietly
+    went through Redis."""
+    from procreg.cluster.url import parse_url
+
+    with pytest.raises(ValueError, match=error):
+        parse_url(f"redis://127.0.0.1:6379/0?{query}")
+    assert parse_url("redis://h/0?listen=0.0.0.0:7000&advertise=10.0.0.5:7000").advertise == (
+        "10.0.0.5",
+        7000,
+    )

@@ -22,7 +22,9 @@ procreg's own query options (removed before the URL reaches redis-py):
   direct TCP connections (`direct`), listening on that address (port 0: any free
   one); without it every frame goes through Redis pub/sub;
 - ``advertise=HOST:PORT``: the address the other nodes connect to (default: the
-  address listened on, with the port actually bound), for NAT or a proxy.
+  address listened on, with the port actually bound), for NAT or a proxy; required
+  when listening on a wildcard address (``0.0.0.0``, ``::``), which the others
+  cannot connect to, and never itself a wildcard.
 
 >>> c = parse_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2?prefix=app")
 >>> (c.sentinels, c.service, c.db, c.password, c.prefix, c.wait)
@@ -90,6 +92,9 @@ def _int_option(query: dict[str, list[str]], name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"cluster URL option {name}= must be >= 0, got {value}")
     return value
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*"})  # listen everywhere: no address to publish
 
 
 def _address(query: dict[str, list[str]], name: str) -> tuple[str, int] | None:
@@ -163,6 +168,15 @@ def parse_url(url: str) -> StoreURL:
     advertise = _address(query, "advertise")
     if advertise is not None and (listen is None or advertise[1] == 0):
         raise ValueError("advertise= needs listen= and a port other than 0")
+    if advertise is not None and advertise[0] in _WILDCARDS:
+        raise ValueError(
+            f"advertise= must be an address others can connect to, got {advertise[0]!r}"
+        )
+    if listen is not None and advertise is None and listen[0] in _WILDCARDS:
+        raise ValueError(
+            f"listen= on the wildcard address {listen[0]!r} needs advertise=host:port: "
+            "the address the other nodes connect to (a wildcard reaches no other machine)"
+        )
     rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
     if not sentinel:
         return StoreURL(
