@@ -46,6 +46,12 @@ Bugs found (each test named failed on the code before its fix):
    `test_bad_listen_and_advertise_values_are_clear_errors` (the other bad values
    there already gave clear errors: that part held).
 
+5. Every refused handshake logged a warning: a scanner or a node with another
+   secret connecting in a loop flooded the log (200 lines for 200 tries in 0.08 s).
+   Fix: at most one warning a second, with the count refused so far (the count in
+   ``Direct.counts["refused"]`` is kept as before). Test:
+   `test_a_flood_of_refused_hellos_is_logged_at_most_once_a_second`.
+
 Attacks that held (kept as cheap regression tests): a pair flapped six times both
 ways (reset, frozen) while streaming casts and calls
 (`test_a_flapping_pair_keeps_order_and_never_loses_a_frame_silently`). Not kept:
@@ -354,3 +360,38 @@ def test_bad_listen_and_advertise_values_are_clear_errors(query: str, error: str
         "10.0.0.5",
         7000,
     )
+
+
+def test_a_flood_of_refused_hellos_is_logged_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """200 connections with a hello signed under another secret: each is refused
+    and counted, but the warning is logged at most once a second (a scanner or a
+    misconfigured node must not flood the log)."""
+    import asyncio
+    import logging
+
+    from procreg.cluster import directlink as d
+
+    from .test_cluster_direct import _direct, _record, _records
+
+    async def main() -> None:
+        b = _direct(b"the-cluster-secret", "b", 7)
+        await b.start()
+        host, port = b.address
+        bad = d.signed(b"another-secret", "hello", "a", 3, "b", 7, 1, "n" * 32)
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_record(d.HELLO, bad))
+            ((kind, _),) = await _records(reader, 1)
+            assert kind == d.REFUSE
+            writer.close()
+        assert b.counts["refused"] == 200
+        await b.close()
+
+    with caplog.at_level(logging.WARNING, logger="procreg.cluster"):
+        start = time.monotonic()
+        asyncio.run(main())
+        seconds = time.monotonic() - start
+    refusals = [r for r in caplog.records if "refused a direct connection" in r.getMessage()]
+    assert 1 <= len(refusals) <= seconds + 1, len(refusals)

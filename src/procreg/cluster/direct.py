@@ -112,6 +112,7 @@ class Direct:
         self._keeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._last_warning = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -275,7 +276,15 @@ class Direct:
 
     def _refuse(self, link: Link, why: str) -> None:
         self.counts["refused"] += 1
-        log.warning("%s: refused a direct connection: %s", self.name, why)
+        now = time.monotonic()
+        if now - self._last_warning >= 1.0:  # (a scanner must not flood the log)
+            self._last_warning = now
+            log.warning(
+                "%s: refused a direct connection: %s (%d refused so far)",
+                self.name,
+                why,
+                self.counts["refused"],
+            )
         link.write(REFUSE, why.encode())
         link.closed = True
         if link.transport is not None:
