@@ -186,27 +186,33 @@ def _check_streams(a: NodeProc, b: NodeProc, gaps: list[Any], streams: list[Any]
     """Both streams ended and arrived in order, every gap explained (`_gaps_explained`)."""
     for stream in streams:
         assert stream.result(60) == n
-    for receiver, gap in ((b, gaps[0]), (a, gaps[1])):
+    _settle_and_check(b, gaps[0], n, a, b)
+    _settle_and_check(a, gaps[1], n, a, b)
 
-        def settled(r: NodeProc = receiver, g: Any = gap, seen: list[int] = []) -> bool:  # noqa: B006
-            # the last cast came, or (a node fenced: the rest went to a dead pid)
-            # nothing more came for half a second
-            seen.append(len(r.ok("gap_log", pid=g)))
-            tail = r.ok("gap_log", pid=g)[-1:]
-            return tail == [["seq", n - 1]] or (seen[-3:] == [seen[-1]] * 3 and len(seen) > 2)
 
-        wait_for(settled, 20, interval=0.25, what=f"the stream to {receiver.name} to settle")
+def _settle_and_check(receiver: NodeProc, gap: Any, n: int, a: NodeProc, b: NodeProc) -> None:
+    """Wait until `receiver`'s gap watcher got the last cast (or, if a node fenced and
+    the rest went to a dead pid, nothing more for half a second); then check its log
+    (`_gaps_explained`)."""
+    seen: list[int] = []
+
+    def settled() -> bool:
         log = receiver.ok("gap_log", pid=gap)
-        ok, why = _gaps_explained(log)
-        marks: list[Any] = []
-        for e in log:
-            if e[0] != "seq":
-                marks.append(e[0])
-            elif marks and isinstance(marks[-1], list) and marks[-1][1] == e[1] - 1:
-                marks[-1][1] = e[1]
-            else:
-                marks.append([e[1], e[1]])
-        assert ok, f"{receiver.name}: {why}; {marks}; a: {stats(a)}; b: {stats(b)}"
+        seen.append(len(log))
+        return log[-1:] == [["seq", n - 1]] or (len(seen) > 2 and seen[-3:] == [seen[-1]] * 3)
+
+    wait_for(settled, 20, interval=0.25, what=f"the stream to {receiver.name} to settle")
+    log = receiver.ok("gap_log", pid=gap)
+    ok, why = _gaps_explained(log)
+    marks: list[Any] = []
+    for e in log:
+        if e[0] != "seq":
+            marks.append(e[0])
+        elif marks and isinstance(marks[-1], list) and marks[-1][1] == e[1] - 1:
+            marks[-1][1] = e[1]
+        else:
+            marks.append([e[1], e[1]])
+    assert ok, f"{receiver.name}: {why}; {marks}; a: {stats(a)}; b: {stats(b)}"
 
 
 def test_a_store_outage_under_direct_streams_leaves_no_silent_gap(
@@ -227,6 +233,31 @@ def test_a_store_outage_under_direct_streams_leaves_no_silent_gap(
     redis.restart()
     time.sleep(1.0)
     proxy.delay(0)
+    _check_streams(a, b, gaps, streams, n)
+
+
+def test_a_reset_lost_with_a_frozen_store_connection_is_sent_again(
+    cluster: Any, redis: Any, proxy: FaultProxy, b_proxy: Any
+) -> None:
+    """a's connections to Redis freeze (half-open) and, at once, its direct
+    connection to b is cut: the ``RESET`` a sends b is written on the frozen
+    publishing connection and lost. a notices the silence, reconnects and re-syncs:
+    b must get a ``RESET`` then (a gap in a's stream comes after a
+    ``noconnection``), although a had already forgotten its links with b."""
+    port, cut = b_proxy
+    (b,) = cluster(
+        ["b"],
+        lease=2.0,
+        url=direct_url(redis.url, f"listen=127.0.0.1:{port}&advertise=127.0.0.1:{cut.port}"),
+    )
+    (a,) = cluster(["a"], lease=2.0, url=direct_url(proxy.url()))
+    n = 2500
+    gaps, streams = _streams(a, b, n)
+    time.sleep(0.4)
+    proxy.freeze()  # a's open connections to Redis go silent; new ones pass
+    cut.reset()
+    wait_for(lambda: stats(a)["store_failures"] >= 1, 10, what="a noticed the silence")
+    cut.heal()
     _check_streams(a, b, gaps, streams, n)
 
 
