@@ -52,6 +52,14 @@ Bugs found (each test named failed on the code before its fix):
    ``Direct.counts["refused"]`` is kept as before). Test:
    `test_a_flood_of_refused_hellos_is_logged_at_most_once_a_second`.
 
+6. Our end of a connection we opened accepted records up to the frame size (64
+   MiB) from the other end at any time, though the accepting end only ever sends
+   small handshake and heartbeat records: whatever answered at a peer's published
+   address (an impostor, another service on that port) could make us buffer 64 MiB
+   per attempt. Fix: only an accepted connection whose handshake is done takes
+   records over 4 KiB. Test:
+   `test_an_impostor_at_a_peer_address_cannot_make_us_buffer_a_big_record`.
+
 Attacks that held (kept as cheap regression tests): a pair flapped six times both
 ways (reset, frozen) while streaming casts and calls
 (`test_a_flapping_pair_keeps_order_and_never_loses_a_frame_silently`). Not kept:
@@ -426,3 +434,47 @@ def test_a_flood_of_refused_hellos_is_logged_at_most_once_a_second(
         seconds = time.monotonic() - start
     refusals = [r for r in caplog.records if "refused a direct connection" in r.getMessage()]
     assert 1 <= len(refusals) <= seconds + 1, len(refusals)
+
+
+def test_an_impostor_at_a_peer_address_cannot_make_us_buffer_a_big_record() -> None:
+    """Whatever listens at a peer's published address (an impostor, another service
+    on that port) answers our hello with a record that claims 48 MiB and then
+    streams it: the accepting side of a connection never sends more than small
+    handshake and heartbeat records, so our end drops the connection at the length
+    prefix instead of buffering the record (before: up to 64 MiB per attempt)."""
+    import asyncio
+
+    from .test_cluster_direct import _direct
+
+    written = [0]
+
+    async def main() -> None:
+        done = asyncio.get_running_loop().create_future()
+
+        async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(5)  # (our hello's first bytes)
+            writer.write(struct.pack(">IB", 48 << 20, 2))
+            chunk = b"x" * (1 << 20)
+            try:
+                for _ in range(48):
+                    writer.write(chunk)
+                    await asyncio.wait_for(writer.drain(), 5)
+                    written[0] += len(chunk)
+            except (OSError, TimeoutError):
+                pass
+            writer.close()
+            done.set_result(None)
+
+        server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = _direct(b"the-cluster-secret", "a", 3)
+        a.transport.peer_creation["b"] = 7
+        a.addresses["b"] = (7, "127.0.0.1", port)
+        a.want("b")
+        await asyncio.wait_for(done, 30)
+        assert "b" not in a.out  # dropped, backing off
+        await a.close()
+        server.close()
+
+    asyncio.run(main())
+    assert written[0] < 24 << 20, written[0]  # (the kernel's socket buffers take some)
