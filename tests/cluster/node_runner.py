@@ -704,6 +704,65 @@ class Runner:
             i += 1
         return out
 
+    # -- break-direct (adversarial tests of the direct path) ----------------------------
+    async def cmd_link_stream(self, target: list[Any] | None, n: int, pace: float = 0.005) -> Any:
+        """Spawn `n` processes that trap exits and link `target` (None: link
+        nothing), one every `pace` seconds; each records the exit signals it gets
+        (`cmd_link_stream_state`). Returns their pids."""
+        procreg = self.procreg
+        pid = self.pid(target) if target is not None else None
+        pids = []
+
+        async def linker(rec: list[Any]) -> None:
+            if pid is not None:
+                procreg.link(pid)
+            while True:
+                msg = await procreg.receive()
+                rec.append(repr(getattr(msg, "reason", msg)))
+
+        for _ in range(n):
+            rec: list[Any] = []
+            wpid = procreg.spawn(linker, rec, trap_exits=True)
+            self.records[repr(wpid)] = {"messages": rec}
+            pids.append(wpid)
+            await asyncio.sleep(pace)
+        return pids
+
+    async def cmd_gap_watch(self, anchor: list[Any]) -> Any:
+        """A process that traps exits, links `anchor` (again after each
+        ``noconnection``: ``["relinked"]``) and logs, in arrival order, every message
+        it gets and every exit signal (``["cut", reason]``); ``cmd_gap_log`` reads
+        the log."""
+        procreg = self.procreg
+        target = self.pid(anchor)
+        cluster = self.node._cluster
+        log: list[Any] = []
+
+        async def gapper() -> None:
+            procreg.link(target)
+            while True:
+                msg = await procreg.receive()
+                if isinstance(msg, procreg.Exit):
+                    log.append(["cut", repr(msg.reason)])
+                    if msg.reason == "noconnection" and cluster.is_live(target):
+                        procreg.link(target)
+                        log.append(["relinked"])
+                    elif msg.reason == "noconnection":
+                        log.append(["unlinked"])  # (its node is down: every gap is told)
+                else:
+                    log.append(msg)
+
+        wpid = procreg.spawn(gapper, trap_exits=True)
+        self.records[repr(wpid)] = {"messages": log}
+        return wpid
+
+    async def cmd_gap_log(self, pid: list[Any]) -> Any:
+        return self.records[repr(self.pid(pid))]["messages"]
+
+    async def cmd_link_stream_state(self, pids: list[Any]) -> Any:
+        """For each `cmd_link_stream` process: the exit reasons it got so far."""
+        return [self.records[repr(self.pid(p))]["messages"] for p in pids]
+
     async def cmd_watched(self, watcher: list[Any]) -> Any:
         return self.records[repr(self.pid(watcher))]
 

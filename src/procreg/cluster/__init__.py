@@ -407,6 +407,7 @@ class Cluster:
             if self.direct is not None:
                 self.direct.peer_down(name)
         t.pruned_floor = remote.pruned_floor = floor
+        self.owed_resets -= gone  # (a RESET owed to a forgotten node is moot)
         # (channel names are a cache: those of absent nodes go too)
         t.forget_names(gone, keep=present | set(t.peer_creation) - gone)
 

@@ -70,6 +70,8 @@ __all__ = ["Direct", "Link"]
 
 log = logging.getLogger("procreg.cluster")
 
+MAX_STRANGERS = 256  # accepted connections that have not sent a valid hello yet
+
 
 class Direct:
     """The node's direct connections: a listener, one outbound `Link` per peer we
@@ -100,6 +102,9 @@ class Direct:
         # (a replayed hello, never acked, must not end the live session)
         self.pending: set[Link] = set()
         self._accepted: dict[str, tuple[int, int]] = {}  # peer -> its (creation, session)
+        # accepted, no valid hello yet: closed if none within two intervals (a client
+        # that connects and never speaks, or trickles bytes, must not hold a socket)
+        self.strangers: set[Link] = set()
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._sessions = 0
@@ -114,6 +119,7 @@ class Direct:
         self._keeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._last_warning = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,6 +150,8 @@ class Direct:
         """Close every connection quietly (fenced, a new creation, leaving)."""
         for link in [*self.out.values(), *self.inbound.values(), *self.pending]:
             link.close()
+        for link in list(self.strangers):
+            link.close(bye=False)
 
     def peer_down(self, name: str, creation: int | None = None) -> None:
         """`name`'s incarnation `creation` is down (all of them if None: forgotten):
@@ -163,9 +171,19 @@ class Direct:
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
 
+    def accepted(self, link: Link) -> bool:
+        """A connection was accepted: False (refuse it) if too many are waiting for
+        their hello."""
+        if len(self.strangers) >= MAX_STRANGERS or self._closing:
+            self.counts["refused"] += 1
+            return False
+        self.strangers.add(link)
+        return True
+
     def forget(self, link: Link) -> None:
         """Drop `link` from our tables (it closed); a newer link of its peer stays."""
         self.pending.discard(link)
+        self.strangers.discard(link)
         table = self.out if link.outbound else self.inbound
         if table.get(link.peer) is link:
             del table[link.peer]
@@ -302,7 +320,15 @@ class Direct:
 
     def _refuse(self, link: Link, why: str) -> None:
         self.counts["refused"] += 1
-        log.warning("%s: refused a direct connection: %s", self.name, why)
+        now = time.monotonic()
+        if now - self._last_warning >= 1.0:  # (a scanner must not flood the log)
+            self._last_warning = now
+            log.warning(
+                "%s: refused a direct connection: %s (%d refused so far)",
+                self.name,
+                why,
+                self.counts["refused"],
+            )
         link.write(REFUSE, why.encode())
         link.closed = True
         if link.transport is not None:
@@ -329,6 +355,7 @@ class Direct:
         else:
             # (`inbound` changes only on its ack: a replayed hello is never acked)
             link.peer, link.creation, link.session = peer, creation, int(session)
+            self.strangers.discard(link)
             self.pending.add(link)
             link.write(
                 WELCOME,
@@ -463,8 +490,13 @@ class Direct:
         for link in list(self.pending):
             if now - link.opened > limit:
                 link.close(bye=False)  # no ack in time
+        for link in list(self.strangers):
+            if now - link.opened > limit:
+                link.close(bye=False)  # no valid hello in time
         for link in list(self.inbound.values()):
-            if now - link.heard > limit + self.interval:
+            if not link.up and now - link.opened > limit:
+                link.close(bye=False)  # the handshake did not finish
+            elif now - link.heard > limit + self.interval:
                 link.close(bye=False)  # silent: the sender ends it too
             elif link.up and not link.marked and now - link.opened > limit:
                 link.lose("no cutover marker")  # the sender sees the close: lost

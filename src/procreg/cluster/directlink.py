@@ -101,6 +101,9 @@ class Link(asyncio.Protocol):
         self.transport = transport
         if self.closed:  # closed while connecting (fenced, a new creation, peer down)
             transport.abort()
+        elif not self.outbound and not self.direct.accepted(self):
+            self.closed = True
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
@@ -111,9 +114,11 @@ class Link(asyncio.Protocol):
         direct.transport.guard()  # woken past our lease deadline: fence first
         while size - pos >= 5 and not self.closed:
             length, kind = _REC.unpack_from(buf, pos)
-            # (before the handshake is done, only small records, on either end: a
-            # stranger must not make us buffer megabytes)
-            if length > (MAX_RECORD if self.up else MAX_HANDSHAKE) or length < 1:
+            # (only frames are big, and only an accepted connection whose handshake is
+            # done gets them: a stranger, or whatever answers at a peer's address,
+            # must not make us buffer megabytes)
+            big = self.up and not self.outbound
+            if length > (MAX_RECORD if big else MAX_HANDSHAKE) or length < 1:
                 self.lose("a bad record length")
                 return
             if size - pos - 4 < length:

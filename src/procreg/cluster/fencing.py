@@ -227,11 +227,14 @@ async def resync(cluster: Cluster) -> None:
     peers += [p for p in cluster.owed_resets if p not in peers]  # (`Cluster._direct_lost`)
     cluster.owed_resets.clear()
     cluster.backend.clear_cache()  # invalidations may have been missed
+    # the peers may never have seen the frames we lost: tell them we ended our side,
+    # now, in the same callback that marked the store up: a frame made during the
+    # step's round trips (it would go on a direct connection still up, or on pub/sub)
+    # must not reach them before the RESET that accounts for the gap before it
+    cluster.remote.reset(peers)
     await cluster.membership.step()
     if cluster.fencing:  # the rejoin failed: the next step tries again
         raise ClusterUnavailable("rejoining the cluster failed")
-    # the peers may never have seen the frames we lost: tell them we ended our side
-    cluster.remote.reset(peers)
     if cluster.store.changed_primary is not None:
         await cluster.primary_changed()  # (it reconciles)
     else:

@@ -60,6 +60,7 @@ RESET: Final = 15  # "I dropped our links, monitors and calls": treat me as disc
 GPUB: Final = 16  # a publish to a group: for the members the receiver has (`groupview`)
 GNONE: Final = 17  # "I have no member of this group": drop me from your view of it
 GVIEW: Final = 18  # members added and removed here (acknowledged if it has a call id)
+LINK_LOST: Final = 19  # "a RESET of yours ended my side of this link": noconnection
 
 
 def _pack_lenient(item: tuple[Any, ...]) -> bytes:
@@ -380,9 +381,18 @@ class Remote:
             self.tasks.spawn(self._spawn_here(sender, item), rt.loop)
         elif op == RESET:
             # the sender lost frames (a store outage) and ended its side of our links
-            # and monitors: end ours, as when an Erlang distribution connection drops
-            self.node_down(sender)
+            # and monitors: end ours, as when an Erlang distribution connection drops;
+            # it may have attached links and monitors we asked for since its loss
+            # (sent before we handled this): `tell` makes it end those too
+            self.node_down(sender, tell=True)
             self.on_reset(sender)
+        elif op == LINK_LOST:
+            _, from_pid, pid = item
+            if rt.detach_link(pid, from_pid):
+                peer = self.peers.get(sender)
+                if peer is not None:
+                    peer.links.discard((pid, from_pid))
+                rt.exit_signal(pid, from_pid, "noconnection", linked=True)
         else:
             log.warning("unknown item %r from %s", op, sender)
 
@@ -467,10 +477,12 @@ class Remote:
         caller.reply(result)
 
     # -- failures ---------------------------------------------------------------------
-    def node_down(self, name: str, creation: int | None = None) -> None:
+    def node_down(self, name: str, creation: int | None = None, tell: bool = False) -> None:
         """`name` is down (its incarnation `creation` and older; all if None):
         noconnection to our links and monitors, NodeDown to calls. Entries of a newer
-        incarnation that already reached us stay."""
+        incarnation that already reached us stay. With `tell` (a ``RESET`` from
+        `name`), `name` is told of each link and monitor of ours ended here
+        (`LINK_LOST`, `DEMONITOR`): it may have attached them after its loss."""
         if creation is not None:
             self.downs[name] = max(self.downs.get(name, -1), creation)
         peer = self.peers.get(name)
@@ -494,6 +506,12 @@ class Remote:
         peer.links -= links
         if not (peer.watch_out or peer.watch_in or peer.calls or peer.links):
             del self.peers[name]
+        if tell:
+            enqueue = self.transport.enqueue
+            for ours, theirs in links:
+                enqueue(name, pack_item((LINK_LOST, ours, theirs)))
+            for ref, (_, target) in watch_out.items():
+                enqueue(name, pack_item((DEMONITOR, ref, target)))
         for ref, (watcher, target) in watch_out.items():
             if rt.watching(watcher, ref):
                 rt.down(watcher, ref, target, "noconnection")

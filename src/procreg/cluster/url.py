@@ -94,6 +94,9 @@ def _int_option(query: dict[str, list[str]], name: str, default: int) -> int:
     return value
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*"})  # listen everywhere: no address to publish
+
+
 def _address(query: dict[str, list[str]], name: str) -> tuple[str, int] | None:
     """The ``host:port`` of option `name` (port 0 allowed), or None."""
     raw = query.pop(name, None)
@@ -114,7 +117,9 @@ def _address(query: dict[str, list[str]], name: str) -> tuple[str, int] | None:
 
 
 def _unspecified(host: str) -> bool:
-    """True for a wildcard address (``0.0.0.0``, ``::``)."""
+    """True for a wildcard address (``0.0.0.0``, ``::``, ``*``)."""
+    if host in _WILDCARDS:
+        return True
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
