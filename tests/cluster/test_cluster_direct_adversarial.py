@@ -376,9 +376,9 @@ def test_garbage_and_silent_clients_on_the_listen_socket_do_not_hurt_the_node(
 @pytest.mark.parametrize(
     ("query", "error"),
     [
-        ("listen=0.0.0.0:7000", "needs advertise="),
-        ("listen=[::]:7000", "needs advertise="),
-        ("listen=0.0.0.0:7000&advertise=0.0.0.0:7000", "others can connect to"),
+        ("listen=0.0.0.0:7000", "give advertise=HOST:PORT"),
+        ("listen=[::]:7000", "give advertise=HOST:PORT"),
+        ("listen=0.0.0.0:7000&advertise=0.0.0.0:7000", "advertise=0.0.0.0 is a wildcard"),
         ("listen=:7000", "must be host:port"),
         ("listen=127.0.0.1:70000", "must be host:port"),
         ("listen=127.0.0.1:x", "must be host:port"),
