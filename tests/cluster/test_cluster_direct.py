@@ -360,7 +360,7 @@ def test_the_state_kept_per_peer_name_does_not_grow_with_dead_node_names(redis) 
     frames as stale."""
     import procreg
     from procreg.cluster.codec import encode_frame, pack_item
-    from procreg.cluster.remote import SEND
+    from procreg.cluster.items import SEND
 
     from .conftest import SECRET
 

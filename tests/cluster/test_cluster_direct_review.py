@@ -203,7 +203,7 @@ def test_names_seen_only_through_their_frames_are_forgotten(redis) -> None:
     (never live for us, never down): their creations and sequence numbers are
     forgotten too, and their frames stay refused."""
     from procreg.cluster.codec import encode_frame, pack_item
-    from procreg.cluster.remote import SEND
+    from procreg.cluster.items import SEND
 
     out: dict[str, Any] = {}
 

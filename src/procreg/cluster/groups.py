@@ -15,7 +15,7 @@ from ..pid import Pid
 from ..registry import Published
 from .codec import as_text, canon, pack_item, pid_from_str, pid_str
 from .groupview import SEP, GroupViews, watcher_node
-from .remote import GPUB, GVIEW
+from .items import GPUB, GVIEW
 
 if TYPE_CHECKING:
     from .backend import RedisBackend

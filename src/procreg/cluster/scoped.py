@@ -43,9 +43,9 @@ from ..scope import Takeover, reset_takeover, set_takeover
 from ..supervisor import AlreadyPresent, AlreadyStarted, Supervisor
 from .backend import home_node
 from .codec import canon, pid_from_str, pid_str, uncanon
+from .items import CALL, CAST, SEND, RemoteCaller
 from .records import Records, portable
 from .relay import relay
-from .remote import CALL, CAST, SEND, RemoteCaller
 from .store import stop_tasks
 
 if TYPE_CHECKING:
