@@ -114,6 +114,7 @@ def test_peers_run_measures_every_installed_peer_on_one_redis(tmp_path: Path) ->
     assert set(report["figures"]) == set(FIGURES)
     measured = {
         "procreg": [f for f in FIGURES if not f.startswith("get_")],
+        "procreg listen=": [f for f in FIGURES if not f.startswith("get_")],
         "channels_redis": ["fanout_rate", "hop_publish_median", "hop_send_median"],
         "xoscar": ["goc_new_median", "goc_existing_median", "call_median"],
         "redis-py": ["get_median", "get_p99"],
