@@ -15,7 +15,7 @@ import pytest
 
 from procreg.testing import FaultProxy
 
-from .harness import NodeProc, RedisServer, find_server_binary, wait_for
+from .harness import NodeProc, RedisServer, find_server_binary, free_port, wait_for
 
 SECRET = "cluster-test-secret"
 LEASE = 1.0
@@ -58,6 +58,17 @@ def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def b_proxy() -> Iterator[tuple[int, FaultProxy]]:
+    """A port for node b to listen on, and a fault proxy in front of it."""
+    port = free_port()
+    proxy = FaultProxy(port).start()
+    try:
+        yield port, proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

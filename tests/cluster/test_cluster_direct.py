@@ -12,17 +12,14 @@ import asyncio
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from procreg.testing import FaultProxy
-
 from .conftest import pid_of
-from .harness import NodeProc, free_port, wait_for
+from .harness import NodeProc, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,17 +52,6 @@ def warm(sender: NodeProc, receiver: NodeProc, pid: Any, timeout: float = 10.0) 
         return direct_up(sender, receiver)
 
     wait_for(ready, timeout, interval=0.05, what=f"direct path {sender.name} -> {receiver.name}")
-
-
-@pytest.fixture
-def b_proxy() -> Iterator[tuple[int, FaultProxy]]:
-    """A port for node b to listen on, and a fault proxy in front of it."""
-    port = free_port()
-    proxy = FaultProxy(port).start()
-    try:
-        yield port, proxy
-    finally:
-        proxy.stop()
 
 
 def proxied_pair(cluster, redis, b_proxy, a_url: str = "") -> tuple[NodeProc, NodeProc]:

@@ -74,7 +74,6 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -87,17 +86,6 @@ from .test_cluster_direct import direct_url, stats, warm
 pytestmark = pytest.mark.timeout(120)
 
 LEASE = 1.0
-
-
-@pytest.fixture
-def b_proxy() -> Iterator[tuple[int, FaultProxy]]:
-    """A port for node b to listen on, and a fault proxy in front of it."""
-    port = free_port()
-    proxy = FaultProxy(port).start()
-    try:
-        yield port, proxy
-    finally:
-        proxy.stop()
 
 
 def _b_behind(cluster: Any, redis: Any, b_proxy: Any, a_url: str = "") -> tuple[NodeProc, NodeProc]:

@@ -43,8 +43,8 @@ async def stop_tasks(*tasks: asyncio.Task[Any] | None, timeout: float = 1.0) -> 
 
 
 class Tasks:
-    """A set of running background tasks (one per `Store`, shared by the components
-    that use it)."""
+    """A set of running background tasks (the `Store`'s, shared by the components
+    that use it; `Remote` keeps its own for remote spawns)."""
 
     __slots__ = ("_running",)
 
