@@ -67,10 +67,12 @@ OVERLOAD = "overload"  # the exit reason of a process ended by the "exit" policy
 # watchers must never lose.
 _SIGNALS = frozenset({Down, Exit, KeyEvent, NodeEvent})
 
-# Mailbox tags for server processes.
+# Mailbox tags for server processes. TIMER is a message a timer delivered: handled
+# as INFO, but a handoff drops it (the timer ends with the incarnation it targets).
 CAST = 0
 INFO = 1
 CALL = 2
+TIMER = 3
 
 # The process whose task is running (coroutine processes and async server handlers).
 current_process: contextvars.ContextVar[_Proc | None] = contextvars.ContextVar(
@@ -282,6 +284,11 @@ class _Proc:
 
     def _procreg_cast(self, msg: Any) -> bool:
         raise NotImplementedError
+
+    def _procreg_timer(self, msg: Any) -> bool:
+        """A message a timer delivers (`procreg.send_after`): as `_procreg_info`;
+        a server tags it, so a handoff leaves it out of the mail it relays."""
+        return self._procreg_info(msg)
 
     def _procreg_call(self, caller: Any, request: Any) -> bool:
         raise NotImplementedError

@@ -160,7 +160,11 @@ def freeze(proc: _Proc) -> None:
 def take_mail(proc: _Proc) -> list[tuple[str, Any, Any]]:
     """Empty the mailbox of a frozen server: ``("call", caller, request)``,
     ``("cast", msg, None)`` and ``("info", msg, None)`` in arrival order. Its
-    callers are no longer owed by it (they are relayed to the new incarnation)."""
+    callers are no longer owed by it (they are relayed to the new incarnation).
+    What timers delivered is left out: a timer targeting a process ends with it
+    (as in OTP, where a timer to a pid is cancelled when the pid dies), and its
+    delivered, unhandled messages end too, so a tick's fate does not depend on
+    whether it fired just before the freeze or just after."""
     mail = proc._procreg_mail
     proc._procreg_mail = None
     out: list[tuple[str, Any, Any]] = []

@@ -47,6 +47,7 @@ from .process import (
     IDLE,
     INFO,
     SCHEDULED,
+    TIMER,
     _Proc,
     current_process,
     fail_caller,
@@ -348,6 +349,14 @@ class Server(_Proc):
             self._procreg_node._schedule(self)
         return True
 
+    def _procreg_timer(self, msg: Any) -> bool:
+        if not self._procreg_info(msg):
+            return False
+        mail = self._procreg_mail
+        assert mail is not None
+        mail[-1] = (TIMER, msg)  # the item just queued; handled as INFO (`else`)
+        return True
+
     def _procreg_call(self, caller: Any, request: Any) -> bool:
         st = self._procreg_st
         mail = self._procreg_mail
@@ -539,4 +548,4 @@ class Server(_Proc):
         return self._procreg_st == IDLE
 
     def _procreg_message(self, item: Any) -> Any:
-        return item[1] if item[0] == INFO else None
+        return item[1] if item[0] == INFO or item[0] == TIMER else None

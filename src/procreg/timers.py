@@ -72,7 +72,11 @@ class Timer:
                 nxt += interval * (((now - nxt) // interval) + 1)
             self._next = nxt
             self._handle = node._loop.call_at(nxt, self._fire, context=node._ctx)
-        node.send(self._dest, self._msg)
+        proc = node._procs.get(self._dest)
+        if proc is None:  # a remote pid (or a dead one)
+            node.send(self._dest, self._msg)
+        else:
+            proc._procreg_timer(self._msg)
 
     def __repr__(self) -> str:
         kind = "interval" if self._interval is not None else "after"

@@ -116,6 +116,14 @@ class Pending:
         return answer.get("result")
 
 
+class _Launch:
+    """One start of a node process: the event set once it is ready, failed or gone."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ready: dict[str, Any] | None = None
+
+
 class NodeProc:
     """A cluster node in its own OS process."""
 
@@ -136,14 +144,13 @@ class NodeProc:
         self.trace_dir = trace_dir
         self.logdir = logdir
         self.proc: subprocess.Popen[bytes] | None = None
-        self.ready: dict[str, Any] | None = None
+        self._launch = _Launch()
         self.events: list[dict[str, Any]] = []
         self.paused = False
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._ready_event = threading.Event()
         self._incarnation = 0
         self.logfile = logdir / f"{name}.log"
 
@@ -152,9 +159,8 @@ class NodeProc:
         """Launch the process (does not wait: see `wait_ready`)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self._incarnation += 1
-        self.ready = None
         self.paused = False
-        self._ready_event = threading.Event()
+        launch = self._launch = _Launch()
         cmd = [
             sys.executable,
             "-u",
@@ -185,8 +191,19 @@ class NodeProc:
                 cwd=str(self.logdir),
             )
         self._pending = {}  # this incarnation's requests only
-        threading.Thread(target=self._read, args=(self.proc, self._pending), daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(self.proc, self._pending, launch), daemon=True
+        ).start()
         return self
+
+    @property
+    def ready(self) -> dict[str, Any] | None:
+        """This incarnation's ``ready``/``error`` event, or ``exited``; None until then."""
+        return self._launch.ready
+
+    @property
+    def _ready_event(self) -> threading.Event:
+        return self._launch.event
 
     def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
         """The ``ready`` (or start ``error``) event."""
@@ -197,7 +214,11 @@ class NodeProc:
             raise AssertionError(f"{self.name} failed to start: {self.ready}\n{self.log_tail()}")
         return self.ready
 
-    def _read(self, proc: subprocess.Popen[bytes], waiting: dict[int, Pending]) -> None:
+    def _read(
+        self, proc: subprocess.Popen[bytes], waiting: dict[int, Pending], launch: _Launch
+    ) -> None:
+        # `launch` is this process's own: an earlier incarnation's reader, still
+        # finishing after a kill, can never mark a later start as exited
         assert proc.stdout is not None
         for raw in proc.stdout:
             try:
@@ -211,18 +232,18 @@ class NodeProc:
                     pending.set(obj)
                 continue
             self.events.append(obj)
-            if obj.get("event") in ("ready", "error") and self.proc is proc:
-                self.ready = obj
-                self._ready_event.set()
+            if obj.get("event") in ("ready", "error") and not launch.event.is_set():
+                launch.ready = obj
+                launch.event.set()
         # the process is gone: fail what is still waiting
         with self._lock:
             pendings = list(waiting.values())
             waiting.clear()
         for pending in pendings:
             pending.set({"ok": False, "error": "NodeGone", "message": "the node process ended"})
-        if self.proc is proc and not self._ready_event.is_set():
-            self.ready = {"event": "exited", "returncode": proc.wait()}
-            self._ready_event.set()
+        if not launch.event.is_set():
+            launch.ready = {"event": "exited", "returncode": proc.wait()}
+            launch.event.set()
 
     @property
     def os_pid(self) -> int:

@@ -190,6 +190,38 @@ def test_a_rolling_restart_keeps_every_cluster_scoped_state(cluster, tmp_path):
     assert_never_two_live(trace_dir)
 
 
+def test_a_handoff_drops_the_ticks_of_the_old_instances_timer(cluster, tmp_path):
+    """Timers every 1 ms on a node kept busy by casts from another: when a timer's
+    process is frozen for its handoff, its mailbox often holds a tick of its own
+    timer. The tick ends with its incarnation (as its timer does): no new instance
+    gets it, while every cast sent during the stop is relayed."""
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    n1, n2 = cluster(["n1", "n2"], trace_dir=trace_dir)
+    keys = [f"k{i}" for i in range(50)]
+    n1.ok("scoped_gos", keys=keys, placement="local", wait=30)
+    names = [f"/busy{i}" for i in range(8)]
+    busy = {"ticks": 0, "last": 0, "every": 0.001}
+    for name in names:
+        assert (
+            n1.ok("pi_start", name=name, module="Timer", table="caching", state=busy)["pid"][0]
+            == "n1"
+        )
+    casting = n2.send("cast_keys_for", keys=keys, seconds=1.5)
+    time.sleep(0.3)
+    n1.quit()
+    result = casting.result(30)
+    final = n2.ok("key_call_many", keys=keys, request=["get"], wait=30)
+    for key, item in zip(keys, final, strict=True):
+        assert sorted(x[1] for x in item["items"]) == result["sent"][key], key
+    for name in names:
+        state = n2.ok("pi_send", name=name, table="caching", msg="get")
+        assert state["node"] == "n2", state
+        assert state.get("foreign", 0) == 0 and state["ticks"] > 0, (name, state)
+    kinds = [line[4] for line in read_traces(trace_dir) if line[3] == "start"]
+    assert kinds.count("takeover") == len(names) + len(keys), kinds
+
+
 def test_a_rolling_restart_keeps_every_web_session_and_the_demo_clock(cluster):
     nodes = cluster(["n1", "n2", "n3"])
     sids = [f"sid-{i:04d}" for i in range(300)]

@@ -288,3 +288,64 @@ def test_timers_are_cancelled_when_the_node_stops():
 
     assert procreg.run(main) == "done"
     assert box["t"].active is False
+
+
+def test_a_frozen_servers_mail_leaves_out_what_timers_delivered():
+    """A handoff freezes a server and takes its mail to relay to the next incarnation.
+    Timers targeting the server end with it, so what they delivered but it had not
+    handled ends too (its own timer's tick, another process's timer alike); messages,
+    casts and calls are taken in their order."""
+    from procreg.scope import freeze, take_mail
+
+    class S(procreg.Server):
+        def init(self):
+            procreg.send_interval(0.001, procreg.self(), "own-tick")
+
+        def handle_info(self, msg):
+            pass
+
+    async def main():
+        node = procreg.current_node()
+        pid = procreg.spawn(S)
+        await asyncio.sleep(0.01)  # its own ticks are handled meanwhile
+        proc = node.local_process(pid)
+        freeze(proc)  # its own timer is cancelled here
+        procreg.send_after(0, pid, "other-timer")  # armed after: delivered while frozen
+        procreg.send_interval(0.001, pid, "other-interval")
+        procreg.send(pid, "plain")
+        await asyncio.sleep(0.01)
+        procreg.cast(pid, "cast")
+        procreg.send(pid, "plain-2")
+        mail = take_mail(proc)
+        procreg.exit(pid, "kill")
+        return mail
+
+    assert procreg.run(main) == [
+        ("info", "plain", None),
+        ("cast", "cast", None),
+        ("info", "plain-2", None),
+    ]
+
+
+def test_timer_messages_are_plain_messages_to_the_server_that_gets_them():
+    """Tagged in the mailbox for a handoff only: handle_info gets them as sent."""
+
+    class S(procreg.Server):
+        def init(self):
+            self.got = []
+            procreg.send_after(0, procreg.self(), "a")
+            procreg.send_interval(0.001, procreg.self(), "b", first=0.002)
+
+        def handle_info(self, msg):
+            if len(self.got) < 3:
+                self.got.append(msg)
+
+        def handle_call(self, request):
+            return self.got
+
+    async def main():
+        pid = procreg.spawn(S)
+        await asyncio.sleep(0.05)
+        return await procreg.call(pid, "got")
+
+    assert procreg.run(main) == ["a", "b", "b"]

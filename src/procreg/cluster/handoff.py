@@ -11,9 +11,11 @@ Step by step (docs/INTERNALS.md, *Cluster-scoped processes*, says why each is th
 2. **State.** Its ``handoff()`` hook runs (sync, in the process's name); the state is
    pickled, signed and written to ``scoped:state`` in one pipeline — only for a record
    that still names this process.
-3. **End.** Its unhandled mail is taken out, and it ends with reason ``"handoff"``
-   (``terminate`` runs; monitors get ``Down(..., "handoff")``; its supervisor, the
-   node being stopping, does not restart it). Step 4 waits until its exit has
+3. **End.** Its unhandled mail is taken out (what timers delivered is dropped: the
+   timers end with this incarnation, and the new one arms its own), and it ends
+   with reason ``"handoff"`` (``terminate`` runs; monitors get
+   ``Down(..., "handoff")``; its supervisor, the node being stopping, does not
+   restart it). Step 4 waits until its exit has
    completed (after an async ``terminate`` or an async ``pi`` has unwound: only then
    is its registration dropped, though it stopped being alive before) and its
    release has reached the store. One whose exit has not completed by then is not
@@ -108,8 +110,8 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
         if proc is not None and not ending(proc):
             waiting.append(_Moving(table, key, pid, proc))
     # 1. freeze each when it is not in a handler, with no mail if it can be had
-    # soon (mail already there may hold a tick of its own timer, which must not
-    # reach the next incarnation; a process under a steady stream is taken as is)
+    # soon (less to relay; a process under a steady stream is taken as is, and
+    # what its timers delivered is left out of its mail: see `take_mail`)
     moving: list[_Moving] = []
     drained_by = loop.time() + min(0.05, timeout / 8)
     while waiting:
