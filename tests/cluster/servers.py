@@ -123,7 +123,8 @@ class Unregisters(procreg.Server):
 
 class Echo(procreg.Server):
     """Answers ``("echo", x)``, ``("whoami",)``, ``("log",)``, ``("hold",)`` (never
-    answered), ``("crash", text)`` and ``("stop", reason)``; logs casts and messages."""
+    answered), ``("held",)`` (how many are held), ``("crash", text)`` and
+    ``("stop", reason)``; logs casts and messages."""
 
     def init(self, tag: Any = None) -> None:
         self.tag = tag
@@ -134,6 +135,8 @@ class Echo(procreg.Server):
         if request[0] == "hold":
             self.held.append(procreg.caller())
             return procreg.NOREPLY
+        if request[0] == "held":
+            return len(self.held)
         return _answer(self, request)
 
     def handle_cast(self, msg: Any) -> None:

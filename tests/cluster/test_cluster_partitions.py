@@ -210,6 +210,32 @@ def test_half_open_connections_are_detected_and_reopened(cluster, redis, proxy):
     assert stats["silent"] >= 1 or stats["store_up"]  # (noticed by the heartbeat or a timeout)
 
 
+def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(
+    cluster, redis, proxy
+):
+    """b calls a process on a that holds the call (no reply yet); a keeps no record
+    of b (an incoming call makes none). a's store connections freeze, so whatever it
+    publishes now is lost, the reply included; a notices, re-opens and re-syncs
+    without fencing. b must learn of the loss (a ``RESET``: its call fails with
+    `NodeDown`, as an OTP call does on ``noconnection``), not wait out its timeout:
+    the re-sync tells every live peer, not only those it has links, monitors or
+    calls with."""
+    (b,) = cluster(["b"], lease=6.0)
+    (a,) = cluster(["a"], lease=6.0, url=proxy.url())
+    holder = a.ok("spawn", factory="Echo")
+    assert b.ok("call", pid=holder, request=["echo", 1]) == 1
+    held = b.send("call", pid=holder, request=["hold"], timeout=30)
+    wait_for(
+        lambda: a.ok("call", pid=holder, request=["held"]) == 1, 5, what="the call to reach a"
+    )
+    proxy.freeze()
+    wait_for(lambda: a.ok("stats")["store_failures"] >= 1, 10, what="a to notice the silence")
+    answer = held.wait(40)
+    assert not answer["ok"] and answer["error"] == "NodeDown", answer
+    assert a.ok("stats")["fenced"] == 0  # (a fence would end it anyway: not that path)
+    assert b.ok("call", pid=holder, request=["echo", 2]) == 2  # and calls work again
+
+
 def test_latency_below_the_fence_margin_fences_nobody(cluster, redis, proxy):
     """50 ms added each way between a and the store (lease 2 s: renewals every
     0.67 s, fence margin 0.22 s): slower, but no fence, and the cluster works."""

@@ -224,7 +224,12 @@ async def resync(cluster: Cluster) -> None:
     and maybe others'), so links and monitors across nodes end with
     ``noconnection``, as after a network partition."""
     peers = cluster.remote.all_down()
-    peers += [p for p in cluster.owed_resets if p not in peers]  # (`Cluster._direct_lost`)
+    # every live peer, not only those we had links, monitors or calls with: one may
+    # wait for a reply we lost (an incoming call leaves no record here) or watch a
+    # group whose update we lost; plus those owed one (`Cluster._direct_lost`)
+    me = cluster.node.name
+    peers += [p for p in (*cluster.live_nodes(), *cluster.owed_resets) if p not in peers]
+    peers = [p for p in peers if p != me]
     cluster.owed_resets.clear()
     cluster.backend.clear_cache()  # invalidations may have been missed
     # the peers may never have seen the frames we lost: tell them we ended our side,
