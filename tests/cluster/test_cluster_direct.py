@@ -457,3 +457,32 @@ def test_a_node_without_listen_is_reached_through_redis(cluster, redis) -> None:
         assert b.ok("call", pid=back, request=["echo", i]) == i
     assert stats(a)["direct"]["frames_out"] == stats(a)["direct"]["frames_in"] == 0
     assert stats(b)["direct"] is None
+
+
+def test_an_unreachable_advertised_address_is_a_warning_once_per_run_of_failures(
+    cluster, redis
+) -> None:
+    """b advertises an address nothing listens on (a wrong ``advertise=``): a's frames
+    to b go through Redis and calls work, and a's log says so once, with the peer and
+    the address, not once per retry."""
+    from .harness import free_port
+
+    dead = free_port()
+    (b,) = cluster(
+        ["b"],
+        lease=LEASE,
+        url=direct_url(redis.url, f"listen=127.0.0.1:0&advertise=127.0.0.1:{dead}"),
+    )
+    (a,) = cluster(["a"], lease=LEASE, url=direct_url(redis.url))
+    echo = b.ok("spawn", factory="Echo")
+    end = time.monotonic() + 4 * LEASE  # long enough for several retries
+    i = 0
+    while time.monotonic() < end:
+        assert a.ok("call", pid=echo, request=["echo", i]) == i
+        i += 1
+        time.sleep(0.05)
+    log = a.logfile.read_text(errors="replace")
+    warned = [line for line in log.splitlines() if "no direct connection to b" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0], warned
+    assert f"127.0.0.1:{dead}" in warned[0] and "through Redis" in warned[0], warned
+    assert stats(a)["direct"]["frames_out"] == 0

@@ -210,9 +210,7 @@ def test_half_open_connections_are_detected_and_reopened(cluster, redis, proxy):
     assert stats["silent"] >= 1 or stats["store_up"]  # (noticed by the heartbeat or a timeout)
 
 
-def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(
-    cluster, redis, proxy
-):
+def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(cluster, redis, proxy):
     """b calls a process on a that holds the call (no reply yet); a keeps no record
     of b (an incoming call makes none). a's store connections freeze, so whatever it
     publishes now is lost, the reply included; a notices, re-opens and re-syncs
@@ -225,9 +223,7 @@ def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(
     holder = a.ok("spawn", factory="Echo")
     assert b.ok("call", pid=holder, request=["echo", 1]) == 1
     held = b.send("call", pid=holder, request=["hold"], timeout=30)
-    wait_for(
-        lambda: a.ok("call", pid=holder, request=["held"]) == 1, 5, what="the call to reach a"
-    )
+    wait_for(lambda: a.ok("call", pid=holder, request=["held"]) == 1, 5, what="the call to reach a")
     proxy.freeze()
     wait_for(lambda: a.ok("stats")["store_failures"] >= 1, 10, what="a to notice the silence")
     answer = held.wait(40)

@@ -215,7 +215,19 @@ class Direct:
                 loop.create_connection(lambda: link, host, port), 2 * self.interval
             )
         except (OSError, TimeoutError) as exc:
-            log.debug("%s: no direct connection to %s: %r", self.name, link.peer, exc)
+            # a warning for the first failure since the peer last answered (a wrong
+            # advertise=, a firewall), the retries at DEBUG: frames still flow
+            level = logging.DEBUG if link.peer in self._backoff else logging.WARNING
+            log.log(
+                level,
+                "%s: no direct connection to %s at %s:%d (%r): its frames go through "
+                "Redis; retrying with backoff (is its advertise= reachable from here?)",
+                self.name,
+                link.peer,
+                host,
+                port,
+                exc,
+            )
             self._failed(link)
             return
         if link.closed:
