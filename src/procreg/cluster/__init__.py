@@ -216,8 +216,9 @@ class Cluster:
 
     def _park(self, sender: str, creation: int, item: Any, pid: Pid) -> bool:
         """An item for one of our pids that is not alive: forwarded if the pid was
-        handed off (`Scoped.forward`), else kept if its claim is in flight."""
-        if self.scoped.moved and self.scoped.forward(sender, item, pid):
+        handed off (`Forwarding.forward`), else kept if its claim is in flight."""
+        forwarding = self.scoped.forwarding
+        if forwarding.moved and forwarding.forward(sender, item, pid):
             return True
         return self.backend.park(sender, creation, item, pid)
 

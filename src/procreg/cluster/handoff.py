@@ -158,7 +158,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
     for m in moving:
         if is_server(m.proc):
             m.mail = take_mail(m.proc)
-        scoped.moved[m.pid] = []  # frames for it from now on wait for its new instance
+        scoped.forwarding.moved[m.pid] = []  # frames for it from now on wait for its new instance
         node.runtime.end(m.pid, "handoff")
     # gone, not just not alive: an exit completes (and the registration is dropped,
     # its release queued) only after an async terminate or handler has unwound
@@ -209,7 +209,7 @@ async def hand_off(scoped: Scoped, timeout: float) -> int:
             relays += relay_calls(
                 node, new_pid, m.mail, "no new instance", scoped.cluster.store.tasks
             )
-            relays += scoped.moved_to(m.pid, new_pid)
+            relays += scoped.forwarding.moved_to(m.pid, new_pid)
     scoped.handed_off += moved
     cluster.counters.event(
         "handoff", me, f"{moved} of {len(moving)} cluster-scoped process(es) to {sorted(by_home)}"
@@ -226,7 +226,7 @@ def _give_up(scoped: Scoped, m: _Moving, why: str) -> None:
         log.error("%d message(s) to %r lost: %s", lost, m.key, why)
     relay_calls(scoped.node, None, m.mail, why, scoped.cluster.store.tasks)
     m.mail = []
-    scoped.moved_to(m.pid, None)  # (calls kept for it fail at once: no relays)
+    scoped.forwarding.moved_to(m.pid, None)  # (calls kept for it fail at once: no relays)
 
 
 async def _take_over_all(

@@ -43,9 +43,8 @@ from ..scope import Takeover, reset_takeover, set_takeover
 from ..supervisor import AlreadyPresent, AlreadyStarted, Supervisor
 from .backend import home_node
 from .codec import canon, pid_from_str, pid_str, uncanon
-from .items import CALL, CAST, SEND, RemoteCaller
 from .records import Records, portable
-from .relay import relay
+from .relay import Forwarding
 from .store import stop_tasks
 
 if TYPE_CHECKING:
@@ -122,9 +121,8 @@ class Scoped:
         self._rescan = False
         self._stopped = False
         self._kicks: set[asyncio.Task[int]] = set()
-        # handed-off pids of ours -> their new instance (or, until it is known, what
-        # other nodes sent them meanwhile): frames for them are forwarded, not lost
-        self.moved: dict[Pid, Pid | list[tuple[str, Any]] | None] = {}
+        # frames from other nodes for our handed-off pids go to their new instance
+        self.forwarding = Forwarding(cluster)
         self.history: deque[HandoffEvent] = deque(maxlen=500)
         self.failovers = 0  # processes this node started again after their node died
         self.takeovers = 0  # processes this node took over on a graceful stop
@@ -416,57 +414,6 @@ class Scoped:
         except AlreadyPresent:  # a stopped spec of it is kept there: replaced
             await Supervisor.delete_child(sup, spec.id)
             return await Supervisor.start_child(sup, spec)
-
-    # -- forwarding frames for handed-off pids --------------------------------------------
-    def forward(self, sender: str, item: Any, pid: Pid) -> bool:
-        """A frame item from `sender` for our dead `pid`: if `pid` was handed off, a
-        send, cast or call goes to its new instance (kept until that is known) and
-        True is returned; anything else (links, monitors, exit signals) is answered as
-        for any dead pid."""
-        if pid not in self.moved or item[0] not in (SEND, CAST, CALL):
-            return False
-        target = self.moved[pid]
-        if isinstance(target, list):
-            target.append((sender, item))
-        else:
-            self._forward(sender, item, target)
-        return True
-
-    def moved_to(self, pid: Pid, new: Pid | None) -> list[Any]:
-        """`pid`'s new instance is `new` (None: none could be started): the frames
-        kept for it are forwarded; returns the relays of calls under way."""
-        if new is not None and (new == pid or new[0] == self.node.name):
-            # never the handed-off pid itself, nor any other of this stopping node's
-            log.error("handoff of %r answered %r, not a new instance elsewhere", pid, new)
-            new = None
-        kept = self.moved.get(pid)
-        self.moved[pid] = new
-        tasks: list[Any] = []
-        if isinstance(kept, list):
-            for sender, item in kept:
-                task = self._forward(sender, item, new)
-                if task is not None:
-                    tasks.append(task)
-        return tasks
-
-    def _forward(self, sender: str, item: Any, new: Pid | None) -> Any:
-        node = self.node
-        op = item[0]
-        if op == CALL:
-            caller = RemoteCaller(self.cluster.remote, sender, item[1])
-            if new is None:
-                caller.fail(NoProcess(f"{item[2]!r} was handed off and no new instance started"))
-                return None
-            return self.cluster.store.tasks.spawn(relay(node, new, caller, item[3]))
-        if new is None:
-            log.error(
-                "a message from %s to handed-off %r is lost: no new instance", sender, item[1]
-            )
-        elif op == SEND:
-            node.send(new, item[2])
-        else:
-            node.cast(new, item[2])
-        return None
 
     # -- requests from other nodes --------------------------------------------------------
     async def _request(self, node: str, request: tuple[Any, ...], timeout: float = 30.0) -> Any:
