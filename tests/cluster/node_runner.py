@@ -142,6 +142,7 @@ class Runner:
             "renewals": cluster.membership.renewals,
             "store_up": cluster.store.up,
             "store_failures": cluster.store.failures,
+            "invalidations": cluster.counters.invalidations,
             "processes": self.node.process_count(),
             "live": dict(cluster.membership.live),
             "direct": _direct_stats(cluster.direct),

@@ -254,7 +254,9 @@ def proxies(redis):
             proxy.stop()
 
 
-def test_no_key_has_two_live_processes_outside_the_fencing_window(cluster, proxies, tmp_path):
+def test_no_key_has_two_live_processes_outside_the_fencing_window(
+    cluster, proxies, redis, tmp_path
+):
     trace_dir = tmp_path / "trace"
     trace_dir.mkdir()
     nodes = [
@@ -312,6 +314,19 @@ def test_no_key_has_two_live_processes_outside_the_fencing_window(cluster, proxi
             by_node = {name: v[i] for name, v in views.items()}
             disagree.append({"key": key, "views": by_node, "stale": stale})
     by_name = {n.name: n for n in nodes}
+    if disagree:  # what the store holds, and each node's connection history
+        from procreg.cluster.codec import canon
+
+        with redis.client() as client:
+            for d in disagree[:50]:
+                d["store"] = client.hget(f"procreg:t:{canon(TABLE)}", canon(d["key"]))
+        for n in nodes:
+            st = n.ok("stats")
+            print(
+                f"{n.name}: store_failures {st['store_failures']} silent {st['silent']} "
+                f"recoveries {st['recoveries']} fenced {st['fenced']} dropped {st['dropped']} "
+                f"invalidations {st['invalidations']}"
+            )
     for d in disagree[:50]:  # which views are dead, and what get_or_spawn hands out
         d["alive"] = {
             name: by_name[pid[0]].ok("alive", pid=pid)
