@@ -123,7 +123,8 @@ class Unregisters(procreg.Server):
 
 class Echo(procreg.Server):
     """Answers ``("echo", x)``, ``("whoami",)``, ``("log",)``, ``("hold",)`` (never
-    answered), ``("held",)`` (how many are held), ``("crash", text)`` and
+    answered), ``("held",)`` (how many are held), ``("release", x)`` (answers the
+    held ones `x`; how many), ``("crash", text)`` and
     ``("stop", reason)``; logs casts and messages."""
 
     def init(self, tag: Any = None) -> None:
@@ -137,6 +138,11 @@ class Echo(procreg.Server):
             return procreg.NOREPLY
         if request[0] == "held":
             return len(self.held)
+        if request[0] == "release":
+            held, self.held = self.held, []
+            for caller in held:
+                procreg.reply(caller, request[1])
+            return len(held)
         return _answer(self, request)
 
     def handle_cast(self, msg: Any) -> None:

@@ -211,13 +211,13 @@ def test_half_open_connections_are_detected_and_reopened(cluster, redis, proxy):
 
 
 def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(cluster, redis, proxy):
-    """b calls a process on a that holds the call (no reply yet); a keeps no record
-    of b (an incoming call makes none). a's store connections freeze, so whatever it
-    publishes now is lost, the reply included; a notices, re-opens and re-syncs
-    without fencing. b must learn of the loss (a ``RESET``: its call fails with
-    `NodeDown`, as an OTP call does on ``noconnection``), not wait out its timeout:
-    the re-sync tells every live peer, not only those it has links, monitors or
-    calls with."""
+    """b calls a process on a that holds the call; a keeps no record of b (an
+    incoming call makes none). a's store connections freeze and the process answers
+    now: the reply is published on the frozen connection and lost. a notices,
+    re-opens and re-syncs without fencing. b must learn of the loss (a ``RESET``: its
+    call fails with `NodeDown`, as an OTP call does on ``noconnection``), not wait
+    out its timeout: the re-sync tells every live peer, not only those it has
+    links, monitors or calls with."""
     (b,) = cluster(["b"], lease=6.0)
     (a,) = cluster(["a"], lease=6.0, url=proxy.url())
     holder = a.ok("spawn", factory="Echo")
@@ -225,6 +225,7 @@ def test_a_caller_of_a_node_that_lost_frames_gets_node_down_not_a_timeout(cluste
     held = b.send("call", pid=holder, request=["hold"], timeout=30)
     wait_for(lambda: a.ok("call", pid=holder, request=["held"]) == 1, 5, what="the call to reach a")
     proxy.freeze()
+    assert a.ok("call", pid=holder, request=["release", "lost"]) == 1  # (a local call)
     wait_for(lambda: a.ok("stats")["store_failures"] >= 1, 10, what="a to notice the silence")
     answer = held.wait(40)
     assert not answer["ok"] and answer["error"] == "NodeDown", answer

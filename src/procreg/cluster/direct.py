@@ -215,20 +215,7 @@ class Direct:
                 loop.create_connection(lambda: link, host, port), 2 * self.interval
             )
         except (OSError, TimeoutError) as exc:
-            # a warning for the first failure since the peer last answered (a wrong
-            # advertise=, a firewall), the retries at DEBUG: frames still flow
-            level = logging.DEBUG if link.peer in self._backoff else logging.WARNING
-            log.log(
-                level,
-                "%s: no direct connection to %s at %s:%d (%r): its frames go through "
-                "Redis; retrying with backoff (is its advertise= reachable from here?)",
-                self.name,
-                link.peer,
-                host,
-                port,
-                exc,
-            )
-            self._failed(link)
+            self._failed(link, repr(exc))
             return
         if link.closed:
             return
@@ -247,8 +234,23 @@ class Direct:
             ),
         )
 
-    def _failed(self, link: Link) -> None:
-        """Connecting or the handshake failed (nothing went on it): back off."""
+    def _failed(self, link: Link, why: str | None = None) -> None:
+        """Connecting or the handshake failed (nothing went on it): back off. With
+        `why`, the first failure since the peer last answered is a warning (a wrong
+        advertise=, a firewall, another service at that address), the retries are
+        DEBUG: frames still flow, through Redis."""
+        if why is not None:
+            addr = self.addresses.get(link.peer)
+            where = f"{addr[1]}:{addr[2]}" if addr is not None else "?"
+            log.log(
+                logging.DEBUG if link.peer in self._backoff else logging.WARNING,
+                "%s: no direct connection to %s at %s (%s): its frames go through "
+                "Redis; retrying with backoff (is its advertise= reachable from here?)",
+                self.name,
+                link.peer,
+                where,
+                why,
+            )
         if not link.closed:
             link.closed = True
             if link.transport is not None:
@@ -325,8 +327,7 @@ class Direct:
             if not link.outbound or link.up:
                 link.lose("a refusal after the handshake")
                 return
-            log.debug("%s: %s refused our connection: %r", self.name, link.peer, payload[:200])
-            self._failed(link)
+            self._failed(link, f"refused: {payload[:200].decode(errors='replace')}")
         else:
             link.lose(f"an unexpected record {kind}")
 
@@ -389,8 +390,7 @@ class Direct:
         t = self.transport
         expect = [self.name, t.creation, link.peer, link.creation, link.session, link.nonce]
         if fields is None or len(fields) != 8 or fields[1:7] != [str(x) for x in expect]:
-            log.warning("%s: a bad welcome from %s", self.name, link.peer)
-            self._failed(link)
+            self._failed(link, "a bad welcome")
             return
         theirs = fields[7]
         link.write(
@@ -468,7 +468,7 @@ class Direct:
             # gets no more heartbeat answers) and ends both sides (a RESET)
             return
         if not link.up:
-            self._failed(link)
+            self._failed(link, f"lost during the handshake: {why}")
             return
         self.counts["lost"] += 1
         self._retry_at[link.peer] = time.monotonic() + self.interval
@@ -489,7 +489,7 @@ class Direct:
         for link in list(self.out.values()):
             if not link.up:
                 if now - link.opened > limit:
-                    self._failed(link)  # the handshake did not finish
+                    self._failed(link, "the handshake did not finish")
                 continue
             if link.marker is not None and wire_replies(link.marker[0]) >= link.marker[1]:
                 link.marker = None  # confirmed
