@@ -274,6 +274,12 @@ def test_no_key_has_two_live_processes_outside_the_fencing_window(
         for i, node in enumerate(nodes)
     ]
     chaos_thread = threading.Thread(target=chaos.run, daemon=True)
+    # every invalidation the store publishes, with when it arrived here: for a key
+    # the nodes disagree on afterwards, whether its changes were published at all
+    invals: list[tuple[float, bytes]] = []
+    listener = redis.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(**{"procreg:inval": lambda m: invals.append((time.time(), m["data"]))})
+    listen = listener.run_in_thread(sleep_time=0.01, daemon=True)
     started = time.time()
     for thread in [*workers, chaos_thread]:
         thread.start()
@@ -320,8 +326,24 @@ def test_no_key_has_two_live_processes_outside_the_fencing_window(
         with redis.client() as client:
             for d in disagree[:50]:
                 d["store"] = client.hget(f"procreg:t:{canon(TABLE)}", canon(d["key"]))
+                field = canon(d["key"]).encode()
+                d["invals"] = [
+                    round(t, 3) for t, data in invals if field in data.split(b"\n")[1::2]
+                ]
+                for n in nodes:  # (with PROCREG_TEST_CACHE_LOG=1 only)
+                    cache_log = n.ok("cache_log", key=d["key"], table=TABLE)
+                    if cache_log:
+                        print(f"cache log of {d['key']} on {n.name}:", *cache_log[-12:], sep="\n  ")
+        with redis.client() as client:
+            print("inval subscribers:", client.pubsub_numsub("procreg:inval"))
+            clients = {c["id"]: c for c in client.client_list()}
         for n in nodes:
             st = n.ok("stats")
+            sub = clients.get(str(st["sub_id"])) or clients.get(st["sub_id"])
+            print(
+                f"{n.name}: sub_confirmed {st['sub_confirmed']} sub_id {st['sub_id']} "
+                f"server sees: {sub and {k: sub.get(k) for k in ('sub', 'cmd', 'age', 'idle')}}"
+            )
             print(
                 f"{n.name}: store_failures {st['store_failures']} silent {st['silent']} "
                 f"recoveries {st['recoveries']} fenced {st['fenced']} dropped {st['dropped']} "
@@ -369,6 +391,7 @@ def test_no_key_has_two_live_processes_outside_the_fencing_window(
         "violations": len(bad),
         "keys the nodes disagree on": len(disagree),
     }
+    listen.stop()
     print("MEASURED torture:", json.dumps(report, indent=1))
     print("error samples:", json.dumps(samples, indent=1))
     print("chaos:", *chaos.log, sep="\n  ")
