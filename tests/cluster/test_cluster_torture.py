@@ -72,7 +72,8 @@ class Chaos:
         self.nodes = nodes
         self.proxies = proxies
         self.rng = random.Random(seed)
-        self.kills: dict[str, list[float]] = defaultdict(list)
+        # per node: (just before the SIGKILL, once the process was reaped)
+        self.kills: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.pauses: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.cuts: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.log: list[str] = []
@@ -114,8 +115,8 @@ class Chaos:
         self.log.append(f"{started:.3f} {fault} {node.name} {time.time() - started:.2f} s")
 
     def kill_and_restart(self, node: NodeProc) -> None:
-        killed = node.kill()
-        self.kills[node.name].append(killed)
+        killed = node.kill()  # (returns once the process is gone)
+        self.kills[node.name].append((killed, time.time()))
         self.log.append(f"{killed:.3f} kill {node.name}")
         time.sleep(self.rng.uniform(0.2, 0.8))
         for _ in range(3):  # the old lease may still hold the name for a moment
@@ -169,7 +170,9 @@ def worker(
         time.sleep(rng.uniform(0, 0.05))
 
 
-def lives(trace_dir: Path, kills: dict[str, list[float]], end_of_test: float) -> dict[Any, Any]:
+def lives(
+    trace_dir: Path, kills: dict[str, list[tuple[float, float]]], end_of_test: float
+) -> dict[Any, Any]:
     """pid -> {key, start, end, reason, stale} from the traces; `stale`: started
     under a creation its node had already left."""
     procs: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -187,7 +190,11 @@ def lives(trace_dir: Path, kills: dict[str, list[float]], end_of_test: float) ->
     for pid, entry in procs.items():
         assert entry["start"] is not None, f"{pid} ended without a start"
         if entry["end"] is None:  # killed with its node, or alive at the end
-            later = [k for k in kills.get(pid[0], []) if k >= entry["start"]]
+            # a kill ends what its node started before the process was reaped, a
+            # start traced between the kill's timestamp and the signal included;
+            # taken as alive until then (a process of the next incarnation starts
+            # only after the restart, long after)
+            later = [gone for _, gone in kills.get(pid[0], []) if gone >= entry["start"]]
             if later:
                 entry["end"], entry["reason"] = min(later), "SIGKILL"
             else:
