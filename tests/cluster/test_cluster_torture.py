@@ -31,7 +31,11 @@ escaped fencing and overlapped without bound (fixed); a node could keep a dead p
 its cache after a claim (``test_cluster_registry.py::test_no_dead_pid_stays_cached_
 after_a_claim_races_with_a_release``, fixed) or after a remote spawn
 (``..._after_a_remote_spawn_races_with_an_end``, fixed), so that the nodes disagree on
-a key. Processes started under a left creation are counted apart; any disagreement,
+a key; with direct connections, a node kept a dead pid of a third node that the key's
+home, cut off from the store, answered a remote spawn with from its cache
+(``test_cluster_direct.py::test_a_home_cut_off_from_the_store_leaves_no_dead_pid_in_
+another_nodes_cache`` and ``::test_a_third_nodes_pid_from_a_remote_spawn_is_not_cached``,
+fixed). Processes started under a left creation are counted apart; any disagreement,
 dead cached pids included, fails the test.
 """
 

@@ -50,6 +50,12 @@ class KeyCache:
         if isinstance(table, str):
             self.entries.pop((table, key), None)
 
+    def forget(self, table: str, key: Hashable) -> None:
+        """Drop the entry of `key`, if any: the caller answers another node, which
+        must get the store's word, not this node's cache (see `Cluster`'s remote
+        spawn)."""
+        self.entries.pop((table, key), None)
+
     def pid_ended(self, pid: Pid) -> None:
         """A remote process is known to have ended: lookups on this node never return
         it again (for 2 x lease: by then its owner's release has surely reached the

@@ -41,8 +41,12 @@ async def spawn_general(
             result: tuple[Pid, bool] = await self.cluster.remote.spawn(
                 home, key, factory, args, table, meta, idle_timeout
             )
-            # not cached if an invalidation overtook the reply (it may be dead already)
-            if result[0][0] != node.name and gen == self.keys.gen:
+            # cached only if it is home's own process (alive when home answered: its
+            # end comes after our request, and so does its invalidation) and no
+            # invalidation overtook the reply. A third node's pid is not: home may
+            # have learned it before our request (a claim it had in flight), and an
+            # invalidation we heard before asking would not come again
+            if result[0][0] == home and gen == self.keys.gen:
                 self._cache[(table, key)] = result[0]
             return result
     pid = self.runtime.new_pid()
