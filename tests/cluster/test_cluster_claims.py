@@ -472,6 +472,34 @@ def test_claims_publish_only_replaced_entries(redis) -> None:
     run_node(redis.url, main)
 
 
+def test_a_conflict_publishes_the_invalidation_of_its_key(redis) -> None:
+    """A re-registration (after the store lost entries) that another live holder
+    wins ends our process (reason ``"conflict"``). Our pid may have been handed out,
+    and cached, while the store had no entry for it; its release finds the entry
+    naming the winner and removes nothing, so the conflict itself publishes the key's
+    invalidation, after our process has ended."""
+
+    async def main() -> None:
+        node = procreg.current_node()
+        cluster = node._cluster
+        async with store_client(redis.url) as client, inval_subscription(client) as pubsub:
+            pid = await procreg.get_or_spawn("c", Counted)
+            other = await procreg.get_or_spawn("free", Counted)
+            await until(lambda: stored(client), "the entries")
+            assert await published_so_far(client, pubsub) == []
+            # the store lost our entry and live node b claimed the key meanwhile
+            await client.set(f"{PREFIX}lease:b", "5")
+            await client.hset(tkey("default"), canon("c"), "b\t5\t1\t")
+            assert await cluster.backend.reconcile() == 1
+            await until(lambda: asyncio.sleep(0, not procreg.is_alive(pid)), "the loser's end")
+            assert procreg.is_alive(other)  # (re-claimed, no conflict)
+            named = [p for m in await published_so_far(client, pubsub) for p in pairs(m)]
+            assert (canon("default"), canon("c")) in named, named
+            assert (await stored(client))[canon("c")] == Pid("b", 5, 1)
+
+    run_node(redis.url, main)
+
+
 def test_purge_publishes_in_several_messages(redis) -> None:
     """A purge of a dead incarnation that held thousands of keys names every key it
     dropped, once, in messages of bounded size (500 pairs each at 92789b5; up to

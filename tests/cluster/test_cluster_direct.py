@@ -221,7 +221,7 @@ def test_a_home_cut_off_from_the_store_leaves_no_dead_pid_in_another_nodes_cache
     from procreg.cluster.codec import canon
 
     table = f"procreg:t:{canon('default')}"
-    lease = 2.0  # h keeps its lease for 1.3-2 s after the cut: time to ask it
+    lease = 4.0  # h keeps its lease for 2.2-3.6 s after the cut: time to ask it
     n1, n2 = cluster(["n1", "n2"], lease=lease, url=direct_url(redis.url))
     (h,) = cluster(["h"], lease=lease, url=direct_url(proxy.url()))
     key = next(f"c{i}" for i in range(1000) if home_node(f"c{i}", ["h", "n1", "n2"]) == "h")
@@ -236,7 +236,8 @@ def test_a_home_cut_off_from_the_store_leaves_no_dead_pid_in_another_nodes_cache
         n1.ok("exit", pid=dead, reason="kill")
         wait_for(lambda: not client.hlen(table), 5, what="the release")
     time.sleep(0.1)  # (n2 has the invalidation)
-    assert not stats(h)["fencing"], "h fenced itself too early: the test proves nothing"
+    if stats(h)["fencing"]:
+        pytest.skip("h fenced itself before it was asked (a very slow machine)")
     answer = n2.req("gos", key=key, placement="hash", wait=15)
     # h answers from the store: it cannot reach it, so the request fails (or, had
     # the store been reachable, a fresh process)
@@ -249,18 +250,20 @@ def test_a_home_cut_off_from_the_store_leaves_no_dead_pid_in_another_nodes_cache
         assert node.ok("whereis", key=key) != dead, f"{node.name} hands out the dead {dead}"
 
 
-def test_a_third_nodes_pid_from_a_remote_spawn_is_not_cached(cluster, proxy, redis) -> None:
-    """The sibling of the test above, with h in touch with the store but slow: h
-    has a claim of the key in flight (it found n1's holder) when the holder ends and
-    n2, having heard the release, asks h. h's answer is that claim's (the holder, as
-    the store held it before n2 asked): n2 may be handed it, as any lookup racing
-    with an end may, but must not keep it in its cache, where no invalidation would
-    ever reach it."""
+def test_a_remote_spawn_answered_by_a_claim_from_before_the_request_leaves_no_dead_pid(
+    cluster, proxy, redis
+) -> None:
+    """The sibling of the test above, with h in touch with the store but slow to
+    hear from it: h has a claim of the key in flight (it found n1's holder) when the
+    holder ends and n2, having heard the release, asks h, and so joins h's claim.
+    Its answer (the holder, as the store held it before n2 asked) must not reach n2's
+    cache, where no invalidation would ever come for it; n2 checks such a third
+    node's pid in the store itself, and gets a live process."""
     from procreg.cluster.claims import home_node
     from procreg.cluster.codec import canon
 
     table = f"procreg:t:{canon('default')}"
-    lease = 3.0  # h's store round trips take 0.7 s below: inside its store timeout
+    lease = 3.0  # h's store round trips take 0.6 s below: inside its store timeout
     n1, n2 = cluster(["n1", "n2"], lease=lease, url=direct_url(redis.url))
     (h,) = cluster(["h"], lease=lease, url=direct_url(proxy.url()))
     keys = [f"t{i}" for i in range(1000) if home_node(f"t{i}", ["h", "n1", "n2"]) == "h"]
@@ -269,19 +272,25 @@ def test_a_third_nodes_pid_from_a_remote_spawn_is_not_cached(cluster, proxy, red
     warm(h, n2, on_n2)
     for key in keys[:5]:  # until the race is set up (timing on a busy machine)
         holder = n1.ok("gos", key=key)["pid"]
-        proxy.delay(0.35)  # each way: h's claim runs 0.35 s after it leaves h
+        # what the store answers h reaches it 0.6 s late; h's requests go at once
+        proxy.delay(0.6, direction="to_client")
         own = h.send("gos", key=key)  # (local placement: h claims it, n1's holder wins)
-        time.sleep(0.45)  # h's claim has run in the store; its answer is on its way
+        time.sleep(0.1)  # h's claim has run in the store; its answer is on its way
         with redis.client() as client:
             n1.ok("exit", pid=holder, reason="kill")
             wait_for(lambda: not client.hlen(table), 5, interval=0.01, what="the release")
+        time.sleep(0.02)  # (n2 has the invalidation)
+        asked_at = time.time()
         asked = n2.req("gos", key=key, placement="hash", wait=15)  # joins h's claim?
-        own.result(10)
-        proxy.heal()
-        if asked.get("ok") and asked["result"]["pid"] == holder:
-            break  # it did: n2 was handed the holder h's claim found
+        answered = own.wait(10)
+        proxy.delay(0)
+        assert answered.get("ok"), answered
+        if answered["result"]["pid"] == holder and answered["t"] > asked_at + 0.05:
+            break  # h's claim ran before the release and was in flight when n2 asked
     else:
-        pytest.skip("the race did not set up in 5 tries (a slow machine)")
+        pytest.skip("the race did not set up in 5 tries (a very slow machine)")
+    assert asked.get("ok"), asked
+    assert asked["result"]["pid"] != holder, f"n2 was handed the dead {holder}"
     time.sleep(0.3)  # (the invalidations h and n2 get now are for other things)
     assert n2.ok("whereis", key=key) != holder, f"n2 keeps the dead {holder} in its cache"
 

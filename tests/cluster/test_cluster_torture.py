@@ -34,9 +34,9 @@ after_a_claim_races_with_a_release``, fixed) or after a remote spawn
 a key; with direct connections, a node kept a dead pid of a third node that the key's
 home, cut off from the store, answered a remote spawn with from its cache
 (``test_cluster_direct.py::test_a_home_cut_off_from_the_store_leaves_no_dead_pid_in_
-another_nodes_cache`` and ``::test_a_third_nodes_pid_from_a_remote_spawn_is_not_cached``,
-fixed). Processes started under a left creation are counted apart; any disagreement,
-dead cached pids included, fails the test.
+another_nodes_cache``, fixed; two siblings found in review have tests there and in
+``test_cluster_claims.py``). Processes started under a left creation are counted
+apart; any disagreement, dead cached pids included, fails the test.
 """
 
 from __future__ import annotations

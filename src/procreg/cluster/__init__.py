@@ -238,8 +238,9 @@ class Cluster:
             return await self.scoped.serve(args[0])
         # answered from our own processes or the store, never from our cache: the
         # asker may have heard an invalidation we missed (we may be cut off from the
-        # store, and not fenced yet); what we answer from the store is newer than
-        # its request, which its own invalidations then cover
+        # store, and not fenced yet). (A claim of ours in flight, which the request
+        # joins, may be older than it: the asker checks a third node's pid itself,
+        # `placement`.)
         self.backend.keys.forget(table, key)
         return await self.backend.get_or_spawn(
             key, factory, args, table, placement, meta, idle_timeout

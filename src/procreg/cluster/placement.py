@@ -37,18 +37,7 @@ async def spawn_general(
         factory_name(factory)  # importable by name on every node, wherever home is
         home = home_node(key, self.cluster.live_nodes())
         if home != node.name:
-            gen = self.keys.gen
-            result: tuple[Pid, bool] = await self.cluster.remote.spawn(
-                home, key, factory, args, table, meta, idle_timeout
-            )
-            # cached only if it is home's own process (alive when home answered: its
-            # end comes after our request, and so does its invalidation) and no
-            # invalidation overtook the reply. A third node's pid is not: home may
-            # have learned it before our request (a claim it had in flight), and an
-            # invalidation we heard before asking would not come again
-            if result[0][0] == home and gen == self.keys.gen:
-                self._cache[(table, key)] = result[0]
-            return result
+            return await _at_home(self, home, key, factory, args, table, meta, idle_timeout)
     pid = self.runtime.new_pid()
     self.parked[pid] = ()
     try:
@@ -70,3 +59,45 @@ async def spawn_general(
         raise ClusterUnavailable(f"cannot start {key!r}: this node was fenced")
     self.adopt(table, key, proc, meta, "ended right after it started")
     return pid, True
+
+
+async def _at_home(
+    self: RedisBackend,
+    home: str,
+    key: Hashable,
+    factory: Any,
+    args: tuple[Any, ...],
+    table: str,
+    meta: dict[str, Any] | None,
+    idle_timeout: float | None,
+) -> tuple[Pid, bool]:
+    """Ask `home` to get_or_spawn `key` (a remote spawn), and keep what it answers
+    in the cache only if that is safe.
+
+    Home answers from its own processes or the store, never from its cache (see
+    `Cluster`), but the answer may still be older than our request: a third node's
+    holder may come from a claim home had in flight before we asked, whose
+    invalidation we may have heard already and would not hear again. So home's own
+    process is cached (alive when home answered: its end, and the invalidation of
+    its release, come after our request) unless an invalidation overtook the reply;
+    a third node's is looked up in the store by us (cached under our own request).
+    A pid we know has ended is not handed out: we ask again (3 tries)."""
+    keys = self.keys
+    result: tuple[Pid, bool] | None = None
+    for _ in range(3):
+        gen = keys.gen
+        result = await self.cluster.remote.spawn(
+            home, key, factory, args, table, meta, idle_timeout
+        )
+        pid = result[0]
+        if pid[0] == home:
+            if pid in keys.dead:
+                continue  # ended since home answered (a Down came first): ask again
+            if gen == keys.gen:
+                self._cache[(table, key)] = pid
+            return result
+        found = await self.fetch(key, table)  # (not a dead one, cached if fresh)
+        if found is not None:
+            return found[0], False
+    assert result is not None
+    return result

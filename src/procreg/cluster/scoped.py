@@ -434,11 +434,11 @@ class Scoped:
         op = request[0]
         if op == "start":  # get_or_spawn of a key whose home is here
             _, table, key, blob = request
-            # (from our processes or the store, not our cache: `Cluster`'s remote spawn)
-            self.cluster.backend.keys.forget(table, key)
             record = self.records.open(blob)
             _, state = await self.records.read(canon((table, key)), spec=False)
             tko = Takeover("takeover", "?", self.records.open(state)) if state is not None else None
+            # (from our processes or the store, not our cache: `Cluster`'s remote spawn)
+            self.cluster.backend.keys.forget(table, key)
             pid = await self._start_here(table, key, record, blob, tko)
             return pid, False
         if op == "takeover":  # keys handed off by a stopping node

@@ -9,7 +9,9 @@ server (say, a throwaway Redis). While it runs, a test switches faults on and of
   that the kernel reports: a firewall rejecting, a host gone);
 - `freeze`: the connections open now go silent while new ones pass (half-open
   sockets: a NAT or load balancer that dropped its state);
-- `delay`: every chunk is forwarded `seconds` late, in order;
+- `delay`: every chunk is forwarded `seconds` late, in order (both ways, or one:
+  ``direction="to_server"`` or ``"to_client"``, say replies late but requests on
+  time);
 - `heal`: back to plain forwarding (frozen connections stay frozen: a half-open
   socket never heals).
 
@@ -81,6 +83,7 @@ class FaultProxy:
         self.port = port or _free_port()
         self.mode = "pass"  # pass | blackhole | reset
         self.latency = 0.0
+        self.direction = "both"  # the way(s) `latency` applies: both | to_server | to_client
         self.connections = 0  # accepted so far
         self.forwarded = 0  # bytes forwarded
         self.dropped = 0  # bytes swallowed by a fault
@@ -182,13 +185,18 @@ class FaultProxy:
 
         return int(self._call(run))
 
-    def delay(self, seconds: float) -> None:
-        """Forward every chunk `seconds` late (in order)."""
+    def delay(self, seconds: float, direction: str = "both") -> None:
+        """Forward every chunk `seconds` late (in order): both ways, or only
+        ``"to_server"`` (what the clients send) or ``"to_client"`` (what the server
+        answers and pushes). `ValueError` for a negative delay or another direction."""
         if seconds < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {seconds!r}")
+        if direction not in ("both", "to_server", "to_client"):
+            raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}")
 
         async def run() -> None:
             self.latency = seconds
+            self.direction = direction
 
         self._call(run)
 
@@ -230,8 +238,8 @@ class FaultProxy:
         self._links.add(link)
         loop = asyncio.get_running_loop()
         link.tasks = [
-            loop.create_task(self._pump(link, reader, up_writer)),
-            loop.create_task(self._pump(link, up_reader, writer)),
+            loop.create_task(self._pump(link, reader, up_writer, "to_server")),
+            loop.create_task(self._pump(link, up_reader, writer, "to_client")),
         ]
 
     def _delayed(self, link: _Link, writer: asyncio.StreamWriter, due: float, data: bytes) -> None:
@@ -252,17 +260,25 @@ class FaultProxy:
         link.pending[id(writer)] = loop.create_task(later())
 
     async def _pump(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        way: str,
     ) -> None:
         try:
             while True:
                 data = await reader.read(CHUNK)
                 if not data:
+                    # the end of the stream: what is delayed still goes first
+                    pending = link.pending.get(id(writer))
+                    if pending is not None:
+                        await asyncio.shield(pending)
                     break
                 if link.frozen or self.mode != "pass":
                     self.dropped += len(data)
                     continue
-                if self.latency:
+                if self.latency and self.direction in ("both", way):
                     # latency, not a throughput limit: each chunk leaves `latency`
                     # after it arrived, in order (a chunk behind a slow one waits only
                     # for what is left of its own delay)
