@@ -187,6 +187,7 @@ class Runner:
             "store_up": cluster.store.up,
             "store_failures": cluster.store.failures,
             "invalidations": cluster.counters.invalidations,
+            "store_lookups": cluster.counters.store_lookups,
             "sub_confirmed": transport._sub_confirmed.is_set(),
             "sub_id": transport._sub_id,
             "processes": self.node.process_count(),
@@ -621,10 +622,12 @@ class Runner:
                 pass
         return wpid
 
-    async def cmd_down_then_lookup(self, key: Any, timeout: float = 5.0) -> Any:
+    async def cmd_down_then_lookup(
+        self, key: Any, timeout: float = 5.0, placement: str = "local"
+    ) -> Any:
         """Monitor the holder of `key` (looked up now, so it is cached), ask its node
         to stop it, and the moment its Down arrives, look the key up again and
-        get_or_spawn it: neither may answer with the dead pid."""
+        get_or_spawn it (with `placement`): neither may answer with the dead pid."""
         procreg = self.procreg
         pid = await procreg.whereis(key)
         ref = procreg.monitor(pid)
@@ -633,7 +636,7 @@ class Runner:
             timeout=timeout, match=lambda m: isinstance(m, procreg.Down) and m.ref == ref
         )
         found = await procreg.whereis(key)
-        got = await procreg.get_or_spawn(key, self.servers.Echo)
+        got = await procreg.get_or_spawn(key, self.servers.Echo, placement=placement)
         return {"pid": pid, "reason": down.reason, "whereis": found, "get_or_spawn": got}
 
     async def cmd_terminate_registry(self, key: Any, how: str) -> Any:

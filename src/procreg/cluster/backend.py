@@ -72,6 +72,7 @@ class RedisBackend(RegistryBackend):
         self.attempts: dict[tuple[str, Hashable], SpawnAttempt | asyncio.Task[tuple[Pid, bool]]]
         self.attempts = {}
         self.conflicts = 0
+        self.unpublished: list[str] = []  # invalidations of conflicts, to publish (`recovery`)
         # tables of node-local names (`register_now`: a node's supervisors): kept in
         # this node's view only, never claimed in the store, never fenced
         self._node_local: set[str] = set()

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ClusterUnavailable
 from ..pid import Pid
 from ..process import _Proc
-from .codec import canon
 
 if TYPE_CHECKING:
     from . import Cluster
@@ -209,27 +208,16 @@ async def recover_lost_data(cluster: Cluster) -> None:
 async def conflict(cluster: Cluster, table: str, key: Any, ours: _Proc, theirs: Pid) -> None:
     """Two live processes claim `key`: by default the registered one (`theirs`)
     stays and ours ends with reason ``"conflict"``; `on_conflict(table, key,
-    ours_pid, theirs_pid)` may decide otherwise by ending one itself.
-
-    Then the key's invalidation is published: while the store did not name ours,
-    other nodes may have been handed it (by a remote spawn we answered) and cached
-    it, and its release, which finds the entry naming theirs, removes and publishes
-    nothing."""
-    try:
-        if cluster.on_conflict is not None:
-            result = cluster.on_conflict(table, key, ours.pid, theirs)
-            if asyncio.iscoroutine(result):
-                await result
-            return
-        log.warning("conflict on %r in %r: keeping %r, ending %r", key, table, theirs, ours.pid)
-        cluster.node.runtime.end(ours.pid, "conflict")
-    finally:
-        store = cluster.store
-        message = f"{cluster.backend.tkey(table)[1]}\n{canon(key)}"
-        try:
-            await store.run(lambda r: r.publish(store.key("inval"), message))
-        except ClusterUnavailable as exc:  # (a cache keeps it until its node is down)
-            log.debug("could not publish the invalidation of %r after a conflict: %r", key, exc)
+    ours_pid, theirs_pid)` may decide otherwise by ending one itself, before it
+    returns: `recovery.reregister` then publishes the key's invalidation (ours may
+    have been handed out, and cached, while the store had no entry for it)."""
+    if cluster.on_conflict is not None:
+        result = cluster.on_conflict(table, key, ours.pid, theirs)
+        if asyncio.iscoroutine(result):
+            await result
+        return
+    log.warning("conflict on %r in %r: keeping %r, ending %r", key, table, theirs, ours.pid)
+    cluster.node.runtime.end(ours.pid, "conflict")
 
 
 async def resync(cluster: Cluster) -> None:

@@ -7,6 +7,7 @@ the process only once the claim is won, check the lease again before it counts
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -80,24 +81,45 @@ async def _at_home(
     invalidation we may have heard already and would not hear again. So home's own
     process is cached (alive when home answered: its end, and the invalidation of
     its release, come after our request) unless an invalidation overtook the reply;
-    a third node's is looked up in the store by us (cached under our own request).
-    A pid we know has ended is not handed out: we ask again (3 tries)."""
+    a third node's is looked up in the store by us (cached if fresh, `fetch`).
+
+    A pid we know has ended (we delivered its ``Down``) is not handed out while its
+    release is on its way to the store: we ask again, every 5 ms for up to a second,
+    as `RedisBackend.claim` waits; a key found free again is asked for again at once
+    (3 times). `ClusterUnavailable` if this node was fenced meanwhile."""
     keys = self.keys
+    cluster = self.cluster
+    fences = cluster.fenced
     result: tuple[Pid, bool] | None = None
-    for _ in range(3):
+    free = dead = 0
+    while True:
         gen = keys.gen
-        result = await self.cluster.remote.spawn(
-            home, key, factory, args, table, meta, idle_timeout
-        )
+        result = await cluster.remote.spawn(home, key, factory, args, table, meta, idle_timeout)
         pid = result[0]
-        if pid[0] == home:
-            if pid in keys.dead:
-                continue  # ended since home answered (a Down came first): ask again
-            if gen == keys.gen:
-                self._cache[(table, key)] = pid
-            return result
-        found = await self.fetch(key, table)  # (not a dead one, cached if fresh)
-        if found is not None:
-            return found[0], False
-    assert result is not None
+        if pid[0] != home:  # a third node's: ask the store ourselves
+            found = await self.fetch(key, table)  # (None for a pid known dead)
+            if found is not None:
+                pid = found[0]
+                if pid[0] == self.node.name:  # ours: the local view has the word
+                    proc = self.local.holder(key, table)
+                    found = None if proc is None else (proc.pid, None)
+            if found is not None:
+                result = (found[0], False)
+            elif pid in keys.dead and dead < 200:
+                dead += 1
+                await asyncio.sleep(0.005)
+                continue
+            elif free < 3:
+                free += 1
+                continue
+        elif pid in keys.dead and dead < 200:
+            dead += 1  # ended since home answered (a Down came first): ask again
+            await asyncio.sleep(0.005)
+            continue
+        elif gen == keys.gen:
+            self._cache[(table, key)] = pid
+        break
+    cluster.membership.check()  # past our lease deadline: fence first
+    if cluster.fenced != fences:
+        raise ClusterUnavailable(f"cannot get_or_spawn {key!r}: this node was fenced")
     return result

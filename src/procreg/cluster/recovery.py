@@ -2,7 +2,10 @@
 data, after a reconnect, and on rejoining the cluster after a fence.
 
 - `reregister` claims again every local registration and group membership; a key
-  now held by another live process is a conflict, which `Cluster.conflict` decides.
+  now held by another live process is a conflict, which `Cluster.conflict` decides,
+  and whose invalidation is then published (`publish_invalidations`): while the store
+  had no entry for our process, other nodes may have been handed it and cached it,
+  and its release, finding the entry naming the winner, publishes nothing.
 - `reconcile` (after a reconnect) first releases the store entries of ours that the
   local view no longer has (their processes ended while the store was unreachable),
   then re-registers.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..pid import Pid
 from ..process import _Proc
@@ -23,7 +26,9 @@ from .groups import SEP
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["reconcile", "reregister"]
+__all__ = ["publish_invalidations", "reconcile", "reregister"]
+
+INVAL_BATCH = 500  # keys per invalidation message (as `scripts.RELEASE` publishes)
 
 
 async def reregister(backend: RedisBackend, mode: str) -> int:
@@ -48,13 +53,19 @@ async def reregister(backend: RedisBackend, mode: str) -> int:
             *(one(t, k, p) for t, k, p in entries[start : start + step])
         )
     conflicts = 0
-    for (table, key, proc), holder in zip(entries, holders, strict=True):
-        if holder is not None and holder != proc.pid:
-            conflicts += 1
-            backend.conflicts += 1
-            await backend.cluster.conflict(table, key, proc, holder)
-        elif not runtime.alive(proc.pid):  # ended while we claimed: give it back
-            backend.releases.queue(table, key, proc.pid, False)
+    lost: list[str] = []
+    try:
+        for (table, key, proc), holder in zip(entries, holders, strict=True):
+            if holder is not None and holder != proc.pid:
+                conflicts += 1
+                backend.conflicts += 1
+                lost.append(f"{backend.tkey(table)[1]}\n{canon(key)}")
+                await backend.cluster.conflict(table, key, proc, holder)
+            elif not runtime.alive(proc.pid):  # ended while we claimed: give it back
+                backend.releases.queue(table, key, proc.pid, False)
+    finally:
+        backend.unpublished += lost
+    await publish_invalidations(backend)
     # members recorded again: the group's watchers are told, as of a join, since a
     # watcher may have loaded its view (after the store lost them) before this
     # (`groupview`); the watchers read after a group's last add know every one of them
@@ -97,3 +108,26 @@ async def reconcile(backend: RedisBackend) -> int:
                 backend.releases.queue(name, item, cur[0], False)
     await backend.releases.flush()
     return await reregister(backend, "resync")
+
+
+async def publish_invalidations(backend: RedisBackend) -> None:
+    """Publish the invalidations `backend.unpublished` holds (``table\\nkey``,
+    canonical), `INVAL_BATCH` keys to a message, in one pipeline. If the store
+    fails, they stay for the next recovery and `ClusterUnavailable` is raised."""
+    pending, backend.unpublished = backend.unpublished, []
+    if not pending:
+        return
+    store = backend.store
+    channel = store.key("inval")
+
+    async def run(r: Any) -> None:
+        async with r.pipeline(transaction=False) as pipe:
+            for start in range(0, len(pending), INVAL_BATCH):
+                pipe.publish(channel, "\n".join(pending[start : start + INVAL_BATCH]))
+            await pipe.execute()
+
+    try:
+        await store.run(run)
+    except BaseException:
+        backend.unpublished = pending + backend.unpublished
+        raise

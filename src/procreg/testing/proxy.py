@@ -87,6 +87,7 @@ class FaultProxy:
         self.connections = 0  # accepted so far
         self.forwarded = 0  # bytes forwarded
         self.dropped = 0  # bytes swallowed by a fault
+        self.delayed = {"to_server": 0, "to_client": 0}  # chunks delayed, by direction
         self._links: set[_Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -285,6 +286,12 @@ class FaultProxy:
                     loop = asyncio.get_running_loop()
                     due = loop.time() + self.latency
                     self._delayed(link, writer, due, data)
+                    self.delayed[way] += 1
+                    continue
+                pending = link.pending.get(id(writer))
+                if pending is not None and not pending.done():
+                    # the delay was lifted: this chunk still goes after the delayed ones
+                    self._delayed(link, writer, 0.0, data)
                     continue
                 writer.write(data)
                 self.forwarded += len(data)
