@@ -61,41 +61,6 @@ def _direct_stats(direct: Any) -> Any:
     }
 
 
-def _log_cache(backend: Any) -> Any:
-    """Test instrumentation (``PROCREG_TEST_CACHE_LOG=1``): the backend's lookup
-    cache becomes a dict that records each write, pop and clear, with the caller's
-    file and line and the invalidation counter then (`cmd_cache_log`)."""
-    import collections
-
-    keys = backend.keys
-    log: Any = collections.deque(maxlen=200_000)
-
-    class Logged(dict):  # type: ignore[type-arg]
-        def _note(self, op: str, k: Any, v: Any = None) -> None:
-            f = sys._getframe(2)
-            where = f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
-            log.append((round(time.time(), 4), op, k, v and tuple(v), where, keys.gen))
-
-        def __setitem__(self, k: Any, v: Any) -> None:
-            self._note("set", k, v)
-            super().__setitem__(k, v)
-
-        def __delitem__(self, k: Any) -> None:
-            self._note("del", k)
-            super().__delitem__(k)
-
-        def pop(self, k: Any, *default: Any) -> Any:
-            self._note("pop", k)
-            return super().pop(k, *default)
-
-        def clear(self) -> None:
-            self._note("clear", None)
-            super().clear()
-
-    backend._cache = keys.entries = Logged(keys.entries)
-    return log
-
-
 class Runner:
     """The command handlers; each runs inside a process of its own."""
 
@@ -109,9 +74,6 @@ class Runner:
         self.records: dict[str, dict[str, Any]] = {}
         self.key_records: dict[str, dict[str, Any]] = {}
         self.node_events: list[dict[str, Any]] = []
-        self.cache_log: Any = None
-        if os.environ.get("PROCREG_TEST_CACHE_LOG") and self.node._cluster is not None:
-            self.cache_log = _log_cache(self.node._cluster.backend)
 
     # -- helpers ------------------------------------------------------------------
     def pid(self, value: Any) -> Any:
@@ -160,12 +122,6 @@ class Runner:
     async def cmd_node_events(self) -> Any:
         return list(self.node_events)
 
-    async def cmd_cache_log(self, key: Any, table: str) -> Any:
-        """What the cache log (`_log_cache`) holds for `key` and the clears."""
-        if self.cache_log is None:
-            return None
-        return [e for e in self.cache_log if e[2] == (table, key) or e[1] == "clear"]
-
     async def cmd_stats(self) -> Any:
         cluster = self.node._cluster
         transport = cluster.transport
@@ -188,8 +144,6 @@ class Runner:
             "store_failures": cluster.store.failures,
             "invalidations": cluster.counters.invalidations,
             "store_lookups": cluster.counters.store_lookups,
-            "sub_confirmed": transport._sub_confirmed.is_set(),
-            "sub_id": transport._sub_id,
             "processes": self.node.process_count(),
             "live": dict(cluster.membership.live),
             "direct": _direct_stats(cluster.direct),

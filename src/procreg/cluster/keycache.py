@@ -3,7 +3,8 @@ and the remote pids it has learned are dead.
 
 - An entry is dropped when an invalidation for its key arrives (``inval``
   channel), when its node goes down, or when the cache is cleared (a reconnect, a
-  fence): whatever may have been missed.
+  fence): whatever may have been missed; and when this node answers another node
+  for its key (`forget`: a remote spawn is answered from the store).
 - `gen` is bumped on every invalidation: a lookup that started before one (its
   answer may be stale) is not cached.
 - `dead`: remote pids this node knows have ended (it delivered their `Down`, an exit
